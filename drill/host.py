@@ -1,0 +1,77 @@
+"""A stand-in for the Azure Functions host: invokes the app's registered functions with
+azure.functions objects, exactly as the worker would, and pumps the in-memory action queue into
+the Service Bus-triggered executor with peek-lock semantics (an exception abandons the message,
+which comes back with a higher delivery count)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Coroutine
+from functools import cache
+from typing import Any
+
+import azure.functions as func
+from azure.functions.servicebus import ServiceBusMessage
+from azure.functions.timer import TimerRequest
+
+from shared.adapters.queue import InMemoryActionQueue
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[..., Coroutine[Any, Any, Any]]
+
+
+@cache
+def registered_functions() -> dict[str, Handler]:
+    """The app's functions by name. Built once: the app refuses a second get_functions()."""
+    from function_app import app
+
+    return {fn.get_function_name() or "": fn.get_user_function() for fn in app.get_functions()}
+
+
+class LocalHost:
+    def __init__(self) -> None:
+        self.functions = registered_functions()
+
+    async def post_json(
+        self, function: str, route: str, payload: Any, headers: dict[str, str] | None = None
+    ) -> func.HttpResponse:
+        request = func.HttpRequest(
+            method="POST",
+            url=f"http://127.0.0.1/api/{route}",
+            headers={"Content-Type": "application/json", **(headers or {})},
+            params={},
+            route_params={},
+            body=json.dumps(payload).encode(),
+        )
+        response: func.HttpResponse = await self.functions[function](request)
+        return response
+
+    async def fire_timer(self, function: str) -> None:
+        await self.functions[function](TimerRequest(past_due=False))
+
+    async def pump(self, queue: InMemoryActionQueue, function: str = "execute_action") -> int:
+        """Deliver queued messages until the queue is empty; returns deliveries made."""
+        deliveries = 0
+        while (delivery := queue.receive()) is not None:
+            deliveries += 1
+            message = ServiceBusMessage(
+                body=delivery.body,
+                message_id=delivery.message_id,
+                content_type=delivery.content_type,
+                delivery_count=delivery.delivery_count,
+                application_properties={},
+                user_properties={},
+            )
+            try:
+                await self.functions[function](message)
+            except Exception as exc:
+                logger.info(
+                    "delivery %s of %s abandoned: %s",
+                    delivery.delivery_count,
+                    delivery.message_id,
+                    type(exc).__name__,
+                )
+                queue.abandon(delivery)
+        return deliveries

@@ -1,0 +1,9 @@
+"""The Function App: registers the trigger blueprints. No I/O and no settings are read here."""
+
+import azure.functions as func
+
+from functions import actions, alerts
+
+app = func.FunctionApp()
+app.register_functions(alerts.bp)
+app.register_functions(actions.bp)

@@ -1,0 +1,1 @@
+"""Azure Functions triggers: thin translations between the host's objects and shared/ services."""

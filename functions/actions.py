@@ -1,0 +1,29 @@
+"""The action executor: a Service Bus queue trigger. Raising abandons the message so Service
+Bus redelivers it; returning completes it."""
+
+from __future__ import annotations
+
+import logging
+
+import azure.functions as func
+from pydantic import ValidationError
+
+from shared import container
+from shared.models import ActionRequest
+
+logger = logging.getLogger(__name__)
+
+bp = func.Blueprint()  # type: ignore[no-untyped-call]
+
+
+@bp.service_bus_queue_trigger(
+    arg_name="message", queue_name="%ACTIONS_QUEUE%", connection="ServiceBusConnection"
+)
+async def execute_action(message: func.ServiceBusMessage) -> None:
+    services = await container.current()
+    try:
+        action = ActionRequest.model_validate_json(message.get_body())
+    except ValidationError as exc:
+        await services.runner.reject_message(message.message_id, exc.error_count())
+        return
+    await services.runner.run(action, message.delivery_count or 1)

@@ -1,0 +1,38 @@
+"""The app's token credential: its managed identity in Azure, a fixed token for the simulator."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from azure.core.credentials import AccessToken
+from azure.core.credentials_async import AsyncTokenCredential
+from azure.identity.aio import ManagedIdentityCredential
+
+from shared.config import CredentialKind, Settings
+
+
+class StaticTokenCredential:
+    """Hands out one fixed bearer token: only for the simulated tenant, which checks it."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        return AccessToken(self._token, int(time.time()) + 3600)
+
+    async def close(self) -> None:
+        return None
+
+    async def __aenter__(self) -> StaticTokenCredential:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+
+def build_credential(settings: Settings) -> AsyncTokenCredential:
+    if settings.credential is CredentialKind.SIMULATOR:
+        assert settings.simulator_token is not None  # guaranteed by Settings validation
+        return StaticTokenCredential(settings.simulator_token.get_secret_value())
+    return ManagedIdentityCredential(client_id=settings.managed_identity_client_id)

@@ -1,0 +1,202 @@
+"""Microsoft Graph through msgraph-sdk: the `Directory` and `AlertFeed` ports.
+
+The client is built on a GraphRequestAdapter whose base URL comes from settings, so the same
+code talks to graph.microsoft.com in Azure and to the simulated tenant locally. Every method
+names the least-privilege application permission it needs. Errors are mapped to the typed
+`TransientError` / `PermanentError` so callers decide retries by type.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any, NoReturn
+
+import httpx
+from azure.core.credentials_async import AsyncTokenCredential
+from kiota_abstractions.api_error import APIError
+from kiota_abstractions.base_request_configuration import RequestConfiguration
+from kiota_abstractions.method import Method
+from kiota_abstractions.request_information import RequestInformation
+from kiota_authentication_azure.azure_identity_authentication_provider import (
+    AzureIdentityAuthenticationProvider,
+)
+from kiota_http.middleware.options import HeadersInspectionHandlerOption, RetryHandlerOption
+from msgraph import GraphRequestAdapter, GraphServiceClient
+from msgraph.generated.models.o_data_errors.o_data_error import ODataError
+from msgraph.generated.models.user import User
+from msgraph.generated.security.alerts_v2.alerts_v2_request_builder import (
+    Alerts_v2RequestBuilder,
+)
+from msgraph.generated.users.item.user_item_request_builder import UserItemRequestBuilder
+from msgraph_core import GraphClientFactory
+
+from shared.config import Settings
+from shared.errors import PermanentError, TransientError
+from shared.ports import UserState
+
+logger = logging.getLogger(__name__)
+
+GRAPH_SCOPE = "https://graph.microsoft.com/.default"
+ALERTS_PAGE_SIZE = 200
+USER_FIELDS = ["id", "userPrincipalName", "accountEnabled", "signInSessionsValidFromDateTime"]
+_ERROR_MAP: dict[str, Any] = {"XXX": ODataError}
+
+
+def build_graph_client(settings: Settings, credential: AsyncTokenCredential) -> GraphServiceClient:
+    base_url = str(settings.graph_base_url).rstrip("/")
+    host = httpx.URL(base_url).host
+    auth = AzureIdentityAuthenticationProvider(
+        credential, scopes=[GRAPH_SCOPE], allowed_hosts=[host]
+    )
+    retry = RetryHandlerOption(
+        delay=settings.graph_retry_delay_s, max_retries=settings.graph_max_retries
+    )
+    http_client = GraphClientFactory.create_with_default_middleware(
+        client=httpx.AsyncClient(timeout=settings.graph_timeout_s, http2=False),
+        options={RetryHandlerOption.get_key(): retry},
+    )
+    adapter = GraphRequestAdapter(auth, client=http_client)
+    adapter.base_url = base_url
+    return GraphServiceClient(request_adapter=adapter)
+
+
+def _raise_typed(exc: Exception, what: str) -> NoReturn:
+    """Map an SDK or transport exception to a TransientError or a PermanentError."""
+    if isinstance(exc, httpx.TimeoutException | httpx.TransportError):
+        raise TransientError(f"{what}: {type(exc).__name__}") from exc
+    if not isinstance(exc, APIError):
+        raise exc
+    status = exc.response_status_code or 0
+    headers = {k.lower(): v for k, v in (exc.response_headers or {}).items()}
+    request_id = _first(headers.get("request-id"))
+    message = f"{what}: Graph answered {status}: {_odata_message(exc)}"
+    if status == 429 or status >= 500:
+        retry_after = _parse_retry_after(_first(headers.get("retry-after")))
+        raise TransientError(
+            message, status=status, request_id=request_id, retry_after=retry_after
+        ) from exc
+    raise PermanentError(message, status=status, request_id=request_id) from exc
+
+
+def _first(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, list | set | tuple):
+        return next(iter(value), None)
+    return str(value)
+
+
+def _odata_message(exc: APIError) -> str:
+    error = getattr(exc, "error", None)
+    code = getattr(error, "code", None)
+    message = getattr(error, "message", None) or exc.message or type(exc).__name__
+    return f"{code}: {message}" if code else str(message)
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    # Graph sometimes sends fractional seconds ("2.128").
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+def _request_id(option: HeadersInspectionHandlerOption) -> str | None:
+    values = option.response_headers.get("request-id")
+    return next(iter(values), None) if values else None
+
+
+class GraphDirectory:
+    """`Directory` and `AlertFeed` over msgraph-sdk."""
+
+    def __init__(self, client: GraphServiceClient) -> None:
+        self._client = client
+
+    async def get_user(self, user: str) -> UserState:
+        """Read a user's account state. Permission: User.Read.All."""
+        query = UserItemRequestBuilder.UserItemRequestBuilderGetQueryParameters(select=USER_FIELDS)
+        try:
+            found = await self._client.users.by_user_id(user).get(
+                request_configuration=RequestConfiguration(query_parameters=query)
+            )
+        except Exception as exc:
+            _raise_typed(exc, f"read user {user}")
+        if found is None or not found.id:
+            raise PermanentError(f"read user {user}: Graph returned no user", status=404)
+        return UserState(
+            id=found.id,
+            upn=found.user_principal_name or "",
+            account_enabled=bool(found.account_enabled),
+            sessions_valid_from=found.sign_in_sessions_valid_from_date_time,
+        )
+
+    async def set_account_enabled(self, user_id: str, enabled: bool) -> str | None:
+        """Enable or disable sign-in. Permission: User.EnableDisableAccount.All; a target that
+        holds an admin role needs the app to hold a higher admin role (see README)."""
+        inspect = HeadersInspectionHandlerOption(inspect_request_headers=False)
+        config: RequestConfiguration[Any] = RequestConfiguration(options=[inspect])
+        try:
+            await self._client.users.by_user_id(user_id).patch(
+                User(account_enabled=enabled), request_configuration=config
+            )
+        except Exception as exc:
+            _raise_typed(exc, f"set accountEnabled={enabled} on {user_id}")
+        return _request_id(inspect)
+
+    async def revoke_sign_in_sessions(self, user_id: str) -> str | None:
+        """Invalidate refresh tokens and session cookies. Permission: User.RevokeSessions.All."""
+        inspect = HeadersInspectionHandlerOption(inspect_request_headers=False)
+        config: RequestConfiguration[Any] = RequestConfiguration(options=[inspect])
+        try:
+            await self._client.users.by_user_id(user_id).revoke_sign_in_sessions.post(
+                request_configuration=config
+            )
+        except Exception as exc:
+            _raise_typed(exc, f"revoke sessions of {user_id}")
+        return _request_id(inspect)
+
+    async def alerts_updated_since(self, since: datetime) -> AsyncIterator[list[dict[str, Any]]]:
+        """Pages of raw alerts_v2 objects updated at or after `since`, oldest first.
+        Permission: SecurityAlert.Read.All. Raw JSON keeps fields the SDK models do not know."""
+        stamp = since.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        query = Alerts_v2RequestBuilder.Alerts_v2RequestBuilderGetQueryParameters(
+            filter=f"lastUpdateDateTime ge {stamp}",
+            orderby=["lastUpdateDateTime asc"],
+            top=ALERTS_PAGE_SIZE,
+        )
+        request: RequestInformation | None = (
+            self._client.security.alerts_v2.to_get_request_information(
+                RequestConfiguration(query_parameters=query)
+            )
+        )
+        while request is not None:
+            request.headers.try_add("Prefer", "include-unknown-enum-members")
+            page = await self._send_raw(request)
+            yield [item for item in page.get("value", []) if isinstance(item, dict)]
+            next_link = page.get("@odata.nextLink")
+            request = _follow(next_link) if isinstance(next_link, str) else None
+
+    async def _send_raw(self, request: RequestInformation) -> dict[str, Any]:
+        try:
+            raw = await self._client.request_adapter.send_primitive_async(
+                request, "bytes", _ERROR_MAP
+            )
+        except Exception as exc:
+            _raise_typed(exc, "list security alerts")
+        try:
+            page = json.loads(raw or b"{}")
+        except ValueError as exc:
+            raise TransientError("list security alerts: Graph returned invalid JSON") from exc
+        if not isinstance(page, dict):
+            raise TransientError("list security alerts: Graph returned a non-object page")
+        return page
+
+
+def _follow(next_link: str) -> RequestInformation:
+    request = RequestInformation(Method.GET)
+    request.url = next_link
+    request.headers.try_add("Accept", "application/json")
+    return request

@@ -1,0 +1,105 @@
+"""Action queues: Azure Service Bus in Azure, an in-memory queue with the same delivery
+semantics (deduplication by message id, peek-lock, redelivery, dead-lettering) locally.
+
+The message id is the deterministic action id, so Service Bus duplicate detection drops a
+repeated request, and the executor's ledger makes a redelivered one harmless.
+Least privilege: the `Azure Service Bus Data Sender` role on the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+
+from azure.core.credentials_async import AsyncTokenCredential
+from azure.servicebus import ServiceBusMessage
+from azure.servicebus.aio import ServiceBusClient, ServiceBusSender
+
+from shared.models import ActionRequest
+
+logger = logging.getLogger(__name__)
+
+CONTENT_TYPE = "application/json"
+
+
+def to_service_bus_message(action: ActionRequest) -> ServiceBusMessage:
+    return ServiceBusMessage(
+        action.model_dump_json(),
+        message_id=action.id,
+        content_type=CONTENT_TYPE,
+        subject=str(action.kind),
+        application_properties={"kind": str(action.kind), "dry_run": action.dry_run},
+    )
+
+
+class ServiceBusActionQueue:
+    """`ActionQueue` on a Service Bus queue, over the app's managed identity."""
+
+    def __init__(self, namespace: str, queue_name: str, credential: AsyncTokenCredential) -> None:
+        self._client = ServiceBusClient(namespace, credential)
+        self._queue_name = queue_name
+        self._sender: ServiceBusSender | None = None
+
+    async def send(self, actions: list[ActionRequest]) -> None:
+        if not actions:
+            return
+        if self._sender is None:
+            self._sender = self._client.get_queue_sender(self._queue_name)
+        await self._sender.send_messages([to_service_bus_message(a) for a in actions])
+
+    async def close(self) -> None:
+        if self._sender is not None:
+            await self._sender.close()
+        await self._client.close()
+
+
+@dataclass
+class Delivery:
+    """One delivery of a message, as a peek-lock receiver sees it."""
+
+    message_id: str
+    body: bytes
+    content_type: str
+    delivery_count: int
+
+
+class InMemoryActionQueue:
+    """`ActionQueue` for local runs and tests, with Service Bus's delivery semantics."""
+
+    def __init__(self, max_delivery_count: int = 10) -> None:
+        self._max_delivery_count = max_delivery_count
+        self._pending: deque[Delivery] = deque()
+        self._seen_ids: set[str] = set()
+        self.dead_letters: list[Delivery] = []
+        self.sent = 0
+        self.duplicates_dropped = 0
+
+    async def send(self, actions: list[ActionRequest]) -> None:
+        for action in actions:
+            if action.id in self._seen_ids:
+                self.duplicates_dropped += 1
+                continue
+            self._seen_ids.add(action.id)
+            self.sent += 1
+            body = action.model_dump_json().encode()
+            self._pending.append(Delivery(action.id, body, CONTENT_TYPE, delivery_count=1))
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def receive(self) -> Delivery | None:
+        return self._pending.popleft() if self._pending else None
+
+    def abandon(self, delivery: Delivery) -> None:
+        """The handler failed: redeliver, or dead-letter after the max delivery count."""
+        if delivery.delivery_count >= self._max_delivery_count:
+            logger.warning(
+                "message %s dead-lettered after %s deliveries",
+                delivery.message_id,
+                delivery.delivery_count,
+            )
+            self.dead_letters.append(delivery)
+            return
+        delivery.delivery_count += 1
+        self._pending.append(delivery)

@@ -1,0 +1,230 @@
+"""The responder's settings: read once from the Functions app settings (environment), validated.
+
+Each field's alias is the app setting's name. A bad value fails with a message naming the
+setting; secrets are `SecretStr` so they never show up in a repr or a log line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Self
+
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+
+from shared.errors import ConfigError
+
+DEFAULT_PLAYBOOK = Path(__file__).parent / "playbooks" / "default.toml"
+
+
+class CredentialKind(StrEnum):
+    """How the app authenticates to Graph: its managed identity in Azure, or the simulator."""
+
+    MANAGED_IDENTITY = "managed_identity"
+    SIMULATOR = "simulator"
+
+
+class QueueKind(StrEnum):
+    SERVICE_BUS = "servicebus"
+    MEMORY = "memory"
+
+
+def _split_list(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+CommaList = Annotated[tuple[str, ...], BeforeValidator(_split_list)]
+
+
+class AppSettings(BaseModel):
+    """Base of the settings models: fields aliased by app setting name, read from the
+    environment by `from_env`."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore")
+
+    @classmethod
+    def setting_names(cls) -> set[str]:
+        return {field.alias for field in cls.model_fields.values() if field.alias}
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
+        """Validate the settings found in `environ` (default: the process environment).
+
+        Empty values count as unset, as the Functions host passes unset app settings that way.
+        """
+        source = os.environ if environ is None else environ
+        names = cls.setting_names()
+        values = {key: value for key, value in source.items() if key in names and value != ""}
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc)) from None
+
+
+class PolicySettings(AppSettings):
+    """The settings the policy needs: enough for `responder plan`, which touches no service."""
+
+    playbook_path: Path = Field(
+        DEFAULT_PLAYBOOK,
+        alias="RESPONDER_PLAYBOOK",
+        description="Playbook (TOML) mapping alert conditions to actions.",
+    )
+    dry_run: bool = Field(
+        False,
+        alias="RESPONDER_DRY_RUN",
+        description="When true every action is planned and audited, never executed.",
+    )
+    protected_identities: CommaList = Field(
+        (),
+        alias="RESPONDER_PROTECTED_IDENTITIES",
+        description="Object ids or UPNs never disabled: break-glass accounts, VIPs.",
+    )
+
+
+class Settings(PolicySettings):
+    """All settings of the app. Names match the app settings in infra/ and
+    local.settings.example.json; a test keeps the three in step."""
+
+    tables_connection: SecretStr | None = Field(
+        None,
+        alias="RESPONDER_TABLES_CONNECTION",
+        description="Table Storage connection string (local development and Azurite only).",
+    )
+    tables_endpoint: AnyHttpUrl | None = Field(
+        None,
+        alias="RESPONDER_TABLES_ENDPOINT",
+        description="Table service URL, used with the managed identity in Azure.",
+    )
+    audit_table: str = Field(
+        "AuditTrail",
+        alias="RESPONDER_AUDIT_TABLE",
+        pattern=r"^[A-Za-z][A-Za-z0-9]{2,62}$",
+        description="Table holding the hash-chained audit trail.",
+    )
+    state_table: str = Field(
+        "ResponderState",
+        alias="RESPONDER_STATE_TABLE",
+        pattern=r"^[A-Za-z][A-Za-z0-9]{2,62}$",
+        description="Table holding the alert watermark, handled alert versions, action ledger.",
+    )
+    graph_base_url: AnyHttpUrl = Field(
+        AnyHttpUrl("https://graph.microsoft.com/v1.0"),
+        alias="GRAPH_BASE_URL",
+        description="Microsoft Graph base URL (the simulated tenant's URL locally).",
+    )
+    graph_max_retries: int = Field(
+        3,
+        alias="GRAPH_MAX_RETRIES",
+        ge=0,
+        le=10,
+        description="Retries of throttled/5xx Graph calls inside one execution.",
+    )
+    graph_retry_delay_s: float = Field(
+        3.0,
+        alias="GRAPH_RETRY_DELAY_SECONDS",
+        ge=0,
+        le=180,
+        description="Base delay between Graph retries when no Retry-After is given.",
+    )
+    graph_timeout_s: float = Field(
+        30.0, alias="GRAPH_TIMEOUT_SECONDS", gt=0, le=300, description="Timeout of one Graph call."
+    )
+    credential: CredentialKind = Field(
+        CredentialKind.MANAGED_IDENTITY,
+        alias="RESPONDER_CREDENTIAL",
+        description="managed_identity in Azure; simulator for the local simulated tenant.",
+    )
+    managed_identity_client_id: str | None = Field(
+        None,
+        alias="AZURE_CLIENT_ID",
+        description="Client id of the user-assigned managed identity (empty: system-assigned).",
+    )
+    simulator_token: SecretStr | None = Field(
+        None,
+        alias="SIMULATOR_TOKEN",
+        description="Bearer token the simulated tenant accepts (credential=simulator only).",
+    )
+    queue: QueueKind = Field(
+        QueueKind.SERVICE_BUS,
+        alias="RESPONDER_QUEUE",
+        description="servicebus in Azure; memory for local runs and tests.",
+    )
+    service_bus_namespace: str | None = Field(
+        None,
+        alias="ServiceBusConnection__fullyQualifiedNamespace",
+        description="Service Bus namespace host (identity-based connection).",
+    )
+    actions_queue: str = Field(
+        "actions",
+        alias="ACTIONS_QUEUE",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,259}$",
+        description="Service Bus queue carrying action requests.",
+    )
+    max_deliveries: int = Field(
+        10,
+        alias="ACTIONS_MAX_DELIVERIES",
+        ge=1,
+        le=2000,
+        description="The queue's max delivery count: the last attempt audits a transient failure.",
+    )
+    alert_poll_schedule: str = Field(
+        "0 */1 * * * *",
+        alias="ALERT_POLL_SCHEDULE",
+        description="NCRONTAB schedule of the alerts_v2 poller.",
+    )
+    poll_lookback_minutes: int = Field(
+        60,
+        alias="ALERT_POLL_LOOKBACK_MINUTES",
+        ge=1,
+        le=7 * 24 * 60,
+        description="How far back the first poll looks when no watermark is stored.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        None,
+        alias="RESPONDER_WEBHOOK_SECRET",
+        min_length=32,
+        description="Shared secret the alert webhook expects in X-Responder-Key.",
+    )
+    max_body_bytes: int = Field(
+        1_048_576,
+        alias="RESPONDER_MAX_BODY_BYTES",
+        ge=1024,
+        le=32 * 1_048_576,
+        description="Largest accepted webhook body.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if (self.tables_connection is None) == (self.tables_endpoint is None):
+            raise ValueError(
+                "set exactly one of RESPONDER_TABLES_CONNECTION and RESPONDER_TABLES_ENDPOINT"
+            )
+        if self.credential is CredentialKind.SIMULATOR and self.simulator_token is None:
+            raise ValueError("SIMULATOR_TOKEN is required when RESPONDER_CREDENTIAL=simulator")
+        if self.queue is QueueKind.SERVICE_BUS and not self.service_bus_namespace:
+            raise ValueError(
+                "ServiceBusConnection__fullyQualifiedNamespace is required when "
+                "RESPONDER_QUEUE=servicebus"
+            )
+        return self
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        where = ".".join(str(part) for part in error["loc"])
+        problems.append(f"{where}: {error['msg']}" if where else error["msg"])
+    return "invalid settings: " + "; ".join(problems)

@@ -1,0 +1,103 @@
+"""Composition root: builds the clients, adapters and services once per worker, lazily.
+
+Nothing here runs at import time. The Graph client (msgraph-sdk imports about a thousand
+modules) is only built when an executor or the poller first needs it.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from shared.actions.runner import ActionRunner
+from shared.adapters.audit_table import AuditTable
+from shared.adapters.credentials import build_credential
+from shared.adapters.queue import InMemoryActionQueue, ServiceBusActionQueue
+from shared.adapters.state_table import StateTable
+from shared.adapters.table_service import ensure_tables, table_service
+from shared.audit import AuditChain
+from shared.config import QueueKind, Settings
+from shared.intake import AlertIntake
+from shared.policy import Guards, Playbook, Policy
+from shared.poller import AlertPoller
+from shared.ports import ActionQueue
+
+if TYPE_CHECKING:
+    from shared.adapters.graph import GraphDirectory
+
+
+class Container:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.credential = build_credential(settings)
+        self.tables = table_service(
+            settings, None if settings.tables_connection else self.credential
+        )
+        self.audit_store = AuditTable(self.tables.get_table_client(settings.audit_table))
+        self.state = StateTable(self.tables.get_table_client(settings.state_table))
+        self.chain = AuditChain(self.audit_store)
+        self.queue: ActionQueue = self._build_queue()
+        self.guards = Guards.create(settings.protected_identities, settings.dry_run)
+        self.policy = Policy(Playbook.load(settings.playbook_path), self.guards)
+        self._prepared = False
+
+    def _build_queue(self) -> ActionQueue:
+        if self.settings.queue is QueueKind.MEMORY:
+            return InMemoryActionQueue(self.settings.max_deliveries)
+        assert self.settings.service_bus_namespace is not None  # checked by Settings
+        return ServiceBusActionQueue(
+            self.settings.service_bus_namespace, self.settings.actions_queue, self.credential
+        )
+
+    async def prepare(self) -> Container:
+        """Create the tables when running against a local connection string (Azurite)."""
+        if not self._prepared and self.settings.tables_connection is not None:
+            await ensure_tables(self.tables, self.settings.audit_table, self.settings.state_table)
+        self._prepared = True
+        return self
+
+    @cached_property
+    def graph(self) -> GraphDirectory:
+        from shared.adapters.graph import GraphDirectory, build_graph_client
+
+        return GraphDirectory(build_graph_client(self.settings, self.credential))
+
+    @cached_property
+    def intake(self) -> AlertIntake:
+        return AlertIntake(self.policy, self.chain, self.state, self.state, self.queue)
+
+    @cached_property
+    def runner(self) -> ActionRunner:
+        return ActionRunner(
+            self.graph, self.chain, self.state, self.guards, self.settings.max_deliveries
+        )
+
+    @cached_property
+    def poller(self) -> AlertPoller:
+        lookback = timedelta(minutes=self.settings.poll_lookback_minutes)
+        return AlertPoller(self.graph, self.state, self.intake, lookback)
+
+    async def close(self) -> None:
+        closers = [self.tables.close(), self.credential.close()]
+        if isinstance(self.queue, ServiceBusActionQueue):
+            closers.append(self.queue.close())
+        for closer in closers:
+            await closer
+
+
+_current: Container | None = None
+
+
+async def current() -> Container:
+    """The worker's container, built from the environment on first use."""
+    global _current
+    if _current is None:
+        _current = Container(Settings.from_env())
+    return await _current.prepare()
+
+
+def install(container: Container | None) -> None:
+    """Make `container` the worker's container (the drill and tests wire their own)."""
+    global _current
+    _current = container

@@ -1,0 +1,132 @@
+"""Alert intake: normalize a payload, plan actions with the policy, audit every decision and
+queue what may run. Used by the webhook, the poller and the CLI alike."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.audit import AuditChain
+from shared.ingest import normalize
+from shared.models import (
+    ActionRequest,
+    Alert,
+    AuditEntry,
+    AuditEvent,
+    Decision,
+    OutcomeStatus,
+)
+from shared.policy import Plan, Policy
+from shared.ports import ActionLedger, ActionQueue, AlertCheckpoint
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class IntakeResult:
+    """A plan plus what intake did with it: actions queued now, and those coalesced into an
+    identical earlier request (same deterministic id)."""
+
+    plan: Plan
+    duplicate_alert: bool = False
+    queued: list[str] = field(default_factory=list)
+    coalesced: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **plan_as_dict(self.plan),
+            "duplicate_alert": self.duplicate_alert,
+            "queued": self.queued,
+            "coalesced": self.coalesced,
+        }
+
+
+def plan_as_dict(plan: Plan) -> dict[str, Any]:
+    return {
+        "alert": plan.alert.model_dump(mode="json", exclude={"extra"}),
+        "actions": [
+            {
+                "id": a.id,
+                "kind": str(a.kind),
+                "target": a.target,
+                "params": a.params,
+                "decision": str(a.decision),
+                "reason": a.reason,
+            }
+            for a in plan.actions
+        ],
+        "skipped": [vars(s) for s in plan.skipped],
+    }
+
+
+def decision_entry(action: ActionRequest) -> AuditEntry:
+    refused = action.decision is Decision.REFUSED
+    return AuditEntry(
+        event=AuditEvent.ACTION_REFUSED if refused else AuditEvent.ACTION_PLANNED,
+        actor=action.requested_by,
+        action_id=action.id,
+        kind=str(action.kind),
+        target=action.target,
+        params=action.params,
+        alert_id=action.alert_id,
+        incident_id=action.incident_id,
+        rule=action.rule,
+        reason=action.reason,
+        result={"decision": str(action.decision)},
+    )
+
+
+class AlertIntake:
+    def __init__(
+        self,
+        policy: Policy,
+        chain: AuditChain,
+        ledger: ActionLedger,
+        checkpoint: AlertCheckpoint,
+        queue: ActionQueue,
+    ) -> None:
+        self._policy = policy
+        self._chain = chain
+        self._ledger = ledger
+        self._checkpoint = checkpoint
+        self._queue = queue
+
+    async def handle_payload(self, payload: object) -> list[IntakeResult]:
+        """Normalize any supported alert shape (raises InvalidInput) and handle each alert."""
+        return [await self.handle(alert) for alert in normalize(payload)]
+
+    async def handle(self, alert: Alert) -> IntakeResult:
+        """Plan, audit and queue the actions for one alert version, once."""
+        plan = self._policy.plan(alert)
+        if await self._checkpoint.is_handled(alert.key, alert.version):
+            return IntakeResult(plan, duplicate_alert=True)
+        result = IntakeResult(plan)
+        fresh: list[ActionRequest] = []
+        for action in plan.actions:
+            if await self._ledger.claim(action):
+                fresh.append(action)
+            else:
+                result.coalesced.append(action.id)
+        try:
+            await self._commit(fresh)
+        except BaseException:
+            # Nothing is lost: release the claims so a retry of this alert plans them again.
+            for action in fresh:
+                await self._ledger.release(action.id)
+            raise
+        result.queued = [a.id for a in fresh if a.decision is not Decision.REFUSED]
+        await self._checkpoint.mark_handled(alert.key, alert.version)
+        if plan.skipped:
+            logger.info("alert %s: %s entities skipped", alert.key, len(plan.skipped))
+        return result
+
+    async def _commit(self, actions: list[ActionRequest]) -> None:
+        if not actions:
+            return
+        records = await self._chain.append_all([decision_entry(a) for a in actions])
+        runnable = [a for a in actions if a.decision is not Decision.REFUSED]
+        await self._queue.send(runnable)
+        for action, record in zip(actions, records, strict=True):
+            if action.decision is Decision.REFUSED:
+                await self._ledger.finish(action.id, OutcomeStatus.REFUSED, record.seq)

@@ -1,0 +1,226 @@
+"""The responder's domain model: normalized alerts, action requests, outcomes and audit records.
+
+Every ingestion source is turned into an `Alert`; the policy turns alerts into `ActionRequest`s;
+executors turn requests into `ActionOutcome`s; the audit trail stores `AuditEvent`s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+UPN_PATTERN = re.compile(r"^[A-Za-z0-9._%+'#$&*!~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Severity(StrEnum):
+    INFORMATIONAL = "informational"
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    UNKNOWN = "unknown"
+
+    @classmethod
+    def parse(cls, value: object) -> Severity:
+        """Accept Graph camelCase, Defender/Sentinel PascalCase and unknown values."""
+        text = str(value or "").strip().lower()
+        try:
+            return cls(text)
+        except ValueError:
+            return cls.UNKNOWN
+
+
+class EntityKind(StrEnum):
+    USER = "user"
+    IP = "ip"
+    MAILBOX = "mailbox"
+    OTHER = "other"
+
+
+class AlertSource(StrEnum):
+    GRAPH_ALERTS_V2 = "graph_alerts_v2"
+    SENTINEL = "sentinel"
+    GENERIC = "generic"
+
+
+class Entity(BaseModel):
+    """One piece of evidence an alert names: a user, an address, a mailbox, or anything else.
+
+    `roles` and `verdict` are kept lower-cased (`compromised`, `attacker`, `malicious`, ...);
+    unknown values pass through untouched so that new vendor values never break ingestion.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: EntityKind
+    user_id: str | None = None
+    upn: str | None = None
+    address: str | None = None
+    mailbox: str | None = None
+    display_name: str | None = None
+    roles: tuple[str, ...] = ()
+    verdict: str | None = None
+    raw_type: str | None = None
+
+
+class Alert(BaseModel):
+    """A security alert from any source, normalized.
+
+    `key` identifies the alert across versions (source + id); `version` changes when the
+    source updates it (Graph `lastUpdateDateTime`), so the same version is never handled twice.
+    """
+
+    source: AlertSource
+    alert_id: str = Field(min_length=1, max_length=256)
+    version: str = ""
+    title: str = ""
+    severity: Severity = Severity.UNKNOWN
+    category: str = ""
+    status: str = ""
+    provider: str = ""
+    incident_id: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    entities: list[Entity] = Field(default_factory=list)
+    extra: dict[str, Any] = Field(default_factory=dict, repr=False)
+
+    @property
+    def key(self) -> str:
+        return f"{self.source}:{self.alert_id}"
+
+
+class ActionKind(StrEnum):
+    DISABLE_ACCOUNT = "disable_account"
+    ENABLE_ACCOUNT = "enable_account"
+    REVOKE_SESSIONS = "revoke_sessions"
+
+
+class Decision(StrEnum):
+    """What the policy and its guards decided for one action request."""
+
+    EXECUTE = "execute"
+    DRY_RUN = "dry_run"
+    REFUSED = "refused"
+
+
+class OutcomeStatus(StrEnum):
+    EXECUTED = "executed"
+    ALREADY_DONE = "already_done"
+    DRY_RUN = "dry_run"
+    REFUSED = "refused"
+    FAILED = "failed"
+
+
+class Actor(BaseModel):
+    """Who caused a record: the responder itself (`app`) or a named engineer."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["app", "engineer"] = "app"
+    name: str = "m365-responder"
+
+
+def is_guid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return len(value) == 36
+
+
+def validate_user_target(value: str) -> str:
+    """A user target is an Entra object id (GUID) or a UPN; anything else is refused."""
+    text = value.strip()
+    if is_guid(text):
+        return text.lower()
+    if len(text) <= 113 and UPN_PATTERN.match(text):
+        return text.lower()
+    raise ValueError(f"user target must be an object id (GUID) or a UPN, got {value!r}")
+
+
+class ActionRequest(BaseModel):
+    """One containment action, as queued. Its `id` is deterministic, so the same request from
+    a redelivered message or a repeated alert maps to the same id and executes at most once."""
+
+    id: str
+    kind: ActionKind
+    target: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    decision: Decision = Decision.EXECUTE
+    reason: str = ""
+    rule: str | None = None
+    alert_id: str | None = None
+    incident_id: str | None = None
+    requested_by: Actor = Field(default_factory=Actor)
+    dry_run: bool = False
+    requested_at: datetime = Field(default_factory=utcnow)
+
+    @field_validator("target")
+    @classmethod
+    def _target_is_user(cls, value: str) -> str:
+        return validate_user_target(value)
+
+    @staticmethod
+    def derive_id(kind: ActionKind, target: str, origin: str) -> str:
+        """Same kind + target + origin (alert key or engineer request id) -> same action id."""
+        digest = hashlib.sha256(f"{kind}|{target.lower()}|{origin}".encode()).hexdigest()
+        return f"act-{digest[:32]}"
+
+
+class ActionOutcome(BaseModel):
+    """What an executor did: the state it read before, the state after, and Graph request ids."""
+
+    status: OutcomeStatus
+    before: dict[str, Any] = Field(default_factory=dict)
+    after: dict[str, Any] = Field(default_factory=dict)
+    calls: list[str] = Field(default_factory=list)
+    request_ids: list[str] = Field(default_factory=list)
+    error: str | None = None
+
+
+class AuditEvent(StrEnum):
+    ACTION_PLANNED = "action.planned"
+    ACTION_REFUSED = "action.refused"
+    ACTION_EXECUTED = "action.executed"
+    ACTION_ALREADY_DONE = "action.already_done"
+    ACTION_DRY_RUN = "action.dry_run"
+    ACTION_FAILED = "action.failed"
+
+    @classmethod
+    def for_outcome(cls, status: OutcomeStatus) -> AuditEvent:
+        return cls(f"action.{status}")
+
+
+class AuditEntry(BaseModel):
+    """The content of one audit record, before it is chained: who, why, what, result, when."""
+
+    event: AuditEvent
+    actor: Actor
+    action_id: str | None = None
+    kind: str | None = None
+    target: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    alert_id: str | None = None
+    incident_id: str | None = None
+    rule: str | None = None
+    reason: str = ""
+    result: dict[str, Any] = Field(default_factory=dict)
+    at: datetime = Field(default_factory=utcnow)
+
+
+class AuditRecord(BaseModel):
+    """A chained audit record: its sequence number, the previous record's hash and its own."""
+
+    seq: int = Field(ge=1)
+    prev_hash: str
+    hash: str
+    entry: AuditEntry

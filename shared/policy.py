@@ -1,0 +1,196 @@
+"""The playbook (which alerts lead to which actions) and the guards that run after it.
+
+A playbook is a TOML file of rules. A rule matches an alert by severity, category and source,
+selects the alert's entities by kind, role and verdict, and names the actions to run on each
+selected entity. Guards then refuse what must never happen automatically (protected identities)
+and turn everything into plans when dry-run is on.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from shared.errors import ConfigError
+from shared.models import (
+    ActionKind,
+    ActionRequest,
+    Actor,
+    Alert,
+    AlertSource,
+    Decision,
+    Entity,
+    EntityKind,
+    Severity,
+    validate_user_target,
+)
+
+
+def _lower_all(values: list[str]) -> list[str]:
+    return [value.strip().lower() for value in values]
+
+
+class EntitySelector(BaseModel):
+    """Which entities of a matching alert the actions apply to. An entity is selected when it
+    has one of `roles` or its verdict is one of `verdicts`; with both lists empty, every entity
+    of the kind is selected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: EntityKind = EntityKind.USER
+    roles: list[str] = Field(default_factory=list)
+    verdicts: list[str] = Field(default_factory=list)
+
+    _normalize = field_validator("roles", "verdicts")(_lower_all)
+
+    def selects(self, entity: Entity) -> bool:
+        if entity.kind is not self.kind:
+            return False
+        if not self.roles and not self.verdicts:
+            return True
+        return bool(set(self.roles) & set(entity.roles)) or entity.verdict in self.verdicts
+
+
+class Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")
+    description: str = ""
+    severities: list[Severity] = Field(default_factory=list)
+    categories: list[str] = Field(default_factory=list)
+    sources: list[AlertSource] = Field(default_factory=list)
+    entities: EntitySelector = Field(default_factory=EntitySelector)
+    actions: list[ActionKind] = Field(min_length=1)
+
+    _normalize = field_validator("categories")(_lower_all)
+
+    def matches(self, alert: Alert) -> bool:
+        if self.severities and alert.severity not in self.severities:
+            return False
+        if self.categories and alert.category.lower() not in self.categories:
+            return False
+        return not self.sources or alert.source in self.sources
+
+
+class Playbook(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(1, ge=1, le=1)
+    rules: list[Rule] = Field(min_length=1)
+
+    @classmethod
+    def load(cls, path: Path) -> Playbook:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            return cls.model_validate(data)
+        except OSError as exc:
+            raise ConfigError(f"playbook {path}: cannot read: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"playbook {path}: invalid TOML: {exc}") from None
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise ConfigError(f"playbook {path}: {where}: {first['msg']}") from None
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An entity a rule selected but no action could be built for, and why."""
+
+    rule: str
+    entity: str
+    reason: str
+
+
+@dataclass
+class Plan:
+    """What the policy decided for one alert."""
+
+    alert: Alert
+    actions: list[ActionRequest] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    @property
+    def to_execute(self) -> list[ActionRequest]:
+        return [a for a in self.actions if a.decision is not Decision.REFUSED]
+
+
+@dataclass(frozen=True)
+class Guards:
+    """Checks applied to every automatic action after the playbook chose it."""
+
+    protected_identities: frozenset[str] = frozenset()
+    dry_run: bool = False
+
+    @classmethod
+    def create(cls, protected: tuple[str, ...] | list[str], dry_run: bool) -> Guards:
+        return cls(frozenset(p.strip().lower() for p in protected if p.strip()), dry_run)
+
+    def protected_reason(self, *identities: str | None) -> str | None:
+        """Why a user (known by any of its ids/UPNs) must not be touched, or None."""
+        for identity in identities:
+            if identity and identity.lower() in self.protected_identities:
+                return f"{identity} is a protected identity (break-glass or VIP)"
+        return None
+
+    def decide(self, action: ActionRequest, *aliases: str | None) -> ActionRequest:
+        reason = self.protected_reason(action.target, *aliases)
+        if reason and action.kind in PROTECTED_KINDS:
+            return action.model_copy(update={"decision": Decision.REFUSED, "reason": reason})
+        if self.dry_run or action.dry_run:
+            return action.model_copy(update={"decision": Decision.DRY_RUN, "dry_run": True})
+        return action
+
+
+# Actions that take access away; protected identities are shielded from them.
+PROTECTED_KINDS = frozenset({ActionKind.DISABLE_ACCOUNT, ActionKind.REVOKE_SESSIONS})
+
+
+class Policy:
+    """Turns alerts into guarded action requests."""
+
+    def __init__(self, playbook: Playbook, guards: Guards) -> None:
+        self.playbook = playbook
+        self.guards = guards
+
+    def plan(self, alert: Alert) -> Plan:
+        plan = Plan(alert)
+        seen: set[str] = set()
+        for rule in self.playbook.rules:
+            if not rule.matches(alert):
+                continue
+            for entity in alert.entities:
+                if rule.entities.selects(entity):
+                    self._plan_entity(plan, rule, entity, seen)
+        return plan
+
+    def _plan_entity(self, plan: Plan, rule: Rule, entity: Entity, seen: set[str]) -> None:
+        label = entity.user_id or entity.upn or entity.display_name or str(entity.kind)
+        candidate = entity.user_id or entity.upn
+        if not candidate:
+            plan.skipped.append(Skipped(rule.name, label, "no Entra object id or UPN in evidence"))
+            return
+        try:
+            target = validate_user_target(candidate)
+        except ValueError as exc:
+            plan.skipped.append(Skipped(rule.name, label, str(exc)))
+            return
+        for kind in rule.actions:
+            action_id = ActionRequest.derive_id(kind, target, plan.alert.key)
+            if action_id in seen:
+                continue
+            seen.add(action_id)
+            request = ActionRequest(
+                id=action_id,
+                kind=kind,
+                target=target,
+                reason=f"rule {rule.name}: {plan.alert.title or plan.alert.alert_id}",
+                rule=rule.name,
+                alert_id=plan.alert.key,
+                incident_id=plan.alert.incident_id,
+                requested_by=Actor(),
+            )
+            plan.actions.append(self.guards.decide(request, entity.user_id, entity.upn))

@@ -1,0 +1,225 @@
+"""The simulated tenant's state: users, security alerts, injected faults and the request log.
+
+Every method takes the one lock, so the HTTP handler threads and the test thread can share it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+JsonObject = dict[str, Any]
+
+# Alerts are ordered, and paged, by (lastUpdateDateTime, id): the id breaks ties between
+# alerts updated in the same instant so a page boundary never splits them ambiguously.
+AlertKey = tuple[datetime, str]
+
+
+@dataclass
+class SimUser:
+    """A directory user as the simulator stores it."""
+
+    id: str
+    user_principal_name: str
+    display_name: str
+    account_enabled: bool = True
+    sign_in_sessions_revoked_at: datetime | None = None
+    revocations: int = 0
+
+
+@dataclass(frozen=True)
+class Fault:
+    """An injected failure or slowdown for requests matching `method` and `path_pattern`.
+
+    `path_pattern` is a regex searched in the decoded path after `/v1.0`. `status` 0 means
+    "answer normally after `delay_s`". `times` is how many matching requests it affects;
+    None keeps it active until the faults are cleared.
+    """
+
+    method: str | None = None
+    path_pattern: str = ".*"
+    status: int = 503
+    retry_after: str | None = None
+    delay_s: float = 0.0
+    times: int | None = 1
+
+    def __post_init__(self) -> None:
+        re.compile(self.path_pattern)
+        if self.status != 0 and not 400 <= self.status <= 599:
+            raise ValueError(f"Fault status must be 0 or an error status, got {self.status}")
+        if self.delay_s < 0:
+            raise ValueError(f"Fault delay_s must not be negative, got {self.delay_s}")
+        if self.times is not None and self.times < 1:
+            raise ValueError(f"Fault times must be at least 1 or None, got {self.times}")
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.method is not None and self.method.upper() != method.upper():
+            return False
+        return re.search(self.path_pattern, path) is not None
+
+
+@dataclass
+class _ActiveFault:
+    fault: Fault
+    remaining: int | None
+
+
+def parse_timestamp(text: str) -> datetime:
+    """Parse a Graph DateTimeOffset such as `2024-05-01T10:00:00Z` or one with fractional seconds.
+
+    A value without an offset is taken as UTC, as Graph does. Raises ValueError if unparseable.
+    """
+    if "T" not in text:
+        raise ValueError(f"not a date and time: {text!r}")
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+class TenantState:
+    """Users, alerts, faults and the request log of one simulated tenant."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users: list[SimUser] = []
+        self._alerts: dict[str, JsonObject] = {}
+        self._faults: list[_ActiveFault] = []
+        self._requests: list[tuple[str, str]] = []
+
+    def add_user(self, user: SimUser) -> None:
+        stored = dataclasses.replace(user)
+        with self._lock:
+            for existing in self._users:
+                if existing.id.lower() == user.id.lower():
+                    raise ValueError(f"a user with id {user.id} already exists")
+                if existing.user_principal_name.lower() == user.user_principal_name.lower():
+                    raise ValueError(f"a user with UPN {user.user_principal_name} already exists")
+            self._users.append(stored)
+
+    def user(self, id_or_upn: str) -> SimUser:
+        """A snapshot of the user; later changes made through the API do not show in it."""
+        with self._lock:
+            return dataclasses.replace(self._find_user(id_or_upn))
+
+    def update_user(
+        self,
+        id_or_upn: str,
+        *,
+        account_enabled: bool | None = None,
+        display_name: str | None = None,
+    ) -> SimUser:
+        with self._lock:
+            user = self._find_user(id_or_upn)
+            if account_enabled is not None:
+                user.account_enabled = account_enabled
+            if display_name is not None:
+                user.display_name = display_name
+            return dataclasses.replace(user)
+
+    def revoke_sessions(self, id_or_upn: str, at: datetime) -> SimUser:
+        with self._lock:
+            user = self._find_user(id_or_upn)
+            user.sign_in_sessions_revoked_at = at
+            user.revocations += 1
+            return dataclasses.replace(user)
+
+    def _find_user(self, id_or_upn: str) -> SimUser:
+        wanted = id_or_upn.lower()
+        for user in self._users:
+            if wanted in (user.id.lower(), user.user_principal_name.lower()):
+                return user
+        raise KeyError(id_or_upn)
+
+    def add_alert(self, alert: Mapping[str, Any]) -> None:
+        """Store an alerts_v2 object; one with the id of a stored alert replaces it."""
+        for name in ("id", "lastUpdateDateTime"):
+            if not alert.get(name):
+                raise ValueError(f"an alert needs '{name}'")
+            if not isinstance(alert[name], str):
+                raise TypeError(f"an alert's '{name}' must be a string")
+        parse_timestamp(alert["lastUpdateDateTime"])
+        stored = copy.deepcopy(dict(alert))
+        with self._lock:
+            self._alerts[stored["id"]] = stored
+
+    def alerts(self) -> list[JsonObject]:
+        with self._lock:
+            ordered = sorted(self._alerts.values(), key=_alert_key)
+            return copy.deepcopy(ordered)
+
+    def alerts_page(
+        self,
+        *,
+        updated_since: datetime | None,
+        inclusive: bool,
+        after: AlertKey | None,
+        limit: int,
+    ) -> tuple[list[JsonObject], AlertKey | None]:
+        """Up to `limit` alerts in key order past `after`, and the cursor for the next page.
+
+        The cursor is the key of the page's last alert, or None when nothing remains. Paging by
+        key rather than by offset keeps pages stable while alerts are added between requests.
+        """
+        with self._lock:
+            candidates = sorted(
+                ((_alert_key(alert), alert) for alert in self._alerts.values()),
+                key=lambda pair: pair[0],
+            )
+            selected = [
+                alert
+                for key, alert in candidates
+                if _within(key[0], updated_since, inclusive) and (after is None or key > after)
+            ]
+            page = copy.deepcopy(selected[:limit])
+        cursor = _alert_key(page[-1]) if len(selected) > limit else None
+        return page, cursor
+
+    def add_fault(self, fault: Fault) -> None:
+        with self._lock:
+            self._faults.append(_ActiveFault(fault, fault.times))
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def take_fault(self, method: str, path: str) -> Fault | None:
+        """The first active fault matching the request, counting this request against it."""
+        with self._lock:
+            for active in self._faults:
+                if not active.fault.matches(method, path):
+                    continue
+                if active.remaining is not None:
+                    active.remaining -= 1
+                    if active.remaining == 0:
+                        self._faults.remove(active)
+                return active.fault
+            return None
+
+    def record_request(self, method: str, path: str) -> None:
+        with self._lock:
+            self._requests.append((method, path))
+
+    def requests(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return list(self._requests)
+
+    def reset_requests(self) -> None:
+        with self._lock:
+            self._requests.clear()
+
+
+def _alert_key(alert: Mapping[str, Any]) -> AlertKey:
+    return parse_timestamp(alert["lastUpdateDateTime"]), alert["id"]
+
+
+def _within(updated: datetime, since: datetime | None, inclusive: bool) -> bool:
+    if since is None:
+        return True
+    return updated >= since if inclusive else updated > since

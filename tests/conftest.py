@@ -1,0 +1,73 @@
+"""Shared fixtures: Azurite (one per test session, started and stopped here), a simulated
+tenant per test, and a container wired to both with tables of its own."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from drill.azurite import Azurite
+from shared import container
+from shared.config import Settings
+from shared.simulator import SimulatedTenant, SimUser
+
+ADELE = SimUser(
+    id="5b2f3d0e-1c4a-4e8b-9f6d-2a7c8e1b4d01",
+    user_principal_name="adele.vance@contoso.onmicrosoft.com",
+    display_name="Adele Vance",
+)
+BREAK_GLASS = SimUser(
+    id="0f9a6c3d-7e21-4b58-8d4f-1c3e5a7b9d20",
+    user_principal_name="bg-emergency-01@contoso.onmicrosoft.com",
+    display_name="Emergency Access 01",
+)
+WEBHOOK_SECRET = secrets.token_urlsafe(32)
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    with Azurite() as running:
+        yield running
+
+
+@pytest.fixture
+def sim() -> Iterator[SimulatedTenant]:
+    with SimulatedTenant() as tenant:
+        tenant.add_user(SimUser(**vars(ADELE)))
+        tenant.add_user(SimUser(**vars(BREAK_GLASS)))
+        yield tenant
+
+
+def settings_for(sim: SimulatedTenant, azurite: Azurite, **overrides: Any) -> Settings:
+    suffix = uuid.uuid4().hex[:10]
+    values: dict[str, Any] = {
+        "RESPONDER_TABLES_CONNECTION": azurite.connection_string,
+        "RESPONDER_AUDIT_TABLE": f"Audit{suffix}",
+        "RESPONDER_STATE_TABLE": f"State{suffix}",
+        "GRAPH_BASE_URL": sim.base_url,
+        "RESPONDER_CREDENTIAL": "simulator",
+        "SIMULATOR_TOKEN": sim.token,
+        "RESPONDER_QUEUE": "memory",
+        "RESPONDER_PROTECTED_IDENTITIES": BREAK_GLASS.id,
+        "RESPONDER_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "GRAPH_MAX_RETRIES": 1,
+        "GRAPH_RETRY_DELAY_SECONDS": 0,
+        "ACTIONS_MAX_DELIVERIES": 3,
+    }
+    values.update(overrides)
+    return Settings.model_validate(values)
+
+
+@pytest.fixture
+async def services(sim: SimulatedTenant, azurite: Azurite) -> AsyncIterator[container.Container]:
+    """The container the functions use in this test (installed as the worker's container)."""
+    built = container.Container(settings_for(sim, azurite))
+    container.install(built)
+    await built.prepare()
+    yield built
+    container.install(None)
+    await built.close()
