@@ -12,6 +12,7 @@ from functools import cache
 from typing import Any
 
 import azure.functions as func
+from azure.functions.decorators.function_app import Function
 from azure.functions.servicebus import ServiceBusMessage
 from azure.functions.timer import TimerRequest
 
@@ -23,16 +24,18 @@ Handler = Callable[..., Coroutine[Any, Any, Any]]
 
 
 @cache
-def registered_functions() -> dict[str, Handler]:
+def registered_functions() -> dict[str, Function]:
     """The app's functions by name. Built once: the app refuses a second get_functions()."""
     from function_app import app
 
-    return {fn.get_function_name() or "": fn.get_user_function() for fn in app.get_functions()}
+    return {fn.get_function_name() or "": fn for fn in app.get_functions()}
 
 
 class LocalHost:
     def __init__(self) -> None:
-        self.functions = registered_functions()
+        self.functions: dict[str, Handler] = {
+            name: fn.get_user_function() for name, fn in registered_functions().items()
+        }
 
     async def post_json(
         self, function: str, route: str, payload: Any, headers: dict[str, str] | None = None

@@ -54,7 +54,7 @@ def read_json(req: func.HttpRequest, max_bytes: int) -> Any:
     if len(body) > max_bytes:
         raise HttpProblem(413, "Payload Too Large", f"body is larger than {max_bytes} bytes")
     try:
-        return json.loads(body)
+        return json.loads(body.decode("utf-8"))
     except UnicodeDecodeError:
         raise HttpProblem(400, "Bad Request", "body is not UTF-8") from None
     except json.JSONDecodeError as exc:

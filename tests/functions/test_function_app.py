@@ -1,0 +1,49 @@
+"""The app registers exactly its functions, with the bindings the host needs, and importing it
+does no I/O and reads no settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from drill.host import registered_functions
+
+ROOT = Path(__file__).resolve().parents[2]
+EXPECTED = {"poll_alerts", "ingest_alert", "execute_action"}
+
+
+def test_the_app_registers_every_function() -> None:
+    assert set(registered_functions()) == EXPECTED
+
+
+def test_bindings_use_app_settings_not_literals() -> None:
+    bindings = {
+        name: json.loads(fn.get_function_json())["bindings"]
+        for name, fn in registered_functions().items()
+    }
+    timer = bindings["poll_alerts"][0]
+    assert timer["type"] == "timerTrigger" and timer["schedule"] == "%ALERT_POLL_SCHEDULE%"
+    queue = bindings["execute_action"][0]
+    assert queue["type"] == "serviceBusTrigger"
+    assert queue["queueName"] == "%ACTIONS_QUEUE%"
+    assert queue["connection"] == "ServiceBusConnection"
+    http = bindings["ingest_alert"][0]
+    assert http["type"] == "httpTrigger" and http["authLevel"] == "FUNCTION"
+    assert http["methods"] == ["POST"] and http["route"] == "alerts"
+
+
+def test_import_needs_no_settings_and_loads_no_graph_sdk() -> None:
+    script = (
+        "import sys, function_app; "
+        "assert 'msgraph' not in sys.modules, 'msgraph imported at import time'; "
+        "print(len(function_app.app.get_functions()))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RESPONDER_", "GRAPH_"))}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(len(EXPECTED))
