@@ -92,9 +92,13 @@ class DrillReport:
 
 
 def drill_settings(sim: SimulatedTenant, azurite: Azurite, scenario: Scenario) -> Settings:
+    # Tables of its own, so a drill against a long-running Azurite starts a fresh chain.
+    run = secrets.token_hex(5)
     return Settings.model_validate(
         {
             "RESPONDER_TABLES_CONNECTION": azurite.connection_string,
+            "RESPONDER_AUDIT_TABLE": f"DrillAudit{run}",
+            "RESPONDER_STATE_TABLE": f"DrillState{run}",
             "GRAPH_BASE_URL": sim.base_url,
             "RESPONDER_CREDENTIAL": "simulator",
             "SIMULATOR_TOKEN": sim.token,

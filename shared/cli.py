@@ -118,7 +118,12 @@ async def _verify() -> dict[str, Any]:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    result = asyncio.run(_verify())
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        result = asyncio.run(_verify())
+    except ResourceNotFoundError:
+        return _fail("the audit table does not exist (check RESPONDER_AUDIT_TABLE)")
     if args.json:
         _print_json(result)
     elif result["verified"]:

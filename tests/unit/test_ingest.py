@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -23,7 +24,9 @@ from shared.ingest import (
 )
 from shared.models import Alert, AlertSource, Entity, EntityKind, Severity
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "alerts"
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures" / "alerts"
+FORMATS_DOC = ROOT / "docs" / "alert-formats.md"
 FIXTURE_NAMES = sorted(path.stem for path in FIXTURES.glob("*.json"))
 
 ADELE_ID = "87d349ed-44d7-43e1-9a83-5f2406dee5bd"
@@ -278,6 +281,19 @@ def test_generic_alert_minimal() -> None:
 
     assert alert.severity is Severity.UNKNOWN
     assert alert.entities == [Entity(kind=EntityKind.USER, upn=ADELE_UPN)]
+
+
+def test_documented_examples_normalize() -> None:
+    doc = FORMATS_DOC.read_text(encoding="utf-8")
+    examples = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", doc, re.DOTALL)]
+
+    sources = [alert.source for example in examples for alert in normalize(example)]
+    assert sources == [
+        AlertSource.GRAPH_ALERTS_V2,
+        AlertSource.SENTINEL,
+        AlertSource.SENTINEL,
+        AlertSource.GENERIC,
+    ]
 
 
 @pytest.mark.parametrize(
@@ -600,10 +616,11 @@ def _assert_alerts_or_invalid_input(payload: object) -> None:
 
 def _paths(document: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     paths = [prefix]
+    children: list[tuple[Any, Any]]
     if isinstance(document, dict):
-        children = document.items()
+        children = list(document.items())
     elif isinstance(document, list):
-        children = enumerate(document)
+        children = list(enumerate(document))
     else:
         return paths
     for key, child in children:

@@ -1,0 +1,64 @@
+"""The default drill end to end, as `make drill` runs it: contained, audited, verified."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from drill.azurite import ENV_ENDPOINT, Azurite
+from shared.cli import main
+from shared.container import Container
+from shared.models import Actor, AuditEntry, AuditEvent
+from shared.simulator import SimulatedTenant
+from tests.conftest import settings_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_compromised_account_drill_contains_and_verifies(
+    azurite: Azurite, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(ENV_ENDPOINT, azurite.endpoint)
+    assert main(["drill", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["ok"] and summary["audit_verified"]
+    assert summary["actions_executed"] == 4 and summary["actions_refused"] == 2
+    assert summary["audit_records"] == 10 and summary["dead_letters"] == 0
+    assert all(summary["checks"].values())
+    assert summary["time_to_contain_ms"] > 0
+
+
+def test_the_readable_drill_prints_a_timeline(
+    azurite: Azurite, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(ENV_ENDPOINT, azurite.endpoint)
+    assert main(["drill"]) == 0
+    out = capsys.readouterr().out
+    assert "timeline" in out and "executed" in out and "refused" in out
+    assert "audit chain verified: 10 records" in out and "result: PASS" in out
+
+
+def test_audit_verify_reads_the_configured_trail(
+    azurite: Azurite, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with SimulatedTenant() as sim:
+        settings = settings_for(sim, azurite)
+
+    async def write() -> None:
+        services = await Container(settings).prepare()
+        entry = AuditEntry(event=AuditEvent.ACTION_PLANNED, actor=Actor(), reason="cli check")
+        await services.chain.append_all([entry, entry, entry])
+        await services.close()
+
+    asyncio.run(write())
+    monkeypatch.setenv("RESPONDER_TABLES_CONNECTION", azurite.connection_string)
+    monkeypatch.setenv("RESPONDER_AUDIT_TABLE", settings.audit_table)
+    monkeypatch.setenv("RESPONDER_QUEUE", "memory")
+    assert main(["audit", "verify", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["verified"] and report["records_checked"] == 3 and report["head_seq"] == 3
+    monkeypatch.setenv("RESPONDER_AUDIT_TABLE", "NoSuchTable")
+    assert main(["audit", "verify"]) == 2
+    assert "does not exist" in capsys.readouterr().err

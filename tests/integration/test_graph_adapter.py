@@ -1,0 +1,98 @@
+"""The msgraph-sdk adapter over real HTTP against the simulated tenant: reads, writes, and
+the mapping of Graph errors to transient and permanent failures."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from shared.adapters.credentials import build_credential
+from shared.adapters.graph import GraphDirectory, build_graph_client
+from shared.config import Settings
+from shared.errors import PermanentError, TransientError
+from shared.simulator import Fault, SimulatedTenant
+from tests.conftest import ADELE
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def graph(sim: SimulatedTenant) -> AsyncIterator[GraphDirectory]:
+    yield await _graph(sim)
+
+
+async def _graph(sim: SimulatedTenant, **overrides: Any) -> GraphDirectory:
+    settings = Settings.model_validate(
+        {
+            "RESPONDER_TABLES_CONNECTION": "UseDevelopmentStorage=true",
+            "GRAPH_BASE_URL": sim.base_url,
+            "RESPONDER_CREDENTIAL": "simulator",
+            "SIMULATOR_TOKEN": sim.token,
+            "RESPONDER_QUEUE": "memory",
+            "GRAPH_MAX_RETRIES": 0,
+            **overrides,
+        }
+    )
+    return GraphDirectory(build_graph_client(settings, build_credential(settings)))
+
+
+async def test_reads_and_writes_go_over_the_wire(
+    graph: GraphDirectory, sim: SimulatedTenant
+) -> None:
+    user = await graph.get_user(ADELE.user_principal_name)
+    assert (user.id, user.account_enabled) == (ADELE.id, True)
+    request_id = await graph.set_account_enabled(user.id, False)
+    assert request_id and len(request_id) == 36
+    await graph.revoke_sign_in_sessions(user.id)
+    after = await graph.get_user(user.id)
+    assert not after.account_enabled and after.sessions_valid_from is not None
+    assert ("PATCH", f"/users/{ADELE.id}") in sim.requests
+    assert ("POST", f"/users/{ADELE.id}/revokeSignInSessions") in sim.requests
+
+
+@pytest.mark.parametrize(
+    ("fault", "error", "status"),
+    [
+        (Fault(status=429, retry_after="2.128"), TransientError, 429),
+        (Fault(status=503), TransientError, 503),
+        (Fault(status=504), TransientError, 504),
+        (Fault(status=403), PermanentError, 403),
+        (Fault(status=400), PermanentError, 400),
+    ],
+)
+async def test_graph_errors_map_to_typed_errors(
+    graph: GraphDirectory, sim: SimulatedTenant, fault: Fault, error: type[Exception], status: int
+) -> None:
+    sim.add_fault(fault)
+    with pytest.raises(error) as caught:
+        await graph.set_account_enabled(ADELE.id, False)
+    assert isinstance(caught.value, TransientError | PermanentError)
+    assert caught.value.status == status
+    assert caught.value.request_id, "the Graph request id is kept for support cases"
+
+
+async def test_fractional_retry_after_is_kept(graph: GraphDirectory, sim: SimulatedTenant) -> None:
+    sim.add_fault(Fault(status=429, retry_after="2.128"))
+    with pytest.raises(TransientError) as caught:
+        await graph.get_user(ADELE.id)
+    assert caught.value.retry_after == pytest.approx(2.128)
+
+
+async def test_an_unknown_user_is_permanent(graph: GraphDirectory) -> None:
+    with pytest.raises(PermanentError, match="404"):
+        await graph.get_user("nobody@contoso.onmicrosoft.com")
+
+
+async def test_a_slow_graph_times_out_as_transient(sim: SimulatedTenant) -> None:
+    graph = await _graph(sim, GRAPH_TIMEOUT_SECONDS=0.3)
+    sim.add_fault(Fault(status=0, delay_s=2.0))
+    with pytest.raises(TransientError, match="Timeout"):
+        await graph.get_user(ADELE.id)
+
+
+async def test_a_wrong_token_is_permanent(sim: SimulatedTenant) -> None:
+    graph = await _graph(sim, SIMULATOR_TOKEN="not-the-token")
+    with pytest.raises(PermanentError, match="401"):
+        await graph.get_user(ADELE.id)

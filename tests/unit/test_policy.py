@@ -1,0 +1,145 @@
+"""The playbook and its guards: which alerts lead to which actions, and what is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shared.config import DEFAULT_PLAYBOOK
+from shared.errors import ConfigError
+from shared.models import (
+    ActionKind,
+    Alert,
+    AlertSource,
+    Decision,
+    Entity,
+    EntityKind,
+    Severity,
+)
+from shared.policy import Guards, Playbook, Policy
+
+VICTIM = "5b2f3d0e-1c4a-4e8b-9f6d-2a7c8e1b4d01"
+GUARDED = "0f9a6c3d-7e21-4b58-8d4f-1c3e5a7b9d20"
+
+
+def alert(
+    *entities: Entity,
+    severity: Severity = Severity.HIGH,
+    category: str = "CredentialAccess",
+    source: AlertSource = AlertSource.GRAPH_ALERTS_V2,
+) -> Alert:
+    return Alert(
+        source=source,
+        alert_id="a-1",
+        title="t",
+        severity=severity,
+        category=category,
+        entities=list(entities),
+    )
+
+
+def user(
+    uid: str | None = VICTIM,
+    upn: str | None = None,
+    roles: tuple[str, ...] = ("compromised",),
+    verdict: str | None = None,
+) -> Entity:
+    return Entity(kind=EntityKind.USER, user_id=uid, upn=upn, roles=roles, verdict=verdict)
+
+
+def policy(protected: tuple[str, ...] = (GUARDED,), dry_run: bool = False) -> Policy:
+    return Policy(Playbook.load(DEFAULT_PLAYBOOK), Guards.create(protected, dry_run))
+
+
+def test_a_compromised_user_is_disabled_and_its_sessions_revoked() -> None:
+    plan = policy().plan(alert(user()))
+    assert [(a.kind, a.target, a.decision) for a in plan.actions] == [
+        (ActionKind.DISABLE_ACCOUNT, VICTIM, Decision.EXECUTE),
+        (ActionKind.REVOKE_SESSIONS, VICTIM, Decision.EXECUTE),
+    ]
+    assert all(a.rule == "contain-compromised-user" for a in plan.actions)
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"severity": Severity.MEDIUM},
+        {"severity": Severity.UNKNOWN},
+        {"category": "Discovery"},
+        {"source": AlertSource.SENTINEL, "severity": Severity.LOW},
+    ],
+)
+def test_alerts_outside_the_rule_cause_nothing(changed: dict[str, object]) -> None:
+    assert policy().plan(alert(user(), **changed)).actions == []  # type: ignore[arg-type]
+
+
+def test_victims_and_attackers_are_told_apart_by_role_and_verdict() -> None:
+    bystander = user(uid="2d4f6b8a-9c1e-4a3b-8e5d-7f0a2c4e6b31", roles=("victim",))
+    flagged = user(uid="8c1e7a52-3f9b-4d26-a0e4-6b5d9c2f7a13", roles=(), verdict="malicious")
+    plan = policy().plan(alert(user(), bystander, flagged))
+    assert {a.target for a in plan.actions} == {VICTIM, "8c1e7a52-3f9b-4d26-a0e4-6b5d9c2f7a13"}
+
+
+def test_protected_identities_are_refused_by_id_or_upn() -> None:
+    plan = policy(protected=(GUARDED, "ceo@contoso.com")).plan(
+        alert(user(uid=GUARDED), user(uid=None, upn="CEO@contoso.com"))
+    )
+    assert {a.decision for a in plan.actions} == {Decision.REFUSED}
+    assert len(plan.actions) == 4
+    assert all("protected identity" in a.reason for a in plan.actions)
+    assert plan.to_execute == []
+
+
+def test_dry_run_turns_every_action_into_a_plan() -> None:
+    plan = policy(dry_run=True).plan(alert(user()))
+    assert {(a.decision, a.dry_run) for a in plan.actions} == {(Decision.DRY_RUN, True)}
+
+
+def test_unusable_evidence_is_reported_not_acted_on() -> None:
+    plan = policy().plan(alert(user(uid=None), user(uid="S-1-5-21-1-2-3-500")))
+    assert plan.actions == []
+    assert [s.reason for s in plan.skipped][0] == "no Entra object id or UPN in evidence"
+    assert "GUID" in plan.skipped[1].reason
+
+
+def test_action_ids_are_deterministic_and_differ_by_alert() -> None:
+    first, again = policy().plan(alert(user())), policy().plan(alert(user()))
+    assert [a.id for a in first.actions] == [a.id for a in again.actions]
+    other = alert(user()).model_copy(update={"alert_id": "a-2"})
+    assert {a.id for a in policy().plan(other).actions}.isdisjoint(a.id for a in first.actions)
+
+
+def test_the_same_user_named_twice_yields_one_action_per_kind() -> None:
+    plan = policy().plan(alert(user(), user(uid=None, upn="x@contoso.com")))
+    assert len(plan.actions) == 4
+    assert len(policy().plan(alert(user(), user())).actions) == 2
+
+
+def test_every_sentinel_incident_account_is_contained() -> None:
+    plan = policy().plan(alert(user(roles=()), source=AlertSource.SENTINEL, category=""))
+    assert {a.rule for a in plan.actions} == {"contain-sentinel-incident-accounts"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("version = 1\nrules = []", "rules"),
+        ('version = 1\n[[rules]]\nname = "x"\nactions = ["format_disk"]', "actions"),
+        (
+            'version = 1\n[[rules]]\nname = "x"\nactions = ["disable_account"]\nsevrity = ["high"]',
+            "sevrity",
+        ),
+        ("version = [", "invalid TOML"),
+    ],
+)
+def test_a_bad_playbook_is_refused_with_the_reason(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "playbook.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        Playbook.load(path)
+
+
+def test_a_missing_playbook_is_named() -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        Playbook.load(Path("/nonexistent/playbook.toml"))

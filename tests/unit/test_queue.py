@@ -1,0 +1,44 @@
+"""Action queues: the Service Bus message the app sends, and the in-memory queue's delivery
+semantics that stand in for Service Bus locally."""
+
+from __future__ import annotations
+
+from shared.adapters.queue import InMemoryActionQueue, to_service_bus_message
+from shared.models import ActionKind, ActionRequest
+
+TARGET = "5b2f3d0e-1c4a-4e8b-9f6d-2a7c8e1b4d01"
+
+
+def action(origin: str = "graph_alerts_v2:a-1") -> ActionRequest:
+    return ActionRequest(
+        id=ActionRequest.derive_id(ActionKind.DISABLE_ACCOUNT, TARGET, origin),
+        kind=ActionKind.DISABLE_ACCOUNT,
+        target=TARGET,
+    )
+
+
+def test_the_service_bus_message_id_is_the_action_id() -> None:
+    request = action()
+    message = to_service_bus_message(request)
+    assert message.message_id == request.id
+    assert message.content_type == "application/json"
+    assert message.subject == "disable_account"
+    assert ActionRequest.model_validate_json(b"".join(message.body)) == request
+
+
+async def test_duplicate_sends_are_dropped_like_service_bus_duplicate_detection() -> None:
+    queue = InMemoryActionQueue()
+    await queue.send([action(), action(), action("graph_alerts_v2:a-2")])
+    await queue.send([action()])
+    assert len(queue) == 2 and queue.duplicates_dropped == 2
+
+
+async def test_abandoned_messages_come_back_then_go_to_dead_letter() -> None:
+    queue = InMemoryActionQueue(max_delivery_count=3)
+    await queue.send([action()])
+    counts = []
+    while (delivery := queue.receive()) is not None:
+        counts.append(delivery.delivery_count)
+        queue.abandon(delivery)
+    assert counts == [1, 2, 3]
+    assert [d.delivery_count for d in queue.dead_letters] == [3]
