@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,10 @@ def test_protected_identities_are_a_comma_list() -> None:
         "a@contoso.com",
         "0f9a6c3d-7e21-4b58-8d4f-1c3e5a7b9d20",
     )
+
+
+def test_the_readme_documents_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    documented = set(re.findall(r"^\| `([A-Za-z_]+)` \|", readme, flags=re.MULTILINE))
+    settings_table = {name for name in documented if name.isupper() or "__" in name}
+    assert settings_table == Settings.setting_names()

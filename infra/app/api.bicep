@@ -1,0 +1,158 @@
+// The function app on a Flex Consumption plan, and every app setting the responder reads in Azure.
+param location string = resourceGroup().location
+param tags object = {}
+param name string
+param planName string
+param identityName string
+param storageAccountName string
+param deploymentStorageContainerName string
+param auditTableName string
+param stateTableName string
+param applicationInsightsName string
+param serviceBusFullyQualifiedNamespace string
+param actionsQueueName string
+param actionsMaxDeliveries int
+param webhookSecretUri string
+param graphBaseUrl string
+param alertPollSchedule string
+param alertPollLookbackMinutes int
+param dryRun bool
+param protectedIdentities string
+param maxBodyBytes int
+
+@allowed([
+  2048
+  4096
+])
+param instanceMemoryMB int = 2048
+
+@minValue(1)
+@maxValue(1000)
+param maximumInstanceCount int = 40
+
+// pyproject.toml pins the project to Python 3.11.
+param pythonVersion string = '3.11'
+
+resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' existing = {
+  name: identityName
+}
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: storageAccountName
+}
+
+resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing = {
+  name: applicationInsightsName
+}
+
+// Settings the code reads (shared/config.py) but that stay unset in Azure, so their defaults
+// apply or they only make sense locally. A test reads these lines: setting one of them here,
+// or adding a setting to the code without handling it in this file, fails the build.
+//   local-only: RESPONDER_TABLES_CONNECTION  (Azurite connection string; Azure uses the endpoint and the identity)
+//   local-only: SIMULATOR_TOKEN              (only for RESPONDER_CREDENTIAL=simulator)
+//   local-only: GRAPH_MAX_RETRIES            (default 3)
+//   local-only: GRAPH_RETRY_DELAY_SECONDS    (default 3)
+//   local-only: GRAPH_TIMEOUT_SECONDS        (default 30)
+//   local-only: RESPONDER_PLAYBOOK           (default: the playbook shipped with the app)
+// FUNCTIONS_WORKER_RUNTIME and FUNCTIONS_EXTENSION_VERSION are deprecated on Flex Consumption:
+// functionAppConfig.runtime below replaces them.
+var appSettings = {
+  // Host storage, identity-based: the account has no keys to put in a connection string.
+  AzureWebJobsStorage__accountName: storage.name
+  AzureWebJobsStorage__credential: 'managedidentity'
+  AzureWebJobsStorage__clientId: identity.properties.clientId
+  APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
+  APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identity.properties.clientId};Authorization=AAD'
+
+  // Tables, reached with the managed identity.
+  RESPONDER_TABLES_ENDPOINT: storage.properties.primaryEndpoints.table
+  RESPONDER_AUDIT_TABLE: auditTableName
+  RESPONDER_STATE_TABLE: stateTableName
+
+  // Graph, as the user-assigned identity (a function app may hold several identities).
+  GRAPH_BASE_URL: graphBaseUrl
+  RESPONDER_CREDENTIAL: 'managed_identity'
+  AZURE_CLIENT_ID: identity.properties.clientId
+
+  // The actions queue: the app's sender and the trigger's `ServiceBusConnection` prefix.
+  RESPONDER_QUEUE: 'servicebus'
+  ServiceBusConnection__fullyQualifiedNamespace: serviceBusFullyQualifiedNamespace
+  ServiceBusConnection__credential: 'managedidentity'
+  ServiceBusConnection__clientId: identity.properties.clientId
+  ACTIONS_QUEUE: actionsQueueName
+  ACTIONS_MAX_DELIVERIES: string(actionsMaxDeliveries)
+
+  // Alert intake.
+  ALERT_POLL_SCHEDULE: alertPollSchedule
+  ALERT_POLL_LOOKBACK_MINUTES: string(alertPollLookbackMinutes)
+  RESPONDER_WEBHOOK_SECRET: '@Microsoft.KeyVault(SecretUri=${webhookSecretUri})'
+  RESPONDER_MAX_BODY_BYTES: string(maxBodyBytes)
+
+  // Policy.
+  RESPONDER_DRY_RUN: dryRun ? 'true' : 'false'
+  RESPONDER_PROTECTED_IDENTITIES: protectedIdentities
+}
+
+resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
+  name: planName
+  location: location
+  tags: tags
+  kind: 'functionapp'
+  sku: {
+    tier: 'FlexConsumption'
+    name: 'FC1'
+  }
+  properties: {
+    reserved: true
+  }
+}
+
+resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
+  name: name
+  location: location
+  tags: union(tags, { 'azd-service-name': 'api' })
+  kind: 'functionapp,linux'
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${identity.id}': {}
+    }
+  }
+  properties: {
+    serverFarmId: plan.id
+    httpsOnly: true
+    // Key Vault references default to a system-assigned identity, which this app does not have.
+    keyVaultReferenceIdentity: identity.id
+    siteConfig: {
+      minTlsVersion: '1.2'
+    }
+    functionAppConfig: {
+      deployment: {
+        storage: {
+          type: 'blobContainer'
+          value: '${storage.properties.primaryEndpoints.blob}${deploymentStorageContainerName}'
+          authentication: {
+            type: 'UserAssignedIdentity'
+            userAssignedIdentityResourceId: identity.id
+          }
+        }
+      }
+      scaleAndConcurrency: {
+        instanceMemoryMB: instanceMemoryMB
+        maximumInstanceCount: maximumInstanceCount
+      }
+      runtime: {
+        name: 'python'
+        version: pythonVersion
+      }
+    }
+  }
+
+  resource settings 'config' = {
+    name: 'appsettings'
+    properties: appSettings
+  }
+}
+
+output name string = functionApp.name
+output uri string = 'https://${functionApp.properties.defaultHostName}'

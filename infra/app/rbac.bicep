@@ -1,0 +1,179 @@
+// Least-privilege roles for the app's managed identity, each at the narrowest scope that works:
+// single tables, the single queue, the single vault. Nothing here grants table access at the
+// account level, since that would let the app rewrite its own audit trail.
+param managedIdentityPrincipalId string
+
+@description('The deploying principal; it may read the audit trail and nothing more. Empty: no grant.')
+param principalId string = ''
+
+@allowed([
+  'User'
+  'ServicePrincipal'
+  'Group'
+])
+param principalType string = 'User'
+
+param storageAccountName string
+param auditTableName string
+param stateTableName string
+param serviceBusNamespaceName string
+param actionsQueueName string
+param keyVaultName string
+param applicationInsightsName string
+
+// Built-in role ids: https://learn.microsoft.com/azure/role-based-access-control/built-in-roles
+var storageBlobDataOwnerRoleId = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b' // Storage Blob Data Owner
+var storageTableDataContributorRoleId = '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3' // Storage Table Data Contributor
+var storageTableDataReaderRoleId = '76199698-9eea-4c19-bc75-cec21354c6b6' // Storage Table Data Reader
+var serviceBusDataSenderRoleId = '69a216fc-b8fb-44d8-bc22-1f3c2cd27a39' // Azure Service Bus Data Sender
+var serviceBusDataReceiverRoleId = '4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0' // Azure Service Bus Data Receiver
+var keyVaultSecretsUserRoleId = '4633458b-17de-408a-b874-0445c86b69e6' // Key Vault Secrets User
+var monitoringMetricsPublisherRoleId = '3913510d-42f4-4e42-8a64-420c390055eb' // Monitoring Metrics Publisher
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: storageAccountName
+
+  resource tableService 'tableServices' existing = {
+    name: 'default'
+
+    resource auditTable 'tables' existing = {
+      name: auditTableName
+    }
+
+    resource stateTable 'tables' existing = {
+      name: stateTableName
+    }
+  }
+}
+
+resource serviceBus 'Microsoft.ServiceBus/namespaces@2024-01-01' existing = {
+  name: serviceBusNamespaceName
+
+  resource actionsQueue 'queues' existing = {
+    name: actionsQueueName
+  }
+}
+
+resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
+  name: keyVaultName
+}
+
+resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing = {
+  name: applicationInsightsName
+}
+
+// Insert and read only: no built-in table role stops short of update and delete. With shared keys
+// disabled, this makes the audit trail append-only for the app itself. Role names are unique per
+// tenant, so the resource group name keeps environments apart.
+resource auditAppenderRole 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
+  name: guid(resourceGroup().id, 'M365 Responder Audit Appender')
+  properties: {
+    roleName: 'M365 Responder Audit Appender (${resourceGroup().name})'
+    description: 'Reads and inserts audit records; cannot change or remove them.'
+    type: 'CustomRole'
+    permissions: [
+      {
+        actions: []
+        notActions: []
+        dataActions: [
+          'Microsoft.Storage/storageAccounts/tableServices/tables/entities/read'
+          'Microsoft.Storage/storageAccounts/tableServices/tables/entities/add/action'
+        ]
+        notDataActions: []
+      }
+    ]
+    assignableScopes: [
+      resourceGroup().id
+    ]
+  }
+}
+
+// Host storage: function keys, timer locks and the deployment package are blobs. Queue and table
+// roles are left out on purpose: no blob trigger or Durable Functions here, and account-wide
+// table access would reach the audit table (the host's diagnostic events are not persisted).
+resource hostStorageBlobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storage.id, managedIdentityPrincipalId, storageBlobDataOwnerRoleId)
+  scope: storage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataOwnerRoleId)
+    principalId: managedIdentityPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource auditTableAppender 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storage::tableService::auditTable.id, managedIdentityPrincipalId, auditAppenderRole.name)
+  scope: storage::tableService::auditTable
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', auditAppenderRole.name)
+    principalId: managedIdentityPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// Watermark, handled alerts and the action ledger are updated and deleted in place.
+resource stateTableContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storage::tableService::stateTable.id, managedIdentityPrincipalId, storageTableDataContributorRoleId)
+  scope: storage::tableService::stateTable
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageTableDataContributorRoleId)
+    principalId: managedIdentityPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// The alert triggers enqueue actions; the executor's trigger receives them. Both on the one queue.
+resource actionsQueueSender 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(serviceBus::actionsQueue.id, managedIdentityPrincipalId, serviceBusDataSenderRoleId)
+  scope: serviceBus::actionsQueue
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', serviceBusDataSenderRoleId)
+    principalId: managedIdentityPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource actionsQueueReceiver 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(serviceBus::actionsQueue.id, managedIdentityPrincipalId, serviceBusDataReceiverRoleId)
+  scope: serviceBus::actionsQueue
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', serviceBusDataReceiverRoleId)
+    principalId: managedIdentityPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// Resolves the RESPONDER_WEBHOOK_SECRET Key Vault reference.
+resource vaultSecretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(keyVault.id, managedIdentityPrincipalId, keyVaultSecretsUserRoleId)
+  scope: keyVault
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultSecretsUserRoleId)
+    principalId: managedIdentityPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// Application Insights has local auth disabled, so telemetry is sent with the identity.
+resource telemetryPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(applicationInsights.id, managedIdentityPrincipalId, monitoringMetricsPublisherRoleId)
+  scope: applicationInsights
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', monitoringMetricsPublisherRoleId)
+    principalId: managedIdentityPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// The deployer can verify the audit chain, never alter it.
+resource auditTableReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(principalId)) {
+  name: guid(storage::tableService::auditTable.id, principalId, storageTableDataReaderRoleId)
+  scope: storage::tableService::auditTable
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageTableDataReaderRoleId)
+    principalId: principalId
+    principalType: principalType
+  }
+}
+
+output auditAppenderRoleId string = auditAppenderRole.name

@@ -1,0 +1,65 @@
+// One storage account: the Functions host's storage, the deployment package container, and the
+// responder's two tables (the hash-chained audit trail and the mutable working state).
+param location string = resourceGroup().location
+param tags object = {}
+param name string
+param skuName string = 'Standard_LRS'
+param deploymentStorageContainerName string
+
+// The app's Settings default to these names; a test keeps them equal.
+var auditTableName = 'AuditTrail'
+var stateTableName = 'ResponderState'
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  name: name
+  location: location
+  tags: tags
+  kind: 'StorageV2'
+  sku: {
+    name: skuName
+  }
+  properties: {
+    // Shared keys would bypass RBAC, and with it the insert-only audit role.
+    allowSharedKeyAccess: false
+    defaultToOAuthAuthentication: true
+    allowBlobPublicAccess: false
+    allowCrossTenantReplication: false
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+    dnsEndpointType: 'Standard'
+    publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      defaultAction: 'Allow'
+      bypass: 'AzureServices'
+    }
+  }
+
+  resource blobService 'blobServices' = {
+    name: 'default'
+
+    resource deploymentContainer 'containers' = {
+      name: deploymentStorageContainerName
+      properties: {
+        publicAccess: 'None'
+      }
+    }
+  }
+
+  // The deployment creates the tables: the app's roles cannot create tables.
+  resource tableService 'tableServices' = {
+    name: 'default'
+
+    resource auditTable 'tables' = {
+      name: auditTableName
+    }
+
+    resource stateTable 'tables' = {
+      name: stateTableName
+    }
+  }
+}
+
+output name string = storage.name
+output deploymentContainerName string = storage::blobService::deploymentContainer.name
+output auditTableName string = storage::tableService::auditTable.name
+output stateTableName string = storage::tableService::stateTable.name

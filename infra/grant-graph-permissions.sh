@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Grants the responder's managed identity the Microsoft Graph application permissions that
+# shared/adapters/graph.py documents, and nothing else.
+#
+# Bicep cannot assign Graph app roles to a managed identity without the Microsoft Graph Bicep
+# extension, so this runs once per environment after `azd provision`, signed in with `az login`
+# as someone allowed to grant application permissions (Privileged Role Administrator or Global
+# Administrator). It is idempotent: permissions already granted are skipped.
+#
+# Usage:
+#   infra/grant-graph-permissions.sh [--check] [MANAGED_IDENTITY_PRINCIPAL_ID]
+#
+#   --check   only report; exit 1 if a permission is missing, grant nothing.
+#   The principal id defaults to $MANAGED_IDENTITY_PRINCIPAL_ID, then to the azd environment's
+#   MANAGED_IDENTITY_PRINCIPAL_ID output.
+#
+# Acting on accounts that hold admin roles needs an Entra role for the identity as well; see the
+# README. Exchange transport rules (Exchange.ManageAsApp) are not granted here.
+set -euo pipefail
+
+readonly GRAPH_APP_ID="00000003-0000-0000-c000-000000000000"
+readonly GRAPH="https://graph.microsoft.com/v1.0"
+
+# One permission per line; tests/unit/test_infra.py compares this list with the adapter's docstrings.
+readonly GRAPH_PERMISSIONS=(
+  User.Read.All
+  User.EnableDisableAccount.All
+  User.RevokeSessions.All
+  SecurityAlert.Read.All
+)
+
+die() {
+  echo "grant-graph-permissions: $*" >&2
+  exit 2
+}
+
+check_only=false
+if [[ "${1:-}" == "--check" ]]; then
+  check_only=true
+  shift
+fi
+
+principal_id="${1:-${MANAGED_IDENTITY_PRINCIPAL_ID:-}}"
+if [[ -z "$principal_id" ]] && command -v azd >/dev/null 2>&1; then
+  principal_id="$(azd env get-value MANAGED_IDENTITY_PRINCIPAL_ID 2>/dev/null || true)"
+fi
+[[ -n "$principal_id" ]] || die "no principal id: pass one or set MANAGED_IDENTITY_PRINCIPAL_ID"
+[[ "$principal_id" =~ ^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$ ]] ||
+  die "not an object id: $principal_id"
+command -v az >/dev/null 2>&1 || die "the Azure CLI (az) is required"
+
+graph_sp_id="$(az rest --method GET \
+  --uri "$GRAPH/servicePrincipals(appId='$GRAPH_APP_ID')" \
+  --query id --output tsv)"
+[[ -n "$graph_sp_id" ]] || die "no Microsoft Graph service principal in this tenant"
+
+# "<permission>\t<app role id>" for every Graph application permission, looked up by value so
+# no role id is hard-coded.
+graph_roles="$(az rest --method GET \
+  --uri "$GRAPH/servicePrincipals/$graph_sp_id?\$select=appRoles" \
+  --query "appRoles[?contains(allowedMemberTypes, 'Application')].[value, id]" --output tsv)"
+
+assigned_role_ids="$(az rest --method GET \
+  --uri "$GRAPH/servicePrincipals/$principal_id/appRoleAssignments" \
+  --query "value[?resourceId=='$graph_sp_id'].appRoleId" --output tsv)"
+
+role_id_of() {
+  awk -F '\t' -v permission="$1" '$1 == permission { print $2 }' <<<"$graph_roles"
+}
+
+missing=0
+wanted_role_ids=()
+for permission in "${GRAPH_PERMISSIONS[@]}"; do
+  role_id="$(role_id_of "$permission")"
+  [[ -n "$role_id" ]] || die "Graph has no application permission named $permission"
+  wanted_role_ids+=("$role_id")
+
+  if grep -qxF "$role_id" <<<"$assigned_role_ids"; then
+    echo "already granted: $permission"
+    continue
+  fi
+  if [[ "$check_only" == true ]]; then
+    echo "missing: $permission"
+    missing=1
+    continue
+  fi
+  az rest --method POST \
+    --uri "$GRAPH/servicePrincipals/$principal_id/appRoleAssignments" \
+    --headers "Content-Type=application/json" \
+    --body "{\"principalId\": \"$principal_id\", \"resourceId\": \"$graph_sp_id\", \"appRoleId\": \"$role_id\"}" \
+    --output none
+  echo "granted: $permission"
+done
+
+# Least privilege cuts both ways: report Graph permissions nobody asked for, but leave their
+# removal to a person.
+while IFS= read -r role_id; do
+  [[ -n "$role_id" ]] || continue
+  if ! printf '%s\n' "${wanted_role_ids[@]}" | grep -qxF "$role_id"; then
+    extra="$(awk -F '\t' -v id="$role_id" '$2 == id { print $1 }' <<<"$graph_roles")"
+    echo "warning: also holds ${extra:-app role $role_id}, which the responder does not need" >&2
+  fi
+done <<<"$assigned_role_ids"
+
+exit "$missing"
