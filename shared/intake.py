@@ -16,6 +16,7 @@ from shared.models import (
     AuditEvent,
     Decision,
     OutcomeStatus,
+    action_entry,
 )
 from shared.policy import Plan, Policy
 from shared.ports import ActionLedger, ActionQueue, AlertCheckpoint
@@ -62,19 +63,8 @@ def plan_as_dict(plan: Plan) -> dict[str, Any]:
 
 def decision_entry(action: ActionRequest) -> AuditEntry:
     refused = action.decision is Decision.REFUSED
-    return AuditEntry(
-        event=AuditEvent.ACTION_REFUSED if refused else AuditEvent.ACTION_PLANNED,
-        actor=action.requested_by,
-        action_id=action.id,
-        kind=str(action.kind),
-        target=action.target,
-        params=action.params,
-        alert_id=action.alert_id,
-        incident_id=action.incident_id,
-        rule=action.rule,
-        reason=action.reason,
-        result={"decision": str(action.decision)},
-    )
+    event = AuditEvent.ACTION_REFUSED if refused else AuditEvent.ACTION_PLANNED
+    return action_entry(action, event, {"decision": str(action.decision)})
 
 
 class AlertIntake:

@@ -217,6 +217,25 @@ class AuditEntry(BaseModel):
     at: datetime = Field(default_factory=utcnow)
 
 
+def action_entry(
+    action: ActionRequest, event: AuditEvent, result: dict[str, Any], reason: str | None = None
+) -> AuditEntry:
+    """The audit entry for something that happened to `action`."""
+    return AuditEntry(
+        event=event,
+        actor=action.requested_by,
+        action_id=action.id,
+        kind=str(action.kind),
+        target=action.target,
+        params=action.params,
+        alert_id=action.alert_id,
+        incident_id=action.incident_id,
+        rule=action.rule,
+        reason=action.reason if reason is None else reason,
+        result=result,
+    )
+
+
 class AuditRecord(BaseModel):
     """A chained audit record: its sequence number, the previous record's hash and its own."""
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -62,12 +63,20 @@ def settings_for(sim: SimulatedTenant, azurite: Azurite, **overrides: Any) -> Se
     return Settings.model_validate(values)
 
 
+@asynccontextmanager
+async def installed(settings: Settings) -> AsyncIterator[container.Container]:
+    """A container built from `settings`, installed as the worker's container meanwhile."""
+    built = container.Container(settings)
+    container.install(built)
+    try:
+        yield await built.prepare()
+    finally:
+        container.install(None)
+        await built.close()
+
+
 @pytest.fixture
 async def services(sim: SimulatedTenant, azurite: Azurite) -> AsyncIterator[container.Container]:
-    """The container the functions use in this test (installed as the worker's container)."""
-    built = container.Container(settings_for(sim, azurite))
-    container.install(built)
-    await built.prepare()
-    yield built
-    container.install(None)
-    await built.close()
+    """The container the functions use in this test."""
+    async with installed(settings_for(sim, azurite)) as built:
+        yield built

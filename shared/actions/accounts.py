@@ -30,14 +30,7 @@ async def _set_enabled(
     if action.dry_run:
         return ActionOutcome(status=OutcomeStatus.DRY_RUN, before=user.as_dict(), calls=[call])
     request_id = await directory.set_account_enabled(user.id, enabled)
-    after = await directory.get_user(user.id)
-    return ActionOutcome(
-        status=OutcomeStatus.EXECUTED,
-        before=user.as_dict(),
-        after=after.as_dict(),
-        calls=[call],
-        request_ids=[request_id] if request_id else [],
-    )
+    return await _executed(directory, user, call, request_id)
 
 
 async def disable_account(
@@ -63,10 +56,17 @@ async def revoke_sessions(
     if action.dry_run:
         return ActionOutcome(status=OutcomeStatus.DRY_RUN, before=user.as_dict(), calls=[call])
     request_id = await directory.revoke_sign_in_sessions(user.id)
-    after = await directory.get_user(user.id)
+    return await _executed(directory, user, call, request_id)
+
+
+async def _executed(
+    directory: Directory, before: UserState, call: str, request_id: str | None
+) -> ActionOutcome:
+    """The outcome of a write, with the state read back from the directory afterwards."""
+    after = await directory.get_user(before.id)
     return ActionOutcome(
         status=OutcomeStatus.EXECUTED,
-        before=user.as_dict(),
+        before=before.as_dict(),
         after=after.as_dict(),
         calls=[call],
         request_ids=[request_id] if request_id else [],

@@ -19,6 +19,7 @@ from shared.models import (
     AuditEntry,
     AuditEvent,
     OutcomeStatus,
+    action_entry,
 )
 from shared.policy import Guards
 from shared.ports import LEDGER_QUEUED, ActionLedger, Directory
@@ -88,16 +89,5 @@ def _failed(exc: TransientError | PermanentError, note: str) -> ActionOutcome:
 
 
 def outcome_entry(action: ActionRequest, outcome: ActionOutcome) -> AuditEntry:
-    return AuditEntry(
-        event=AuditEvent.for_outcome(outcome.status),
-        actor=action.requested_by,
-        action_id=action.id,
-        kind=str(action.kind),
-        target=action.target,
-        params=action.params,
-        alert_id=action.alert_id,
-        incident_id=action.incident_id,
-        rule=action.rule,
-        reason=action.reason,
-        result=outcome.model_dump(mode="json", exclude_defaults=True),
-    )
+    result = outcome.model_dump(mode="json", exclude_defaults=True)
+    return action_entry(action, AuditEvent.for_outcome(outcome.status), result)

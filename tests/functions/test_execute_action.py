@@ -10,12 +10,11 @@ import pytest
 
 from drill.azurite import Azurite
 from drill.host import LocalHost
-from shared import container
 from shared.adapters.queue import InMemoryActionQueue
 from shared.container import Container
 from shared.models import ActionKind, ActionRequest
 from shared.simulator import Fault, SimulatedTenant
-from tests.conftest import ADELE, BREAK_GLASS, settings_for
+from tests.conftest import ADELE, BREAK_GLASS, installed, settings_for
 
 pytestmark = pytest.mark.integration
 
@@ -110,12 +109,8 @@ async def test_a_throttling_storm_is_retried_until_it_passes_and_runs_once(
 @pytest.fixture
 async def impatient(sim: SimulatedTenant, azurite: Azurite) -> AsyncIterator[Container]:
     """A container whose Graph client does not retry inside one delivery."""
-    built = Container(settings_for(sim, azurite, GRAPH_MAX_RETRIES=0))
-    container.install(built)
-    await built.prepare()
-    yield built
-    container.install(None)
-    await built.close()
+    async with installed(settings_for(sim, azurite, GRAPH_MAX_RETRIES=0)) as built:
+        yield built
 
 
 async def test_a_storm_that_outlasts_every_delivery_is_audited_as_failed_once(
@@ -170,12 +165,8 @@ async def test_a_malformed_message_is_audited_and_completed(services: Container)
 
 @pytest.fixture
 async def dry(sim: SimulatedTenant, azurite: Azurite) -> AsyncIterator[Container]:
-    built = Container(settings_for(sim, azurite, RESPONDER_DRY_RUN="true"))
-    container.install(built)
-    await built.prepare()
-    yield built
-    container.install(None)
-    await built.close()
+    async with installed(settings_for(sim, azurite, RESPONDER_DRY_RUN="true")) as built:
+        yield built
 
 
 async def test_dry_run_reads_the_tenant_writes_nothing_and_says_so(

@@ -3,7 +3,14 @@ semantics that stand in for Service Bus locally."""
 
 from __future__ import annotations
 
-from shared.adapters.queue import InMemoryActionQueue, to_service_bus_message
+from azure.servicebus import ServiceBusMessage
+
+from shared.adapters.credentials import StaticTokenCredential
+from shared.adapters.queue import (
+    InMemoryActionQueue,
+    ServiceBusActionQueue,
+    to_service_bus_message,
+)
 from shared.models import ActionKind, ActionRequest
 
 TARGET = "5b2f3d0e-1c4a-4e8b-9f6d-2a7c8e1b4d01"
@@ -42,3 +49,33 @@ async def test_abandoned_messages_come_back_then_go_to_dead_letter() -> None:
         queue.abandon(delivery)
     assert counts == [1, 2, 3]
     assert [d.delivery_count for d in queue.dead_letters] == [3]
+
+
+class RecordingSender:
+    """Stands in for azure.servicebus.aio.ServiceBusSender: keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.sent: list[list[ServiceBusMessage]] = []
+        self.closed = False
+
+    async def send_messages(self, messages: list[ServiceBusMessage]) -> None:
+        self.sent.append(messages)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_the_service_bus_queue_sends_one_batch_of_real_messages() -> None:
+    queue = ServiceBusActionQueue(
+        "sb-test.servicebus.windows.net", "actions", StaticTokenCredential("t")
+    )
+    sender = RecordingSender()
+    queue._sender = sender  # type: ignore[assignment]
+    requests = [action(), action("graph_alerts_v2:a-2")]
+    await queue.send(requests)
+    await queue.send([])
+    assert len(sender.sent) == 1
+    assert [m.message_id for m in sender.sent[0]] == [r.id for r in requests]
+    assert all(isinstance(m, ServiceBusMessage) for m in sender.sent[0])
+    await queue.close()
+    assert sender.closed
