@@ -341,12 +341,10 @@ def test_storage_account_refuses_shared_keys_and_public_blobs() -> None:
 
 def test_tables_are_named_as_the_settings_default_them() -> None:
     names = string_vars("app/storage.bicep")
-    tables = {
-        names.get(ref, ref)
-        for d in declarations("app/storage.bicep")
-        if d.target == "tables"
-        for ref in [entries(d.body)["name"]]
-    }
+    refs = [
+        entries(d.body)["name"] for d in declarations("app/storage.bicep") if d.target == "tables"
+    ]
+    tables = {names.get(ref, ref.strip("'")) for ref in refs}
     fields = Settings.model_fields
     assert tables == {fields["audit_table"].default, fields["state_table"].default}
 
@@ -380,11 +378,17 @@ def test_service_bus_accepts_entra_identities_only() -> None:
 
 
 def test_every_located_resource_carries_the_azd_tags() -> None:
-    assert re.search(r"var\s+tags\s*=\s*\{\s*'azd-env-name':\s*environmentName\s*\}", bicep("main.bicep"))
+    assert re.search(
+        r"var\s+tags\s*=\s*\{\s*'azd-env-name':\s*environmentName\s*\}", bicep("main.bicep")
+    )
     for path in sorted(INFRA.rglob("*.bicep")):
         name = str(path.relative_to(INFRA))
         for decl in declarations(name):
-            if decl.keyword == "resource" and not decl.existing and "location" in entries(decl.body):
+            if (
+                decl.keyword == "resource"
+                and not decl.existing
+                and "location" in entries(decl.body)
+            ):
                 assert "tags" in entries(decl.body), f"{name}: {decl.symbol} is untagged"
     site_tags = entries(declaration("app/api.bicep", "functionApp").body)["tags"]
     assert "'azd-service-name': 'api'" in site_tags
@@ -425,7 +429,9 @@ def test_azure_yaml_deploys_the_repo_root_as_the_api_function() -> None:
 def documented_graph_permissions() -> set[str]:
     tree = ast.parse((ROOT / "shared" / "adapters" / "graph.py").read_text())
     nodes = [tree] + [
-        n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
     ]
     docstrings = "\n".join(filter(None, (ast.get_docstring(n) for n in nodes)))
     return set(re.findall(r"Permission: ([A-Za-z]+(?:\.[A-Za-z]+)*)", docstrings))
