@@ -33,6 +33,19 @@ param dryRun bool = true
 @description('Comma-separated object ids or UPNs that are never disabled: break-glass accounts, VIPs.')
 param protectedIdentities string = ''
 
+@description('Own and partner networks (comma-separated CIDR) that are never blocked.')
+param ipAllowlist string = ''
+
+@allowed([
+  'Enforce'
+  'Audit'
+])
+@description('Mode of the IP block transport rules: Audit lets Exchange only log what they match.')
+param exchangeRuleMode string = 'Enforce'
+
+@description('NCRONTAB schedule of the sweep that lifts expired IP blocks, in UTC.')
+param ipBlockSweepSchedule string = '0 */5 * * * *'
+
 @secure()
 @minLength(32)
 @description('Shared secret the alert webhook expects in X-Responder-Key; stored in Key Vault only.')
@@ -187,6 +200,10 @@ module api 'app/api.bicep' = {
     dryRun: dryRun
     protectedIdentities: protectedIdentities
     maxBodyBytes: maxBodyBytes
+    ipAllowlist: ipAllowlist
+    exchangeTenant: tenant().tenantId
+    exchangeRuleMode: exchangeRuleMode
+    ipBlockSweepSchedule: ipBlockSweepSchedule
   }
 }
 

@@ -65,7 +65,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return _fail(f"{args.alert} is not valid JSON: {exc}")
     playbook = Playbook.load(args.policy or settings.playbook_path)
-    policy = Policy(playbook, Guards.create(settings.protected_identities, settings.dry_run))
+    policy = Policy(playbook, Guards.from_settings(settings))
     plans = [plan_as_dict(policy.plan(alert)) for alert in normalize(payload)]
     _print_json(plans[0] if len(plans) == 1 else plans)
     return EXIT_OK

@@ -6,6 +6,7 @@ setting; secrets are `SecretStr` so they never show up in a repr or a log line.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from enum import StrEnum
@@ -20,6 +21,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -33,6 +35,11 @@ class CredentialKind(StrEnum):
 
     MANAGED_IDENTITY = "managed_identity"
     SIMULATOR = "simulator"
+
+
+class ExchangeRuleMode(StrEnum):
+    ENFORCE = "Enforce"
+    AUDIT = "Audit"
 
 
 class QueueKind(StrEnum):
@@ -92,6 +99,30 @@ class PolicySettings(AppSettings):
         alias="RESPONDER_PROTECTED_IDENTITIES",
         description="Object ids or UPNs never disabled: break-glass accounts, VIPs.",
     )
+    ip_allowlist: CommaList = Field(
+        (),
+        alias="RESPONDER_IP_ALLOWLIST",
+        description="Own and partner networks (CIDR) that are never blocked.",
+    )
+    ip_min_prefix_v4: int = Field(
+        24,
+        alias="IP_BLOCK_MIN_PREFIX_V4",
+        ge=9,
+        le=32,
+        description="Broadest IPv4 network an automatic block may cover.",
+    )
+    ip_min_prefix_v6: int = Field(
+        48,
+        alias="IP_BLOCK_MIN_PREFIX_V6",
+        ge=9,
+        le=128,
+        description="Broadest IPv6 network an automatic block may cover.",
+    )
+
+    @field_validator("ip_allowlist")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(str(ipaddress.ip_network(item, strict=False)) for item in value)
 
 
 class Settings(PolicySettings):
@@ -192,6 +223,27 @@ class Settings(PolicySettings):
         le=7 * 24 * 60,
         description="How far back the first poll looks when no watermark is stored.",
     )
+    exchange_base_url: AnyHttpUrl = Field(
+        AnyHttpUrl("https://outlook.office365.com"),
+        alias="EXCHANGE_BASE_URL",
+        description="Exchange Online admin endpoint host (the simulated tenant's URL locally).",
+    )
+    exchange_tenant: str | None = Field(
+        None,
+        alias="EXCHANGE_TENANT",
+        pattern=r"^[A-Za-z0-9.-]{3,253}$",
+        description="Tenant id or initial domain for the Exchange admin endpoint (IP blocks).",
+    )
+    exchange_rule_mode: ExchangeRuleMode = Field(
+        ExchangeRuleMode.ENFORCE,
+        alias="EXCHANGE_RULE_MODE",
+        description="Enforce, or Audit to let Exchange only log what the block rules match.",
+    )
+    ip_block_sweep_schedule: str = Field(
+        "0 */5 * * * *",
+        alias="IP_BLOCK_SWEEP_SCHEDULE",
+        description="NCRONTAB schedule of the sweep that lifts expired IP blocks.",
+    )
     webhook_secret: SecretStr | None = Field(
         None,
         alias="RESPONDER_WEBHOOK_SECRET",
@@ -205,6 +257,15 @@ class Settings(PolicySettings):
         le=32 * 1_048_576,
         description="Largest accepted webhook body.",
     )
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _resolved(cls, value: SecretStr | None) -> SecretStr | None:
+        # App Service hands over the reference text itself when it cannot resolve it; that
+        # text is long and predictable, so it must never serve as the secret.
+        if value is not None and value.get_secret_value().startswith("@Microsoft.KeyVault("):
+            raise ValueError("is an unresolved Key Vault reference (check the app's access)")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

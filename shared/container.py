@@ -38,7 +38,7 @@ class Container:
         self.state = StateTable(self.tables.get_table_client(settings.state_table))
         self.chain = AuditChain(self.audit_store)
         self.queue: ActionQueue = self._build_queue()
-        self.guards = Guards.create(settings.protected_identities, settings.dry_run)
+        self.guards = Guards.from_settings(settings)
         self.policy = Policy(Playbook.load(settings.playbook_path), self.guards)
         self._prepared = False
 

@@ -7,13 +7,14 @@ executors turn requests into `ActionOutcome`s; the audit trail stores `AuditEven
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 UPN_PATTERN = re.compile(r"^[A-Za-z0-9._%+'#$&*!~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 
@@ -102,6 +103,12 @@ class ActionKind(StrEnum):
     DISABLE_ACCOUNT = "disable_account"
     ENABLE_ACCOUNT = "enable_account"
     REVOKE_SESSIONS = "revoke_sessions"
+    BLOCK_IP = "block_ip"
+    UNBLOCK_IP = "unblock_ip"
+
+    @property
+    def targets_ip(self) -> bool:
+        return self in (ActionKind.BLOCK_IP, ActionKind.UNBLOCK_IP)
 
 
 class Decision(StrEnum):
@@ -147,6 +154,33 @@ def validate_user_target(value: str) -> str:
     raise ValueError(f"user target must be an object id (GUID) or a UPN, got {value!r}")
 
 
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_IP_CHARACTERS = frozenset("0123456789abcdefABCDEF:./")
+
+
+def parse_ip_target(value: str) -> IpNetwork:
+    """An IPv4/IPv6 address or CIDR network, and nothing else: no spaces, separators or ranges.
+
+    Host bits must be clear (`1.2.3.4/24` is refused rather than silently widened);
+    IPv4-mapped IPv6 addresses are read as the IPv4 address they carry."""
+    text = value.strip()
+    if not text or not set(text) <= _IP_CHARACTERS or len(text) > 49:
+        raise ValueError(f"not an IP address or CIDR network: {value[:60]!r}")
+    try:
+        network = ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"not an IP address or CIDR network: {value[:60]!r} ({exc})") from None
+    if isinstance(network, ipaddress.IPv6Network) and network.network_address.ipv4_mapped:
+        mapped = network.network_address.ipv4_mapped
+        return ipaddress.IPv4Network(f"{mapped}/{max(0, network.prefixlen - 96)}")
+    return network
+
+
+def validate_ip_target(value: str) -> str:
+    """The canonical text of an IP target: `185.220.101.47/32`, `2a0b:f4c2::/48`."""
+    return str(parse_ip_target(value))
+
+
 class ActionRequest(BaseModel):
     """One containment action, as queued. Its `id` is deterministic, so the same request from
     a redelivered message or a repeated alert maps to the same id and executes at most once."""
@@ -166,7 +200,10 @@ class ActionRequest(BaseModel):
 
     @field_validator("target")
     @classmethod
-    def _target_is_user(cls, value: str) -> str:
+    def _valid_target(cls, value: str, info: ValidationInfo) -> str:
+        kind = info.data.get("kind")
+        if isinstance(kind, ActionKind) and kind.targets_ip:
+            return validate_ip_target(value)
         return validate_user_target(value)
 
     @staticmethod

@@ -8,12 +8,15 @@ and turn everything into plans when dry-run is on.
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from shared.config import PolicySettings
 from shared.errors import ConfigError
 from shared.models import (
     ActionKind,
@@ -25,6 +28,8 @@ from shared.models import (
     Entity,
     EntityKind,
     Severity,
+    parse_ip_target,
+    validate_ip_target,
     validate_user_target,
 )
 
@@ -54,6 +59,25 @@ class EntitySelector(BaseModel):
         return bool(set(self.roles) & set(entity.roles)) or entity.verdict in self.verdicts
 
 
+class ActionSpec(BaseModel):
+    """One action of a rule, with its parameters. A bare kind (`"disable_account"`) in the
+    playbook is short for `{kind = "disable_account"}`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: ActionKind
+    ttl_minutes: int | None = Field(None, ge=5, le=30 * 24 * 60)
+    signin_block: bool = False
+    mode: Literal["reject", "delete"] = "reject"
+
+    def params(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"kind"}, exclude_defaults=True)
+
+
+def _spec(value: object) -> object:
+    return {"kind": value} if isinstance(value, str) else value
+
+
 class Rule(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -63,9 +87,14 @@ class Rule(BaseModel):
     categories: list[str] = Field(default_factory=list)
     sources: list[AlertSource] = Field(default_factory=list)
     entities: EntitySelector = Field(default_factory=EntitySelector)
-    actions: list[ActionKind] = Field(min_length=1)
+    actions: list[ActionSpec] = Field(min_length=1)
 
     _normalize = field_validator("categories")(_lower_all)
+
+    @field_validator("actions", mode="before")
+    @classmethod
+    def _specs(cls, value: object) -> object:
+        return [_spec(item) for item in value] if isinstance(value, list) else value
 
     def matches(self, alert: Alert) -> bool:
         if self.severities and alert.severity not in self.severities:
@@ -124,10 +153,21 @@ class Guards:
 
     protected_identities: frozenset[str] = frozenset()
     dry_run: bool = False
+    ip_allowlist: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    min_prefix_v4: int = 24
+    min_prefix_v6: int = 48
 
     @classmethod
-    def create(cls, protected: tuple[str, ...] | list[str], dry_run: bool) -> Guards:
-        return cls(frozenset(p.strip().lower() for p in protected if p.strip()), dry_run)
+    def from_settings(cls, settings: PolicySettings) -> Guards:
+        return cls(
+            protected_identities=frozenset(
+                p.strip().lower() for p in settings.protected_identities if p.strip()
+            ),
+            dry_run=settings.dry_run,
+            ip_allowlist=tuple(ipaddress.ip_network(n) for n in settings.ip_allowlist),
+            min_prefix_v4=settings.ip_min_prefix_v4,
+            min_prefix_v6=settings.ip_min_prefix_v6,
+        )
 
     def protected_reason(self, *identities: str | None) -> str | None:
         """Why a user (known by any of its ids/UPNs) must not be touched, or None."""
@@ -136,9 +176,35 @@ class Guards:
                 return f"{identity} is a protected identity (break-glass or VIP)"
         return None
 
+    def ip_block_reason(self, target: str) -> str | None:
+        """Why a network must not be blocked, or None: it is not publicly routable, belongs to
+        the company or a partner, or is broader than the configured prefix."""
+        network = parse_ip_target(target)
+        address = network.network_address
+        for flag in ("is_loopback", "is_link_local", "is_multicast", "is_unspecified",
+                     "is_reserved", "is_private"):
+            if getattr(address, flag) or getattr(network, flag):
+                return f"{network} is {flag.removeprefix('is_').replace('_', '-')}"
+        if not network.is_global:
+            return f"{network} is not publicly routable"
+        minimum = self.min_prefix_v4 if network.version == 4 else self.min_prefix_v6
+        if network.prefixlen < minimum:
+            return f"{network} is broader than /{minimum}"
+        for allowed in self.ip_allowlist:
+            if network.version == allowed.version and network.overlaps(allowed):
+                return f"{network} overlaps the allow-listed network {allowed}"
+        return None
+
+    def refusal(self, action: ActionRequest, *aliases: str | None) -> str | None:
+        if action.kind in PROTECTED_KINDS:
+            return self.protected_reason(action.target, *aliases)
+        if action.kind is ActionKind.BLOCK_IP:
+            return self.ip_block_reason(action.target)
+        return None
+
     def decide(self, action: ActionRequest, *aliases: str | None) -> ActionRequest:
-        reason = self.protected_reason(action.target, *aliases)
-        if reason and action.kind in PROTECTED_KINDS:
+        reason = self.refusal(action, *aliases)
+        if reason:
             return action.model_copy(update={"decision": Decision.REFUSED, "reason": reason})
         if self.dry_run or action.dry_run:
             return action.model_copy(update={"decision": Decision.DRY_RUN, "dry_run": True})
@@ -168,25 +234,24 @@ class Policy:
         return plan
 
     def _plan_entity(self, plan: Plan, rule: Rule, entity: Entity, seen: set[str]) -> None:
-        label = entity.user_id or entity.upn or entity.display_name or str(entity.kind)
-        candidate = entity.user_id or entity.upn
-        if not candidate:
-            plan.skipped.append(Skipped(rule.name, label, "no Entra object id or UPN in evidence"))
-            return
+        label = entity.user_id or entity.upn or entity.address or entity.display_name or "?"
         try:
-            target = validate_user_target(candidate)
+            target = _target_of(entity)
         except ValueError as exc:
             plan.skipped.append(Skipped(rule.name, label, str(exc)))
             return
-        for kind in rule.actions:
-            action_id = ActionRequest.derive_id(kind, target, plan.alert.key)
+        for spec in rule.actions:
+            if spec.kind.targets_ip != (entity.kind is EntityKind.IP):
+                continue
+            action_id = ActionRequest.derive_id(spec.kind, target, plan.alert.key)
             if action_id in seen:
                 continue
             seen.add(action_id)
             request = ActionRequest(
                 id=action_id,
-                kind=kind,
+                kind=spec.kind,
                 target=target,
+                params=spec.params(),
                 reason=f"rule {rule.name}: {plan.alert.title or plan.alert.alert_id}",
                 rule=rule.name,
                 alert_id=plan.alert.key,
@@ -194,3 +259,15 @@ class Policy:
                 requested_by=Actor(),
             )
             plan.actions.append(self.guards.decide(request, entity.user_id, entity.upn))
+
+
+def _target_of(entity: Entity) -> str:
+    """The validated action target an entity names; ValueError says why there is none."""
+    if entity.kind is EntityKind.IP:
+        if not entity.address:
+            raise ValueError("no address in IP evidence")
+        return validate_ip_target(entity.address)
+    candidate = entity.user_id or entity.upn
+    if not candidate:
+        raise ValueError("no Entra object id or UPN in evidence")
+    return validate_user_target(candidate)

@@ -19,6 +19,10 @@ param alertPollLookbackMinutes int
 param dryRun bool
 param protectedIdentities string
 param maxBodyBytes int
+param ipAllowlist string
+param exchangeTenant string
+param exchangeRuleMode string
+param ipBlockSweepSchedule string
 
 @allowed([
   2048
@@ -54,6 +58,9 @@ resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing
 //   local-only: GRAPH_RETRY_DELAY_SECONDS    (default 3)
 //   local-only: GRAPH_TIMEOUT_SECONDS        (default 30)
 //   local-only: RESPONDER_PLAYBOOK           (default: the playbook shipped with the app)
+//   local-only: EXCHANGE_BASE_URL            (default https://outlook.office365.com)
+//   local-only: IP_BLOCK_MIN_PREFIX_V4       (default 24)
+//   local-only: IP_BLOCK_MIN_PREFIX_V6       (default 48)
 // FUNCTIONS_WORKER_RUNTIME and FUNCTIONS_EXTENSION_VERSION are deprecated on Flex Consumption:
 // functionAppConfig.runtime below replaces them.
 var appSettings = {
@@ -91,6 +98,12 @@ var appSettings = {
   // Policy.
   RESPONDER_DRY_RUN: dryRun ? 'true' : 'false'
   RESPONDER_PROTECTED_IDENTITIES: protectedIdentities
+  RESPONDER_IP_ALLOWLIST: ipAllowlist
+
+  // IP blocks: Exchange Online transport rules in this tenant, and their expiry sweep.
+  EXCHANGE_TENANT: exchangeTenant
+  EXCHANGE_RULE_MODE: exchangeRuleMode
+  IP_BLOCK_SWEEP_SCHEDULE: ipBlockSweepSchedule
 }
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {

@@ -35,11 +35,13 @@ class SimUser:
 
 @dataclass(frozen=True)
 class Fault:
-    """An injected failure or slowdown for requests matching `method` and `path_pattern`.
+    """An injected failure or slowdown for requests matching `method`, `path_pattern` and `cmdlet`.
 
-    `path_pattern` is a regex searched in the decoded path after `/v1.0`. `status` 0 means
-    "answer normally after `delay_s`". `times` is how many matching requests it affects;
-    None keeps it active until the faults are cleared.
+    `path_pattern` is a regex searched in the decoded path: after `/v1.0` for Graph, the whole
+    path (such as `/adminapi/beta/{tenant}/InvokeCommand`) for Exchange. `cmdlet`, when set, also
+    requires an Exchange InvokeCommand naming that cmdlet (case-insensitive), so such a fault never
+    hits Graph. `status` 0 means "answer normally after `delay_s`". `times` is how many matching
+    requests it affects; None keeps it active until the faults are cleared.
     """
 
     method: str | None = None
@@ -48,6 +50,7 @@ class Fault:
     retry_after: str | None = None
     delay_s: float = 0.0
     times: int | None = 1
+    cmdlet: str | None = None
 
     def __post_init__(self) -> None:
         re.compile(self.path_pattern)
@@ -58,8 +61,10 @@ class Fault:
         if self.times is not None and self.times < 1:
             raise ValueError(f"Fault times must be at least 1 or None, got {self.times}")
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, cmdlet: str | None = None) -> bool:
         if self.method is not None and self.method.upper() != method.upper():
+            return False
+        if self.cmdlet is not None and (cmdlet is None or cmdlet.lower() != self.cmdlet.lower()):
             return False
         return re.search(self.path_pattern, path) is not None
 
@@ -81,6 +86,11 @@ def parse_timestamp(text: str) -> datetime:
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
     return parsed.astimezone(UTC)
+
+
+def format_timestamp(moment: datetime) -> str:
+    """Write a UTC DateTimeOffset the way Graph does, with seven fractional digits and `Z`."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "0Z"
 
 
 class TenantState:
@@ -189,11 +199,11 @@ class TenantState:
         with self._lock:
             self._faults.clear()
 
-    def take_fault(self, method: str, path: str) -> Fault | None:
+    def take_fault(self, method: str, path: str, cmdlet: str | None = None) -> Fault | None:
         """The first active fault matching the request, counting this request against it."""
         with self._lock:
             for active in self._faults:
-                if not active.fault.matches(method, path):
+                if not active.fault.matches(method, path, cmdlet):
                     continue
                 if active.remaining is not None:
                     active.remaining -= 1

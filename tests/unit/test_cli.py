@@ -16,7 +16,11 @@ def test_plan_prints_the_alert_and_its_actions(capsys: pytest.CaptureFixture[str
     assert main(["plan", "--alert", str(FIXTURES / "graph_alert_compromised_user.json")]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["alert"]["source"] == "graph_alerts_v2"
-    assert {a["kind"] for a in plan["actions"]} == {"disable_account", "revoke_sessions"}
+    assert {a["kind"] for a in plan["actions"]} == {
+        "disable_account",
+        "revoke_sessions",
+        "block_ip",
+    }
     assert set(plan["actions"][0]) >= {"id", "kind", "target", "params", "decision", "reason"}
 
 

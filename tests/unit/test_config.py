@@ -89,6 +89,12 @@ def test_protected_identities_are_a_comma_list() -> None:
 
 def test_the_readme_documents_every_setting() -> None:
     readme = (ROOT / "README.md").read_text()
-    documented = set(re.findall(r"^\| `([A-Za-z_]+)` \|", readme, flags=re.MULTILINE))
+    documented = set(re.findall(r"^\| `([A-Za-z0-9_]+)` \|", readme, flags=re.MULTILINE))
     settings_table = {name for name in documented if name.isupper() or "__" in name}
     assert settings_table == Settings.setting_names()
+
+
+def test_an_unresolved_key_vault_reference_is_no_secret() -> None:
+    reference = "@Microsoft.KeyVault(SecretUri=https://kv-resp.vault.azure.net/secrets/webhook/)"
+    with pytest.raises(ConfigError, match="RESPONDER_WEBHOOK_SECRET.*Key Vault reference"):
+        Settings.from_env({**LOCAL, "RESPONDER_WEBHOOK_SECRET": reference})

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import DEFAULT_PLAYBOOK
+from shared.config import DEFAULT_PLAYBOOK, PolicySettings
 from shared.errors import ConfigError
 from shared.models import (
     ActionKind,
@@ -49,7 +49,10 @@ def user(
 
 
 def policy(protected: tuple[str, ...] = (GUARDED,), dry_run: bool = False) -> Policy:
-    return Policy(Playbook.load(DEFAULT_PLAYBOOK), Guards.create(protected, dry_run))
+    settings = PolicySettings.model_validate(
+        {"RESPONDER_PROTECTED_IDENTITIES": ",".join(protected), "RESPONDER_DRY_RUN": dry_run}
+    )
+    return Policy(Playbook.load(DEFAULT_PLAYBOOK), Guards.from_settings(settings))
 
 
 def test_a_compromised_user_is_disabled_and_its_sessions_revoked() -> None:
@@ -143,3 +146,65 @@ def test_a_bad_playbook_is_refused_with_the_reason(tmp_path: Path, text: str, me
 def test_a_missing_playbook_is_named() -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         Playbook.load(Path("/nonexistent/playbook.toml"))
+
+
+def ip(address: str, roles: tuple[str, ...] = ("attacker",)) -> Entity:
+    return Entity(kind=EntityKind.IP, address=address, roles=roles)
+
+
+def test_attacker_addresses_are_blocked_for_a_day() -> None:
+    plan = policy().plan(alert(ip("185.220.101.47"), ip("2a0b:f4c2:2::/48")))
+    assert [(a.kind, a.target, a.params) for a in plan.actions] == [
+        (ActionKind.BLOCK_IP, "185.220.101.47/32", {"ttl_minutes": 1440}),
+        (ActionKind.BLOCK_IP, "2a0b:f4c2:2::/48", {"ttl_minutes": 1440}),
+    ]
+    assert {a.decision for a in plan.actions} == {Decision.EXECUTE}
+
+
+def test_victim_addresses_are_not_blocked() -> None:
+    assert policy().plan(alert(ip("185.220.101.47", roles=("victim",)))).actions == []
+
+
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("10.1.2.3", "private"),
+        ("192.168.0.0/24", "private"),
+        ("127.0.0.1", "loopback"),
+        ("169.254.10.1", "link-local"),
+        ("fe80::1", "link-local"),
+        ("224.0.0.251", "multicast"),
+        ("0.0.0.0/0", "unspecified"),
+        ("240.0.0.1", "reserved"),
+        ("100.64.0.1", "not publicly routable"),
+        ("185.220.0.0/16", "broader than /24"),
+        ("2a0b::/32", "broader than /48"),
+        ("203.0.113.5", "private"),
+        ("52.96.10.20", "allow-listed"),
+    ],
+)
+def test_ip_guards_refuse_what_must_never_be_blocked(address: str, reason: str) -> None:
+    settings = PolicySettings.model_validate({"RESPONDER_IP_ALLOWLIST": "52.96.0.0/14"})
+    guarded = Policy(Playbook.load(DEFAULT_PLAYBOOK), Guards.from_settings(settings))
+    [action] = guarded.plan(alert(ip(address))).actions
+    assert action.decision is Decision.REFUSED
+    assert reason in action.reason
+
+
+@pytest.mark.parametrize(
+    "junk",
+    ["1.2.3.4; Remove-TransportRule *", "1.2.3.4/24", "999.1.1.1", "1.2.3.4-1.2.3.9", "", "::g"],
+)
+def test_anything_but_a_parsed_address_never_becomes_an_action(junk: str) -> None:
+    plan = policy().plan(alert(ip(junk)))
+    assert plan.actions == [] and plan.skipped
+
+
+def test_a_playbook_action_may_carry_parameters(tmp_path: Path) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text(
+        'version = 1\n[[rules]]\nname = "x"\n'
+        'actions = [{kind = "block_ip", ttl_minutes = 60, signin_block = true, mode = "delete"}]\n'
+    )
+    [spec] = Playbook.load(path).rules[0].actions
+    assert spec.params() == {"ttl_minutes": 60, "signin_block": True, "mode": "delete"}
