@@ -2,8 +2,9 @@
 
 import azure.functions as func
 
-from functions import actions, alerts
+from functions import actions, alerts, blocks
 
 app = func.FunctionApp()
 app.register_functions(alerts.bp)
 app.register_functions(actions.bp)
+app.register_functions(blocks.bp)

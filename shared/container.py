@@ -6,19 +6,23 @@ modules) is only built when an executor or the poller first needs it.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from shared.actions.ip_blocks import IpBlocklist, IpBlockSweeper
 from shared.actions.runner import ActionRunner
 from shared.adapters.audit_table import AuditTable
 from shared.adapters.credentials import build_credential
+from shared.adapters.exchange import ExchangeAdmin
 from shared.adapters.queue import InMemoryActionQueue, ServiceBusActionQueue
-from shared.adapters.state_table import StateTable
+from shared.adapters.state_table import StateTable, TableBlockRegistry
 from shared.adapters.table_service import ensure_tables, table_service
 from shared.audit import AuditChain
 from shared.config import QueueKind, Settings
 from shared.intake import AlertIntake
+from shared.models import utcnow
 from shared.policy import Guards, Playbook, Policy
 from shared.poller import AlertPoller
 from shared.ports import ActionQueue
@@ -28,14 +32,17 @@ if TYPE_CHECKING:
 
 
 class Container:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], datetime] = utcnow) -> None:
         self.settings = settings
+        self.clock = clock
         self.credential = build_credential(settings)
         self.tables = table_service(
             settings, None if settings.tables_connection else self.credential
         )
         self.audit_store = AuditTable(self.tables.get_table_client(settings.audit_table))
-        self.state = StateTable(self.tables.get_table_client(settings.state_table))
+        state_table = self.tables.get_table_client(settings.state_table)
+        self.state = StateTable(state_table)
+        self.blocks = TableBlockRegistry(state_table)
         self.chain = AuditChain(self.audit_store)
         self.queue: ActionQueue = self._build_queue()
         self.guards = Guards.from_settings(settings)
@@ -44,7 +51,7 @@ class Container:
 
     def _build_queue(self) -> ActionQueue:
         if self.settings.queue is QueueKind.MEMORY:
-            return InMemoryActionQueue(self.settings.max_deliveries)
+            return InMemoryActionQueue(self.settings.max_deliveries, self.clock)
         assert self.settings.service_bus_namespace is not None  # checked by Settings
         return ServiceBusActionQueue(
             self.settings.service_bus_namespace, self.settings.actions_queue, self.credential
@@ -64,14 +71,44 @@ class Container:
         return GraphDirectory(build_graph_client(self.settings, self.credential))
 
     @cached_property
+    def exchange(self) -> ExchangeAdmin | None:
+        """The Exchange admin client; None when EXCHANGE_TENANT is not set (no IP blocks)."""
+        if self.settings.exchange_tenant is None:
+            return None
+        return ExchangeAdmin(
+            str(self.settings.exchange_base_url),
+            self.settings.exchange_tenant,
+            self.credential,
+            self.settings.graph_timeout_s,
+        )
+
+    @cached_property
+    def blocklist(self) -> IpBlocklist | None:
+        if self.exchange is None:
+            return None
+        return IpBlocklist(
+            self.exchange, self.blocks, str(self.settings.exchange_rule_mode), self.clock
+        )
+
+    @cached_property
     def intake(self) -> AlertIntake:
-        return AlertIntake(self.policy, self.chain, self.state, self.state, self.queue)
+        return AlertIntake(self.policy, self.chain, self.state, self.state, self.queue, self.blocks)
 
     @cached_property
     def runner(self) -> ActionRunner:
         return ActionRunner(
-            self.graph, self.chain, self.state, self.guards, self.settings.max_deliveries
+            self.graph,
+            self.chain,
+            self.state,
+            self.guards,
+            self.queue,
+            self.blocklist,
+            self.settings.max_deliveries,
         )
+
+    @cached_property
+    def sweeper(self) -> IpBlockSweeper:
+        return IpBlockSweeper(self.blocks, self.queue)
 
     @cached_property
     def poller(self) -> AlertPoller:
@@ -82,6 +119,8 @@ class Container:
         closers = [self.tables.close(), self.credential.close()]
         if isinstance(self.queue, ServiceBusActionQueue):
             closers.append(self.queue.close())
+        if "exchange" in self.__dict__ and self.exchange is not None:
+            closers.append(self.exchange.close())
         for closer in closers:
             await closer
 

@@ -10,6 +10,7 @@ from typing import Any
 from shared.audit import AuditChain
 from shared.ingest import normalize
 from shared.models import (
+    ActionKind,
     ActionRequest,
     Alert,
     AuditEntry,
@@ -19,7 +20,7 @@ from shared.models import (
     action_entry,
 )
 from shared.policy import Plan, Policy
-from shared.ports import ActionLedger, ActionQueue, AlertCheckpoint
+from shared.ports import ActionLedger, ActionQueue, AlertCheckpoint, BlockRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +76,10 @@ class AlertIntake:
         ledger: ActionLedger,
         checkpoint: AlertCheckpoint,
         queue: ActionQueue,
+        blocks: BlockRegistry,
     ) -> None:
         self._policy = policy
+        self._blocks = blocks
         self._chain = chain
         self._ledger = ledger
         self._checkpoint = checkpoint
@@ -93,7 +96,15 @@ class AlertIntake:
             return IntakeResult(plan, duplicate_alert=True)
         result = IntakeResult(plan)
         fresh: list[ActionRequest] = []
-        for action in plan.actions:
+        reserved: list[ActionRequest] = []
+        for index, planned in enumerate(plan.actions):
+            action = await self._reserve(planned)
+            if action is None:
+                result.coalesced.append(planned.id)
+                continue
+            if action is not planned:
+                plan.actions[index] = action
+                reserved.append(action)
             if await self._ledger.claim(action):
                 fresh.append(action)
             else:
@@ -104,12 +115,21 @@ class AlertIntake:
             # Nothing is lost: release the claims so a retry of this alert plans them again.
             for action in fresh:
                 await self._ledger.release(action.id)
+            for action in reserved:
+                await self._blocks.release(action)
             raise
         result.queued = [a.id for a in fresh if a.decision is not Decision.REFUSED]
         await self._checkpoint.mark_handled(alert.key, alert.version)
         if plan.skipped:
             logger.info("alert %s: %s entities skipped", alert.key, len(plan.skipped))
         return result
+
+    async def _reserve(self, action: ActionRequest) -> ActionRequest | None:
+        """IP blocks go through the block registry: a network already pending or blocked
+        coalesces, a new one gets its generation's id."""
+        if action.kind is not ActionKind.BLOCK_IP or action.decision is not Decision.EXECUTE:
+            return action
+        return await self._blocks.reserve(action)
 
     async def _commit(self, actions: list[ActionRequest]) -> None:
         if not actions:

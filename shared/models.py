@@ -206,6 +206,15 @@ class ActionRequest(BaseModel):
             return validate_ip_target(value)
         return validate_user_target(value)
 
+    def for_generation(self, generation: int) -> ActionRequest:
+        """This request as the `generation`-th block of its target: one id per generation, so
+        every alert naming an already blocked address maps to the same action."""
+        origin = f"generation:{generation}"
+        params = {**self.params, "generation": generation}
+        return self.model_copy(
+            update={"id": self.derive_id(self.kind, self.target, origin), "params": params}
+        )
+
     @staticmethod
     def derive_id(kind: ActionKind, target: str, origin: str) -> str:
         """Same kind + target + origin (alert key or engineer request id) -> same action id."""

@@ -103,3 +103,89 @@ class ActionQueue(Protocol):
     """Where planned actions wait for the executor."""
 
     async def send(self, actions: list[ActionRequest]) -> None: ...
+
+    async def schedule(self, actions: list[ActionRequest], at: datetime) -> None:
+        """Deliver `actions` not before `at` (temporary containment reverting itself)."""
+        ...
+
+
+@dataclass(frozen=True)
+class TransportRule:
+    """An Exchange Online transport rule, as far as the IP blocklist cares."""
+
+    name: str
+    ranges: tuple[str, ...]
+    comments: str = ""
+    mode: str = "Enforce"
+    when_changed: str = ""
+
+
+class TransportRules(Protocol):
+    """Exchange Online transport rules (Get/New/Set/Remove-TransportRule)."""
+
+    async def list_rules(self) -> list[TransportRule]: ...
+
+    async def get_rule(self, name: str) -> TransportRule | None: ...
+
+    async def create_rule(
+        self, name: str, ranges: list[str], comments: str, mode: str, reject: bool
+    ) -> None: ...
+
+    async def set_ranges(self, name: str, ranges: list[str], mode: str) -> None: ...
+
+    async def remove_rule(self, name: str) -> None: ...
+
+
+class BlockState:
+    """States of an IP in the block registry."""
+
+    PENDING = "pending"
+    BLOCKED = "blocked"
+    UNBLOCKING = "unblocking"
+    UNBLOCKED = "unblocked"
+    FAILED = "failed"
+
+    ACTIVE = frozenset({PENDING, BLOCKED, UNBLOCKING})
+
+
+@dataclass(frozen=True)
+class BlockEntry:
+    """One network in the block registry: the block request that put it there, its generation
+    (how many times it has been blocked), and the unblock request once one came."""
+
+    network: str
+    generation: int
+    state: str
+    block: ActionRequest
+    unblock: ActionRequest | None = None
+    expires_at: datetime | None = None
+    etag: str = ""
+
+
+class BlockRegistry(Protocol):
+    """The desired state of the IP blocklist, and the in-flight view that coalesces requests."""
+
+    async def reserve(self, action: ActionRequest) -> ActionRequest | None:
+        """Register a block request as the network's next generation and return it with the
+        generation's action id; None while the network is already pending or blocked (the
+        request coalesces into that one)."""
+        ...
+
+    async def release(self, action: ActionRequest) -> None:
+        """Undo a reservation whose request could not be queued."""
+        ...
+
+    async def entries(self, *states: str) -> list[BlockEntry]: ...
+
+    async def get(self, network: str) -> BlockEntry | None: ...
+
+    async def update(
+        self,
+        entry: BlockEntry,
+        state: str,
+        *,
+        unblock: ActionRequest | None = None,
+        expires_at: datetime | None = None,
+    ) -> bool:
+        """Move `entry` to `state` if nobody changed it since it was read (etag)."""
+        ...

@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 
 from shared.actions.accounts import EXECUTORS
+from shared.actions.ip_blocks import Applied, IpBlocklist, expiry_unblock
 from shared.audit import AuditChain
 from shared.errors import PermanentError, TransientError
 from shared.models import (
+    ActionKind,
     ActionOutcome,
     ActionRequest,
     Actor,
@@ -22,7 +24,7 @@ from shared.models import (
     action_entry,
 )
 from shared.policy import Guards
-from shared.ports import LEDGER_QUEUED, ActionLedger, Directory
+from shared.ports import LEDGER_QUEUED, ActionLedger, ActionQueue, Directory
 
 logger = logging.getLogger(__name__)
 
@@ -34,22 +36,26 @@ class ActionRunner:
         chain: AuditChain,
         ledger: ActionLedger,
         guards: Guards,
+        queue: ActionQueue,
+        blocklist: IpBlocklist | None,
         max_deliveries: int,
     ) -> None:
         self._directory = directory
         self._chain = chain
         self._ledger = ledger
         self._guards = guards
+        self._queue = queue
+        self._blocklist = blocklist
         self._max_deliveries = max_deliveries
 
     async def run(self, action: ActionRequest, delivery_count: int) -> ActionOutcome | None:
-        """Execute `action` once. None means the delivery was a duplicate of a finished action."""
+        """Execute `action` once. None means another delivery or a batch already ended it."""
         entry = await self._ledger.get(action.id)
         if entry is not None and entry.state != LEDGER_QUEUED:
             logger.info("action %s already ended (%s); delivery ignored", action.id, entry.state)
             return None
         try:
-            outcome = await EXECUTORS[action.kind](self._directory, self._guards, action)
+            applied = await self._execute(action)
         except TransientError as exc:
             if delivery_count < self._max_deliveries:
                 logger.warning(
@@ -59,12 +65,56 @@ class ActionRunner:
                     exc.status,
                 )
                 raise
-            outcome = _failed(exc, f"gave up after {delivery_count} deliveries")
+            applied = await self._failed(action, exc, f"gave up after {delivery_count} deliveries")
         except PermanentError as exc:
-            outcome = _failed(exc, "not retried")
-        record = await self._chain.append(outcome_entry(action, outcome))
-        await self._ledger.finish(action.id, outcome.status, record.seq)
-        return outcome
+            applied = await self._failed(action, exc, "not retried")
+        await self._record(applied)
+        return next((a.outcome for a in applied if a.action.id == action.id), None)
+
+    async def _execute(self, action: ActionRequest) -> list[Applied]:
+        if not action.kind.targets_ip:
+            outcome = await EXECUTORS[action.kind](self._directory, self._guards, action)
+            return [Applied(action, outcome)]
+        blocklist = self._require_blocklist()
+        if action.dry_run:
+            return [Applied(action, await blocklist.plan(action))]
+        if action.kind is ActionKind.UNBLOCK_IP:
+            nothing_to_lift = await blocklist.request_unblock(action)
+            if nothing_to_lift is not None:
+                return [Applied(action, nothing_to_lift)]
+        applied = await blocklist.flush()
+        if not any(a.action.id == action.id for a in applied):
+            logger.info("action %s was applied by another flush", action.id)
+        return applied
+
+    def _require_blocklist(self) -> IpBlocklist:
+        if self._blocklist is None:
+            raise PermanentError("IP blocks need the EXCHANGE_TENANT setting")
+        return self._blocklist
+
+    async def _failed(
+        self, action: ActionRequest, exc: TransientError | PermanentError, note: str
+    ) -> list[Applied]:
+        if action.kind.targets_ip and self._blocklist is not None and not action.dry_run:
+            await self._blocklist.abandon(action)
+        outcome = ActionOutcome(
+            status=OutcomeStatus.FAILED,
+            error=f"{exc} ({note})",
+            request_ids=[exc.request_id] if exc.request_id else [],
+        )
+        return [Applied(action, outcome)]
+
+    async def _record(self, applied: list[Applied]) -> None:
+        """Audit every outcome (one batch), close their ledger entries, schedule the expiry of
+        temporary blocks."""
+        records = await self._chain.append_all(
+            [outcome_entry(a.action, a.outcome) for a in applied]
+        )
+        for item, record in zip(applied, records, strict=True):
+            await self._ledger.finish(item.action.id, item.outcome.status, record.seq)
+        for item in applied:
+            if item.expires_at is not None:
+                await self._queue.schedule([expiry_unblock(item.action)], item.expires_at)
 
     async def reject_message(self, message_id: str, problems: int) -> None:
         """A queue message that is no valid action: audited as failed, never retried."""
@@ -78,14 +128,6 @@ class ActionRunner:
                 result={"status": "failed", "error": f"{problems} validation errors"},
             )
         )
-
-
-def _failed(exc: TransientError | PermanentError, note: str) -> ActionOutcome:
-    return ActionOutcome(
-        status=OutcomeStatus.FAILED,
-        error=f"{exc} ({note})",
-        request_ids=[exc.request_id] if exc.request_id else [],
-    )
 
 
 def outcome_entry(action: ActionRequest, outcome: ActionOutcome) -> AuditEntry:

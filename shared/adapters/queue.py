@@ -8,15 +8,18 @@ Least privilege: the `Azure Service Bus Data Sender` role on the queue.
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.servicebus import ServiceBusMessage
 from azure.servicebus.aio import ServiceBusClient, ServiceBusSender
 
-from shared.models import ActionRequest
+from shared.models import ActionRequest, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +47,18 @@ class ServiceBusActionQueue:
     async def send(self, actions: list[ActionRequest]) -> None:
         if not actions:
             return
+        await self._get_sender().send_messages([to_service_bus_message(a) for a in actions])
+
+    def _get_sender(self) -> ServiceBusSender:
         if self._sender is None:
             self._sender = self._client.get_queue_sender(self._queue_name)
-        await self._sender.send_messages([to_service_bus_message(a) for a in actions])
+        return self._sender
+
+    async def schedule(self, actions: list[ActionRequest], at: datetime) -> None:
+        if not actions:
+            return
+        sender = self._get_sender()
+        await sender.schedule_messages([to_service_bus_message(a) for a in actions], at)
 
     async def close(self) -> None:
         if self._sender is not None:
@@ -65,30 +77,52 @@ class Delivery:
 
 
 class InMemoryActionQueue:
-    """`ActionQueue` for local runs and tests, with Service Bus's delivery semantics."""
+    """`ActionQueue` for local runs and tests, with Service Bus's delivery semantics. Time comes
+    from `clock`, so a drill can let scheduled messages come due without waiting."""
 
-    def __init__(self, max_delivery_count: int = 10) -> None:
+    def __init__(
+        self, max_delivery_count: int = 10, clock: Callable[[], datetime] = utcnow
+    ) -> None:
         self._max_delivery_count = max_delivery_count
+        self._clock = clock
         self._pending: deque[Delivery] = deque()
+        self._scheduled: list[tuple[datetime, int, Delivery]] = []
         self._seen_ids: set[str] = set()
         self.dead_letters: list[Delivery] = []
         self.sent = 0
         self.duplicates_dropped = 0
 
+    def _accept(self, action: ActionRequest) -> Delivery | None:
+        if action.id in self._seen_ids:
+            self.duplicates_dropped += 1
+            return None
+        self._seen_ids.add(action.id)
+        self.sent += 1
+        return Delivery(action.id, action.model_dump_json().encode(), CONTENT_TYPE, 1)
+
     async def send(self, actions: list[ActionRequest]) -> None:
         for action in actions:
-            if action.id in self._seen_ids:
-                self.duplicates_dropped += 1
-                continue
-            self._seen_ids.add(action.id)
-            self.sent += 1
-            body = action.model_dump_json().encode()
-            self._pending.append(Delivery(action.id, body, CONTENT_TYPE, delivery_count=1))
+            delivery = self._accept(action)
+            if delivery is not None:
+                self._pending.append(delivery)
+
+    async def schedule(self, actions: list[ActionRequest], at: datetime) -> None:
+        for action in actions:
+            delivery = self._accept(action)
+            if delivery is not None:
+                heapq.heappush(self._scheduled, (at, self.sent, delivery))
 
     def __len__(self) -> int:
         return len(self._pending)
 
+    @property
+    def scheduled(self) -> list[tuple[datetime, str]]:
+        return sorted((at, d.message_id) for at, _, d in self._scheduled)
+
     def receive(self) -> Delivery | None:
+        now = self._clock()
+        while self._scheduled and self._scheduled[0][0] <= now:
+            self._pending.append(heapq.heappop(self._scheduled)[2])
         return self._pending.popleft() if self._pending else None
 
     def abandon(self, delivery: Delivery) -> None:

@@ -1,18 +1,25 @@
 """The responder's working state in Table Storage: the poller's watermark, the alert versions
-already handled, and the action ledger. Unlike the audit trail this table is mutable.
-Least privilege: data actions `read`, `write`, `add/action`, `update/action`, `delete` on it."""
+already handled, the action ledger, and the IP block registry. Unlike the audit trail this
+table is mutable. Least privilege: Storage Table Data Contributor on this table only."""
 
 from __future__ import annotations
 
 import hashlib
 from datetime import datetime
+from typing import Any
 
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 
+from shared.errors import TransientError
 from shared.models import ActionRequest, OutcomeStatus
-from shared.ports import LEDGER_QUEUED, LedgerEntry
+from shared.ports import LEDGER_QUEUED, BlockEntry, BlockState, LedgerEntry
 
 WATERMARKS = "watermark"
 HANDLED = "handled"
@@ -97,3 +104,124 @@ class StateTable:
             },
             mode=UpdateMode.MERGE,
         )
+
+
+BLOCKS = "ipblock"
+MAX_RACE_ATTEMPTS = 20
+
+
+def _network_key(network: str) -> str:
+    # "/" is not allowed in a RowKey; ":" and "." are.
+    return network.replace("/", "_")
+
+
+def _block_entity(
+    entry_network: str,
+    generation: int,
+    state: str,
+    block: ActionRequest,
+    unblock: ActionRequest | None,
+    expires_at: datetime | None,
+) -> dict[str, Any]:
+    return {
+        "PartitionKey": BLOCKS,
+        "RowKey": _network_key(entry_network),
+        "Network": entry_network,
+        "Generation": generation,
+        "State": state,
+        "Block": block.model_dump_json(),
+        "Unblock": unblock.model_dump_json() if unblock else "",
+        "ExpiresAt": expires_at.isoformat() if expires_at else "",
+    }
+
+
+def _block_entry(entity: Any) -> BlockEntry:
+    return BlockEntry(
+        network=entity["Network"],
+        generation=int(entity["Generation"]),
+        state=entity["State"],
+        block=ActionRequest.model_validate_json(entity["Block"]),
+        unblock=(
+            ActionRequest.model_validate_json(entity["Unblock"]) if entity["Unblock"] else None
+        ),
+        expires_at=datetime.fromisoformat(entity["ExpiresAt"]) if entity["ExpiresAt"] else None,
+        etag=entity.metadata["etag"],
+    )
+
+
+class TableBlockRegistry:
+    """`BlockRegistry` on the state table: one row per network, updated with etags so that
+    concurrent intakes and executors never overwrite each other's transitions."""
+
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    async def reserve(self, action: ActionRequest) -> ActionRequest | None:
+        for _ in range(MAX_RACE_ATTEMPTS):
+            current = await self.get(action.target)
+            if current is not None and current.state in BlockState.ACTIVE:
+                return None
+            generation = current.generation + 1 if current else 1
+            request = action.for_generation(generation)
+            entity = _block_entity(
+                action.target, generation, BlockState.PENDING, request, None, None
+            )
+            try:
+                if current is None:
+                    await self._table.create_entity(entity)
+                else:
+                    await self._table.update_entity(
+                        entity,
+                        mode=UpdateMode.REPLACE,
+                        etag=current.etag,
+                        match_condition=MatchConditions.IfNotModified,
+                    )
+            except (ResourceExistsError, ResourceModifiedError):
+                continue
+            return request
+        raise TransientError(f"block registry entry {action.target} kept changing")
+
+    async def release(self, action: ActionRequest) -> None:
+        entry = await self.get(action.target)
+        if entry is not None and entry.block.id == action.id:
+            await self.update(entry, BlockState.FAILED)
+
+    async def get(self, network: str) -> BlockEntry | None:
+        try:
+            return _block_entry(await self._table.get_entity(BLOCKS, _network_key(network)))
+        except ResourceNotFoundError:
+            return None
+
+    async def entries(self, *states: str) -> list[BlockEntry]:
+        query = f"PartitionKey eq '{BLOCKS}'"
+        if states:
+            wanted = " or ".join(f"State eq '{state}'" for state in states)
+            query += f" and ({wanted})"
+        return [_block_entry(e) async for e in self._table.query_entities(query)]
+
+    async def update(
+        self,
+        entry: BlockEntry,
+        state: str,
+        *,
+        unblock: ActionRequest | None = None,
+        expires_at: datetime | None = None,
+    ) -> bool:
+        entity = _block_entity(
+            entry.network,
+            entry.generation,
+            state,
+            entry.block,
+            unblock or entry.unblock,
+            expires_at or entry.expires_at,
+        )
+        try:
+            await self._table.update_entity(
+                entity,
+                mode=UpdateMode.REPLACE,
+                etag=entry.etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return False
+        return True

@@ -12,7 +12,7 @@ from pathlib import Path
 from drill.host import registered_functions
 
 ROOT = Path(__file__).resolve().parents[2]
-EXPECTED = {"poll_alerts", "ingest_alert", "execute_action"}
+EXPECTED = {"poll_alerts", "ingest_alert", "execute_action", "sweep_ip_blocks"}
 
 
 def test_the_app_registers_every_function() -> None:
@@ -26,6 +26,8 @@ def test_bindings_use_app_settings_not_literals() -> None:
     }
     timer = bindings["poll_alerts"][0]
     assert timer["type"] == "timerTrigger" and timer["schedule"] == "%ALERT_POLL_SCHEDULE%"
+    sweep = bindings["sweep_ip_blocks"][0]
+    assert sweep["type"] == "timerTrigger" and sweep["schedule"] == "%IP_BLOCK_SWEEP_SCHEDULE%"
     queue = bindings["execute_action"][0]
     assert queue["type"] == "serviceBusTrigger"
     assert queue["queueName"] == "%ACTIONS_QUEUE%"

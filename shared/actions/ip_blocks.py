@@ -1,0 +1,317 @@
+"""IP blocks at the mail edge: the product's own Exchange Online transport rules as a blocklist.
+
+The block registry holds the desired state (which networks are pending, blocked, being
+unblocked); `IpBlocklist.flush` brings the transport rules in line with it in one pass, so a
+storm of requests costs one read-modify-write per rule shard, not one call per address.
+
+The blocklist is sharded across as many rules as needed: Exchange allows 8 KB per rule and 300
+rules per organization, and the shards are filled to a conservative byte budget. Only rules
+whose name and comments mark them as the product's are ever read for ranges or written.
+Writes are read-modify-write: each shard is re-read right before it is written, and a change by
+anyone else restarts the pass; after writing, the rules are read again to prove that every
+address is where it should be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from shared.errors import TransientError
+from shared.models import ActionKind, ActionOutcome, ActionRequest, Actor, OutcomeStatus
+from shared.ports import (
+    ActionQueue,
+    BlockEntry,
+    BlockRegistry,
+    BlockState,
+    TransportRule,
+    TransportRules,
+)
+
+logger = logging.getLogger(__name__)
+
+RULE_PREFIX = "M365 Responder IP block"
+COMMENT_MARK = "Managed by M365 Responder"
+# Exchange's 8 KB covers the whole rule; this budget for the range list leaves ample room for
+# the name, comments, reject text and serialization overhead.
+RANGE_BUDGET_BYTES = 4096
+MAX_SHARDS = 250
+MAX_PASSES = 5
+MODES = ("reject", "delete")
+
+
+def exchange_range(network: str) -> str:
+    """A single address is written without its /32 or /128, as Exchange shows it."""
+    address, _, prefix = network.partition("/")
+    return address if prefix in ("32", "128") else network
+
+
+def _cost(rule_range: str) -> int:
+    return len(rule_range) + 3
+
+
+def shard_name(mode: str, number: int) -> str:
+    return f"{RULE_PREFIX} {mode} {number:03d}"
+
+
+def is_managed(rule: TransportRule) -> bool:
+    return rule.name.startswith(RULE_PREFIX) and rule.comments.startswith(COMMENT_MARK)
+
+
+def _mode_of(rule: TransportRule) -> str:
+    return rule.name.removeprefix(RULE_PREFIX).split()[0]
+
+
+@dataclass
+class ShardChange:
+    """One write to one shard: create it, replace its ranges, or remove it (when empty)."""
+
+    name: str
+    mode: str
+    ranges: list[str]
+    read: TransportRule | None
+
+    @property
+    def call(self) -> str:
+        if self.read is None:
+            return f"New-TransportRule -Name '{self.name}' ({len(self.ranges)} ranges)"
+        if not self.ranges:
+            return f"Remove-TransportRule -Identity '{self.name}'"
+        return f"Set-TransportRule -Identity '{self.name}' ({len(self.ranges)} ranges)"
+
+
+def plan_shards(
+    rules: list[TransportRule], adds: dict[str, str], removes: set[str]
+) -> list[ShardChange]:
+    """The writes that put `adds` (Exchange range -> mode) into, and `removes` out of, the
+    managed shards. Pure: reads nothing, writes nothing."""
+    shards = {r.name: list(r.ranges) for r in rules}
+    by_name = {r.name: r for r in rules}
+    present = {rng for ranges in shards.values() for rng in ranges}
+    for name in shards:
+        shards[name] = [rng for rng in shards[name] if rng not in removes]
+    for rule_range, mode in sorted(adds.items()):
+        if rule_range in present and rule_range not in removes:
+            continue
+        shards.setdefault(_shard_with_room(shards, mode, rule_range), []).append(rule_range)
+    changes = []
+    for name, ranges in sorted(shards.items()):
+        read = by_name.get(name)
+        if read is not None and tuple(ranges) == read.ranges:
+            continue
+        if read is None and not ranges:
+            continue
+        mode = _mode_of(read) if read else name.removeprefix(RULE_PREFIX).split()[0]
+        changes.append(ShardChange(name, mode, ranges, read))
+    return changes
+
+
+def _shard_with_room(shards: dict[str, list[str]], mode: str, rule_range: str) -> str:
+    family = sorted(n for n in shards if n.startswith(f"{RULE_PREFIX} {mode} "))
+    for name in family:
+        if sum(map(_cost, shards[name])) + _cost(rule_range) <= RANGE_BUDGET_BYTES:
+            return name
+    used = {int(n.rsplit(" ", 1)[1]) for n in family}
+    number = next(n for n in range(1, MAX_SHARDS + 2) if n not in used)
+    if number > MAX_SHARDS:
+        raise TransientError(f"the IP blocklist needs more than {MAX_SHARDS} transport rules")
+    return shard_name(mode, number)
+
+
+class _ShardChanged(Exception):
+    """A shard changed between our read and our write."""
+
+
+def expiry_unblock(block: ActionRequest) -> ActionRequest:
+    """The unblock that ends a temporary block. Its id depends only on the block, so the
+    scheduled message and the sweep's late request for the same block coalesce."""
+    return ActionRequest(
+        id=ActionRequest.derive_id(ActionKind.UNBLOCK_IP, block.target, f"expiry:{block.id}"),
+        kind=ActionKind.UNBLOCK_IP,
+        target=block.target,
+        reason=f"temporary block {block.id} expired",
+        rule=block.rule,
+        alert_id=block.alert_id,
+        incident_id=block.incident_id,
+        requested_by=Actor(),
+    )
+
+
+@dataclass
+class Applied:
+    """What a flush did for one request: the request (block or unblock) and its outcome."""
+
+    action: ActionRequest
+    outcome: ActionOutcome
+    expires_at: datetime | None = None
+
+
+class IpBlocklist:
+    def __init__(
+        self,
+        rules: TransportRules,
+        registry: BlockRegistry,
+        rule_mode: str,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._rules = rules
+        self._registry = registry
+        self._rule_mode = rule_mode
+        self._clock = clock
+        self._lock = asyncio.Lock()
+
+    async def plan(self, action: ActionRequest) -> ActionOutcome:
+        """Dry run: read the rules and report the write a real run would make."""
+        managed = [r for r in await self._rules.list_rules() if is_managed(r)]
+        rule_range = exchange_range(action.target)
+        present = any(rule_range in r.ranges for r in managed)
+        if action.kind is ActionKind.BLOCK_IP:
+            adds = {rule_range: action.params.get("mode", "reject")}
+            changes = plan_shards(managed, adds, set())
+        else:
+            changes = plan_shards(managed, {}, {rule_range})
+        return ActionOutcome(
+            status=OutcomeStatus.DRY_RUN,
+            before={"blocked": present},
+            calls=[change.call for change in changes],
+        )
+
+    async def request_unblock(self, action: ActionRequest) -> ActionOutcome | None:
+        """Mark the network for removal; an outcome right away when there is nothing to lift."""
+        entry = await self._registry.get(action.target)
+        if entry is None or entry.state in (BlockState.UNBLOCKED, BlockState.FAILED):
+            return ActionOutcome(
+                status=OutcomeStatus.ALREADY_DONE, before={"blocked": False}, after={}
+            )
+        if entry.state == BlockState.BLOCKED:
+            if not await self._registry.update(entry, BlockState.UNBLOCKING, unblock=action):
+                raise TransientError(f"block registry entry {action.target} changed; retrying")
+        return None
+
+    async def abandon(self, action: ActionRequest) -> None:
+        """A request failed for good: a block returns to failed (a later alert may try again),
+        an unblock leaves the network blocked."""
+        entry = await self._registry.get(action.target)
+        if entry is None:
+            return
+        if action.kind is ActionKind.BLOCK_IP and entry.block.id == action.id:
+            await self._registry.update(entry, BlockState.FAILED)
+        elif entry.unblock is not None and entry.unblock.id == action.id:
+            await self._registry.update(entry, BlockState.BLOCKED)
+
+    async def flush(self) -> list[Applied]:
+        """Apply every pending block and unblock to the transport rules, in one pass."""
+        async with self._lock:
+            entries = await self._registry.entries(BlockState.PENDING, BlockState.UNBLOCKING)
+            if not entries:
+                return []
+            adds = {
+                exchange_range(e.network): e.block.params.get("mode", "reject")
+                for e in entries
+                if e.state == BlockState.PENDING
+            }
+            removes = {exchange_range(e.network) for e in entries if e.state != BlockState.PENDING}
+            placed, calls = await self._apply(adds, removes)
+            return await self._record(entries, placed, calls)
+
+    async def _apply(
+        self, adds: dict[str, str], removes: set[str]
+    ) -> tuple[dict[str, str], list[str]]:
+        for attempt in range(1, MAX_PASSES + 1):
+            managed = [r for r in await self._rules.list_rules() if is_managed(r)]
+            changes = plan_shards(managed, adds, removes)
+            try:
+                for change in changes:
+                    await self._write(change)
+            except _ShardChanged as changed:
+                logger.warning("IP blocklist pass %s restarted: %s", attempt, changed)
+                continue
+            placed = {
+                rng: rule.name
+                for rule in await self._rules.list_rules()
+                if is_managed(rule)
+                for rng in rule.ranges
+            }
+            missing = [rng for rng in adds if rng not in placed]
+            lingering = [rng for rng in removes if rng in placed]
+            if not missing and not lingering:
+                return placed, [change.call for change in changes]
+            logger.warning(
+                "IP blocklist pass %s lost a race: %s missing, %s still present",
+                attempt,
+                len(missing),
+                len(lingering),
+            )
+        raise TransientError(f"the IP blocklist kept changing during {MAX_PASSES} passes")
+
+    async def _write(self, change: ShardChange) -> None:
+        if change.read is None:
+            await self._rules.create_rule(
+                change.name,
+                change.ranges,
+                f"{COMMENT_MARK}: sender IP blocklist. Edits here are overwritten.",
+                self._rule_mode,
+                reject=change.mode == "reject",
+            )
+            return
+        current = await self._rules.get_rule(change.name)
+        if current is None or current.ranges != change.read.ranges:
+            raise _ShardChanged(f"{change.name} changed since it was read")
+        if change.ranges:
+            await self._rules.set_ranges(change.name, change.ranges, self._rule_mode)
+        else:
+            await self._rules.remove_rule(change.name)
+
+    async def _record(
+        self, entries: list[BlockEntry], placed: dict[str, str], calls: list[str]
+    ) -> list[Applied]:
+        now = self._clock()
+        applied = []
+        for entry in entries:
+            rule_range = exchange_range(entry.network)
+            if entry.state == BlockState.PENDING:
+                ttl = entry.block.params.get("ttl_minutes")
+                expires = now + timedelta(minutes=int(ttl)) if ttl else None
+                if not await self._registry.update(entry, BlockState.BLOCKED, expires_at=expires):
+                    continue
+                after = {"blocked": True, "rule": placed.get(rule_range), "expires_at": expires}
+                outcome = _executed({"blocked": False}, after, calls)
+                applied.append(Applied(entry.block, outcome, expires))
+            elif entry.unblock is not None:
+                if not await self._registry.update(entry, BlockState.UNBLOCKED):
+                    continue
+                outcome = _executed({"blocked": True}, {"blocked": False}, calls)
+                applied.append(Applied(entry.unblock, outcome))
+        return applied
+
+
+def _executed(
+    before: Mapping[str, object], after: Mapping[str, object], calls: list[str]
+) -> ActionOutcome:
+    return ActionOutcome(
+        status=OutcomeStatus.EXECUTED,
+        before=before,
+        after={k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in after.items()},
+        calls=calls,
+    )
+
+
+class IpBlockSweeper:
+    """Finds temporary blocks past their expiry and queues their unblock: the safety net for
+    a scheduled unblock message that was lost."""
+
+    def __init__(self, registry: BlockRegistry, queue: ActionQueue) -> None:
+        self._registry = registry
+        self._queue = queue
+
+    async def sweep(self, now: datetime) -> int:
+        expired = [
+            entry
+            for entry in await self._registry.entries(BlockState.BLOCKED)
+            if entry.expires_at is not None and entry.expires_at <= now
+        ]
+        await self._queue.send([expiry_unblock(entry.block) for entry in expired])
+        return len(expired)
