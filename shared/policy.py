@@ -181,8 +181,14 @@ class Guards:
         the company or a partner, or is broader than the configured prefix."""
         network = parse_ip_target(target)
         address = network.network_address
-        for flag in ("is_loopback", "is_link_local", "is_multicast", "is_unspecified",
-                     "is_reserved", "is_private"):
+        for flag in (
+            "is_loopback",
+            "is_link_local",
+            "is_multicast",
+            "is_unspecified",
+            "is_reserved",
+            "is_private",
+        ):
             if getattr(address, flag) or getattr(network, flag):
                 return f"{network} is {flag.removeprefix('is_').replace('_', '-')}"
         if not network.is_global:
