@@ -5,10 +5,12 @@ which comes back with a higher delivery count)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable, Coroutine
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import azure.functions as func
@@ -16,11 +18,15 @@ from azure.functions.decorators.function_app import Function
 from azure.functions.servicebus import ServiceBusMessage
 from azure.functions.timer import TimerRequest
 
-from shared.adapters.queue import InMemoryActionQueue
+from shared.adapters.queue import Delivery, InMemoryActionQueue
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[..., Coroutine[Any, Any, Any]]
+HOST_JSON = Path(__file__).resolve().parents[1] / "host.json"
+MAX_CONCURRENT_CALLS = int(
+    json.loads(HOST_JSON.read_text())["extensions"]["serviceBus"]["maxConcurrentCalls"]
+)
 
 
 @cache
@@ -54,27 +60,41 @@ class LocalHost:
     async def fire_timer(self, function: str) -> None:
         await self.functions[function](TimerRequest(past_due=False))
 
-    async def pump(self, queue: InMemoryActionQueue, function: str = "execute_action") -> int:
-        """Deliver queued messages until the queue is empty; returns deliveries made."""
+    async def pump(
+        self,
+        queue: InMemoryActionQueue,
+        function: str = "execute_action",
+        concurrency: int = MAX_CONCURRENT_CALLS,
+    ) -> int:
+        """Deliver queued messages until the queue is empty, up to `concurrency` at a time as
+        the host does (host.json serviceBus.maxConcurrentCalls); returns deliveries made."""
         deliveries = 0
-        while (delivery := queue.receive()) is not None:
-            deliveries += 1
-            message = ServiceBusMessage(
-                body=delivery.body,
-                message_id=delivery.message_id,
-                content_type=delivery.content_type,
-                delivery_count=delivery.delivery_count,
-                application_properties={},
-                user_properties={},
+        while True:
+            batch: list[Delivery] = []
+            while len(batch) < concurrency and (delivery := queue.receive()) is not None:
+                batch.append(delivery)
+            if not batch:
+                return deliveries
+            deliveries += len(batch)
+            await asyncio.gather(*(self._deliver(queue, d, function) for d in batch))
+
+    async def _deliver(self, queue: InMemoryActionQueue, delivery: Delivery, function: str) -> None:
+        message = ServiceBusMessage(
+            body=delivery.body,
+            message_id=delivery.message_id,
+            content_type=delivery.content_type,
+            delivery_count=delivery.delivery_count,
+            application_properties={},
+            user_properties={},
+        )
+        try:
+            await self.functions[function](message)
+        except Exception as exc:
+            logger.debug("delivery of %s failed", delivery.message_id, exc_info=True)
+            logger.info(
+                "delivery %s of %s abandoned: %s",
+                delivery.delivery_count,
+                delivery.message_id,
+                type(exc).__name__,
             )
-            try:
-                await self.functions[function](message)
-            except Exception as exc:
-                logger.info(
-                    "delivery %s of %s abandoned: %s",
-                    delivery.delivery_count,
-                    delivery.message_id,
-                    type(exc).__name__,
-                )
-                queue.abandon(delivery)
-        return deliveries
+            queue.abandon(delivery)

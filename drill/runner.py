@@ -11,24 +11,17 @@ from datetime import datetime
 from typing import Any
 
 from drill.azurite import Azurite
+from drill.context import DrillClock, DrillContext, Mark, Scenario
 from drill.host import LocalHost
-from drill.scenarios import Scenario
-from functions.http import KEY_HEADER
 from shared import container
-from shared.adapters.queue import InMemoryActionQueue
 from shared.audit import VerifyReport
 from shared.config import Settings
-from shared.models import AuditEvent, AuditRecord, utcnow
+from shared.models import ActionKind, AuditEvent, AuditRecord, utcnow
 from shared.simulator import SimulatedTenant
 
 CONTAINED = {AuditEvent.ACTION_EXECUTED, AuditEvent.ACTION_ALREADY_DONE}
-
-
-@dataclass
-class Mark:
-    at: datetime
-    stage: str
-    text: str
+REVERTS = {str(ActionKind.ENABLE_ACCOUNT), str(ActionKind.UNBLOCK_IP)}
+TIMELINE_ROWS = 40
 
 
 @dataclass
@@ -44,17 +37,28 @@ class DrillReport:
     dead_letters: int
     elapsed_ms: float
     problems: list[str] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return self.verification.ok and all(self.checks.values()) and not self.problems
+        return (
+            self.verification.ok
+            and all(self.checks.values())
+            and not self.problems
+            and self.dead_letters == 0
+        )
 
     def _ms(self, at: datetime) -> float:
         return round((at - self.started).total_seconds() * 1000, 1)
 
     @property
     def time_to_contain_ms(self) -> float | None:
-        done = [r.entry.at for r in self.records if r.entry.event in CONTAINED]
+        """From the first alert to the last containment action executed (reverts excluded)."""
+        done = [
+            r.entry.at
+            for r in self.records
+            if r.entry.event in CONTAINED and r.entry.kind not in REVERTS
+        ]
         return self._ms(max(done)) if done else None
 
     def summary(self) -> dict[str, Any]:
@@ -74,8 +78,9 @@ class DrillReport:
             "audit_verified": self.verification.ok,
             "audit_head_seq": self.verification.head_seq,
             "graph_calls": self.graph_calls,
-            "queue_deliveries": self.deliveries,
+            "queue_messages": self.deliveries,
             "dead_letters": self.dead_letters,
+            **self.metrics,
             "checks": self.checks,
             "problems": self.problems,
         }
@@ -88,81 +93,69 @@ class DrillReport:
             detail = entry.result.get("error") or entry.reason
             rows.append((entry.at, stage, f"#{record.seq} {entry.kind} {entry.target} - {detail}"))
         rows.sort(key=lambda row: row[0])
-        return [f"{self._ms(at):>9.1f} ms  {stage:<13} {text}" for at, stage, text in rows]
+        lines = [f"{self._ms(at):>9.1f} ms  {stage:<13} {text}" for at, stage, text in rows]
+        if len(lines) <= TIMELINE_ROWS:
+            return lines
+        # A storm has thousands of records: keep the start and the end, count the middle.
+        half = TIMELINE_ROWS // 2
+        skipped = len(lines) - 2 * half
+        return [*lines[:half], f"{'':>12}  ... {skipped} more records ...", *lines[-half:]]
 
 
 def drill_settings(sim: SimulatedTenant, azurite: Azurite, scenario: Scenario) -> Settings:
     # Tables of its own, so a drill against a long-running Azurite starts a fresh chain.
     run = secrets.token_hex(5)
-    return Settings.model_validate(
-        {
-            "RESPONDER_TABLES_CONNECTION": azurite.connection_string,
-            "RESPONDER_AUDIT_TABLE": f"DrillAudit{run}",
-            "RESPONDER_STATE_TABLE": f"DrillState{run}",
-            "GRAPH_BASE_URL": sim.base_url,
-            "RESPONDER_CREDENTIAL": "simulator",
-            "SIMULATOR_TOKEN": sim.token,
-            "RESPONDER_QUEUE": "memory",
-            "RESPONDER_PROTECTED_IDENTITIES": ",".join(scenario.protected),
-            "RESPONDER_WEBHOOK_SECRET": secrets.token_urlsafe(32),
-            "GRAPH_RETRY_DELAY_SECONDS": 0.5,
-        }
-    )
+    values: dict[str, Any] = {
+        "RESPONDER_TABLES_CONNECTION": azurite.connection_string,
+        "RESPONDER_AUDIT_TABLE": f"DrillAudit{run}",
+        "RESPONDER_STATE_TABLE": f"DrillState{run}",
+        "GRAPH_BASE_URL": sim.base_url,
+        "RESPONDER_CREDENTIAL": "simulator",
+        "SIMULATOR_TOKEN": sim.token,
+        "RESPONDER_QUEUE": "memory",
+        "RESPONDER_WEBHOOK_SECRET": secrets.token_urlsafe(32),
+        "GRAPH_RETRY_DELAY_SECONDS": 0.5,
+        "EXCHANGE_BASE_URL": sim.exchange_base_url,
+        "EXCHANGE_TENANT": sim.default_domain,
+    }
+    return Settings.model_validate({**values, **scenario.settings()})
 
 
 async def run_scenario(scenario: Scenario) -> DrillReport:
     with SimulatedTenant() as sim, Azurite() as azurite:
-        for user in scenario.users:
-            sim.add_user(user)
-        for alert in scenario.polled_alerts(utcnow()):
-            sim.add_alert(alert)
-        services = container.Container(drill_settings(sim, azurite, scenario))
+        scenario.prepare(sim, utcnow())
+        clock = DrillClock()
+        services = container.Container(drill_settings(sim, azurite, scenario), clock)
         container.install(services)
         try:
-            return await _run(scenario, sim, services)
+            await services.prepare()
+            secret = services.settings.webhook_secret
+            assert secret is not None
+            ctx = DrillContext(sim, services, LocalHost(), clock, secret.get_secret_value())
+            return await _run(scenario, ctx)
         finally:
             container.install(None)
             await services.close()
 
 
-async def _run(
-    scenario: Scenario, sim: SimulatedTenant, services: container.Container
-) -> DrillReport:
-    await services.prepare()
-    queue = services.queue
-    assert isinstance(queue, InMemoryActionQueue)
-    secret = services.settings.webhook_secret
-    assert secret is not None
-    host = LocalHost()
-    marks: list[Mark] = []
-    problems: list[str] = []
+async def _run(scenario: Scenario, ctx: DrillContext) -> DrillReport:
     started, clock = utcnow(), time.perf_counter()
-
-    marks.append(Mark(utcnow(), "alert", "timer poll_alerts fires (Graph security/alerts_v2)"))
-    await host.fire_timer("poll_alerts")
-    for payload in scenario.webhook_payloads:
-        marks.append(Mark(utcnow(), "alert", "webhook ingest_alert receives a Sentinel incident"))
-        response = await host.post_json(
-            "ingest_alert", "alerts", payload, {KEY_HEADER: secret.get_secret_value()}
-        )
-        if response.status_code != 202:
-            problems.append(f"webhook answered {response.status_code}: {response.get_body()!r}")
-    deliveries = await host.pump(queue)
+    await scenario.drive(ctx)
     elapsed = (time.perf_counter() - clock) * 1000
-
-    verification = await services.chain.verify()
-    records = [record async for record in services.audit_store.newest_first()]
+    verification = await ctx.services.chain.verify()
+    records = [record async for record in ctx.services.audit_store.newest_first()]
     records.reverse()
     return DrillReport(
         scenario=scenario.name,
         started=started,
-        marks=marks,
+        marks=ctx.marks,
         records=records,
         verification=verification,
-        checks=scenario.checks(sim),
-        graph_calls=len(sim.requests),
-        deliveries=deliveries,
-        dead_letters=len(queue.dead_letters),
+        checks=await scenario.checks(ctx),
+        graph_calls=len(ctx.sim.requests),
+        deliveries=ctx.queue.sent,
+        dead_letters=len(ctx.queue.dead_letters),
         elapsed_ms=elapsed,
-        problems=problems,
+        problems=ctx.problems,
+        metrics=ctx.metrics,
     )

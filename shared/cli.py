@@ -18,6 +18,14 @@ from typing import Any
 from shared.errors import ConfigError, InvalidInput
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+FIGURES = (
+    "time_to_contain_ms",
+    "alerts_sent",
+    "addresses_blocked",
+    "exchange_calls",
+    "transport_rule_shards",
+    "graph_calls",
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,9 +83,10 @@ def cmd_drill(args: argparse.Namespace) -> int:
     from drill.runner import run_scenario
     from drill.scenarios import SCENARIOS
 
-    scenario = SCENARIOS.get(args.scenario)
-    if scenario is None:
+    make = SCENARIOS.get(args.scenario)
+    if make is None:
         return _fail(f"unknown scenario {args.scenario!r}; known: {', '.join(SCENARIOS)}")
+    scenario = make()
     if not args.json:
         print(f"drill {scenario.name}: {scenario.description}", flush=True)
     report = asyncio.run(run_scenario(scenario))

@@ -239,6 +239,13 @@ class Settings(PolicySettings):
         alias="EXCHANGE_RULE_MODE",
         description="Enforce, or Audit to let Exchange only log what the block rules match.",
     )
+    ip_block_batch_s: float = Field(
+        1.0,
+        alias="IP_BLOCK_BATCH_SECONDS",
+        ge=0,
+        le=30,
+        description="How long a block waits for others to share its transport rule writes.",
+    )
     ip_block_sweep_schedule: str = Field(
         "0 */5 * * * *",
         alias="IP_BLOCK_SWEEP_SCHEDULE",

@@ -87,7 +87,11 @@ class Container:
         if self.exchange is None:
             return None
         return IpBlocklist(
-            self.exchange, self.blocks, str(self.settings.exchange_rule_mode), self.clock
+            self.exchange,
+            self.blocks,
+            str(self.settings.exchange_rule_mode),
+            self.clock,
+            self.settings.ip_block_batch_s,
         )
 
     @cached_property

@@ -139,4 +139,4 @@ class AlertIntake:
         await self._queue.send(runnable)
         for action, record in zip(actions, records, strict=True):
             if action.decision is Decision.REFUSED:
-                await self._ledger.finish(action.id, OutcomeStatus.REFUSED, record.seq)
+                await self._ledger.finish(action, OutcomeStatus.REFUSED, record.seq)

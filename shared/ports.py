@@ -84,7 +84,9 @@ class ActionLedger(Protocol):
 
     async def get(self, action_id: str) -> LedgerEntry | None: ...
 
-    async def finish(self, action_id: str, status: OutcomeStatus, audit_seq: int) -> None: ...
+    async def finish(
+        self, action: ActionRequest, status: OutcomeStatus, audit_seq: int
+    ) -> None: ...
 
 
 class AlertCheckpoint(Protocol):

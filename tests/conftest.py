@@ -27,6 +27,7 @@ BREAK_GLASS = SimUser(
     display_name="Emergency Access 01",
 )
 WEBHOOK_SECRET = secrets.token_urlsafe(32)
+PARTNER_NETWORK = "52.96.0.0/14"
 
 
 @pytest.fixture(scope="session")
@@ -58,6 +59,9 @@ def settings_for(sim: SimulatedTenant, azurite: Azurite, **overrides: Any) -> Se
         "GRAPH_MAX_RETRIES": 1,
         "GRAPH_RETRY_DELAY_SECONDS": 0,
         "ACTIONS_MAX_DELIVERIES": 3,
+        "EXCHANGE_BASE_URL": sim.exchange_base_url,
+        "EXCHANGE_TENANT": sim.default_domain,
+        "RESPONDER_IP_ALLOWLIST": PARTNER_NETWORK,
     }
     values.update(overrides)
     return Settings.model_validate(values)

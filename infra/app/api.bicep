@@ -61,6 +61,7 @@ resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing
 //   local-only: EXCHANGE_BASE_URL            (default https://outlook.office365.com)
 //   local-only: IP_BLOCK_MIN_PREFIX_V4       (default 24)
 //   local-only: IP_BLOCK_MIN_PREFIX_V6       (default 48)
+//   local-only: IP_BLOCK_BATCH_SECONDS       (default 1)
 // FUNCTIONS_WORKER_RUNTIME and FUNCTIONS_EXTENSION_VERSION are deprecated on Flex Consumption:
 // functionAppConfig.runtime below replaces them.
 var appSettings = {

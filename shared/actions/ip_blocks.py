@@ -156,11 +156,13 @@ class IpBlocklist:
         registry: BlockRegistry,
         rule_mode: str,
         clock: Callable[[], datetime],
+        batch_window_s: float = 0.0,
     ) -> None:
         self._rules = rules
         self._registry = registry
         self._rule_mode = rule_mode
         self._clock = clock
+        self._batch_window_s = batch_window_s
         self._lock = asyncio.Lock()
 
     async def plan(self, action: ActionRequest) -> ActionOutcome:
@@ -203,7 +205,11 @@ class IpBlocklist:
             await self._registry.update(entry, BlockState.BLOCKED)
 
     async def flush(self) -> list[Applied]:
-        """Apply every pending block and unblock to the transport rules, in one pass."""
+        """Apply every pending block and unblock to the transport rules, in one pass.
+
+        During a storm new addresses keep coming; waiting a moment first lets the requests
+        that arrive meanwhile share this pass's writes."""
+        await asyncio.sleep(self._batch_window_s)
         async with self._lock:
             entries = await self._registry.entries(BlockState.PENDING, BlockState.UNBLOCKING)
             if not entries:
@@ -308,10 +314,14 @@ class IpBlockSweeper:
         self._queue = queue
 
     async def sweep(self, now: datetime) -> int:
-        expired = [
-            entry
-            for entry in await self._registry.entries(BlockState.BLOCKED)
-            if entry.expires_at is not None and entry.expires_at <= now
-        ]
-        await self._queue.send([expiry_unblock(entry.block) for entry in expired])
-        return len(expired)
+        """Mark every expired block for removal, then queue the unblocks: the first one to run
+        lifts them all in one pass."""
+        unblocks = []
+        for entry in await self._registry.entries(BlockState.BLOCKED):
+            if entry.expires_at is None or entry.expires_at > now:
+                continue
+            unblock = expiry_unblock(entry.block)
+            if await self._registry.update(entry, BlockState.UNBLOCKING, unblock=unblock):
+                unblocks.append(unblock)
+        await self._queue.send(unblocks)
+        return len(unblocks)

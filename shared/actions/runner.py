@@ -111,7 +111,7 @@ class ActionRunner:
             [outcome_entry(a.action, a.outcome) for a in applied]
         )
         for item, record in zip(applied, records, strict=True):
-            await self._ledger.finish(item.action.id, item.outcome.status, record.seq)
+            await self._ledger.finish(item.action, item.outcome.status, record.seq)
         for item in applied:
             if item.expires_at is not None:
                 await self._queue.schedule([expiry_unblock(item.action)], item.expires_at)

@@ -141,23 +141,23 @@ def _raise_typed(cmdlet: str, response: httpx.Response) -> NoReturn:
 
 
 def _reason(response: httpx.Response) -> str:
-    """The useful part of an error: the top-level message is often just "Invalid Operation";
-    the real reason sits in `details` or `innererror.internalexception`."""
+    """The useful part of an error. The top-level message is often just "Invalid Operation";
+    the real reason is in `details[0].message`, after an `ExNNNNNN|exception type|` prefix, or
+    else in `innererror.internalexception`."""
     try:
         error = response.json().get("error", {})
     except (ValueError, AttributeError):
         return response.text[:300]
     if not isinstance(error, dict):
         return str(error)[:300]
+    details = error.get("details")
     inner = error.get("innererror") or error.get("innerError") or {}
     internal = inner.get("internalexception") if isinstance(inner, dict) else None
-    details = error.get("details")
     for candidate in (
-        internal.get("message") if isinstance(internal, dict) else None,
         details[0].get("message") if isinstance(details, list) and details else None,
-        inner.get("message") if isinstance(inner, dict) else None,
+        internal.get("message") if isinstance(internal, dict) else None,
         error.get("message"),
     ):
         if isinstance(candidate, str) and candidate:
-            return candidate[:500]
+            return candidate.rsplit("|", 1)[-1].strip()[:500]
     return "no reason given"

@@ -94,12 +94,15 @@ class StateTable:
             action_id=action_id, state=entity["State"], kind=entity["Kind"], target=entity["Target"]
         )
 
-    async def finish(self, action_id: str, status: OutcomeStatus, audit_seq: int) -> None:
+    async def finish(self, action: ActionRequest, status: OutcomeStatus, audit_seq: int) -> None:
+        # Scheduled reverts reach the executor without a claim, so this may create the row.
         await self._table.upsert_entity(
             {
                 "PartitionKey": ACTIONS,
-                "RowKey": action_id,
+                "RowKey": action.id,
                 "State": str(status),
+                "Kind": str(action.kind),
+                "Target": action.target,
                 "AuditSeq": audit_seq,
             },
             mode=UpdateMode.MERGE,

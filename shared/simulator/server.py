@@ -1,4 +1,4 @@
-"""A loopback HTTP server that answers the slice of Microsoft Graph v1.0 the responder calls.
+"""A loopback HTTP server answering the slice of Graph v1.0 and Exchange's admin API we call.
 
 Unknown routes get 404 with error code `UnknownRoute`, so a call the simulator does not model
 fails loudly instead of looking like a missing user.
@@ -15,7 +15,7 @@ import socket
 import sys
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -24,6 +24,13 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
+from shared.simulator.exchange import (
+    CmdletError,
+    ExchangeApi,
+    TransportRuleStore,
+    parse_invocation,
+)
+from shared.simulator.named_locations import NamedLocationError, NamedLocationStore
 from shared.simulator.state import (
     AlertKey,
     Fault,
@@ -36,6 +43,7 @@ from shared.simulator.state import (
 logger = logging.getLogger(__name__)
 
 API_PREFIX = "/v1.0"
+EXCHANGE_PREFIX = "/adminapi/"
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 2000
 
@@ -46,6 +54,7 @@ _JSON_CONTENT_TYPE = (
 _FILTER = re.compile(r"^\s*lastUpdateDateTime\s+(gt|ge)\s+(\S+)\s*$")
 _ORDERBY = re.compile(r"^\s*lastUpdateDateTime(\s+asc)?\s*$")
 _REVOKE_ACTIONS = ("revokeSignInSessions", "microsoft.graph.revokeSignInSessions")
+_NAMED_LOCATIONS = ("identity", "conditionalAccess", "namedLocations")
 
 
 class _GraphError(Exception):
@@ -75,8 +84,9 @@ class _Reply:
 class _GraphApi:
     """The Graph semantics of the simulator, free of HTTP plumbing."""
 
-    def __init__(self, state: TenantState, base_url: str) -> None:
+    def __init__(self, state: TenantState, locations: NamedLocationStore, base_url: str) -> None:
         self._state = state
+        self._locations = locations
         self._base_url = base_url
 
     def handle(
@@ -91,6 +101,13 @@ class _GraphApi:
                 return self._revoke_sessions(key)
             case "GET", ["security", "alerts_v2"]:
                 return self._list_alerts(query)
+            case _, ["identity", "conditionalAccess", "namedLocations", *rest] if len(rest) < 2:
+                try:
+                    return self._named_locations(method, rest[0] if rest else None, query, body)
+                except NamedLocationError as error:
+                    raise _GraphError(
+                        error.status, error.code, error.message, error.headers
+                    ) from None
         raise _GraphError(404, "UnknownRoute", f"Unsupported route: {method} /{'/'.join(segments)}")
 
     def _user(self, key: str) -> SimUser:
@@ -184,6 +201,75 @@ class _GraphApi:
             )
         return _Reply(200, body)
 
+    def _named_locations(
+        self, method: str, location_id: str | None, query: Mapping[str, str], body: bytes
+    ) -> _Reply:
+        collection = f"{self._base_url}/$metadata#identity/conditionalAccess/namedLocations"
+        match method, location_id:
+            case "GET", None:
+                return self._list_named_locations(query)
+            case "GET", str():
+                location = self._locations.get(location_id)
+                return _Reply(200, {"@odata.context": f"{collection}/$entity", **location})
+            case "POST", None:
+                self._locations.admit_write()
+                location = self._locations.create(_json_object(body))
+                return _Reply(201, {"@odata.context": f"{collection}/$entity", **location})
+            case "PATCH", str():
+                self._locations.admit_write()
+                self._locations.update(location_id, _json_object(body))
+                return _Reply(204)
+            case "DELETE", str():
+                self._locations.admit_write()
+                self._locations.delete(location_id)
+                return _Reply(204)
+        path = "/".join((*_NAMED_LOCATIONS, *([location_id] if location_id else [])))
+        raise _GraphError(404, "UnknownRoute", f"Unsupported route: {method} /{path}")
+
+    def _list_named_locations(self, query: Mapping[str, str]) -> _Reply:
+        # $filter and $select are accepted and ignored: callers filter the page themselves.
+        limit = _parse_top(query.get("$top"))
+        skip = _decode_offset(query["$skiptoken"]) if "$skiptoken" in query else 0
+        page, next_skip = self._locations.page(skip, limit)
+        body: JsonObject = {
+            "@odata.context": f"{self._base_url}/$metadata#identity/conditionalAccess/"
+            "namedLocations",
+            "value": page,
+        }
+        if next_skip is not None:
+            carried = {
+                name: query[name] for name in ("$filter", "$select", "$top") if name in query
+            }
+            carried["$skiptoken"] = _encode_offset(next_skip)
+            body["@odata.nextLink"] = f"{self._base_url}/{'/'.join(_NAMED_LOCATIONS)}?" + urlencode(
+                carried, quote_via=quote, safe="$:"
+            )
+        return _Reply(200, body)
+
+
+def _json_object(body: bytes) -> JsonObject:
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        raise _GraphError(400, "BadRequest", "The request body is not valid JSON.") from None
+    if not isinstance(parsed, dict):
+        raise _GraphError(400, "BadRequest", "The request body must be a JSON object.")
+    return parsed
+
+
+def _encode_offset(offset: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"skip": offset}).encode()).rstrip(b"=").decode()
+
+
+def _decode_offset(token: str) -> int:
+    try:
+        offset = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))["skip"]
+        if isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0:
+            return offset
+    except (binascii.Error, ValueError, TypeError, KeyError):
+        pass
+    raise _GraphError(400, "BadRequest", "Invalid $skiptoken.")
+
 
 def _user_not_found(key: str) -> _GraphError:
     return _GraphError(
@@ -252,12 +338,22 @@ class _GraphServer(ThreadingHTTPServer):
     # them itself instead.
     block_on_close = False
 
-    def __init__(self, state: TenantState, token: str) -> None:
+    def __init__(
+        self,
+        state: TenantState,
+        token: str,
+        rules: TransportRuleStore,
+        locations: NamedLocationStore,
+        tenant_names: tuple[str, ...],
+    ) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.state = state
         self.token = token
-        self.base_url = f"http://127.0.0.1:{self.server_port}{API_PREFIX}"
-        self.api = _GraphApi(state, self.base_url)
+        self.rules = rules
+        self.exchange_base_url = f"http://127.0.0.1:{self.server_port}"
+        self.base_url = f"{self.exchange_base_url}{API_PREFIX}"
+        self.api = _GraphApi(state, locations, self.base_url)
+        self.exchange_api = ExchangeApi(rules, self.exchange_base_url, tenant_names)
         self.stopping = threading.Event()
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
@@ -293,6 +389,8 @@ class _Handler(BaseHTTPRequestHandler):
     # Headers and body go out in two writes; without TCP_NODELAY the client's delayed ACK
     # adds about 40 ms to every keep-alive request.
     disable_nagle_algorithm = True
+    # Whether the request being answered is for Exchange, whose errors have their own envelope.
+    on_exchange = False
 
     def do_GET(self) -> None:
         self._dispatch()
@@ -316,8 +414,11 @@ class _Handler(BaseHTTPRequestHandler):
         server = self.server
         assert isinstance(server, _GraphServer)
         request_id = str(uuid.uuid4())
+        self.on_exchange = urlsplit(self.path).path.startswith(EXCHANGE_PREFIX)
         try:
             reply = self._answer(server)
+        except CmdletError as error:
+            reply = _Reply(error.status, error.body(), error.headers)
         except _GraphError as error:
             reply = self._error_reply(error, request_id)
         except Exception:
@@ -334,9 +435,14 @@ class _Handler(BaseHTTPRequestHandler):
         server.state.record_request(self.command, logged_path)
         body = self._read_body()
         self._authenticate(server.token)
-        fault = server.state.take_fault(self.command, logged_path)
+        tenant = _exchange_tenant(parts.path)
+        cmdlet = _record_invocation(server.rules, body) if tenant is not None else None
+        fault = server.state.take_fault(self.command, logged_path, cmdlet)
         if fault is not None:
             self._apply(fault, server.stopping)
+        if tenant is not None and self.command == "POST":
+            query = dict(parse_qsl(parts.query, keep_blank_values=True))
+            return _Reply(200, server.exchange_api.invoke(tenant, query, body))
         if relative is None:
             raise _GraphError(
                 404, "UnknownRoute", f"Unsupported route: {self.command} {parts.path}"
@@ -373,6 +479,9 @@ class _Handler(BaseHTTPRequestHandler):
             raise _GraphError(fault.status, _error_code(fault.status), "Injected fault.", headers)
 
     def _error_reply(self, error: _GraphError, request_id: str) -> _Reply:
+        if self.on_exchange:
+            failure = CmdletError(error.status, error.code, error.message, headers=error.headers)
+            return _Reply(failure.status, failure.body(), failure.headers)
         body: JsonObject = {
             "error": {
                 "code": error.code,
@@ -417,21 +526,47 @@ def _relative_path(path: str) -> str | None:
     return None
 
 
-class SimulatedTenant:
-    """A Graph v1.0 stand-in on 127.0.0.1 for tests and drills; use it as a context manager.
+def _exchange_tenant(path: str) -> str | None:
+    """The decoded `{tenant}` of `/adminapi/beta/{tenant}/InvokeCommand`, else None."""
+    match path.split("/"):
+        case ["", "adminapi", "beta", tenant, "InvokeCommand"] if tenant:
+            return unquote(tenant)
+    return None
 
-    Requests must carry `Authorization: Bearer <token>`. Faults apply after that check, in the
-    order they were added, so unauthenticated requests never use them up.
+
+def _record_invocation(rules: TransportRuleStore, body: bytes) -> str | None:
+    """Log the InvokeCommand before faults can fail it; the cmdlet name, or None if malformed."""
+    try:
+        cmdlet, parameters = parse_invocation(body)
+    except CmdletError:
+        # The endpoint itself answers 400 for it, once the faults have had their chance.
+        return None
+    rules.record_call(cmdlet, parameters)
+    return cmdlet
+
+
+class SimulatedTenant:
+    """A Graph v1.0 and Exchange admin API stand-in on 127.0.0.1; use it as a context manager.
+
+    Requests to either must carry `Authorization: Bearer <token>`. Faults apply after that check,
+    in the order they were added, so unauthenticated requests never use them up. Writes to named
+    locations faster than `named_location_writes_per_second` get 429; None turns that off.
     """
 
     def __init__(
         self,
         token: str = "sim-token",
         tenant_id: str = "00000000-0000-0000-0000-0000000000aa",
+        *,
+        default_domain: str = "contoso.onmicrosoft.com",
+        named_location_writes_per_second: float | None = 1.0,
     ) -> None:
         self._token = token
         self._tenant_id = tenant_id
+        self._default_domain = default_domain
         self._state = TenantState()
+        self._rules = TransportRuleStore()
+        self._locations = NamedLocationStore(named_location_writes_per_second)
         self._server: _GraphServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -444,16 +579,39 @@ class SimulatedTenant:
         return self._tenant_id
 
     @property
+    def default_domain(self) -> str:
+        """The tenant's `*.onmicrosoft.com` domain; Exchange accepts it in place of the id."""
+        return self._default_domain
+
+    @property
     def base_url(self) -> str:
         """The Graph base URL to give the SDK, such as `http://127.0.0.1:PORT/v1.0`."""
+        return self._running().base_url
+
+    @property
+    def exchange_base_url(self) -> str:
+        """Where Exchange's admin API lives, such as `http://127.0.0.1:PORT`.
+
+        Cmdlets are POSTed to `{exchange_base_url}/adminapi/beta/{tenant id or default
+        domain}/InvokeCommand`.
+        """
+        return self._running().exchange_base_url
+
+    def _running(self) -> _GraphServer:
         if self._server is None:
             raise RuntimeError("the simulated tenant is not started")
-        return self._server.base_url
+        return self._server
 
     def start(self) -> None:
         if self._thread is not None:
             raise RuntimeError("a simulated tenant can only be started once")
-        self._server = _GraphServer(self._state, self._token)
+        self._server = _GraphServer(
+            self._state,
+            self._token,
+            self._rules,
+            self._locations,
+            (self._tenant_id, self._default_domain),
+        )
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -511,8 +669,61 @@ class SimulatedTenant:
 
     @property
     def requests(self) -> list[tuple[str, str]]:
-        """(method, path) of every request so far; the path is decoded, after `/v1.0`."""
+        """(method, path) of every request so far, the path decoded and without its query.
+
+        Graph paths start after `/v1.0`; Exchange paths are whole, `/adminapi/beta/...`.
+        """
         return self._state.requests()
 
     def reset_requests(self) -> None:
         self._state.reset_requests()
+
+    def add_transport_rule(self, params: Mapping[str, Any]) -> JsonObject:
+        """Create a rule as "someone else" would, with New-TransportRule's parameters and checks.
+
+        Returns the rule as Get-TransportRule shows it; ValueError carries the refusal's reason.
+        """
+        try:
+            return self._rules.new(params)
+        except CmdletError as error:
+            raise ValueError(error.reason) from None
+
+    def edit_transport_rule(self, identity: str, **params: Any) -> JsonObject:
+        """Change a rule out of band as Set-TransportRule would; KeyError if there is no such rule.
+
+        Returns the changed rule; ValueError carries the reason a change is refused.
+        """
+        try:
+            return self._rules.set(identity, params)
+        except CmdletError as error:
+            if error.status == 404:
+                raise KeyError(identity) from None
+            raise ValueError(error.reason) from None
+
+    @property
+    def transport_rules(self) -> list[JsonObject]:
+        """Copies of the transport rules in priority order, as Get-TransportRule shows them."""
+        return self._rules.rules()
+
+    @property
+    def exchange_calls(self) -> list[tuple[str, JsonObject]]:
+        """(cmdlet name, parameters) of every authenticated InvokeCommand with a well-formed body.
+
+        Calls a fault then failed, or the endpoint refused, are included.
+        """
+        return self._rules.calls()
+
+    def before_cmdlet(
+        self, cmdlet: str, hook: Callable[[SimulatedTenant], None], times: int = 1
+    ) -> None:
+        """Run `hook(tenant)` just before each of the next `times` calls of `cmdlet` executes.
+
+        It runs once auth, faults and the checks of the cmdlet's parameters have passed, outside
+        the simulator's locks so it can edit rules; an exception from it fails the call with 500.
+        """
+        self._rules.add_hook(cmdlet, lambda: hook(self), times)
+
+    @property
+    def named_locations(self) -> list[JsonObject]:
+        """Copies of the IP named locations, in creation order."""
+        return self._locations.all()
