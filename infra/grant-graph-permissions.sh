@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Grants the responder's managed identity the Microsoft Graph application permissions that
-# shared/adapters/graph.py documents, and nothing else.
+# Grants the responder's managed identity the application permissions its adapters document,
+# and nothing else: Microsoft Graph (shared/adapters/graph.py) and Office 365 Exchange Online
+# (shared/adapters/exchange.py).
 #
 # Bicep cannot assign Graph app roles to a managed identity without the Microsoft Graph Bicep
 # extension, so this runs once per environment after `azd provision`, signed in with `az login`
@@ -14,11 +15,13 @@
 #   The principal id defaults to $MANAGED_IDENTITY_PRINCIPAL_ID, then to the azd environment's
 #   MANAGED_IDENTITY_PRINCIPAL_ID output.
 #
-# Acting on accounts that hold admin roles needs an Entra role for the identity as well; see the
-# README. Exchange transport rules (Exchange.ManageAsApp) are not granted here.
+# Acting on accounts that hold admin roles needs an Entra role for the identity as well, and
+# Exchange.ManageAsApp needs an Exchange role for the app that holds transport rule management;
+# see the README.
 set -euo pipefail
 
 readonly GRAPH_APP_ID="00000003-0000-0000-c000-000000000000"
+readonly EXCHANGE_APP_ID="00000002-0000-0ff1-ce00-000000000000"
 readonly GRAPH="https://graph.microsoft.com/v1.0"
 
 # One permission per line; tests/unit/test_infra.py compares this list with the adapter's docstrings.
@@ -27,6 +30,11 @@ readonly GRAPH_PERMISSIONS=(
   User.EnableDisableAccount.All
   User.RevokeSessions.All
   SecurityAlert.Read.All
+  Policy.Read.All
+  Policy.ReadWrite.ConditionalAccess
+)
+readonly EXCHANGE_PERMISSIONS=(
+  Exchange.ManageAsApp
 )
 
 die() {
@@ -49,57 +57,62 @@ fi
   die "not an object id: $principal_id"
 command -v az >/dev/null 2>&1 || die "the Azure CLI (az) is required"
 
-graph_sp_id="$(az rest --method GET \
-  --uri "$GRAPH/servicePrincipals(appId='$GRAPH_APP_ID')" \
-  --query id --output tsv)"
-[[ -n "$graph_sp_id" ]] || die "no Microsoft Graph service principal in this tenant"
+missing=0
 
-# "<permission>\t<app role id>" for every Graph application permission, looked up by value so
-# no role id is hard-coded.
-graph_roles="$(az rest --method GET \
-  --uri "$GRAPH/servicePrincipals/$graph_sp_id?\$select=appRoles" \
-  --query "appRoles[?contains(allowedMemberTypes, 'Application')].[value, id]" --output tsv)"
+# grant APP_ID PERMISSION...: assign the resource app's application permissions to the identity.
+grant() {
+  local app_id="$1"
+  shift
+  local sp_id roles assigned role_id permission extra
+  sp_id="$(az rest --method GET \
+    --uri "$GRAPH/servicePrincipals(appId='$app_id')" \
+    --query id --output tsv)"
+  [[ -n "$sp_id" ]] || die "no service principal for app $app_id in this tenant"
 
-assigned_role_ids="$(az rest --method GET \
-  --uri "$GRAPH/servicePrincipals/$principal_id/appRoleAssignments" \
-  --query "value[?resourceId=='$graph_sp_id'].appRoleId" --output tsv)"
+  # "<permission>\t<app role id>" for every application permission, looked up by value so no
+  # role id is hard-coded.
+  roles="$(az rest --method GET \
+    --uri "$GRAPH/servicePrincipals/$sp_id?\$select=appRoles" \
+    --query "appRoles[?contains(allowedMemberTypes, 'Application')].[value, id]" --output tsv)"
+  assigned="$(az rest --method GET \
+    --uri "$GRAPH/servicePrincipals/$principal_id/appRoleAssignments" \
+    --query "value[?resourceId=='$sp_id'].appRoleId" --output tsv)"
 
-role_id_of() {
-  awk -F '\t' -v permission="$1" '$1 == permission { print $2 }' <<<"$graph_roles"
+  local wanted_role_ids=()
+  for permission in "$@"; do
+    role_id="$(awk -F '\t' -v permission="$permission" '$1 == permission { print $2 }' <<<"$roles")"
+    [[ -n "$role_id" ]] || die "app $app_id has no application permission named $permission"
+    wanted_role_ids+=("$role_id")
+
+    if grep -qxF "$role_id" <<<"$assigned"; then
+      echo "already granted: $permission"
+      continue
+    fi
+    if [[ "$check_only" == true ]]; then
+      echo "missing: $permission"
+      missing=1
+      continue
+    fi
+    az rest --method POST \
+      --uri "$GRAPH/servicePrincipals/$principal_id/appRoleAssignments" \
+      --headers "Content-Type=application/json" \
+      --body "{\"principalId\": \"$principal_id\", \"resourceId\": \"$sp_id\", \"appRoleId\": \"$role_id\"}" \
+      --output none
+    echo "granted: $permission"
+  done
+
+  # Least privilege cuts both ways: report permissions nobody asked for, but leave their
+  # removal to a person.
+  while IFS= read -r role_id; do
+    [[ -n "$role_id" ]] || continue
+    if ! printf '%s\n' "${wanted_role_ids[@]}" | grep -qxF "$role_id"; then
+      extra="$(awk -F '\t' -v id="$role_id" '$2 == id { print $1 }' <<<"$roles")"
+      echo "warning: also holds ${extra:-app role $role_id}, which the responder does not need" >&2
+    fi
+  done <<<"$assigned"
 }
 
-missing=0
-wanted_role_ids=()
-for permission in "${GRAPH_PERMISSIONS[@]}"; do
-  role_id="$(role_id_of "$permission")"
-  [[ -n "$role_id" ]] || die "Graph has no application permission named $permission"
-  wanted_role_ids+=("$role_id")
-
-  if grep -qxF "$role_id" <<<"$assigned_role_ids"; then
-    echo "already granted: $permission"
-    continue
-  fi
-  if [[ "$check_only" == true ]]; then
-    echo "missing: $permission"
-    missing=1
-    continue
-  fi
-  az rest --method POST \
-    --uri "$GRAPH/servicePrincipals/$principal_id/appRoleAssignments" \
-    --headers "Content-Type=application/json" \
-    --body "{\"principalId\": \"$principal_id\", \"resourceId\": \"$graph_sp_id\", \"appRoleId\": \"$role_id\"}" \
-    --output none
-  echo "granted: $permission"
-done
-
-# Least privilege cuts both ways: report Graph permissions nobody asked for, but leave their
-# removal to a person.
-while IFS= read -r role_id; do
-  [[ -n "$role_id" ]] || continue
-  if ! printf '%s\n' "${wanted_role_ids[@]}" | grep -qxF "$role_id"; then
-    extra="$(awk -F '\t' -v id="$role_id" '$2 == id { print $1 }' <<<"$graph_roles")"
-    echo "warning: also holds ${extra:-app role $role_id}, which the responder does not need" >&2
-  fi
-done <<<"$assigned_role_ids"
+grant "$GRAPH_APP_ID" "${GRAPH_PERMISSIONS[@]}"
+grant "$EXCHANGE_APP_ID" "${EXCHANGE_PERMISSIONS[@]}"
 
 exit "$missing"

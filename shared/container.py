@@ -92,6 +92,7 @@ class Container:
             str(self.settings.exchange_rule_mode),
             self.clock,
             self.settings.ip_block_batch_s,
+            self.graph,
         )
 
     @cached_property

@@ -217,6 +217,8 @@ class Guards:
         return action
 
 
+MAX_ACTIONS_PER_ALERT = 500
+
 # Actions that take access away; protected identities are shielded from them.
 PROTECTED_KINDS = frozenset({ActionKind.DISABLE_ACCOUNT, ActionKind.REVOKE_SESSIONS})
 
@@ -237,6 +239,14 @@ class Policy:
             for entity in alert.entities:
                 if rule.entities.selects(entity):
                     self._plan_entity(plan, rule, entity, seen)
+        if len(plan.actions) > MAX_ACTIONS_PER_ALERT:
+            # One alert naming thousands of targets is more likely poisoned than precise.
+            reason = f"more than {MAX_ACTIONS_PER_ALERT} actions from one alert: left to engineers"
+            plan.skipped += [
+                Skipped(a.rule or "", a.target, reason)
+                for a in plan.actions[MAX_ACTIONS_PER_ALERT:]
+            ]
+            del plan.actions[MAX_ACTIONS_PER_ALERT:]
         return plan
 
     def _plan_entity(self, plan: Plan, rule: Rule, entity: Entity, seen: set[str]) -> None:

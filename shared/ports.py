@@ -191,3 +191,25 @@ class BlockRegistry(Protocol):
     ) -> bool:
         """Move `entry` to `state` if nobody changed it since it was read (etag)."""
         ...
+
+
+@dataclass(frozen=True)
+class IpLocation:
+    """A Conditional Access IP named location."""
+
+    id: str
+    name: str
+    ranges: tuple[str, ...]
+
+
+class NamedLocations(Protocol):
+    """Conditional Access IP named locations (a CA policy with grant control `block` that
+    includes them turns them into a sign-in block)."""
+
+    async def list_ip_locations(self) -> list[IpLocation]: ...
+
+    async def create_ip_location(self, name: str, ranges: list[str]) -> str: ...
+
+    async def set_ip_location_ranges(self, location_id: str, ranges: list[str]) -> None: ...
+
+    async def delete_ip_location(self, location_id: str) -> None: ...

@@ -20,13 +20,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from shared.errors import TransientError
+from shared.errors import PermanentError, TransientError
 from shared.models import ActionKind, ActionOutcome, ActionRequest, Actor, OutcomeStatus
 from shared.ports import (
     ActionQueue,
     BlockEntry,
     BlockRegistry,
     BlockState,
+    NamedLocations,
     TransportRule,
     TransportRules,
 )
@@ -41,6 +42,11 @@ RANGE_BUDGET_BYTES = 4096
 MAX_SHARDS = 250
 MAX_PASSES = 5
 MODES = ("reject", "delete")
+LOCATION_PREFIX = "M365 Responder sign-in block"
+LOCATION_CAPACITY = 2000
+# A named location cannot be empty. When nothing is blocked, the first one keeps the limited
+# broadcast address, from which no client can ever sign in.
+LOCATION_PLACEHOLDER = "255.255.255.255/32"
 
 
 def exchange_range(network: str) -> str:
@@ -157,8 +163,10 @@ class IpBlocklist:
         rule_mode: str,
         clock: Callable[[], datetime],
         batch_window_s: float = 0.0,
+        locations: NamedLocations | None = None,
     ) -> None:
         self._rules = rules
+        self._locations = locations
         self._registry = registry
         self._rule_mode = rule_mode
         self._clock = clock
@@ -221,6 +229,11 @@ class IpBlocklist:
             }
             removes = {exchange_range(e.network) for e in entries if e.state != BlockState.PENDING}
             placed, calls = await self._apply(adds, removes)
+            signin = [e for e in entries if e.block.params.get("signin_block")]
+            calls += await self._apply_locations(
+                {e.network for e in signin if e.state == BlockState.PENDING},
+                {e.network for e in signin if e.state != BlockState.PENDING},
+            )
             return await self._record(entries, placed, calls)
 
     async def _apply(
@@ -253,6 +266,50 @@ class IpBlocklist:
             )
         raise TransientError(f"the IP blocklist kept changing during {MAX_PASSES} passes")
 
+    async def _apply_locations(self, adds: set[str], removes: set[str]) -> list[str]:
+        """Mirror sign-in blocks into the product's IP named locations, at most one write per
+        location (their API takes about one write a second)."""
+        if not adds and not removes:
+            return []
+        if self._locations is None:
+            raise PermanentError("sign-in blocks need the Graph named locations adapter")
+        owned = sorted(
+            (
+                loc
+                for loc in await self._locations.list_ip_locations()
+                if loc.name.startswith(LOCATION_PREFIX)
+            ),
+            key=lambda loc: loc.name,
+        )
+        ranges = {loc.id: [r for r in loc.ranges if r not in removes] for loc in owned}
+        present = {r for kept in ranges.values() for r in kept}
+        fresh = []
+        for network in sorted(adds - present):
+            room = next((i for i, kept in ranges.items() if len(kept) < LOCATION_CAPACITY), None)
+            if room is None:
+                fresh.append(network)
+            else:
+                ranges[room].append(network)
+        calls = []
+        for index, loc in enumerate(owned):
+            wanted = [r for r in ranges[loc.id] if r != LOCATION_PLACEHOLDER]
+            if not wanted and index == 0:
+                wanted = [LOCATION_PLACEHOLDER]
+            if tuple(wanted) == loc.ranges:
+                continue
+            if wanted:
+                await self._locations.set_ip_location_ranges(loc.id, wanted)
+                calls.append(f"PATCH namedLocations/{loc.id} ({len(wanted)} ranges)")
+            else:
+                await self._locations.delete_ip_location(loc.id)
+                calls.append(f"DELETE namedLocations/{loc.id}")
+        for start in range(0, len(fresh), LOCATION_CAPACITY):
+            name = f"{LOCATION_PREFIX} {len(owned) + start // LOCATION_CAPACITY + 1:02d}"
+            await self._locations.create_ip_location(name, fresh[start : start + LOCATION_CAPACITY])
+            calls.append(f"POST namedLocations '{name}'")
+            logger.warning("named location %r created: include it in the CA block policy", name)
+        return calls
+
     async def _write(self, change: ShardChange) -> None:
         if change.read is None:
             await self._rules.create_rule(
@@ -283,7 +340,12 @@ class IpBlocklist:
                 expires = now + timedelta(minutes=int(ttl)) if ttl else None
                 if not await self._registry.update(entry, BlockState.BLOCKED, expires_at=expires):
                     continue
-                after = {"blocked": True, "rule": placed.get(rule_range), "expires_at": expires}
+                after = {
+                    "blocked": True,
+                    "rule": placed.get(rule_range),
+                    "signin_blocked": bool(entry.block.params.get("signin_block")),
+                    "expires_at": expires,
+                }
                 outcome = _executed({"blocked": False}, after, calls)
                 applied.append(Applied(entry.block, outcome, expires))
             elif entry.unblock is not None:

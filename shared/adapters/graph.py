@@ -1,4 +1,4 @@
-"""Microsoft Graph through msgraph-sdk: the `Directory` and `AlertFeed` ports.
+"""Microsoft Graph through msgraph-sdk: the `Directory`, `AlertFeed` and `NamedLocations` ports.
 
 The client is built on a GraphRequestAdapter whose base URL comes from settings, so the same
 code talks to graph.microsoft.com in Azure and to the simulated tenant locally. Every method
@@ -25,6 +25,10 @@ from kiota_authentication_azure.azure_identity_authentication_provider import (
 )
 from kiota_http.middleware.options import HeadersInspectionHandlerOption, RetryHandlerOption
 from msgraph import GraphRequestAdapter, GraphServiceClient
+from msgraph.generated.models.i_pv4_cidr_range import IPv4CidrRange
+from msgraph.generated.models.i_pv6_cidr_range import IPv6CidrRange
+from msgraph.generated.models.ip_named_location import IpNamedLocation
+from msgraph.generated.models.ip_range import IpRange
 from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 from msgraph.generated.models.user import User
 from msgraph.generated.security.alerts_v2.alerts_v2_request_builder import (
@@ -35,7 +39,7 @@ from msgraph_core import GraphClientFactory
 
 from shared.config import Settings
 from shared.errors import PermanentError, TransientError
-from shared.ports import UserState
+from shared.ports import IpLocation, UserState
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +114,7 @@ def _request_id(option: HeadersInspectionHandlerOption) -> str | None:
 
 
 class GraphDirectory:
-    """`Directory` and `AlertFeed` over msgraph-sdk."""
+    """`Directory`, `AlertFeed` and `NamedLocations` over msgraph-sdk."""
 
     def __init__(self, client: GraphServiceClient) -> None:
         self._client = client
@@ -179,6 +183,56 @@ class GraphDirectory:
             next_link = page.get("@odata.nextLink")
             request = _follow(next_link) if isinstance(next_link, str) else None
 
+    async def list_ip_locations(self) -> list[IpLocation]:
+        """The tenant's IP named locations. Permission: Policy.Read.All."""
+        builder = self._client.identity.conditional_access.named_locations
+        found: list[IpLocation] = []
+        try:
+            page = await builder.get()
+            while page is not None:
+                found += [
+                    _ip_location(item)
+                    for item in page.value or []
+                    if isinstance(item, IpNamedLocation)
+                ]
+                page = (
+                    await builder.with_url(page.odata_next_link).get()
+                    if page.odata_next_link
+                    else None
+                )
+        except Exception as exc:
+            _raise_typed(exc, "list named locations")
+        return found
+
+    async def create_ip_location(self, name: str, ranges: list[str]) -> str:
+        """Create an IP named location. Permission: Policy.ReadWrite.ConditionalAccess
+        (with Policy.Read.All)."""
+        body = IpNamedLocation(display_name=name, is_trusted=False, ip_ranges=_ip_ranges(ranges))
+        try:
+            created = await self._client.identity.conditional_access.named_locations.post(body)
+        except Exception as exc:
+            _raise_typed(exc, f"create named location {name}")
+        if created is None or not created.id:
+            raise PermanentError(f"create named location {name}: Graph returned no id")
+        return str(created.id)
+
+    async def set_ip_location_ranges(self, location_id: str, ranges: list[str]) -> None:
+        """Replace a location's ranges. Permission: Policy.ReadWrite.ConditionalAccess."""
+        body = IpNamedLocation(ip_ranges=_ip_ranges(ranges))
+        builder = self._client.identity.conditional_access.named_locations
+        try:
+            await builder.by_named_location_id(location_id).patch(body)
+        except Exception as exc:
+            _raise_typed(exc, f"update named location {location_id}")
+
+    async def delete_ip_location(self, location_id: str) -> None:
+        """Delete a location. Permission: Policy.ReadWrite.ConditionalAccess."""
+        builder = self._client.identity.conditional_access.named_locations
+        try:
+            await builder.by_named_location_id(location_id).delete()
+        except Exception as exc:
+            _raise_typed(exc, f"delete named location {location_id}")
+
     async def _send_raw(self, request: RequestInformation) -> dict[str, Any]:
         try:
             raw = await self._client.request_adapter.send_primitive_async(
@@ -193,6 +247,23 @@ class GraphDirectory:
         if not isinstance(page, dict):
             raise TransientError("list security alerts: Graph returned a non-object page")
         return page
+
+
+def _ip_ranges(ranges: list[str]) -> list[IpRange]:
+    return [
+        IPv6CidrRange(cidr_address=r) if ":" in r else IPv4CidrRange(cidr_address=r) for r in ranges
+    ]
+
+
+def _ip_location(item: IpNamedLocation) -> IpLocation:
+    ranges = [
+        r.cidr_address for r in item.ip_ranges or [] if isinstance(r, IPv4CidrRange | IPv6CidrRange)
+    ]
+    return IpLocation(
+        id=item.id or "",
+        name=item.display_name or "",
+        ranges=tuple(r for r in ranges if r),
+    )
 
 
 def _follow(next_link: str) -> RequestInformation:

@@ -437,12 +437,22 @@ def documented_graph_permissions() -> set[str]:
     return set(re.findall(r"Permission: ([A-Za-z]+(?:\.[A-Za-z]+)*)", docstrings))
 
 
-def granted_graph_permissions() -> set[str]:
+def granted_permissions(array: str) -> set[str]:
     script = (INFRA / "grant-graph-permissions.sh").read_text()
-    match = re.search(r"(?m)^readonly GRAPH_PERMISSIONS=\(\n(.*?)^\)", script, re.DOTALL)
-    assert match, "the script has no GRAPH_PERMISSIONS array"
+    match = re.search(rf"(?m)^readonly {array}=\(\n(.*?)^\)", script, re.DOTALL)
+    assert match, f"the script has no {array} array"
     lines = (line.split("#")[0].strip() for line in match[1].splitlines())
     return {line for line in lines if line}
+
+
+def granted_graph_permissions() -> set[str]:
+    return granted_permissions("GRAPH_PERMISSIONS")
+
+
+def test_script_grants_the_exchange_permission_the_adapter_documents() -> None:
+    adapter = (ROOT / "shared" / "adapters" / "exchange.py").read_text()
+    assert granted_permissions("EXCHANGE_PERMISSIONS") == {"Exchange.ManageAsApp"}
+    assert "`Exchange.ManageAsApp`" in adapter
 
 
 def test_script_grants_exactly_the_graph_permissions_the_adapter_documents() -> None:
@@ -455,4 +465,5 @@ def test_grant_script_is_strict_and_looks_up_role_ids_at_run_time() -> None:
     script = (INFRA / "grant-graph-permissions.sh").read_text()
     assert "set -euo pipefail" in script
     assert "/appRoleAssignments" in script
-    assert GUID.findall(script) == ["00000003-0000-0000-c000-000000000000"], "hard-coded role ids"
+    resource_apps = ["00000003-0000-0000-c000-000000000000", "00000002-0000-0ff1-ce00-000000000000"]
+    assert GUID.findall(script) == resource_apps, "only the resource apps' well-known ids"

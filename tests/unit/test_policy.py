@@ -17,7 +17,7 @@ from shared.models import (
     EntityKind,
     Severity,
 )
-from shared.policy import Guards, Playbook, Policy
+from shared.policy import MAX_ACTIONS_PER_ALERT, Guards, Playbook, Policy
 
 VICTIM = "5b2f3d0e-1c4a-4e8b-9f6d-2a7c8e1b4d01"
 GUARDED = "0f9a6c3d-7e21-4b58-8d4f-1c3e5a7b9d20"
@@ -208,3 +208,11 @@ def test_a_playbook_action_may_carry_parameters(tmp_path: Path) -> None:
     )
     [spec] = Playbook.load(path).rules[0].actions
     assert spec.params() == {"ttl_minutes": 60, "signin_block": True, "mode": "delete"}
+
+
+def test_one_alert_causes_at_most_a_bounded_number_of_actions() -> None:
+    addresses = [f"185.{220 + n // 62500}.{(n // 250) % 250}.{n % 250 + 1}" for n in range(10_000)]
+    plan = policy().plan(alert(*(ip(a) for a in addresses)))
+    assert len(plan.actions) == MAX_ACTIONS_PER_ALERT
+    assert len(plan.skipped) == 10_000 - MAX_ACTIONS_PER_ALERT
+    assert "left to engineers" in plan.skipped[0].reason
