@@ -8,6 +8,8 @@ import json
 import pytest
 
 from drill.azurite import ENV_ENDPOINT, Azurite
+from drill.exchange_dos import ExchangeDos
+from drill.runner import run_scenario
 from shared.cli import main
 from shared.container import Container
 from shared.models import Actor, AuditEntry, AuditEvent
@@ -62,3 +64,18 @@ def test_audit_verify_reads_the_configured_trail(
     monkeypatch.setenv("RESPONDER_AUDIT_TABLE", "NoSuchTable")
     assert main(["audit", "verify"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+async def test_the_exchange_dos_drill_blocks_each_attacker_once_and_lifts_it(
+    azurite: Azurite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV_ENDPOINT, azurite.endpoint)
+    report = await run_scenario(ExchangeDos(alerts=600, addresses=60))
+    summary = report.summary()
+    assert report.checks and all(report.checks.values()), report.checks
+    assert report.ok and summary["audit_verified"] and summary["dead_letters"] == 0
+    assert summary["addresses_blocked"] == 60
+    assert summary["addresses_unblocked_after_ttl"] == 60
+    assert summary["actions_refused"] > 0
+    # The storm's writes are batched: far fewer Exchange calls than alerts or addresses.
+    assert summary["exchange_calls"] < 60
