@@ -90,10 +90,14 @@ class ShardChange:
 
 
 def plan_shards(
-    rules: list[TransportRule], adds: dict[str, str], removes: set[str]
+    rules: list[TransportRule],
+    adds: dict[str, str],
+    removes: set[str],
+    taken: frozenset[str] = frozenset(),
 ) -> list[ShardChange]:
     """The writes that put `adds` (Exchange range -> mode) into, and `removes` out of, the
-    managed shards. Pure: reads nothing, writes nothing."""
+    managed shards `rules`; new shards avoid the names in `taken` (every rule's name, ours or
+    not, lower-cased). Pure: reads nothing, writes nothing."""
     shards = {r.name: list(r.ranges) for r in rules}
     by_name = {r.name: r for r in rules}
     present = {rng for ranges in shards.values() for rng in ranges}
@@ -102,7 +106,8 @@ def plan_shards(
     for rule_range, mode in sorted(adds.items()):
         if rule_range in present and rule_range not in removes:
             continue
-        shards.setdefault(_shard_with_room(shards, mode, rule_range), []).append(rule_range)
+        name = _shard_with_room(shards, mode, rule_range, taken)
+        shards.setdefault(name, []).append(rule_range)
     changes = []
     for name, ranges in sorted(shards.items()):
         read = by_name.get(name)
@@ -115,15 +120,20 @@ def plan_shards(
     return changes
 
 
-def _shard_with_room(shards: dict[str, list[str]], mode: str, rule_range: str) -> str:
+def _shard_with_room(
+    shards: dict[str, list[str]], mode: str, rule_range: str, taken: frozenset[str]
+) -> str:
     family = sorted(n for n in shards if n.startswith(f"{RULE_PREFIX} {mode} "))
     for name in family:
         if sum(map(_cost, shards[name])) + _cost(rule_range) <= RANGE_BUDGET_BYTES:
             return name
-    used = {int(n.rsplit(" ", 1)[1]) for n in family}
-    number = next(n for n in range(1, MAX_SHARDS + 2) if n not in used)
+    used = {n.lower() for n in shards} | taken
+    number = next(
+        (n for n in range(1, MAX_SHARDS + 1) if shard_name(mode, n).lower() not in used),
+        MAX_SHARDS + 1,
+    )
     if number > MAX_SHARDS:
-        raise TransientError(f"the IP blocklist needs more than {MAX_SHARDS} transport rules")
+        raise PermanentError(f"the IP blocklist needs more than {MAX_SHARDS} transport rules")
     return shard_name(mode, number)
 
 
@@ -131,11 +141,13 @@ class _ShardChanged(Exception):
     """A shard changed between our read and our write."""
 
 
-def expiry_unblock(block: ActionRequest) -> ActionRequest:
+def expiry_unblock(block: ActionRequest, retry_at: datetime | None = None) -> ActionRequest:
     """The unblock that ends a temporary block. Its id depends only on the block, so the
-    scheduled message and the sweep's late request for the same block coalesce."""
+    scheduled message and the sweep's late request for the same block coalesce; a retry after
+    a failed unblock gets an id of its own (`retry_at`)."""
+    origin = f"expiry:{block.id}" + (f":retry:{retry_at.isoformat()}" if retry_at else "")
     return ActionRequest(
-        id=ActionRequest.derive_id(ActionKind.UNBLOCK_IP, block.target, f"expiry:{block.id}"),
+        id=ActionRequest.derive_id(ActionKind.UNBLOCK_IP, block.target, origin),
         kind=ActionKind.UNBLOCK_IP,
         target=block.target,
         reason=f"temporary block {block.id} expired",
@@ -189,17 +201,30 @@ class IpBlocklist:
             calls=[change.call for change in changes],
         )
 
-    async def request_unblock(self, action: ActionRequest) -> ActionOutcome | None:
-        """Mark the network for removal; an outcome right away when there is nothing to lift."""
+    async def unblock(self, action: ActionRequest) -> list[Applied]:
+        """Lift a block: mark the network for removal and flush. A block still pending is
+        applied first, so that the unblock always has something definite to lift."""
+        applied: list[Applied] = []
         entry = await self._registry.get(action.target)
+        if entry is not None and entry.state == BlockState.PENDING:
+            applied += await self.flush()
+            entry = await self._registry.get(action.target)
         if entry is None or entry.state in (BlockState.UNBLOCKED, BlockState.FAILED):
-            return ActionOutcome(
+            nothing = ActionOutcome(
                 status=OutcomeStatus.ALREADY_DONE, before={"blocked": False}, after={}
             )
+            return [*applied, Applied(action, nothing)]
         if entry.state == BlockState.BLOCKED:
             if not await self._registry.update(entry, BlockState.UNBLOCKING, unblock=action):
                 raise TransientError(f"block registry entry {action.target} changed; retrying")
-        return None
+        applied += await self.flush()
+        if not any(a.action.id == action.id for a in applied) and (
+            entry.unblock is not None and entry.unblock.id != action.id
+        ):
+            # Another unblock request was already lifting this network.
+            done = ActionOutcome(status=OutcomeStatus.ALREADY_DONE, after={"blocked": False})
+            applied.append(Applied(action, done))
+        return applied
 
     async def abandon(self, action: ActionRequest) -> None:
         """A request failed for good: a block returns to failed (a later alert may try again),
@@ -240,8 +265,10 @@ class IpBlocklist:
         self, adds: dict[str, str], removes: set[str]
     ) -> tuple[dict[str, str], list[str]]:
         for attempt in range(1, MAX_PASSES + 1):
-            managed = [r for r in await self._rules.list_rules() if is_managed(r)]
-            changes = plan_shards(managed, adds, removes)
+            every = await self._rules.list_rules()
+            managed = [r for r in every if is_managed(r)]
+            taken = frozenset(r.name.lower() for r in every)
+            changes = plan_shards(managed, adds, removes, taken)
             try:
                 for change in changes:
                     await self._write(change)
@@ -312,13 +339,21 @@ class IpBlocklist:
 
     async def _write(self, change: ShardChange) -> None:
         if change.read is None:
-            await self._rules.create_rule(
-                change.name,
-                change.ranges,
-                f"{COMMENT_MARK}: sender IP blocklist. Edits here are overwritten.",
-                self._rule_mode,
-                reject=change.mode == "reject",
-            )
+            if await self._rules.get_rule(change.name) is not None:
+                raise _ShardChanged(f"{change.name} was created by another writer")
+            try:
+                await self._rules.create_rule(
+                    change.name,
+                    change.ranges,
+                    f"{COMMENT_MARK}: sender IP blocklist. Edits here are overwritten.",
+                    self._rule_mode,
+                    reject=change.mode == "reject",
+                )
+            except PermanentError:
+                # Another worker may have created the shard since our read: then start over.
+                if await self._rules.get_rule(change.name) is not None:
+                    raise _ShardChanged(f"{change.name} was created meanwhile") from None
+                raise
             return
         current = await self._rules.get_rule(change.name)
         if current is None or current.ranges != change.read.ranges:
@@ -376,14 +411,19 @@ class IpBlockSweeper:
         self._queue = queue
 
     async def sweep(self, now: datetime) -> int:
-        """Mark every expired block for removal, then queue the unblocks: the first one to run
-        lifts them all in one pass."""
-        unblocks = []
-        for entry in await self._registry.entries(BlockState.BLOCKED):
-            if entry.expires_at is None or entry.expires_at > now:
-                continue
-            unblock = expiry_unblock(entry.block)
-            if await self._registry.update(entry, BlockState.UNBLOCKING, unblock=unblock):
-                unblocks.append(unblock)
+        """Queue the unblock of every expired block, then mark them for removal so the first
+        unblock to run lifts them all in one pass. A block whose earlier unblock failed gets a
+        fresh request."""
+        expired = [
+            entry
+            for entry in await self._registry.entries(BlockState.BLOCKED)
+            if entry.expires_at is not None and entry.expires_at <= now
+        ]
+        unblocks = [
+            expiry_unblock(entry.block, retry_at=now if entry.unblock else None)
+            for entry in expired
+        ]
         await self._queue.send(unblocks)
+        for entry, unblock in zip(expired, unblocks, strict=True):
+            await self._registry.update(entry, BlockState.UNBLOCKING, unblock=unblock)
         return len(unblocks)

@@ -79,9 +79,7 @@ class ActionRunner:
         if action.dry_run:
             return [Applied(action, await blocklist.plan(action))]
         if action.kind is ActionKind.UNBLOCK_IP:
-            nothing_to_lift = await blocklist.request_unblock(action)
-            if nothing_to_lift is not None:
-                return [Applied(action, nothing_to_lift)]
+            return await blocklist.unblock(action)
         applied = await blocklist.flush()
         if not any(a.action.id == action.id for a in applied):
             logger.info("action %s was applied by another flush", action.id)

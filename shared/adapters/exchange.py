@@ -11,6 +11,7 @@ but is broader).
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, NoReturn
 
 import httpx
@@ -23,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 EXCHANGE_SCOPE = "https://outlook.office365.com/.default"
 REJECT_STATUS_CODE = "5.7.1"
+# Reasons in `details` start with "ExNNNNNN|exception type|".
+_EXCEPTION_PREFIX = re.compile(r"^Ex[0-9A-Fa-f]+\|[^|]*\|")
 REJECT_REASON = "Delivery from this address is blocked by the organization's incident response."
 
 
@@ -159,5 +162,5 @@ def _reason(response: httpx.Response) -> str:
         error.get("message"),
     ):
         if isinstance(candidate, str) and candidate:
-            return candidate.rsplit("|", 1)[-1].strip()[:500]
+            return _EXCEPTION_PREFIX.sub("", candidate).strip()[:500]
     return "no reason given"

@@ -13,7 +13,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.servicebus import ServiceBusMessage
@@ -24,6 +24,8 @@ from shared.models import ActionRequest, utcnow
 logger = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/json"
+# Service Bus duplicate detection's default window (the queue in infra/ uses the same).
+DUPLICATE_WINDOW = timedelta(minutes=10)
 
 
 def to_service_bus_message(action: ActionRequest) -> ServiceBusMessage:
@@ -81,22 +83,28 @@ class InMemoryActionQueue:
     from `clock`, so a drill can let scheduled messages come due without waiting."""
 
     def __init__(
-        self, max_delivery_count: int = 10, clock: Callable[[], datetime] = utcnow
+        self,
+        max_delivery_count: int = 10,
+        clock: Callable[[], datetime] = utcnow,
+        duplicate_window: timedelta = DUPLICATE_WINDOW,
     ) -> None:
         self._max_delivery_count = max_delivery_count
         self._clock = clock
+        self._duplicate_window = duplicate_window
         self._pending: deque[Delivery] = deque()
         self._scheduled: list[tuple[datetime, int, Delivery]] = []
-        self._seen_ids: set[str] = set()
+        self._seen_ids: dict[str, datetime] = {}
         self.dead_letters: list[Delivery] = []
         self.sent = 0
         self.duplicates_dropped = 0
 
     def _accept(self, action: ActionRequest) -> Delivery | None:
-        if action.id in self._seen_ids:
+        now = self._clock()
+        seen = self._seen_ids.get(action.id)
+        if seen is not None and now - seen < self._duplicate_window:
             self.duplicates_dropped += 1
             return None
-        self._seen_ids.add(action.id)
+        self._seen_ids[action.id] = now
         self.sent += 1
         return Delivery(action.id, action.model_dump_json().encode(), CONTENT_TYPE, 1)
 
