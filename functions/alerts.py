@@ -24,11 +24,13 @@ async def poll_alerts(timer: func.TimerRequest) -> None:
     services = await container.current()
     report = await services.poller.poll(utcnow())
     logger.info(
-        "alerts_v2 poll: %s seen, %s handled, %s duplicates, %s invalid, %s actions queued",
+        "alerts_v2 poll: %s seen, %s handled, %s duplicates, %s invalid, %s failed, "
+        "%s actions queued",
         report.alerts_seen,
         report.alerts_handled,
         report.duplicates,
         report.invalid,
+        report.failed,
         report.actions_queued,
     )
 

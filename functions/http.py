@@ -61,3 +61,8 @@ def read_json(req: func.HttpRequest, max_bytes: int) -> Any:
         raise HttpProblem(
             400, "Bad Request", f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
         ) from None
+    except RecursionError:
+        raise HttpProblem(400, "Bad Request", "JSON nested too deeply") from None
+    except ValueError as exc:
+        # For example an integer with more digits than Python converts.
+        raise HttpProblem(400, "Bad Request", f"unreadable JSON value: {exc}") from None

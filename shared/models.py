@@ -19,8 +19,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 UPN_PATTERN = re.compile(r"^[A-Za-z0-9._%+'#$&*!~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 
 
+MAX_TEXT = 1000
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _capped(value: object) -> object:
+    """Free text from alerts is cut to MAX_TEXT characters: it ends up in queue messages,
+    table rows and audit records, which all have size limits."""
+    if isinstance(value, str) and len(value) > MAX_TEXT:
+        return value[: MAX_TEXT - 1] + "…"
+    return value
 
 
 class Severity(StrEnum):
@@ -93,6 +104,8 @@ class Alert(BaseModel):
     updated_at: datetime | None = None
     entities: list[Entity] = Field(default_factory=list)
     extra: dict[str, Any] = Field(default_factory=dict, repr=False)
+
+    _short_title = field_validator("title", mode="before")(lambda v: _capped(v))
 
     @property
     def key(self) -> str:
@@ -197,6 +210,8 @@ class ActionRequest(BaseModel):
     requested_by: Actor = Field(default_factory=Actor)
     dry_run: bool = False
     requested_at: datetime = Field(default_factory=utcnow)
+
+    _short_reason = field_validator("reason", mode="before")(lambda v: _capped(v))
 
     @field_validator("target")
     @classmethod

@@ -1,9 +1,10 @@
 """Polls Graph security alerts_v2 so alerts are handled with no Logic App and no human.
 
-The watermark (newest lastUpdateDateTime handled) persists in table storage. Each poll asks for
-alerts updated since the watermark minus an overlap, because alerts can become visible a little
-after their lastUpdateDateTime; alert versions already handled are skipped, so the overlap never
-causes double handling.
+The watermark (newest lastUpdateDateTime handled) persists in table storage and moves only after
+every page was read, since Graph lists the newest alerts first. Each poll asks for alerts updated
+since the watermark minus an overlap, because alerts can become visible a little after their
+lastUpdateDateTime; alert versions already handled are skipped, so the overlap never causes
+double handling.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class PollReport:
     alerts_handled: int = 0
     duplicates: int = 0
     invalid: int = 0
+    failed: int = 0
     actions_queued: int = 0
     watermark: datetime | None = None
 
@@ -57,6 +59,7 @@ class AlertPoller:
         stored = await self._checkpoint.watermark(FEED)
         watermark = stored or now - self._lookback
         report = PollReport(watermark=watermark)
+        newest, held = watermark, None
         async for page in self._feed.alerts_updated_since(watermark - OVERLAP):
             report.pages += 1
             for raw in page:
@@ -67,16 +70,27 @@ class AlertPoller:
                     report.invalid += 1
                     logger.warning("alerts_v2 record skipped: %s", exc)
                     continue
-                result = await self._intake.handle(alert)
+                try:
+                    result = await self._intake.handle(alert)
+                except Exception:
+                    # One alert that cannot be handled now must not stop the others; the
+                    # watermark stays below it, so the next poll tries it again.
+                    report.failed += 1
+                    logger.exception("alert %s could not be handled", alert.alert_id)
+                    stamp = alert.updated_at or watermark
+                    held = stamp if held is None else min(held, stamp)
+                    continue
+                if alert.updated_at and alert.updated_at > newest:
+                    newest = alert.updated_at
                 if result.duplicate_alert:
                     report.duplicates += 1
                     continue
                 report.alerts_handled += 1
                 report.actions_queued += len(result.queued)
-                if alert.updated_at and alert.updated_at > watermark:
-                    watermark = alert.updated_at
-            # Progress is saved page by page, so a crash mid-poll does not start over.
-            if report.watermark != watermark or stored is None:
-                await self._checkpoint.advance_watermark(FEED, watermark)
-                report.watermark, stored = watermark, watermark
+        # Graph lists newest first, so the watermark only moves once every page was read.
+        if held is not None:
+            newest = min(newest, max(watermark, held - timedelta(microseconds=1)))
+        if newest != stored:
+            await self._checkpoint.advance_watermark(FEED, newest)
+        report.watermark = newest
         return report

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Protocol
 
 from shared.models import ActionRequest, AuditRecord, OutcomeStatus
@@ -138,8 +139,10 @@ class TransportRules(Protocol):
     async def remove_rule(self, name: str) -> None: ...
 
 
-class BlockState:
-    """States of an IP in the block registry."""
+class BlockState(StrEnum):
+    """States of a network in the block registry. A new block request coalesces into a
+    pending or blocked one; one arriving while an unblock is under way starts the next
+    generation, which the unblock then leaves alone."""
 
     PENDING = "pending"
     BLOCKED = "blocked"
@@ -147,7 +150,8 @@ class BlockState:
     UNBLOCKED = "unblocked"
     FAILED = "failed"
 
-    ACTIVE = frozenset({PENDING, BLOCKED, UNBLOCKING})
+
+ACTIVE_BLOCK_STATES = frozenset({BlockState.PENDING, BlockState.BLOCKED})
 
 
 @dataclass(frozen=True)
@@ -211,5 +215,3 @@ class NamedLocations(Protocol):
     async def create_ip_location(self, name: str, ranges: list[str]) -> str: ...
 
     async def set_ip_location_ranges(self, location_id: str, ranges: list[str]) -> None: ...
-
-    async def delete_ip_location(self, location_id: str) -> None: ...

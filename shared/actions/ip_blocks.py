@@ -15,8 +15,9 @@ address is where it should be.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -44,7 +45,7 @@ MAX_PASSES = 5
 MODES = ("reject", "delete")
 LOCATION_PREFIX = "M365 Responder sign-in block"
 LOCATION_CAPACITY = 2000
-# A named location cannot be empty. When nothing is blocked, the first one keeps the limited
+# A named location cannot be empty. When nothing is blocked, a location keeps the limited
 # broadcast address, from which no client can ever sign in.
 LOCATION_PLACEHOLDER = "255.255.255.255/32"
 
@@ -53,6 +54,18 @@ def exchange_range(network: str) -> str:
     """A single address is written without its /32 or /128, as Exchange shows it."""
     address, _, prefix = network.partition("/")
     return address if prefix in ("32", "128") else network
+
+
+def same_ranges(left: tuple[str, ...] | list[str], right: tuple[str, ...] | list[str]) -> bool:
+    """Equal as sets of networks, however Exchange chose to write them back."""
+    return {_canonical(r) for r in left} == {_canonical(r) for r in right}
+
+
+def _canonical(rule_range: str) -> str:
+    try:
+        return exchange_range(str(ipaddress.ip_network(rule_range, strict=False)))
+    except ValueError:
+        return rule_range.strip().lower()
 
 
 def _cost(rule_range: str) -> int:
@@ -151,6 +164,7 @@ def expiry_unblock(block: ActionRequest, retry_at: datetime | None = None) -> Ac
         kind=ActionKind.UNBLOCK_IP,
         target=block.target,
         reason=f"temporary block {block.id} expired",
+        params={"generation": block.params.get("generation")},
         rule=block.rule,
         alert_id=block.alert_id,
         incident_id=block.incident_id,
@@ -165,6 +179,9 @@ class Applied:
     action: ActionRequest
     outcome: ActionOutcome
     expires_at: datetime | None = None
+
+
+Recorder = Callable[[list[Applied]], Awaitable[None]]
 
 
 class IpBlocklist:
@@ -201,28 +218,35 @@ class IpBlocklist:
             calls=[change.call for change in changes],
         )
 
-    async def unblock(self, action: ActionRequest) -> list[Applied]:
+    async def unblock(self, action: ActionRequest, record: Recorder) -> list[Applied]:
         """Lift a block: mark the network for removal and flush. A block still pending is
-        applied first, so that the unblock always has something definite to lift."""
+        applied first, so that the unblock always has something definite to lift; an expiry
+        meant for an earlier generation of the block lifts nothing."""
         applied: list[Applied] = []
         entry = await self._registry.get(action.target)
         if entry is not None and entry.state == BlockState.PENDING:
-            applied += await self.flush()
+            applied += await self.flush(record)
             entry = await self._registry.get(action.target)
-        if entry is None or entry.state in (BlockState.UNBLOCKED, BlockState.FAILED):
+        generation = action.params.get("generation")
+        stale = generation is not None and entry is not None and entry.generation != generation
+        if entry is None or stale or entry.state in (BlockState.UNBLOCKED, BlockState.FAILED):
             nothing = ActionOutcome(
-                status=OutcomeStatus.ALREADY_DONE, before={"blocked": False}, after={}
+                status=OutcomeStatus.ALREADY_DONE,
+                before={"blocked": bool(entry and entry.state == BlockState.BLOCKED)},
+                error=f"superseded by generation {entry.generation}" if stale and entry else None,
             )
+            await record([Applied(action, nothing)])
             return [*applied, Applied(action, nothing)]
         if entry.state == BlockState.BLOCKED:
             if not await self._registry.update(entry, BlockState.UNBLOCKING, unblock=action):
                 raise TransientError(f"block registry entry {action.target} changed; retrying")
-        applied += await self.flush()
+        applied += await self.flush(record)
         if not any(a.action.id == action.id for a in applied) and (
             entry.unblock is not None and entry.unblock.id != action.id
         ):
             # Another unblock request was already lifting this network.
             done = ActionOutcome(status=OutcomeStatus.ALREADY_DONE, after={"blocked": False})
+            await record([Applied(action, done)])
             applied.append(Applied(action, done))
         return applied
 
@@ -232,34 +256,44 @@ class IpBlocklist:
         entry = await self._registry.get(action.target)
         if entry is None:
             return
-        if action.kind is ActionKind.BLOCK_IP and entry.block.id == action.id:
-            await self._registry.update(entry, BlockState.FAILED)
+        if action.kind is ActionKind.BLOCK_IP:
+            if entry.block.id == action.id and entry.state == BlockState.PENDING:
+                await self._registry.update(entry, BlockState.FAILED)
         elif entry.unblock is not None and entry.unblock.id == action.id:
-            await self._registry.update(entry, BlockState.BLOCKED)
+            if entry.state == BlockState.UNBLOCKING:
+                await self._registry.update(entry, BlockState.BLOCKED)
 
-    async def flush(self) -> list[Applied]:
-        """Apply every pending block and unblock to the transport rules, in one pass.
+    async def flush(self, record: Recorder) -> list[Applied]:
+        """Apply every pending block and unblock to the transport rules, in one pass, and
+        re-assert every block already in place (a lost update by another worker is repaired
+        by the next pass). `record` audits the outcomes before the registry moves on, so a
+        failure in between leaves the requests pending and a redelivery applies them again.
 
         During a storm new addresses keep coming; waiting a moment first lets the requests
         that arrive meanwhile share this pass's writes."""
         await asyncio.sleep(self._batch_window_s)
         async with self._lock:
-            entries = await self._registry.entries(BlockState.PENDING, BlockState.UNBLOCKING)
-            if not entries:
+            entries = await self._registry.entries(
+                BlockState.PENDING, BlockState.UNBLOCKING, BlockState.BLOCKED
+            )
+            moving = [e for e in entries if e.state != BlockState.BLOCKED]
+            if not moving:
                 return []
-            adds = {
-                exchange_range(e.network): e.block.params.get("mode", "reject")
-                for e in entries
-                if e.state == BlockState.PENDING
+            kept = [e for e in entries if e.state != BlockState.UNBLOCKING]
+            adds = {exchange_range(e.network): e.block.params.get("mode", "reject") for e in kept}
+            removes = {
+                exchange_range(e.network) for e in moving if e.state == BlockState.UNBLOCKING
             }
-            removes = {exchange_range(e.network) for e in entries if e.state != BlockState.PENDING}
             placed, calls = await self._apply(adds, removes)
             signin = [e for e in entries if e.block.params.get("signin_block")]
             calls += await self._apply_locations(
-                {e.network for e in signin if e.state == BlockState.PENDING},
-                {e.network for e in signin if e.state != BlockState.PENDING},
+                {e.network for e in signin if e.state != BlockState.UNBLOCKING},
+                {e.network for e in signin if e.state == BlockState.UNBLOCKING},
             )
-            return await self._record(entries, placed, calls)
+            applied = self._outcomes(moving, placed, calls)
+            await record(applied)
+            await self._advance(applied, moving)
+            return applied
 
     async def _apply(
         self, adds: dict[str, str], removes: set[str]
@@ -276,13 +310,13 @@ class IpBlocklist:
                 logger.warning("IP blocklist pass %s restarted: %s", attempt, changed)
                 continue
             placed = {
-                rng: rule.name
+                _canonical(rng): rule.name
                 for rule in await self._rules.list_rules()
                 if is_managed(rule)
                 for rng in rule.ranges
             }
-            missing = [rng for rng in adds if rng not in placed]
-            lingering = [rng for rng in removes if rng in placed]
+            missing = [rng for rng in adds if _canonical(rng) not in placed]
+            lingering = [rng for rng in removes if _canonical(rng) in placed]
             if not missing and not lingering:
                 return placed, [change.call for change in changes]
             logger.warning(
@@ -318,18 +352,15 @@ class IpBlocklist:
             else:
                 ranges[room].append(network)
         calls = []
-        for index, loc in enumerate(owned):
+        for loc in owned:
+            # Never deleted: a Conditional Access policy references it, and Graph refuses to
+            # delete a referenced location.
             wanted = [r for r in ranges[loc.id] if r != LOCATION_PLACEHOLDER]
-            if not wanted and index == 0:
-                wanted = [LOCATION_PLACEHOLDER]
+            wanted = wanted or [LOCATION_PLACEHOLDER]
             if tuple(wanted) == loc.ranges:
                 continue
-            if wanted:
-                await self._locations.set_ip_location_ranges(loc.id, wanted)
-                calls.append(f"PATCH namedLocations/{loc.id} ({len(wanted)} ranges)")
-            else:
-                await self._locations.delete_ip_location(loc.id)
-                calls.append(f"DELETE namedLocations/{loc.id}")
+            await self._locations.set_ip_location_ranges(loc.id, wanted)
+            calls.append(f"PATCH namedLocations/{loc.id} ({len(wanted)} ranges)")
         for start in range(0, len(fresh), LOCATION_CAPACITY):
             name = f"{LOCATION_PREFIX} {len(owned) + start // LOCATION_CAPACITY + 1:02d}"
             await self._locations.create_ip_location(name, fresh[start : start + LOCATION_CAPACITY])
@@ -356,39 +387,43 @@ class IpBlocklist:
                 raise
             return
         current = await self._rules.get_rule(change.name)
-        if current is None or current.ranges != change.read.ranges:
+        if current is None or not same_ranges(current.ranges, change.read.ranges):
             raise _ShardChanged(f"{change.name} changed since it was read")
         if change.ranges:
             await self._rules.set_ranges(change.name, change.ranges, self._rule_mode)
         else:
             await self._rules.remove_rule(change.name)
 
-    async def _record(
+    def _outcomes(
         self, entries: list[BlockEntry], placed: dict[str, str], calls: list[str]
     ) -> list[Applied]:
         now = self._clock()
         applied = []
         for entry in entries:
-            rule_range = exchange_range(entry.network)
             if entry.state == BlockState.PENDING:
                 ttl = entry.block.params.get("ttl_minutes")
                 expires = now + timedelta(minutes=int(ttl)) if ttl else None
-                if not await self._registry.update(entry, BlockState.BLOCKED, expires_at=expires):
-                    continue
                 after = {
                     "blocked": True,
-                    "rule": placed.get(rule_range),
+                    "rule": placed.get(_canonical(entry.network)),
                     "signin_blocked": bool(entry.block.params.get("signin_block")),
                     "expires_at": expires,
                 }
                 outcome = _executed({"blocked": False}, after, calls)
                 applied.append(Applied(entry.block, outcome, expires))
             elif entry.unblock is not None:
-                if not await self._registry.update(entry, BlockState.UNBLOCKED):
-                    continue
                 outcome = _executed({"blocked": True}, {"blocked": False}, calls)
                 applied.append(Applied(entry.unblock, outcome))
         return applied
+
+    async def _advance(self, applied: list[Applied], entries: list[BlockEntry]) -> None:
+        by_network = {e.network: e for e in entries}
+        for item in applied:
+            entry = by_network[item.action.target]
+            if item.action.kind is ActionKind.BLOCK_IP:
+                await self._registry.update(entry, BlockState.BLOCKED, expires_at=item.expires_at)
+            else:
+                await self._registry.update(entry, BlockState.UNBLOCKED)
 
 
 def _executed(

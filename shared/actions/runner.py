@@ -1,8 +1,9 @@
 """Runs one queued action: skips deliveries of actions that already ended, dispatches to the
 executor, audits the outcome and records it in the ledger.
 
-Transient errors propagate so the queue redelivers the message, except on the last allowed
-delivery, where the failure is audited instead of vanishing into the dead-letter queue.
+Permanent errors are audited as failed. Anything else propagates so the queue redelivers the
+message, except on the last allowed delivery, where the failure is audited instead of vanishing
+into the dead-letter queue.
 """
 
 from __future__ import annotations
@@ -56,33 +57,38 @@ class ActionRunner:
             return None
         try:
             applied = await self._execute(action)
-        except TransientError as exc:
-            if delivery_count < self._max_deliveries:
+        except Exception as exc:
+            permanent = isinstance(exc, PermanentError)
+            if not permanent and delivery_count < self._max_deliveries:
                 logger.warning(
-                    "action %s attempt %s failed transiently (%s); redelivery follows",
+                    "action %s attempt %s failed (%s); redelivery follows",
                     action.id,
                     delivery_count,
-                    exc.status,
+                    type(exc).__name__,
                 )
                 raise
-            applied = await self._failed(action, exc, f"gave up after {delivery_count} deliveries")
-        except PermanentError as exc:
-            applied = await self._failed(action, exc, "not retried")
-        await self._record(applied)
+            note = "not retried" if permanent else f"gave up after {delivery_count} deliveries"
+            applied = await self._failed(action, exc, note)
+            await self._record(applied)
         return next((a.outcome for a in applied if a.action.id == action.id), None)
 
     async def _execute(self, action: ActionRequest) -> list[Applied]:
+        """Run the executor and audit what it did (IP passes audit before the registry moves)."""
         if not action.kind.targets_ip:
             outcome = await EXECUTORS[action.kind](self._directory, self._guards, action)
-            return [Applied(action, outcome)]
+            applied = [Applied(action, outcome)]
+            await self._record(applied)
+            return applied
         blocklist = self._require_blocklist()
         if action.dry_run:
-            return [Applied(action, await blocklist.plan(action))]
+            applied = [Applied(action, await blocklist.plan(action))]
+            await self._record(applied)
+            return applied
         if action.kind is ActionKind.UNBLOCK_IP:
-            return await blocklist.unblock(action)
-        applied = await blocklist.flush()
+            return await blocklist.unblock(action, self._record)
+        applied = await blocklist.flush(self._record)
         if not any(a.action.id == action.id for a in applied):
-            logger.info("action %s was applied by another flush", action.id)
+            logger.info("action %s was applied by another pass", action.id)
         return applied
 
     def _require_blocklist(self) -> IpBlocklist:
@@ -90,15 +96,14 @@ class ActionRunner:
             raise PermanentError("IP blocks need the EXCHANGE_TENANT setting")
         return self._blocklist
 
-    async def _failed(
-        self, action: ActionRequest, exc: TransientError | PermanentError, note: str
-    ) -> list[Applied]:
+    async def _failed(self, action: ActionRequest, exc: Exception, note: str) -> list[Applied]:
         if action.kind.targets_ip and self._blocklist is not None and not action.dry_run:
             await self._blocklist.abandon(action)
+        request_id = exc.request_id if isinstance(exc, TransientError | PermanentError) else None
         outcome = ActionOutcome(
             status=OutcomeStatus.FAILED,
-            error=f"{exc} ({note})",
-            request_ids=[exc.request_id] if exc.request_id else [],
+            error=f"{type(exc).__name__}: {exc} ({note})",
+            request_ids=[request_id] if request_id else [],
         )
         return [Applied(action, outcome)]
 

@@ -88,6 +88,8 @@ class ExchangeAdmin:
             "SenderIpRanges": ranges,
             "Mode": mode,
             "StopRuleProcessing": True,
+            # First, so that no earlier rule that stops processing lets attackers through.
+            "Priority": 0,
         }
         if reject:
             parameters["RejectMessageEnhancedStatusCode"] = REJECT_STATUS_CODE

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import httpx
@@ -163,12 +163,12 @@ class GraphDirectory:
         return _request_id(inspect)
 
     async def alerts_updated_since(self, since: datetime) -> AsyncIterator[list[dict[str, Any]]]:
-        """Pages of raw alerts_v2 objects updated at or after `since`, oldest first.
-        Permission: SecurityAlert.Read.All. Raw JSON keeps fields the SDK models do not know."""
-        stamp = since.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        """Pages of raw alerts_v2 objects updated at or after `since`, in the order Graph lists
+        them (newest first). Permission: SecurityAlert.Read.All. Raw JSON keeps fields the SDK
+        models do not know."""
+        stamp = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         query = Alerts_v2RequestBuilder.Alerts_v2RequestBuilderGetQueryParameters(
             filter=f"lastUpdateDateTime ge {stamp}",
-            orderby=["lastUpdateDateTime asc"],
             top=ALERTS_PAGE_SIZE,
         )
         request: RequestInformation | None = (
@@ -206,7 +206,7 @@ class GraphDirectory:
 
     async def create_ip_location(self, name: str, ranges: list[str]) -> str:
         """Create an IP named location. Permission: Policy.ReadWrite.ConditionalAccess
-        (with Policy.Read.All)."""
+        (with Policy.Read.All). Locations are never deleted: CA policies reference them."""
         body = IpNamedLocation(display_name=name, is_trusted=False, ip_ranges=_ip_ranges(ranges))
         try:
             created = await self._client.identity.conditional_access.named_locations.post(body)
@@ -224,14 +224,6 @@ class GraphDirectory:
             await builder.by_named_location_id(location_id).patch(body)
         except Exception as exc:
             _raise_typed(exc, f"update named location {location_id}")
-
-    async def delete_ip_location(self, location_id: str) -> None:
-        """Delete a location. Permission: Policy.ReadWrite.ConditionalAccess."""
-        builder = self._client.identity.conditional_access.named_locations
-        try:
-            await builder.by_named_location_id(location_id).delete()
-        except Exception as exc:
-            _raise_typed(exc, f"delete named location {location_id}")
 
     async def _send_raw(self, request: RequestInformation) -> dict[str, Any]:
         try:

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.servicebus import ServiceBusMessage
 from azure.servicebus.aio import ServiceBusClient, ServiceBusSender
+from azure.servicebus.exceptions import MessageSizeExceededError
 
 from shared.models import ActionRequest, utcnow
 
@@ -47,9 +48,19 @@ class ServiceBusActionQueue:
         self._sender: ServiceBusSender | None = None
 
     async def send(self, actions: list[ActionRequest]) -> None:
-        if not actions:
-            return
-        await self._get_sender().send_messages([to_service_bus_message(a) for a in actions])
+        sender = self._get_sender()
+        batch = await sender.create_message_batch()
+        for action in actions:
+            message = to_service_bus_message(action)
+            try:
+                batch.add_message(message)
+            except MessageSizeExceededError:
+                # The batch is full (256 KB on the Standard tier): send it, start the next.
+                await sender.send_messages(batch)
+                batch = await sender.create_message_batch()
+                batch.add_message(message)
+        if len(batch):
+            await sender.send_messages(batch)
 
     def _get_sender(self) -> ServiceBusSender:
         if self._sender is None:

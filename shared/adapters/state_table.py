@@ -19,7 +19,7 @@ from azure.data.tables.aio import TableClient
 
 from shared.errors import TransientError
 from shared.models import ActionRequest, OutcomeStatus
-from shared.ports import LEDGER_QUEUED, BlockEntry, BlockState, LedgerEntry
+from shared.ports import ACTIVE_BLOCK_STATES, LEDGER_QUEUED, BlockEntry, BlockState, LedgerEntry
 
 WATERMARKS = "watermark"
 HANDLED = "handled"
@@ -131,7 +131,7 @@ def _block_entity(
         "RowKey": _network_key(entry_network),
         "Network": entry_network,
         "Generation": generation,
-        "State": state,
+        "State": str(state),
         "Block": block.model_dump_json(),
         "Unblock": unblock.model_dump_json() if unblock else "",
         "ExpiresAt": expires_at.isoformat() if expires_at else "",
@@ -162,7 +162,7 @@ class TableBlockRegistry:
     async def reserve(self, action: ActionRequest) -> ActionRequest | None:
         for _ in range(MAX_RACE_ATTEMPTS):
             current = await self.get(action.target)
-            if current is not None and current.state in BlockState.ACTIVE:
+            if current is not None and current.state in ACTIVE_BLOCK_STATES:
                 return None
             generation = current.generation + 1 if current else 1
             request = action.for_generation(generation)
@@ -186,7 +186,7 @@ class TableBlockRegistry:
 
     async def release(self, action: ActionRequest) -> None:
         entry = await self.get(action.target)
-        if entry is not None and entry.block.id == action.id:
+        if entry is not None and entry.block.id == action.id and entry.state == BlockState.PENDING:
             await self.update(entry, BlockState.FAILED)
 
     async def get(self, network: str) -> BlockEntry | None:

@@ -3,7 +3,7 @@ semantics that stand in for Service Bus locally."""
 
 from __future__ import annotations
 
-from azure.servicebus import ServiceBusMessage
+from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch
 
 from shared.adapters.credentials import StaticTokenCredential
 from shared.adapters.queue import (
@@ -52,17 +52,35 @@ async def test_abandoned_messages_come_back_then_go_to_dead_letter() -> None:
 
 
 class RecordingSender:
-    """Stands in for azure.servicebus.aio.ServiceBusSender: keeps what it was given."""
+    """Stands in for azure.servicebus.aio.ServiceBusSender: hands out real message batches
+    of the Standard tier's size and keeps what it was given."""
 
     def __init__(self) -> None:
         self.sent: list[list[ServiceBusMessage]] = []
         self.closed = False
 
-    async def send_messages(self, messages: list[ServiceBusMessage]) -> None:
-        self.sent.append(messages)
+    async def create_message_batch(self) -> ServiceBusMessageBatch:
+        return ServiceBusMessageBatch(max_size_in_bytes=256 * 1024)
+
+    async def send_messages(self, batch: ServiceBusMessageBatch) -> None:
+        self.sent.append(list(batch._messages))
 
     async def close(self) -> None:
         self.closed = True
+
+
+async def test_a_large_send_is_split_into_batches_that_fit() -> None:
+    queue = ServiceBusActionQueue(
+        "sb-test.servicebus.windows.net", "actions", StaticTokenCredential("t")
+    )
+    sender = RecordingSender()
+    queue._sender = sender  # type: ignore[assignment]
+    requests = [
+        action(f"generic:flood-{n}").model_copy(update={"reason": "x" * 900}) for n in range(500)
+    ]
+    await queue.send(requests)
+    assert len(sender.sent) > 1
+    assert [m.message_id for batch in sender.sent for m in batch] == [r.id for r in requests]
 
 
 async def test_the_service_bus_queue_sends_one_batch_of_real_messages() -> None:
