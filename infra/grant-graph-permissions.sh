@@ -9,9 +9,12 @@
 # Administrator). It is idempotent: permissions already granted are skipped.
 #
 # Usage:
-#   infra/grant-graph-permissions.sh [--check] [MANAGED_IDENTITY_PRINCIPAL_ID]
+#   infra/grant-graph-permissions.sh [--check] [--with-signin-block] [MANAGED_IDENTITY_PRINCIPAL_ID]
 #
-#   --check   only report; exit 1 if a permission is missing, grant nothing.
+#   --check              only report; exit 1 if a permission is missing, grant nothing.
+#   --with-signin-block  also grant the Conditional Access permissions that playbooks with
+#                        `signin_block = true` need. Policy.ReadWrite.ConditionalAccess can
+#                        rewrite every CA policy of the tenant, so it is granted only on request.
 #   The principal id defaults to $MANAGED_IDENTITY_PRINCIPAL_ID, then to the azd environment's
 #   MANAGED_IDENTITY_PRINCIPAL_ID output.
 #
@@ -30,6 +33,8 @@ readonly GRAPH_PERMISSIONS=(
   User.EnableDisableAccount.All
   User.RevokeSessions.All
   SecurityAlert.Read.All
+)
+readonly SIGNIN_BLOCK_PERMISSIONS=(
   Policy.Read.All
   Policy.ReadWrite.ConditionalAccess
 )
@@ -43,10 +48,15 @@ die() {
 }
 
 check_only=false
-if [[ "${1:-}" == "--check" ]]; then
-  check_only=true
+signin_block=false
+while [[ "${1:-}" == --* ]]; do
+  case "$1" in
+    --check) check_only=true ;;
+    --with-signin-block) signin_block=true ;;
+    *) die "unknown option $1" ;;
+  esac
   shift
-fi
+done
 
 principal_id="${1:-${MANAGED_IDENTITY_PRINCIPAL_ID:-}}"
 if [[ -z "$principal_id" ]] && command -v azd >/dev/null 2>&1; then
@@ -112,7 +122,11 @@ grant() {
   done <<<"$assigned"
 }
 
-grant "$GRAPH_APP_ID" "${GRAPH_PERMISSIONS[@]}"
+if [[ "$signin_block" == true ]]; then
+  grant "$GRAPH_APP_ID" "${GRAPH_PERMISSIONS[@]}" "${SIGNIN_BLOCK_PERMISSIONS[@]}"
+else
+  grant "$GRAPH_APP_ID" "${GRAPH_PERMISSIONS[@]}"
+fi
 grant "$EXCHANGE_APP_ID" "${EXCHANGE_PERMISSIONS[@]}"
 
 exit "$missing"

@@ -58,9 +58,8 @@ def record_hash(seq: int, prev_hash: str, body: str) -> str:
 def chain_entry(seq: int, prev_hash: str, entry: AuditEntry) -> AuditRecord:
     body = entry_body(entry)
     stored = AuditEntry.model_validate_json(body)
-    return AuditRecord(
-        seq=seq, prev_hash=prev_hash, hash=record_hash(seq, prev_hash, body), entry=stored
-    )
+    digest = record_hash(seq, prev_hash, body)
+    return AuditRecord(seq=seq, prev_hash=prev_hash, hash=digest, entry=stored, body=body)
 
 
 @dataclass(frozen=True)
@@ -172,7 +171,9 @@ def _check_record(record: AuditRecord, newer: AuditRecord | None) -> tuple[int, 
             problem = (record.seq + 1, f"records {record.seq + 1}..{newer.seq - 1} are missing")
         elif newer.prev_hash != record.hash:
             problem = (newer.seq, f"record {newer.seq} does not link to record {record.seq}")
-    expected = record_hash(record.seq, record.prev_hash, entry_body(record.entry))
-    if expected != record.hash:
+    # The stored text must hash to the stored hash, and be exactly the canonical text of the
+    # content read from it: extra keys or reformatting count as tampering too.
+    expected = record_hash(record.seq, record.prev_hash, record.body)
+    if expected != record.hash or entry_body(record.entry) != record.body:
         problem = (record.seq, f"record {record.seq} content does not match its hash")
     return problem

@@ -28,6 +28,7 @@ from pydantic import (
 from shared.errors import ConfigError
 
 DEFAULT_PLAYBOOK = Path(__file__).parent / "playbooks" / "default.toml"
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 
 class CredentialKind(StrEnum):
@@ -264,6 +265,14 @@ class Settings(PolicySettings):
         le=32 * 1_048_576,
         description="Largest accepted webhook body.",
     )
+
+    @field_validator("graph_base_url", "exchange_base_url", "tables_endpoint")
+    @classmethod
+    def _https_off_loopback(cls, value: AnyHttpUrl | None) -> AnyHttpUrl | None:
+        # Bearer tokens travel to these hosts: plain http only to this machine.
+        if value is not None and value.scheme != "https" and value.host not in LOOPBACK:
+            raise ValueError("must use https (plain http only for 127.0.0.1 or localhost)")
+        return value
 
     @field_validator("webhook_secret")
     @classmethod

@@ -304,3 +304,4 @@ class AuditRecord(BaseModel):
     prev_hash: str
     hash: str
     entry: AuditEntry
+    body: str = Field(repr=False, description="The canonical text the hash covers, as stored.")

@@ -142,10 +142,6 @@ class Plan:
     actions: list[ActionRequest] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
 
-    @property
-    def to_execute(self) -> list[ActionRequest]:
-        return [a for a in self.actions if a.decision is not Decision.REFUSED]
-
 
 @dataclass(frozen=True)
 class Guards:

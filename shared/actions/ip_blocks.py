@@ -41,6 +41,8 @@ COMMENT_MARK = "Managed by M365 Responder"
 # the name, comments, reject text and serialization overhead.
 RANGE_BUDGET_BYTES = 4096
 MAX_SHARDS = 250
+# Exchange allows 300 transport rules per organization, the mail team's own included.
+ORGANIZATION_RULE_LIMIT = 300
 MAX_PASSES = 5
 MODES = ("reject", "delete")
 LOCATION_PREFIX = "M365 Responder sign-in block"
@@ -141,6 +143,10 @@ def _shard_with_room(
         if sum(map(_cost, shards[name])) + _cost(rule_range) <= RANGE_BUDGET_BYTES:
             return name
     used = {n.lower() for n in shards} | taken
+    if len(used) >= ORGANIZATION_RULE_LIMIT:
+        raise PermanentError(
+            f"no room for another transport rule: {len(used)} of {ORGANIZATION_RULE_LIMIT} exist"
+        )
     number = next(
         (n for n in range(1, MAX_SHARDS + 1) if shard_name(mode, n).lower() not in used),
         MAX_SHARDS + 1,
@@ -387,10 +393,16 @@ class IpBlocklist:
                 raise
             return
         current = await self._rules.get_rule(change.name)
-        if current is None or not same_ranges(current.ranges, change.read.ranges):
+        if (
+            current is None
+            or not same_ranges(current.ranges, change.read.ranges)
+            or current.when_changed != change.read.when_changed
+        ):
             raise _ShardChanged(f"{change.name} changed since it was read")
         if change.ranges:
-            await self._rules.set_ranges(change.name, change.ranges, self._rule_mode)
+            await self._rules.set_ranges(
+                change.name, change.ranges, self._rule_mode, reject=change.mode == "reject"
+            )
         else:
             await self._rules.remove_rule(change.name)
 

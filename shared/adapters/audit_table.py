@@ -15,7 +15,6 @@ from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import TableTransactionError
 from azure.data.tables.aio import TableClient
 
-from shared.audit import entry_body
 from shared.models import AuditEntry, AuditRecord
 from shared.ports import AppendConflict
 
@@ -35,7 +34,7 @@ def to_entity(record: AuditRecord) -> dict[str, Any]:
         "Seq": record.seq,
         "PrevHash": record.prev_hash,
         "Hash": record.hash,
-        "Body": entry_body(entry),
+        "Body": record.body,
         "Event": str(entry.event),
         "At": entry.at,
         "Actor": entry.actor.name,
@@ -52,6 +51,7 @@ def from_entity(entity: dict[str, Any]) -> AuditRecord:
         prev_hash=entity["PrevHash"],
         hash=entity["Hash"],
         entry=AuditEntry.model_validate_json(entity["Body"]),
+        body=entity["Body"],
     )
 
 

@@ -90,24 +90,36 @@ class ExchangeAdmin:
             "StopRuleProcessing": True,
             # First, so that no earlier rule that stops processing lets attackers through.
             "Priority": 0,
+            **_action(reject),
         }
-        if reject:
-            parameters["RejectMessageEnhancedStatusCode"] = REJECT_STATUS_CODE
-            parameters["RejectMessageReasonText"] = REJECT_REASON
-        else:
-            parameters["DeleteMessage"] = True
         await self.invoke("New-TransportRule", parameters)
 
-    async def set_ranges(self, name: str, ranges: list[str], mode: str) -> None:
-        await self.invoke(
-            "Set-TransportRule", {"Identity": name, "SenderIpRanges": ranges, "Mode": mode}
-        )
+    async def set_ranges(self, name: str, ranges: list[str], mode: str, reject: bool) -> None:
+        """Replace the ranges, and re-assert the rule's action, mode and place in the order."""
+        parameters: dict[str, Any] = {
+            "Identity": name,
+            "SenderIpRanges": ranges,
+            "Mode": mode,
+            "StopRuleProcessing": True,
+            "Priority": 0,
+            **_action(reject),
+        }
+        await self.invoke("Set-TransportRule", parameters)
 
     async def remove_rule(self, name: str) -> None:
         await self.invoke("Remove-TransportRule", {"Identity": name, "Confirm": False})
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def _action(reject: bool) -> dict[str, Any]:
+    if reject:
+        return {
+            "RejectMessageEnhancedStatusCode": REJECT_STATUS_CODE,
+            "RejectMessageReasonText": REJECT_REASON,
+        }
+    return {"DeleteMessage": True}
 
 
 def _rule(item: dict[str, Any]) -> TransportRule:

@@ -134,6 +134,8 @@ async def test_user_ids_that_are_neither_guid_nor_upn_are_skipped(
         (b"\xff\xfe", {}, 400, "not UTF-8"),
         (b"[1, 2]", {}, 400, "must be a JSON object"),
         (b'{"hello": "world"}', {}, 400, "unrecognized alert payload"),
+        (b"[" * 100_000 + b"]" * 100_000, {}, 400, "nested too deeply"),
+        (b'{"id": ' + b"9" * 5000 + b"}", {}, 400, "unreadable JSON value"),
         (b"{}", {"Content-Type": "text/plain"}, 415, "application/json"),
         (b"{}", {KEY_HEADER: "wrong"}, 401, KEY_HEADER),
         (b"{}", {KEY_HEADER: ""}, 401, KEY_HEADER),
@@ -167,3 +169,12 @@ async def test_the_key_header_is_required_even_when_the_body_is_fine(
     response = await post(req)
     assert response.status_code == 401
     assert isinstance(services.queue, InMemoryActionQueue) and len(services.queue) == 0
+
+
+async def test_an_enormous_title_is_cut_not_refused_or_crashed_on(services: Container) -> None:
+    alert = generic_alert(ADELE.id, title="Mass download " + "A" * 40_000)
+    response = await post(request(json.dumps(alert).encode()))
+    assert response.status_code == 202, response.get_body()[:200]
+    [result] = json.loads(response.get_body())["alerts"]
+    assert len(result["alert"]["title"]) == 1000
+    assert len(await audit_events(services)) == 2

@@ -61,7 +61,7 @@ async def test_a_rule_is_created_listed_changed_and_removed_over_the_wire(
     )
     assert listed.when_changed, "WhenChanged is read, so a change can be told apart"
 
-    await admin.set_ranges(RULE, ["185.220.101.10"], "Audit")
+    await admin.set_ranges(RULE, ["185.220.101.10"], "Audit", reject=True)
     changed = await admin.get_rule(RULE)
     assert changed is not None
     assert (changed.ranges, changed.mode) == (("185.220.101.10",), "Audit")
@@ -166,7 +166,7 @@ async def test_throttling_and_outages_are_transient(
     sim.add_transport_rule({"Name": RULE, "SenderIpRanges": ["185.220.101.9"]})
     sim.add_fault(fault)
     with pytest.raises(TransientError) as caught:
-        await admin.set_ranges(RULE, ["185.220.101.10"], "Enforce")
+        await admin.set_ranges(RULE, ["185.220.101.10"], "Enforce", reject=True)
     assert caught.value.status == status
     assert caught.value.retry_after == retry_after
     assert caught.value.request_id
@@ -233,7 +233,7 @@ async def test_calls_counts_every_request_sent(admin: ExchangeAdmin, sim: Simula
     assert admin.calls == 0
     await admin.create_rule(RULE, ["185.220.101.9"], COMMENTS, "Enforce", True)
     await admin.get_rule(RULE)
-    await admin.set_ranges(RULE, ["185.220.101.10"], "Enforce")
+    await admin.set_ranges(RULE, ["185.220.101.10"], "Enforce", reject=True)
     await admin.get_rule("no such rule")
     sim.add_fault(Fault(status=503, cmdlet="Remove-TransportRule"))
     with pytest.raises(TransientError):

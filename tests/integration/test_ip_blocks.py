@@ -679,3 +679,27 @@ def _message(action: ActionRequest) -> Any:
         application_properties={},
         user_properties={},
     )
+
+
+async def test_a_new_alert_during_an_unblock_keeps_the_attacker_blocked(
+    responder: Container, sim: SimulatedTenant
+) -> None:
+    await responder.intake.handle_payload(attack("wave-1", ATTACKER))
+    await drain(responder)
+    entry = await responder.blocks.get(f"{ATTACKER}/32")
+    assert entry is not None and entry.state == BlockState.BLOCKED
+    unblock = ActionRequest(
+        id=ActionRequest.derive_id(ActionKind.UNBLOCK_IP, ATTACKER, "engineer:42"),
+        kind=ActionKind.UNBLOCK_IP,
+        target=ATTACKER,
+        reason="false positive, says the mail team",
+        requested_by=Actor(kind="engineer", name="oncall@contoso.com"),
+    )
+    assert await responder.blocks.update(entry, BlockState.UNBLOCKING, unblock=unblock)
+    # The attack goes on while the unblock is under way: a new generation starts.
+    [result] = await responder.intake.handle_payload(attack("wave-2", ATTACKER))
+    assert result.queued, "the new alert is not coalesced into the unblock"
+    await drain(responder)
+    entry = await responder.blocks.get(f"{ATTACKER}/32")
+    assert entry is not None and entry.generation == 2 and entry.state == BlockState.BLOCKED
+    assert ATTACKER in blocked(sim)

@@ -53,7 +53,9 @@ async def test_verify_detects_a_rehashed_record_by_the_broken_back_link() -> Non
     await chain.append_all([entry(n) for n in range(1, 5)])
     forged = store.records[3].entry.model_copy(update={"reason": "nothing to see"})
     rehashed = record_hash(3, store.records[3].prev_hash, entry_body(forged))
-    store.records[3] = store.records[3].model_copy(update={"entry": forged, "hash": rehashed})
+    store.records[3] = store.records[3].model_copy(
+        update={"entry": forged, "hash": rehashed, "body": entry_body(forged)}
+    )
     report = await AuditChain(store).verify()
     assert report.first_broken_seq == 4
     assert "does not link" in (report.problem or "")
@@ -102,3 +104,14 @@ async def test_oversized_results_are_replaced_by_their_digest() -> None:
     assert record.entry.result["truncated"] is True
     assert len(record.entry.result["sha256"]) == 64
     assert len(entry_body(record.entry)) <= MAX_BODY_CHARS
+
+
+async def test_verify_detects_stored_text_that_is_not_the_canonical_content() -> None:
+    store = MemoryAuditStore()
+    await AuditChain(store).append_all([entry(n) for n in range(1, 4)])
+    original = store.records[2]
+    padded = original.body.replace("{", '{"note":"added later",', 1)
+    rehashed = record_hash(2, original.prev_hash, padded)
+    store.records[2] = original.model_copy(update={"body": padded, "hash": rehashed})
+    report = await AuditChain(store).verify()
+    assert report.first_broken_seq == 2

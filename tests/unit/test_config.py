@@ -98,3 +98,15 @@ def test_an_unresolved_key_vault_reference_is_no_secret() -> None:
     reference = "@Microsoft.KeyVault(SecretUri=https://kv-resp.vault.azure.net/secrets/webhook/)"
     with pytest.raises(ConfigError, match="RESPONDER_WEBHOOK_SECRET.*Key Vault reference"):
         Settings.from_env({**LOCAL, "RESPONDER_WEBHOOK_SECRET": reference})
+
+
+@pytest.mark.parametrize(
+    "name", ["GRAPH_BASE_URL", "EXCHANGE_BASE_URL", "RESPONDER_TABLES_ENDPOINT"]
+)
+def test_tokens_never_travel_over_plain_http_to_another_host(name: str) -> None:
+    values = {**LOCAL, name: "http://graph.contoso.example/v1.0"}
+    if name == "RESPONDER_TABLES_ENDPOINT":
+        values.pop("RESPONDER_TABLES_CONNECTION")
+    with pytest.raises(ConfigError, match=f"{name}.*https"):
+        Settings.from_env(values)
+    assert Settings.from_env({**LOCAL, "GRAPH_BASE_URL": "http://127.0.0.1:8080/v1.0"})
