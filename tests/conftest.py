@@ -9,10 +9,14 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 import pytest
+from msgraph import GraphServiceClient
 
 from drill.azurite import Azurite
 from shared import container
+from shared.adapters.credentials import StaticTokenCredential
+from shared.adapters.graph import build_graph_client
 from shared.config import Settings
 from shared.simulator import SimulatedTenant, SimUser
 
@@ -65,6 +69,23 @@ def settings_for(sim: SimulatedTenant, azurite: Azurite, **overrides: Any) -> Se
     }
     values.update(overrides)
     return Settings.model_validate(values)
+
+
+def sdk_client(sim: SimulatedTenant) -> tuple[GraphServiceClient, httpx.AsyncClient]:
+    """msgraph-sdk wired to the simulated tenant exactly as the product wires it, and the HTTP
+    client underneath it (for closing)."""
+    settings = Settings.model_validate(
+        {
+            "RESPONDER_TABLES_CONNECTION": "UseDevelopmentStorage=true",
+            "GRAPH_BASE_URL": sim.base_url,
+            "RESPONDER_CREDENTIAL": "simulator",
+            "SIMULATOR_TOKEN": sim.token,
+            "RESPONDER_QUEUE": "memory",
+        }
+    )
+    client = build_graph_client(settings, StaticTokenCredential(sim.token))
+    http_client: httpx.AsyncClient = client.request_adapter._http_client
+    return client, http_client
 
 
 @asynccontextmanager

@@ -10,25 +10,19 @@ import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import Message
-from typing import Any, Self
+from typing import Any
 from urllib.parse import quote
 
-import httpx
 import pytest
-from azure.core.credentials import AccessToken
 from kiota_abstractions.base_request_configuration import RequestConfiguration
-from kiota_authentication_azure.azure_identity_authentication_provider import (
-    AzureIdentityAuthenticationProvider,
-)
-from msgraph import GraphRequestAdapter, GraphServiceClient
 from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 from msgraph.generated.models.user import User
 from msgraph.generated.security.alerts_v2.alerts_v2_request_builder import (
     Alerts_v2RequestBuilder,
 )
-from msgraph_core import GraphClientFactory
 
 from shared.simulator import Fault, SimulatedTenant, SimUser
+from tests.conftest import sdk_client
 
 # The SDK's generated request builders warn about their own deprecated classes on import.
 pytestmark = pytest.mark.filterwarnings("ignore:This class is deprecated:DeprecationWarning")
@@ -336,40 +330,9 @@ def test_invalid_faults_and_duplicate_users_are_refused(sim: SimulatedTenant) ->
         sim.add_alert({"id": "a-1", "lastUpdateDateTime": "yesterday"})
 
 
-class StaticToken:
-    """An async credential that always hands out the simulator's token."""
-
-    def __init__(self, token: str) -> None:
-        self._token = token
-
-    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        return AccessToken(self._token, 4102444800)
-
-    async def close(self) -> None:
-        return None
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *args: object) -> None:
-        return None
-
-
-def graph_client(sim: SimulatedTenant) -> tuple[GraphServiceClient, httpx.AsyncClient]:
-    auth = AzureIdentityAuthenticationProvider(
-        StaticToken(sim.token),
-        scopes=["https://graph.microsoft.com/.default"],
-        allowed_hosts=["127.0.0.1"],
-    )
-    http_client = GraphClientFactory.create_with_default_middleware()
-    adapter = GraphRequestAdapter(auth, client=http_client)
-    adapter.base_url = sim.base_url
-    return GraphServiceClient(request_adapter=adapter), http_client
-
-
 def test_msgraph_sdk_contains_a_user_over_the_wire(sim: SimulatedTenant) -> None:
     async def scenario() -> None:
-        client, http_client = graph_client(sim)
+        client, http_client = sdk_client(sim)
         async with http_client:
             user = await client.users.by_user_id(ALICE.id).get()
             assert user is not None
@@ -407,7 +370,7 @@ def test_msgraph_sdk_pages_alerts_and_retries_throttling(sim: SimulatedTenant) -
     sim.add_fault(Fault(method="GET", path_pattern="alerts_v2", status=429, retry_after="1"))
 
     async def scenario() -> list[str]:
-        client, http_client = graph_client(sim)
+        client, http_client = sdk_client(sim)
         query = Alerts_v2RequestBuilder.Alerts_v2RequestBuilderGetQueryParameters(
             filter="lastUpdateDateTime gt 2024-05-01T10:00:00Z", top=2
         )

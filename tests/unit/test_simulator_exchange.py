@@ -9,20 +9,14 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from email.message import Message
-from typing import Any, Self
+from typing import Any
 
-import httpx
 import pytest
-from azure.core.credentials import AccessToken
-from kiota_authentication_azure.azure_identity_authentication_provider import (
-    AzureIdentityAuthenticationProvider,
-)
-from msgraph import GraphRequestAdapter, GraphServiceClient
 from msgraph.generated.models.i_pv4_cidr_range import IPv4CidrRange
 from msgraph.generated.models.ip_named_location import IpNamedLocation
-from msgraph_core import GraphClientFactory
 
 from shared.simulator import RULE_SIZE_LIMIT, Fault, SimulatedTenant, rule_size
+from tests.conftest import sdk_client
 
 # The SDK's generated request builders warn about their own deprecated classes on import.
 pytestmark = pytest.mark.filterwarnings("ignore:This class is deprecated:DeprecationWarning")
@@ -616,40 +610,9 @@ def test_throttle_can_be_turned_off(sim: SimulatedTenant) -> None:
     assert answers == [201, 201, 201]
 
 
-class StaticToken:
-    """An async credential that always hands out the simulator's token."""
-
-    def __init__(self, token: str) -> None:
-        self._token = token
-
-    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        return AccessToken(self._token, 4102444800)
-
-    async def close(self) -> None:
-        return None
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *args: object) -> None:
-        return None
-
-
-def graph_client(sim: SimulatedTenant) -> tuple[GraphServiceClient, httpx.AsyncClient]:
-    auth = AzureIdentityAuthenticationProvider(
-        StaticToken(sim.token),
-        scopes=["https://graph.microsoft.com/.default"],
-        allowed_hosts=["127.0.0.1"],
-    )
-    http_client = GraphClientFactory.create_with_default_middleware()
-    adapter = GraphRequestAdapter(auth, client=http_client)
-    adapter.base_url = sim.base_url
-    return GraphServiceClient(request_adapter=adapter), http_client
-
-
 def test_msgraph_sdk_creates_and_lists_named_locations(sim: SimulatedTenant) -> None:
     async def scenario() -> tuple[str, list[tuple[str, list[str]]]]:
-        client, http_client = graph_client(sim)
+        client, http_client = sdk_client(sim)
         async with http_client:
             created = await client.identity.conditional_access.named_locations.post(
                 IpNamedLocation(
