@@ -2,9 +2,10 @@
 
 import azure.functions as func
 
-from functions import actions, alerts, blocks
+from functions import actions, alerts, api, blocks
 
 app = func.FunctionApp()
 app.register_functions(alerts.bp)
 app.register_functions(actions.bp)
 app.register_functions(blocks.bp)
+app.register_functions(api.bp)

@@ -10,17 +10,23 @@ from typing import Any
 import azure.functions as func
 from pydantic import SecretStr
 
+from shared.errors import TransientError
+from shared.identity import AuthError, Principal, TokenValidator
+
 KEY_HEADER = "X-Responder-Key"
 
 
 class HttpProblem(Exception):
     """A request the route refuses; becomes a problem+json response."""
 
-    def __init__(self, status: int, title: str, detail: str) -> None:
+    def __init__(
+        self, status: int, title: str, detail: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.title = title
         self.detail = detail
+        self.headers = headers or {}
 
     def response(self) -> func.HttpResponse:
         body = {
@@ -30,7 +36,10 @@ class HttpProblem(Exception):
             "detail": self.detail,
         }
         return func.HttpResponse(
-            json.dumps(body), status_code=self.status, mimetype="application/problem+json"
+            json.dumps(body),
+            status_code=self.status,
+            mimetype="application/problem+json",
+            headers=self.headers,
         )
 
 
@@ -66,3 +75,24 @@ def read_json(req: func.HttpRequest, max_bytes: int) -> Any:
     except ValueError as exc:
         # For example an integer with more digits than Python converts.
         raise HttpProblem(400, "Bad Request", f"unreadable JSON value: {exc}") from None
+
+
+async def authenticate(
+    req: func.HttpRequest, validator: TokenValidator | None, *roles: str
+) -> Principal:
+    """The caller's identity from its Entra bearer token; it must hold one of `roles`."""
+    if validator is None:
+        raise HttpProblem(503, "Service Unavailable", "sign-in to this API is not configured")
+    try:
+        principal = await validator.principal(req.headers.get("Authorization"))
+        if not principal.roles & set(roles):
+            TokenValidator.require(principal, roles[0])
+    except AuthError as exc:
+        challenge = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+        raise HttpProblem(exc.status, _AUTH_TITLES[exc.status], exc.detail, challenge) from None
+    except TransientError:
+        raise HttpProblem(503, "Service Unavailable", "signing keys unavailable; retry") from None
+    return principal
+
+
+_AUTH_TITLES = {401: "Unauthorized", 403: "Forbidden"}

@@ -46,6 +46,9 @@ param exchangeRuleMode string = 'Enforce'
 @description('NCRONTAB schedule of the sweep that lifts expired IP blocks, in UTC.')
 param ipBlockSweepSchedule string = '0 */5 * * * *'
 
+@description('Client id of the API registration (access tokens v2.0) whose app roles (Responder.Act, Responder.Approve, Audit.Read) engineers are assigned; empty leaves the HTTP API closed.')
+param authAudience string = ''
+
 @secure()
 @minLength(32)
 @description('Shared secret the alert webhook expects in X-Responder-Key; stored in Key Vault only.')
@@ -204,6 +207,8 @@ module api 'app/api.bicep' = {
     exchangeTenant: tenant().tenantId
     exchangeRuleMode: exchangeRuleMode
     ipBlockSweepSchedule: ipBlockSweepSchedule
+    authTenantId: tenant().tenantId
+    authAudience: authAudience
   }
 }
 

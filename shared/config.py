@@ -252,6 +252,29 @@ class Settings(PolicySettings):
         alias="IP_BLOCK_SWEEP_SCHEDULE",
         description="NCRONTAB schedule of the sweep that lifts expired IP blocks.",
     )
+    auth_tenant_id: str | None = Field(
+        None,
+        alias="AUTH_TENANT_ID",
+        pattern=r"^[0-9a-fA-F-]{36}$",
+        description="Entra tenant whose tokens the HTTP API accepts.",
+    )
+    auth_audience: str | None = Field(
+        None,
+        alias="AUTH_AUDIENCE",
+        min_length=3,
+        max_length=256,
+        description="The API registration's client id: Entra v2.0 tokens carry it in aud.",
+    )
+    auth_issuer: str | None = Field(
+        None,
+        alias="AUTH_ISSUER",
+        description="Token issuer (default: the tenant's Entra v2.0 issuer).",
+    )
+    auth_jwks_url: AnyHttpUrl | None = Field(
+        None,
+        alias="AUTH_JWKS_URL",
+        description="Signing keys (default: the tenant's Entra v2.0 JWKS).",
+    )
     webhook_secret: SecretStr | None = Field(
         None,
         alias="RESPONDER_WEBHOOK_SECRET",
@@ -266,7 +289,7 @@ class Settings(PolicySettings):
         description="Largest accepted webhook body.",
     )
 
-    @field_validator("graph_base_url", "exchange_base_url", "tables_endpoint")
+    @field_validator("graph_base_url", "exchange_base_url", "tables_endpoint", "auth_jwks_url")
     @classmethod
     def _https_off_loopback(cls, value: AnyHttpUrl | None) -> AnyHttpUrl | None:
         # Bearer tokens travel to these hosts: plain http only to this machine.
@@ -282,6 +305,18 @@ class Settings(PolicySettings):
         if value is not None and value.get_secret_value().startswith("@Microsoft.KeyVault("):
             raise ValueError("is an unresolved Key Vault reference (check the app's access)")
         return value
+
+    @property
+    def issuer(self) -> str | None:
+        if self.auth_issuer or self.auth_tenant_id is None:
+            return self.auth_issuer
+        return f"https://login.microsoftonline.com/{self.auth_tenant_id}/v2.0"
+
+    @property
+    def jwks_url(self) -> str | None:
+        if self.auth_jwks_url is not None or self.auth_tenant_id is None:
+            return str(self.auth_jwks_url) if self.auth_jwks_url else None
+        return f"https://login.microsoftonline.com/{self.auth_tenant_id}/discovery/v2.0/keys"
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

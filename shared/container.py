@@ -16,12 +16,15 @@ from shared.actions.runner import ActionRunner
 from shared.adapters.audit_table import AuditTable
 from shared.adapters.credentials import build_credential
 from shared.adapters.exchange import ExchangeAdmin
+from shared.adapters.jwks import JwksKeys
 from shared.adapters.queue import InMemoryActionQueue, ServiceBusActionQueue
 from shared.adapters.state_table import StateTable, TableBlockRegistry
 from shared.adapters.table_service import ensure_tables, table_service
 from shared.audit import AuditChain
 from shared.config import QueueKind, Settings
+from shared.identity import TokenValidator
 from shared.intake import AlertIntake
+from shared.manual import ManualActions
 from shared.models import utcnow
 from shared.policy import Guards, Playbook, Policy
 from shared.poller import AlertPoller
@@ -112,6 +115,23 @@ class Container:
         )
 
     @cached_property
+    def jwks(self) -> JwksKeys | None:
+        jwks_url = self.settings.jwks_url
+        return JwksKeys(jwks_url, self.settings.graph_timeout_s) if jwks_url else None
+
+    @cached_property
+    def validator(self) -> TokenValidator | None:
+        """Checks the HTTP API's Entra tokens; None until the AUTH_* settings are given."""
+        issuer, audience = self.settings.issuer, self.settings.auth_audience
+        if self.jwks is None or not issuer or not audience:
+            return None
+        return TokenValidator(self.jwks, issuer, audience)
+
+    @cached_property
+    def manual(self) -> ManualActions:
+        return ManualActions(self.intake, self.guards, self.state)
+
+    @cached_property
     def sweeper(self) -> IpBlockSweeper:
         return IpBlockSweeper(self.blocks, self.queue)
 
@@ -126,6 +146,8 @@ class Container:
             closers.append(self.queue.close())
         if "exchange" in self.__dict__ and self.exchange is not None:
             closers.append(self.exchange.close())
+        if "jwks" in self.__dict__ and self.jwks is not None:
+            closers.append(self.jwks.close())
         for closer in closers:
             await closer
 

@@ -26,6 +26,15 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
+class Submitted:
+    """Requests as submitted (IP blocks carry their generation's id), and what became of them."""
+
+    actions: list[ActionRequest] = field(default_factory=list)
+    queued: list[str] = field(default_factory=list)
+    coalesced: list[str] = field(default_factory=list)
+
+
+@dataclass
 class IntakeResult:
     """A plan plus what intake did with it: actions queued now, and those coalesced into an
     identical earlier request (same deterministic id)."""
@@ -94,16 +103,29 @@ class AlertIntake:
         plan = self._policy.plan(alert)
         if await self._checkpoint.is_handled(alert.key, alert.version):
             return IntakeResult(plan, duplicate_alert=True)
-        result = IntakeResult(plan)
+        submitted = await self.submit(plan.actions)
+        plan.actions[:] = submitted.actions
+        await self._checkpoint.mark_handled(alert.key, alert.version)
+        if plan.skipped:
+            logger.info("alert %s: %s entities skipped", alert.key, len(plan.skipped))
+        return IntakeResult(plan, queued=submitted.queued, coalesced=submitted.coalesced)
+
+    async def submit(self, actions: list[ActionRequest]) -> Submitted:
+        """Claim, audit and queue decided action requests, from an alert or an engineer.
+
+        Requests whose id was claimed before, and blocks of networks already pending or
+        blocked, coalesce into the earlier request."""
+        result = Submitted()
         fresh: list[ActionRequest] = []
         reserved: list[ActionRequest] = []
-        for index, planned in enumerate(plan.actions):
+        for planned in actions:
             action = await self._reserve(planned)
             if action is None:
+                result.actions.append(planned)
                 result.coalesced.append(planned.id)
                 continue
+            result.actions.append(action)
             if action is not planned:
-                plan.actions[index] = action
                 reserved.append(action)
             if await self._ledger.claim(action):
                 fresh.append(action)
@@ -112,16 +134,13 @@ class AlertIntake:
         try:
             await self._commit(fresh)
         except BaseException:
-            # Nothing is lost: release the claims so a retry of this alert plans them again.
+            # Nothing is lost: release the claims so a retry plans them again.
             for action in fresh:
                 await self._ledger.release(action.id)
             for action in reserved:
                 await self._blocks.release(action)
             raise
         result.queued = [a.id for a in fresh if a.decision is not Decision.REFUSED]
-        await self._checkpoint.mark_handled(alert.key, alert.version)
-        if plan.skipped:
-            logger.info("alert %s: %s entities skipped", alert.key, len(plan.skipped))
         return result
 
     async def _reserve(self, action: ActionRequest) -> ActionRequest | None:

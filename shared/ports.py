@@ -72,6 +72,7 @@ class LedgerEntry:
     state: str
     kind: str
     target: str
+    audit_seq: int | None = None
 
 
 class ActionLedger(Protocol):

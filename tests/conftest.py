@@ -32,6 +32,7 @@ BREAK_GLASS = SimUser(
 )
 WEBHOOK_SECRET = secrets.token_urlsafe(32)
 PARTNER_NETWORK = "52.96.0.0/14"
+API_AUDIENCE = "api://m365-responder"
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +67,9 @@ def settings_for(sim: SimulatedTenant, azurite: Azurite, **overrides: Any) -> Se
         "EXCHANGE_BASE_URL": sim.exchange_base_url,
         "EXCHANGE_TENANT": sim.default_domain,
         "RESPONDER_IP_ALLOWLIST": PARTNER_NETWORK,
+        "AUTH_AUDIENCE": API_AUDIENCE,
+        "AUTH_ISSUER": sim.issuer,
+        "AUTH_JWKS_URL": sim.jwks_url,
     }
     values.update(overrides)
     return Settings.model_validate(values)

@@ -23,6 +23,8 @@ param ipAllowlist string
 param exchangeTenant string
 param exchangeRuleMode string
 param ipBlockSweepSchedule string
+param authTenantId string
+param authAudience string
 
 @allowed([
   2048
@@ -62,6 +64,8 @@ resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing
 //   local-only: IP_BLOCK_MIN_PREFIX_V4       (default 24)
 //   local-only: IP_BLOCK_MIN_PREFIX_V6       (default 48)
 //   local-only: IP_BLOCK_BATCH_SECONDS       (default 1)
+//   local-only: AUTH_ISSUER                  (default: the tenant's Entra v2.0 issuer)
+//   local-only: AUTH_JWKS_URL                (default: the tenant's Entra v2.0 signing keys)
 // FUNCTIONS_WORKER_RUNTIME and FUNCTIONS_EXTENSION_VERSION are deprecated on Flex Consumption:
 // functionAppConfig.runtime below replaces them.
 var appSettings = {
@@ -105,6 +109,10 @@ var appSettings = {
   EXCHANGE_TENANT: exchangeTenant
   EXCHANGE_RULE_MODE: exchangeRuleMode
   IP_BLOCK_SWEEP_SCHEDULE: ipBlockSweepSchedule
+
+  // The HTTP API accepts Entra tokens of this tenant, issued for this audience.
+  AUTH_TENANT_ID: authTenantId
+  AUTH_AUDIENCE: authAudience
 }
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {

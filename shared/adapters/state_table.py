@@ -91,7 +91,11 @@ class StateTable:
         except ResourceNotFoundError:
             return None
         return LedgerEntry(
-            action_id=action_id, state=entity["State"], kind=entity["Kind"], target=entity["Target"]
+            action_id=action_id,
+            state=entity["State"],
+            kind=entity["Kind"],
+            target=entity["Target"],
+            audit_seq=entity.get("AuditSeq"),
         )
 
     async def finish(self, action: ActionRequest, status: OutcomeStatus, audit_seq: int) -> None:

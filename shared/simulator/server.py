@@ -1,4 +1,5 @@
-"""A loopback HTTP server answering the slice of Graph v1.0 and Exchange's admin API we call.
+"""A loopback HTTP server answering the slice of Graph v1.0 and Exchange's admin API we call, and
+publishing the tenant's token signing keys.
 
 Unknown routes get 404 with error code `UnknownRoute`, so a call the simulator does not model
 fails loudly instead of looking like a missing user.
@@ -15,7 +16,7 @@ import socket
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -30,6 +31,7 @@ from shared.simulator.exchange import (
     TransportRuleStore,
     parse_invocation,
 )
+from shared.simulator.identity import DEFAULT_UPN, TokenIssuer
 from shared.simulator.named_locations import NamedLocationError, NamedLocationStore
 from shared.simulator.state import (
     AlertKey,
@@ -345,11 +347,14 @@ class _GraphServer(ThreadingHTTPServer):
         rules: TransportRuleStore,
         locations: NamedLocationStore,
         tenant_names: tuple[str, ...],
+        token_issuer: TokenIssuer,
     ) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.state = state
         self.token = token
         self.rules = rules
+        self.tenant_names = tenant_names
+        self.token_issuer = token_issuer
         self.exchange_base_url = f"http://127.0.0.1:{self.server_port}"
         self.base_url = f"{self.exchange_base_url}{API_PREFIX}"
         self.api = _GraphApi(state, locations, self.base_url)
@@ -434,12 +439,17 @@ class _Handler(BaseHTTPRequestHandler):
         logged_path = unquote(relative if relative is not None else parts.path)
         server.state.record_request(self.command, logged_path)
         body = self._read_body()
-        self._authenticate(server.token)
+        # Like Entra's, the signing keys are public.
+        serves_keys = self.command == "GET" and _jwks_tenant(parts.path) in server.tenant_names
+        if not serves_keys:
+            self._authenticate(server.token)
         tenant = _exchange_tenant(parts.path)
         cmdlet = _record_invocation(server.rules, body) if tenant is not None else None
         fault = server.state.take_fault(self.command, logged_path, cmdlet)
         if fault is not None:
             self._apply(fault, server.stopping)
+        if serves_keys:
+            return _Reply(200, server.token_issuer.jwks())
         if tenant is not None and self.command == "POST":
             query = dict(parse_qsl(parts.query, keep_blank_values=True))
             return _Reply(200, server.exchange_api.invoke(tenant, query, body))
@@ -534,6 +544,14 @@ def _exchange_tenant(path: str) -> str | None:
     return None
 
 
+def _jwks_tenant(path: str) -> str | None:
+    """The decoded `{tenant}` of `/{tenant}/discovery/v2.0/keys`, else None."""
+    match path.split("/"):
+        case ["", tenant, "discovery", "v2.0", "keys"] if tenant:
+            return unquote(tenant)
+    return None
+
+
 def _record_invocation(rules: TransportRuleStore, body: bytes) -> str | None:
     """Log the InvokeCommand before faults can fail it; the cmdlet name, or None if malformed."""
     try:
@@ -551,6 +569,9 @@ class SimulatedTenant:
     Requests to either must carry `Authorization: Bearer <token>`. Faults apply after that check,
     in the order they were added, so unauthenticated requests never use them up. Writes to named
     locations faster than `named_location_writes_per_second` get 429; None turns that off.
+
+    It is also the tenant's token issuer: `GET /{tenant}/discovery/v2.0/keys` (no bearer token
+    needed, faults apply) serves its signing key, and `issue_token` signs access tokens with it.
     """
 
     def __init__(
@@ -567,6 +588,7 @@ class SimulatedTenant:
         self._state = TenantState()
         self._rules = TransportRuleStore()
         self._locations = NamedLocationStore(named_location_writes_per_second)
+        self._token_issuer = TokenIssuer(tenant_id)
         self._server: _GraphServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -611,6 +633,7 @@ class SimulatedTenant:
             self._rules,
             self._locations,
             (self._tenant_id, self._default_domain),
+            self._token_issuer,
         )
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -671,7 +694,8 @@ class SimulatedTenant:
     def requests(self) -> list[tuple[str, str]]:
         """(method, path) of every request so far, the path decoded and without its query.
 
-        Graph paths start after `/v1.0`; Exchange paths are whole, `/adminapi/beta/...`.
+        Graph paths start after `/v1.0`; Exchange and signing key paths are whole,
+        `/adminapi/beta/...` and `/{tenant}/discovery/v2.0/keys`.
         """
         return self._state.requests()
 
@@ -727,3 +751,56 @@ class SimulatedTenant:
     def named_locations(self) -> list[JsonObject]:
         """Copies of the IP named locations, in creation order."""
         return self._locations.all()
+
+    @property
+    def jwks_url(self) -> str:
+        """Where the tenant publishes its token signing keys, as Entra's v2.0 JWKS."""
+        return f"{self._running().exchange_base_url}/{self._tenant_id}/discovery/v2.0/keys"
+
+    @property
+    def issuer(self) -> str:
+        """The `iss` of the tenant's tokens, shaped like Entra's v2.0 issuer."""
+        return f"{self._running().exchange_base_url}/{self._tenant_id}/v2.0"
+
+    @property
+    def signing_kid(self) -> str:
+        """The kid of the key that signs tokens now."""
+        return self._token_issuer.kid
+
+    def rotate_signing_key(self) -> str:
+        """Sign with a new key; the old one leaves the JWKS at once. Returns the new kid."""
+        return self._token_issuer.rotate()
+
+    def issue_token(
+        self,
+        *,
+        audience: str,
+        roles: Iterable[str] = (),
+        upn: str | None = DEFAULT_UPN,
+        app_id: str | None = None,
+        expires_in: int = 3600,
+        not_before_offset: int = 0,
+        issuer: str | None = None,
+        kid: str | None = None,
+        algorithm: str = "RS256",
+        extra_claims: Mapping[str, Any] | None = None,
+    ) -> str:
+        """A v2.0 access token from this tenant: an engineer's when `upn` is given, else an
+        app-only one (`idtyp: app`, `azp` = `app_id`).
+
+        `issuer` and `kid` override the real ones; `algorithm` "none" or "HS256" (keyed with the
+        public key's PEM) makes the forgeries a validator must refuse. `extra_claims` are merged
+        last, a None value removing the claim.
+        """
+        return self._token_issuer.issue(
+            issuer=self.issuer if issuer is None else issuer,
+            audience=audience,
+            roles=roles,
+            upn=upn,
+            app_id=app_id,
+            expires_in=expires_in,
+            not_before_offset=not_before_offset,
+            kid=kid,
+            algorithm=algorithm,
+            extra_claims=extra_claims,
+        )

@@ -12,7 +12,16 @@ from pathlib import Path
 from drill.host import registered_functions
 
 ROOT = Path(__file__).resolve().parents[2]
-EXPECTED = {"poll_alerts", "ingest_alert", "execute_action", "sweep_ip_blocks"}
+EXPECTED = {
+    "poll_alerts",
+    "ingest_alert",
+    "execute_action",
+    "sweep_ip_blocks",
+    "request_action",
+    "get_action",
+    "verify_audit",
+    "health",
+}
 
 
 def test_the_app_registers_every_function() -> None:
@@ -35,6 +44,10 @@ def test_bindings_use_app_settings_not_literals() -> None:
     http = bindings["ingest_alert"][0]
     assert http["type"] == "httpTrigger" and http["authLevel"] == "FUNCTION"
     assert http["methods"] == ["POST"] and http["route"] == "alerts"
+    # The API checks Entra tokens itself; the host adds no key of its own.
+    api = {name: bindings[name][0] for name in ("request_action", "get_action", "verify_audit")}
+    assert {b["authLevel"] for b in api.values()} == {"ANONYMOUS"}
+    assert api["get_action"]["route"] == "actions/{action_id}"
 
 
 def test_import_needs_no_settings_and_loads_no_graph_sdk() -> None:

@@ -1,0 +1,255 @@
+"""The engineers' and auditors' HTTP API, invoked as the host invokes it, with Entra tokens
+issued by the simulated tenant and checked against its JWKS over HTTP."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import azure.functions as func
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from drill.host import LocalHost, registered_functions
+from shared.adapters.queue import InMemoryActionQueue
+from shared.container import Container
+from shared.identity import ROLE_ACT, ROLE_AUDIT_READ
+from shared.simulator import SimulatedTenant
+from tests.conftest import ADELE, API_AUDIENCE, BREAK_GLASS
+
+pytestmark = pytest.mark.integration
+
+ENGINEER = "oncall@contoso.onmicrosoft.com"
+
+
+def call(
+    function: str,
+    method: str,
+    route: str,
+    token: str | None = None,
+    body: Any = None,
+    route_params: dict[str, str] | None = None,
+    raw: bytes | None = None,
+) -> func.HttpRequest:
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    return func.HttpRequest(
+        method=method,
+        url=f"http://127.0.0.1/api/{route}",
+        headers=headers,
+        params={},
+        route_params=route_params or {},
+        body=raw if raw is not None else (b"" if body is None else json.dumps(body).encode()),
+    )
+
+
+async def invoke(function: str, req: func.HttpRequest) -> func.HttpResponse:
+    response: func.HttpResponse = await registered_functions()[function].get_user_function()(req)
+    return response
+
+
+def token(sim: SimulatedTenant, *roles: str, **claims: Any) -> str:
+    return sim.issue_token(audience=API_AUDIENCE, roles=roles, upn=ENGINEER, **claims)
+
+
+def problem(response: func.HttpResponse) -> dict[str, Any]:
+    assert response.mimetype == "application/problem+json"
+    body: dict[str, Any] = json.loads(response.get_body())
+    assert body["status"] == response.status_code and body["detail"]
+    return body
+
+
+def disable(user: str = ADELE.id, **extra: Any) -> dict[str, Any]:
+    return {"kind": "disable_account", "target": user, "reason": "confirmed phishing", **extra}
+
+
+async def test_an_engineer_disables_an_account_and_the_audit_names_them(
+    services: Container, sim: SimulatedTenant
+) -> None:
+    response = await invoke(
+        "request_action", call("request_action", "POST", "actions", token(sim, ROLE_ACT), disable())
+    )
+    assert response.status_code == 202, response.get_body()
+    accepted = json.loads(response.get_body())
+    assert accepted["decision"] == "execute" and accepted["queued"] is True
+    assert isinstance(services.queue, InMemoryActionQueue)
+    await LocalHost().pump(services.queue)
+    assert not sim.user(ADELE.id).account_enabled
+    records = [r async for r in services.audit_store.newest_first()]
+    assert {r.entry.actor.name for r in records} == {ENGINEER}
+    assert {r.entry.actor.kind for r in records} == {"engineer"}
+
+    state = await invoke(
+        "get_action",
+        call(
+            "get_action",
+            "GET",
+            f"actions/{accepted['id']}",
+            token(sim, ROLE_AUDIT_READ),
+            route_params={"action_id": accepted["id"]},
+        ),
+    )
+    assert state.status_code == 200
+    assert json.loads(state.get_body())["state"] == "executed"
+
+
+async def test_the_actor_comes_from_the_token_not_the_body(
+    services: Container, sim: SimulatedTenant
+) -> None:
+    body = disable(requested_by={"kind": "engineer", "name": "ceo@contoso.com"})
+    response = await invoke(
+        "request_action", call("request_action", "POST", "actions", token(sim, ROLE_ACT), body)
+    )
+    assert response.status_code == 400
+    assert "requested_by" in problem(response)["detail"]
+
+
+async def test_guards_apply_to_engineers_too(services: Container, sim: SimulatedTenant) -> None:
+    response = await invoke(
+        "request_action",
+        call("request_action", "POST", "actions", token(sim, ROLE_ACT), disable(BREAK_GLASS.id)),
+    )
+    accepted = json.loads(response.get_body())
+    assert response.status_code == 202
+    assert accepted["decision"] == "refused" and "protected identity" in accepted["reason"]
+    assert accepted["queued"] is False
+
+
+async def test_the_same_request_id_returns_the_same_action(
+    services: Container, sim: SimulatedTenant
+) -> None:
+    body = disable(request_id="ticket-4711-disable")
+    first, again = [
+        json.loads(
+            (
+                await invoke(
+                    "request_action",
+                    call("request_action", "POST", "actions", token(sim, ROLE_ACT), body),
+                )
+            ).get_body()
+        )
+        for _ in range(2)
+    ]
+    assert first["id"] == again["id"] and again["coalesced"] is True
+
+
+@pytest.mark.parametrize(
+    ("claims", "status"),
+    [
+        (None, 401),
+        ({"expires_in": -600}, 401),
+        ({"not_before_offset": 600}, 401),
+        ({"audience": "api://someone-else"}, 401),
+        ({"issuer": "https://login.microsoftonline.com/evil/v2.0"}, 401),
+        ({"algorithm": "none"}, 401),
+        ({"algorithm": "HS256"}, 401),
+        ({"kid": "unknown-key"}, 401),
+        ({"roles": ()}, 403),
+        ({"roles": (ROLE_AUDIT_READ,)}, 403),
+    ],
+)
+async def test_bad_tokens_are_refused_with_a_problem(
+    services: Container, sim: SimulatedTenant, claims: dict[str, Any] | None, status: int
+) -> None:
+    if claims is None:
+        bearer = None
+    else:
+        claims = dict(claims)
+        roles = claims.pop("roles", (ROLE_ACT,))
+        audience = claims.pop("audience", API_AUDIENCE)
+        bearer = sim.issue_token(audience=audience, roles=roles, upn=ENGINEER, **claims)
+    response = await invoke(
+        "request_action", call("request_action", "POST", "actions", bearer, disable())
+    )
+    assert response.status_code == status
+    detail = problem(response)["detail"]
+    if bearer:
+        assert bearer not in detail
+    assert isinstance(services.queue, InMemoryActionQueue) and len(services.queue) == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        ({"kind": "format_disk", "target": ADELE.id, "reason": "why not"}, "kind"),
+        ({"kind": "disable_account", "target": "not a user", "reason": "x" * 5}, "target"),
+        (
+            {"kind": "block_ip", "target": "1.2.3.4; Remove-TransportRule *", "reason": "flood"},
+            "target",
+        ),
+        ({"kind": "disable_account", "target": ADELE.id}, "reason"),
+        (disable(ttl_minutes=60), "block_ip only"),
+        (disable(request_id="../../etc"), "request_id"),
+        ([1, 2, 3], "body"),
+    ],
+)
+async def test_bad_bodies_are_a_400_that_says_why(
+    services: Container, sim: SimulatedTenant, body: Any, detail: str
+) -> None:
+    response = await invoke(
+        "request_action", call("request_action", "POST", "actions", token(sim, ROLE_ACT), body)
+    )
+    assert response.status_code == 400
+    assert detail in problem(response)["detail"]
+
+
+async def test_audit_verification_needs_the_auditor_role(
+    services: Container, sim: SimulatedTenant
+) -> None:
+    denied = await invoke(
+        "verify_audit", call("verify_audit", "GET", "audit/verify", token(sim, ROLE_ACT))
+    )
+    assert denied.status_code == 403
+    allowed = await invoke(
+        "verify_audit", call("verify_audit", "GET", "audit/verify", token(sim, ROLE_AUDIT_READ))
+    )
+    assert allowed.status_code == 200
+    assert json.loads(allowed.get_body())["verified"] is True
+
+
+async def test_health_is_anonymous_and_reveals_nothing(services: Container) -> None:
+    response = await invoke("health", call("health", "GET", "health"))
+    assert response.status_code == 200
+    assert json.loads(response.get_body()) == {"status": "ok"}
+
+
+async def test_an_unknown_action_is_a_404(services: Container, sim: SimulatedTenant) -> None:
+    response = await invoke(
+        "get_action",
+        call(
+            "get_action",
+            "GET",
+            "actions/act-nope",
+            token(sim, ROLE_ACT),
+            route_params={"action_id": "act-nope"},
+        ),
+    )
+    assert response.status_code == 404
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    body=st.one_of(
+        st.binary(max_size=300),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=30),
+            lambda inner: (
+                st.lists(inner, max_size=4)
+                | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+            ),
+            max_leaves=12,
+        ).map(lambda value: json.dumps(value).encode()),
+    )
+)
+async def test_random_bodies_never_cause_a_500(
+    services: Container, sim: SimulatedTenant, body: bytes
+) -> None:
+    bearer = token(sim, ROLE_ACT)
+    response = await invoke(
+        "request_action", call("request_action", "POST", "actions", bearer, raw=body)
+    )
+    assert response.status_code in (202, 400)

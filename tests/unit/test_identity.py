@@ -1,0 +1,350 @@
+"""Bearer token validation without HTTP: the simulated tenant's token issuer signs, and an
+in-memory key set that records its lookups stands in for the JWKS."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from shared.identity import (
+    ROLE_ACT,
+    ROLE_APPROVE,
+    ROLE_AUDIT_READ,
+    AuthError,
+    Principal,
+    TokenValidator,
+)
+from shared.simulator.identity import DEFAULT_UPN, TokenIssuer
+
+TENANT = "00000000-0000-0000-0000-0000000000aa"
+ISSUER = f"https://login.microsoftonline.com/{TENANT}/v2.0"
+AUDIENCE = "api://m365-responder"
+CLIENT_APP = "9a0b1c2d-3e4f-4a5b-8c6d-7e8f9a0b1c2d"
+# One key pair for the module: RSA generation is the slow part, and no test changes the key.
+MINT = TokenIssuer(TENANT)
+
+
+class InMemoryKeys:
+    """`SigningKeys` over a dict; remembers every kid asked for."""
+
+    def __init__(self, keys: dict[str, Any]) -> None:
+        self._keys = keys
+        self.asked: list[str] = []
+
+    async def key(self, kid: str) -> Any:
+        self.asked.append(kid)
+        try:
+            return self._keys[kid]
+        except KeyError:
+            raise AuthError(401, "unknown signing key") from None
+
+
+@pytest.fixture
+def keys() -> InMemoryKeys:
+    return InMemoryKeys({MINT.kid: MINT.public_key})
+
+
+@pytest.fixture
+def validator(keys: InMemoryKeys) -> TokenValidator:
+    return TokenValidator(keys, ISSUER, AUDIENCE)
+
+
+def bearer(**overrides: Any) -> str:
+    arguments: dict[str, Any] = {"issuer": ISSUER, "audience": AUDIENCE, **overrides}
+    return f"Bearer {MINT.issue(**arguments)}"
+
+
+async def refusal(validator: TokenValidator, authorization: str | None) -> AuthError:
+    with pytest.raises(AuthError) as refused:
+        await validator.principal(authorization)
+    return refused.value
+
+
+# Accepted tokens ---------------------------------------------------------------------------------
+
+
+async def test_an_engineer_token_yields_the_upn_the_object_id_and_the_roles(
+    validator: TokenValidator,
+) -> None:
+    principal = await validator.principal(bearer(roles=[ROLE_ACT, ROLE_AUDIT_READ]))
+
+    assert principal.kind == "engineer"
+    assert principal.name == DEFAULT_UPN
+    assert principal.roles == frozenset({ROLE_ACT, ROLE_AUDIT_READ})
+    assert principal.object_id and principal.object_id != principal.name
+
+
+async def test_an_app_token_yields_the_client_app_id_as_the_name(
+    validator: TokenValidator,
+) -> None:
+    principal = await validator.principal(bearer(upn=None, app_id=CLIENT_APP, roles=[ROLE_ACT]))
+
+    assert principal.kind == "app"
+    assert principal.name == CLIENT_APP
+    assert principal.roles == frozenset({ROLE_ACT})
+
+
+async def test_the_scheme_is_case_insensitive_and_surrounding_space_is_ignored(
+    validator: TokenValidator,
+) -> None:
+    token = bearer().removeprefix("Bearer ")
+    principal = await validator.principal(f"  bEaReR   {token}  ")
+    assert principal.name == DEFAULT_UPN
+
+
+async def test_a_token_without_roles_gives_a_principal_without_roles(
+    validator: TokenValidator,
+) -> None:
+    assert (await validator.principal(bearer())).roles == frozenset()
+
+
+async def test_without_idtyp_a_token_without_user_claims_is_an_app(
+    validator: TokenValidator,
+) -> None:
+    app_token = bearer(upn=None, app_id=CLIENT_APP, extra_claims={"idtyp": None})
+    user_token = bearer(extra_claims={"scp": None, "upn": None})
+
+    assert (await validator.principal(app_token)).kind == "app"
+    user = await validator.principal(user_token)
+    assert (user.kind, user.name) == ("engineer", DEFAULT_UPN)
+
+
+async def test_the_upn_is_preferred_to_preferred_username(validator: TokenValidator) -> None:
+    token = bearer(extra_claims={"preferred_username": "adele@contoso.com"})
+    assert (await validator.principal(token)).name == DEFAULT_UPN
+
+
+# Refused tokens ----------------------------------------------------------------------------------
+
+
+def forged_hs256_with_the_public_key() -> str:
+    return bearer(algorithm="HS256")
+
+
+REFUSALS: list[tuple[str, str | None, str]] = [
+    ("no header", None, "bearer token is required"),
+    ("empty header", "", "bearer token is required"),
+    ("scheme only", "Bearer", "bearer token is required"),
+    ("basic auth", "Basic b25jYWxsOnNlY3JldA==", "Bearer scheme"),
+    ("bare token", MINT.issue(issuer=ISSUER, audience=AUDIENCE), "Bearer scheme"),
+    ("garbage", "Bearer not-a-jwt", "not a well-formed JWT"),
+    ("two parts", "Bearer abc.def", "not a well-formed JWT"),
+    ("undecodable header", "Bearer e30x.e30.c2ln", "not a well-formed JWT"),
+    ("expired", bearer(expires_in=-120), "expired"),
+    ("not yet valid", bearer(not_before_offset=300), "not valid yet"),
+    ("wrong audience", bearer(audience="api://someone-else"), "another audience"),
+    ("wrong issuer", bearer(issuer="https://login.microsoftonline.com/evil/v2.0"), "issuer"),
+    ("alg none", bearer(algorithm="none"), "RS256"),
+    ("HS256 keyed with the public key", forged_hs256_with_the_public_key(), "RS256"),
+    ("unknown kid", bearer(kid="kid-nobody-published"), "unknown signing key"),
+    ("missing oid", bearer(extra_claims={"oid": None}), "oid"),
+    ("missing exp", bearer(extra_claims={"exp": None}), "exp"),
+    ("missing iat", bearer(extra_claims={"iat": None}), "iat"),
+    ("roles not a list", bearer(extra_claims={"roles": ROLE_ACT}), "roles"),
+    ("two audiences", bearer(extra_claims={"aud": [AUDIENCE, "api://other"]}), "audience"),
+    ("device token", bearer(extra_claims={"idtyp": "device"}), "idtyp"),
+    ("app without client id", bearer(upn=None, extra_claims={"azp": None}), "client app"),
+    ("user without a name", bearer(extra_claims={"upn": None, "preferred_username": None}), "name"),
+]
+
+
+@pytest.mark.parametrize(
+    ("authorization", "expected"),
+    [(header, expected) for _, header, expected in REFUSALS],
+    ids=[case for case, _, _ in REFUSALS],
+)
+async def test_bad_tokens_are_refused_with_401_and_a_detail_that_leaks_nothing(
+    validator: TokenValidator, authorization: str | None, expected: str
+) -> None:
+    refused = await refusal(validator, authorization)
+
+    assert refused.status == 401
+    assert expected in refused.detail
+    credential = (authorization or "").partition(" ")[2]
+    for part in credential.split("."):
+        assert len(part) < 8 or part not in refused.detail
+    assert ISSUER not in refused.detail and AUDIENCE not in refused.detail
+    assert "BEGIN PUBLIC KEY" not in refused.detail
+
+
+async def test_a_tampered_payload_fails_the_signature(validator: TokenValidator) -> None:
+    header, _, signature = bearer(roles=[ROLE_ACT]).removeprefix("Bearer ").split(".")
+    token = MINT.issue(issuer=ISSUER, audience=AUDIENCE, roles=[ROLE_ACT, ROLE_APPROVE])
+    forged_payload = token.split(".")[1]
+
+    refused = await refusal(validator, f"Bearer {header}.{forged_payload}.{signature}")
+
+    assert (refused.status, refused.detail) == (401, "the token signature is invalid")
+
+
+async def test_other_algorithms_are_refused_before_any_key_is_looked_up(
+    validator: TokenValidator, keys: InMemoryKeys
+) -> None:
+    await refusal(validator, bearer(algorithm="none"))
+    await refusal(validator, forged_hs256_with_the_public_key())
+    assert keys.asked == []
+
+
+def test_the_hs256_forgery_is_the_real_key_confusion_attack() -> None:
+    """The forged token carries a valid HMAC keyed with the public PEM, so a validator that
+    let the token pick its algorithm would accept it."""
+    token = forged_hs256_with_the_public_key().removeprefix("Bearer ")
+    signing_input, _, signature = token.rpartition(".")
+    header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+    pem = MINT.public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    expected = hmac.new(pem, signing_input.encode(), hashlib.sha256).digest()
+
+    assert header["alg"] == "HS256" and header["kid"] == MINT.kid
+    assert base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4)) == expected
+
+
+async def test_an_unknown_kid_is_looked_up_and_refused(
+    validator: TokenValidator, keys: InMemoryKeys
+) -> None:
+    await refusal(validator, bearer(kid="rotated-away"))
+    assert keys.asked == ["rotated-away"]
+
+
+# Clock skew --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [{"expires_in": -20}, {"not_before_offset": 20}],
+    ids=["expired 20 s ago", "valid in 20 s"],
+)
+async def test_a_few_seconds_of_clock_skew_are_tolerated(
+    validator: TokenValidator, claims: dict[str, int]
+) -> None:
+    assert (await validator.principal(bearer(**claims))).name == DEFAULT_UPN
+
+
+async def test_skew_beyond_the_leeway_is_not(keys: InMemoryKeys) -> None:
+    strict = TokenValidator(keys, ISSUER, AUDIENCE, leeway_s=5)
+
+    assert (await refusal(strict, bearer(expires_in=-20))).detail == "the token has expired"
+    assert (await refusal(strict, bearer(not_before_offset=20))).detail == (
+        "the token is not valid yet"
+    )
+
+
+# Roles -------------------------------------------------------------------------------------------
+
+
+def engineer(*roles: str) -> Principal:
+    return Principal(
+        DEFAULT_UPN, "97710b5d-2a58-5536-a2d8-1f88c6cd1103", "engineer", frozenset(roles)
+    )
+
+
+def test_require_refuses_a_missing_role_with_403() -> None:
+    with pytest.raises(AuthError) as refused:
+        TokenValidator.require(engineer(ROLE_AUDIT_READ), ROLE_APPROVE)
+
+    assert refused.value.status == 403
+    assert refused.value.detail == "the Responder.Approve role is required"
+
+
+def test_require_passes_a_held_role() -> None:
+    TokenValidator.require(engineer(ROLE_ACT, ROLE_APPROVE), ROLE_APPROVE)
+
+
+# Anything at all ---------------------------------------------------------------------------------
+
+
+def _b64(value: Any) -> str:
+    raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_headers = st.one_of(
+    _json,
+    st.fixed_dictionaries(
+        {
+            "alg": st.sampled_from(["RS256", "none", "HS256", "", "rs256"]),
+            "kid": st.one_of(st.just(MINT.kid), _json),
+        }
+    ),
+)
+_claims = st.one_of(
+    _json,
+    st.fixed_dictionaries(
+        {
+            "iss": st.one_of(st.just(ISSUER), _json),
+            "aud": st.one_of(st.just(AUDIENCE), _json),
+            "exp": st.one_of(st.integers(), _json),
+            "iat": st.one_of(st.integers(), _json),
+            "oid": _json,
+            "roles": _json,
+        }
+    ),
+)
+_segment = st.text(
+    alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", max_size=40
+)
+_jwt_looking = st.tuples(
+    st.one_of(_headers.map(_b64), _segment),
+    st.one_of(_claims.map(_b64), _segment),
+    st.one_of(st.binary(max_size=64).map(_b64), _segment),
+).map(".".join)
+_authorizations = st.one_of(
+    st.none(),
+    st.text(max_size=200),
+    st.text(max_size=200).map(lambda text: f"Bearer {text}"),
+    _jwt_looking.map(lambda token: f"Bearer {token}"),
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(authorization=_authorizations)
+async def test_any_authorization_header_is_refused_with_auth_error_only(
+    authorization: str | None,
+) -> None:
+    validator = TokenValidator(InMemoryKeys({MINT.kid: MINT.public_key}), ISSUER, AUDIENCE)
+    with pytest.raises(AuthError) as refused:
+        await validator.principal(authorization)
+    assert refused.value.status == 401
+    event(refused.value.detail)
+
+
+_signed_claims = st.dictionaries(
+    st.sampled_from(
+        ["oid", "roles", "idtyp", "upn", "preferred_username", "azp", "scp", "exp", "iat", "nbf"]
+        + ["aud", "iss", "sub", "jti"]
+    ),
+    _json,
+    max_size=4,
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(extra_claims=_signed_claims)
+async def test_odd_claims_in_a_validly_signed_token_give_a_principal_or_auth_error(
+    extra_claims: dict[str, Any],
+) -> None:
+    validator = TokenValidator(InMemoryKeys({MINT.kid: MINT.public_key}), ISSUER, AUDIENCE)
+    try:
+        principal = await validator.principal(bearer(extra_claims=extra_claims))
+    except AuthError as refused:
+        assert refused.status == 401
+        event(refused.detail)
+    else:
+        assert principal.name and principal.object_id
+        event(f"accepted as {principal.kind}")
