@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install drill test lint typecheck unit bench clean
+.PHONY: install drill test lint typecheck unit bench clean browser
 
 $(STAMP): requirements.lock.txt requirements.txt requirements-dev.txt pyproject.toml package-lock.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,7 +28,11 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit -q
 
-test: lint typecheck
+# Debian's Chromium for the end-to-end tests (Playwright drives it; it never downloads a browser).
+browser:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y --no-install-recommends chromium)
+
+test: browser lint typecheck
 	$(BIN)/pytest -q
 
 bench: $(STAMP)

@@ -2,10 +2,11 @@
 
 import azure.functions as func
 
-from functions import actions, alerts, api, blocks
+from functions import actions, alerts, api, audit_ui, blocks
 
 app = func.FunctionApp()
 app.register_functions(alerts.bp)
 app.register_functions(actions.bp)
 app.register_functions(blocks.bp)
 app.register_functions(api.bp)
+app.register_functions(audit_ui.bp)

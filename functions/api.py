@@ -1,5 +1,6 @@
-"""The engineers' and auditors' HTTP API: request an action, look one up, verify the audit
-trail, and an anonymous health check. Every other route needs an Entra token with an app role."""
+"""The engineers' and auditors' HTTP API: request an action, look one up, query, export and
+verify the audit trail; plus an anonymous health check and the OpenAPI document. Every other
+route needs an Entra token with an app role."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import logging
 import azure.functions as func
 
 from functions.http import HttpProblem, authenticate, json_response, read_json
+from functions.openapi import openapi_document
 from shared import container
+from shared.audit_query import AuditFilter, export_csv, export_jsonl, to_row
 from shared.errors import InvalidInput
 from shared.identity import ROLE_ACT, ROLE_AUDIT_READ
 from shared.manual import parse_body
@@ -80,3 +83,64 @@ async def verify_audit(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def health(req: func.HttpRequest) -> func.HttpResponse:
     return json_response({"status": "ok"})
+
+
+@bp.route(route="audit", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def query_audit(req: func.HttpRequest) -> func.HttpResponse:
+    services = await container.current()
+    params = dict(req.params)
+    try:
+        await authenticate(req, services.validator, ROLE_AUDIT_READ)
+        limit = _limit(params.pop("limit", None))
+        continuation = params.pop("continuation", None)
+        page = await services.audit_query.page(AuditFilter.from_params(params), limit, continuation)
+    except HttpProblem as problem:
+        return problem.response()
+    except InvalidInput as exc:
+        return HttpProblem(400, "Invalid query", str(exc)).response()
+    return json_response(
+        {
+            "records": [to_row(record) for record in page.records],
+            "continuation": page.continuation,
+        }
+    )
+
+
+@bp.route(route="audit/export", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def export_audit(req: func.HttpRequest) -> func.HttpResponse:
+    services = await container.current()
+    params = dict(req.params)
+    export_format = params.pop("format", "csv")
+    try:
+        await authenticate(req, services.validator, ROLE_AUDIT_READ)
+        if export_format not in EXPORTS:
+            raise InvalidInput("format must be csv or jsonl")
+        flt = AuditFilter.from_params(params)
+    except HttpProblem as problem:
+        return problem.response()
+    except InvalidInput as exc:
+        return HttpProblem(400, "Invalid query", str(exc)).response()
+    render, mimetype = EXPORTS[export_format]
+    # The worker hands the host a whole body; the lines are produced one record at a time.
+    body = "".join([line async for line in render(services.audit_query.matching(flt))])
+    return func.HttpResponse(
+        body,
+        mimetype=mimetype,
+        headers={"Content-Disposition": f'attachment; filename="audit.{export_format}"'},
+    )
+
+
+@bp.route(route="openapi.json", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def openapi(req: func.HttpRequest) -> func.HttpResponse:
+    return json_response(openapi_document())
+
+
+EXPORTS = {"csv": (export_csv, "text/csv"), "jsonl": (export_jsonl, "application/x-ndjson")}
+
+
+def _limit(value: str | None) -> int:
+    if value is None:
+        return 50
+    if not value.isdigit() or not 1 <= int(value) <= 200:
+        raise InvalidInput("limit must be a whole number from 1 to 200")
+    return int(value)

@@ -166,6 +166,7 @@ module rbac 'app/rbac.bicep' = {
     storageAccountName: storage.outputs.name
     auditTableName: storage.outputs.auditTableName
     stateTableName: storage.outputs.stateTableName
+    auditIndexTableName: storage.outputs.auditIndexTableName
     serviceBusNamespaceName: serviceBus.outputs.name
     actionsQueueName: serviceBus.outputs.queueName
     keyVaultName: keyVault.outputs.name
@@ -192,6 +193,7 @@ module api 'app/api.bicep' = {
     deploymentStorageContainerName: storage.outputs.deploymentContainerName
     auditTableName: storage.outputs.auditTableName
     stateTableName: storage.outputs.stateTableName
+    auditIndexTableName: storage.outputs.auditIndexTableName
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     serviceBusFullyQualifiedNamespace: serviceBus.outputs.fullyQualifiedNamespace
     actionsQueueName: serviceBus.outputs.queueName

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,9 @@ MAX_APPEND_ATTEMPTS = 50
 MAX_BATCH = 100
 # Table Storage strings hold at most 32K UTF-16 characters; keep well below.
 MAX_BODY_CHARS = 30_000
+
+# Called with the records of every successful append (the audit index, for one).
+AuditListener = Callable[[list[AuditRecord]], Awaitable[object]]
 
 
 def canonical_json(value: Any) -> str:
@@ -88,10 +92,14 @@ class VerifyReport:
 
 
 class AuditChain:
-    """Appends entries to, and verifies, the chain kept in an `AuditStore`."""
+    """Appends entries to, and verifies, the chain kept in an `AuditStore`.
 
-    def __init__(self, store: AuditStore) -> None:
+    `listeners` hear of every append once it has landed. They keep derived data (the audit
+    index) and cannot fail an append: the records are in the chain whatever they do."""
+
+    def __init__(self, store: AuditStore, listeners: Sequence[AuditListener] = ()) -> None:
         self._store = store
+        self._listeners = tuple(listeners)
         self._head: AuditRecord | None = None
         self._lock = asyncio.Lock()
 
@@ -106,7 +114,22 @@ class AuditChain:
         async with self._lock:
             for start in range(0, len(entries), MAX_BATCH):
                 records += await self._append_batch(entries[start : start + MAX_BATCH])
+        await self._notify(records)
         return records
+
+    async def _notify(self, records: list[AuditRecord]) -> None:
+        if not records:
+            return
+        for listener in self._listeners:
+            try:
+                await listener(records)
+            except Exception:
+                logger.exception(
+                    "audit listener failed for records %s..%s (the records are appended; "
+                    "`responder audit reindex` rebuilds the index)",
+                    records[0].seq,
+                    records[-1].seq,
+                )
 
     async def _append_batch(self, entries: list[AuditEntry]) -> list[AuditRecord]:
         for _ in range(MAX_APPEND_ATTEMPTS):

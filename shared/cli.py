@@ -1,4 +1,5 @@
-"""The `responder` command: plan an alert offline, run a drill, verify the audit trail.
+"""The `responder` command: plan an alert offline, run a drill, verify, query and export the
+audit trail.
 
 Exit codes: 0 success, 1 a drill check or the audit verification failed, 2 bad input or
 settings (with a one-line reason on stderr).
@@ -11,11 +12,17 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from shared.errors import ConfigError, InvalidInput
+
+if TYPE_CHECKING:
+    from shared.audit_query import AuditFilter
+    from shared.container import Container
+    from shared.models import AuditRecord
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 FIGURES = (
@@ -47,7 +54,25 @@ def _parser() -> argparse.ArgumentParser:
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_commands.add_parser("verify", help="walk the hash chain")
     verify.add_argument("--json", action="store_true")
+    query = audit_commands.add_parser("query", help="one page of matching records, newest first")
+    _filter_arguments(query)
+    query.add_argument("--limit", default="50", help="records per page, 1 to 200 (default 50)")
+    query.add_argument("--continuation", metavar="TOKEN", help="the previous page's token")
+    query.add_argument("--json", action="store_true", help="print one JSON object")
+    export = audit_commands.add_parser("export", help="stream every matching record")
+    export.add_argument("--format", required=True, metavar="csv|jsonl")
+    _filter_arguments(export)
+    export.add_argument("--output", type=Path, metavar="FILE", help="default: standard output")
+    audit_commands.add_parser("reindex", help="rebuild the audit index from the chain")
     return parser
+
+
+def _filter_arguments(parser: argparse.ArgumentParser) -> None:
+    from shared.audit_query import AuditFilter
+
+    for name in AuditFilter.parameter_names():
+        timed = name in AuditFilter.TIMES
+        parser.add_argument(f"--{name}", metavar="ISO" if timed else "X")
 
 
 def _print_json(value: Any) -> None:
@@ -108,20 +133,21 @@ def cmd_drill(args: argparse.Namespace) -> int:
         f"\naudit chain {state}: {verification.records_checked} records, "
         f"head #{verification.head_seq} {verification.head_hash}"
     )
-    print(
-        f"time to contain: {summary['time_to_contain_ms']} ms; Graph calls: "
-        f"{summary['graph_calls']}; result: {'PASS' if report.ok else 'FAIL'}"
-    )
+    figures = {name: summary[name] for name in FIGURES if summary.get(name) is not None}
+    print("; ".join(f"{name.replace('_', ' ')}: {value}" for name, value in figures.items()))
+    print(f"result: {'PASS' if report.ok else 'FAIL'}")
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
-async def _verify() -> dict[str, Any]:
+async def _with_services(
+    work: Callable[[Container, argparse.Namespace], Awaitable[int]], args: argparse.Namespace
+) -> int:
     from shared.config import Settings
     from shared.container import Container
 
     services = Container(Settings.from_env())
     try:
-        return (await services.chain.verify()).as_dict()
+        return await work(services, args)
     finally:
         await services.close()
 
@@ -130,9 +156,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from azure.core.exceptions import ResourceNotFoundError
 
     try:
-        result = asyncio.run(_verify())
+        return asyncio.run(_with_services(AUDIT_COMMANDS[args.audit_command], args))
     except ResourceNotFoundError:
-        return _fail("the audit table does not exist (check RESPONDER_AUDIT_TABLE)")
+        if args.audit_command == "verify":
+            return _fail("the audit table does not exist (check RESPONDER_AUDIT_TABLE)")
+        return _fail(
+            "the audit table or its index table does not exist "
+            "(check RESPONDER_AUDIT_TABLE and RESPONDER_AUDIT_INDEX_TABLE)"
+        )
+
+
+async def _audit_verify(services: Container, args: argparse.Namespace) -> int:
+    result = (await services.chain.verify()).as_dict()
     if args.json:
         _print_json(result)
     elif result["verified"]:
@@ -145,6 +180,130 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return EXIT_OK if result["verified"] else EXIT_FAILED
 
 
+def _audit_filter(args: argparse.Namespace) -> AuditFilter:
+    from shared.audit_query import AuditFilter
+
+    params = {name: getattr(args, name) for name in AuditFilter.parameter_names()}
+    return AuditFilter.from_params({k: v for k, v in params.items() if v is not None})
+
+
+def _limit(text: str) -> int:
+    from shared.audit_query import MAX_PAGE
+
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE:
+        raise InvalidInput(f"--limit must be a whole number from 1 to {MAX_PAGE}")
+    return int(text)
+
+
+QUERY_COLUMNS = ("seq", "at", "event", "actor", "kind", "target", "incident", "reason")
+
+
+def _printable(text: str, width: int = 48) -> str:
+    # Audit text comes from alerts and engineers: never let it move the cursor or recolour.
+    clean = "".join(char if char.isprintable() else " " for char in text)
+    return clean if len(clean) <= width else clean[: width - 1] + "…"
+
+
+def _query_table(records: list[AuditRecord]) -> list[str]:
+    rows = [
+        [
+            str(record.seq),
+            record.entry.at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ"),
+            str(record.entry.event),
+            _printable(record.entry.actor.name),
+            _printable(record.entry.kind or ""),
+            _printable(record.entry.target or ""),
+            _printable(record.entry.incident_id or ""),
+            _printable(record.entry.reason),
+        ]
+        for record in records
+    ]
+    lines = [list(QUERY_COLUMNS), *rows]
+    widths = [max(len(cell) for cell in column) for column in zip(*lines, strict=True)]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in lines
+    ]
+
+
+async def _audit_query(services: Container, args: argparse.Namespace) -> int:
+    from shared.audit_query import to_row
+
+    flt, limit = _audit_filter(args), _limit(args.limit)
+    page = await services.audit_query.page(flt, limit, args.continuation)
+    if args.json:
+        rows = [to_row(record) for record in page.records]
+        _print_json({"records": rows, "continuation": page.continuation})
+        return EXIT_OK
+    if not page.records:
+        print("no matching audit records")
+        return EXIT_OK
+    for line in _query_table(page.records):
+        print(line)
+    if page.continuation:
+        print(f"\nmore: --continuation {page.continuation}")
+    return EXIT_OK
+
+
+async def _audit_export(services: Container, args: argparse.Namespace) -> int:
+    from shared.audit_query import export_csv, export_jsonl
+
+    renderers = {"csv": export_csv, "jsonl": export_jsonl}
+    if args.format not in renderers:
+        raise InvalidInput("--format must be csv or jsonl")
+    counted = _Counted(services.audit_query.matching(_audit_filter(args)))
+    lines = renderers[args.format](counted)
+    if args.output is None:
+        await _write(lines, sys.stdout)
+        return EXIT_OK
+    try:
+        out = args.output.open("w", encoding="utf-8", newline="")
+    except OSError as exc:
+        return _fail(f"cannot write {args.output}: {exc.strerror}")
+    with out:
+        await _write(lines, out)
+    print(f"exported {counted.count} audit records to {args.output}")
+    return EXIT_OK
+
+
+class _Counted:
+    """Passes records through, counting them."""
+
+    def __init__(self, records: AsyncIterator[AuditRecord]) -> None:
+        self._records = records
+        self.count = 0
+
+    def __aiter__(self) -> _Counted:
+        return self
+
+    async def __anext__(self) -> AuditRecord:
+        record = await self._records.__anext__()
+        self.count += 1
+        return record
+
+
+async def _write(lines: AsyncIterator[str], out: TextIO) -> None:
+    async for line in lines:
+        out.write(line)
+    out.flush()
+
+
+async def _audit_reindex(services: Container, args: argparse.Namespace) -> int:
+    from shared.adapters.table_service import ensure_tables
+
+    if services.settings.tables_connection is not None:  # local: Azure deploys the table
+        await ensure_tables(services.tables, services.settings.audit_index_table)
+    rebuilt = await services.audit_query.reindex()
+    print(f"audit index rebuilt: {rebuilt.entries} entries for {rebuilt.records} records")
+    return EXIT_OK
+
+
+AUDIT_COMMANDS: dict[str, Callable[[Container, argparse.Namespace], Awaitable[int]]] = {
+    "verify": _audit_verify,
+    "query": _audit_query,
+    "export": _audit_export,
+    "reindex": _audit_reindex,
+}
 COMMANDS = {"plan": cmd_plan, "drill": cmd_drill, "audit": cmd_audit}
 
 

@@ -152,6 +152,12 @@ class Settings(PolicySettings):
         pattern=r"^[A-Za-z][A-Za-z0-9]{2,62}$",
         description="Table holding the alert watermark, handled alert versions, action ledger.",
     )
+    audit_index_table: str = Field(
+        "AuditIndex",
+        alias="RESPONDER_AUDIT_INDEX_TABLE",
+        pattern=r"^[A-Za-z][A-Za-z0-9]{2,62}$",
+        description="Table holding the audit index (derived from the trail, rebuildable).",
+    )
     graph_base_url: AnyHttpUrl = Field(
         AnyHttpUrl("https://graph.microsoft.com/v1.0"),
         alias="GRAPH_BASE_URL",

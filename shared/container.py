@@ -6,6 +6,8 @@ modules) is only built when an executor or the poller first needs it.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from shared.actions.ip_blocks import IpBlocklist, IpBlockSweeper
 from shared.actions.runner import ActionRunner
+from shared.adapters.audit_index_table import AuditIndexTable
 from shared.adapters.audit_table import AuditTable
 from shared.adapters.credentials import build_credential
 from shared.adapters.exchange import ExchangeAdmin
@@ -21,6 +24,7 @@ from shared.adapters.queue import InMemoryActionQueue, ServiceBusActionQueue
 from shared.adapters.state_table import StateTable, TableBlockRegistry
 from shared.adapters.table_service import ensure_tables, table_service
 from shared.audit import AuditChain
+from shared.audit_query import AuditQuery
 from shared.config import QueueKind, Settings
 from shared.identity import TokenValidator
 from shared.intake import AlertIntake
@@ -46,11 +50,23 @@ class Container:
         state_table = self.tables.get_table_client(settings.state_table)
         self.state = StateTable(state_table)
         self.blocks = TableBlockRegistry(state_table)
-        self.chain = AuditChain(self.audit_store)
+        self.audit_index = AuditIndexTable(self.tables.get_table_client(settings.audit_index_table))
+        self.audit_query = AuditQuery(self.audit_store, self.audit_index, self._cursor_key())
+        self.chain = AuditChain(self.audit_store, listeners=[self.audit_query.index_records])
         self.queue: ActionQueue = self._build_queue()
         self.guards = Guards.from_settings(settings)
         self.policy = Policy(Playbook.load(settings.playbook_path), self.guards)
         self._prepared = False
+
+    def _cursor_key(self) -> bytes:
+        """The key that signs audit continuation tokens, derived from the webhook secret.
+        Without a secret it is a constant per audit table: tokens then only detect accidental
+        edits, not forged ones (they carry a sequence number and a filter digest, no data)."""
+        table = self.settings.audit_table.encode()
+        if self.settings.webhook_secret is None:
+            return hashlib.sha256(b"m365-responder audit cursor\n" + table).digest()
+        secret = self.settings.webhook_secret.get_secret_value().encode()
+        return hmac.new(secret, b"audit cursor\n" + table, hashlib.sha256).digest()
 
     def _build_queue(self) -> ActionQueue:
         if self.settings.queue is QueueKind.MEMORY:
@@ -63,7 +79,12 @@ class Container:
     async def prepare(self) -> Container:
         """Create the tables when running against a local connection string (Azurite)."""
         if not self._prepared and self.settings.tables_connection is not None:
-            await ensure_tables(self.tables, self.settings.audit_table, self.settings.state_table)
+            await ensure_tables(
+                self.tables,
+                self.settings.audit_table,
+                self.settings.state_table,
+                self.settings.audit_index_table,
+            )
         self._prepared = True
         return self
 

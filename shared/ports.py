@@ -56,11 +56,54 @@ class AuditStore(Protocol):
         """Insert atomically; raise `AppendConflict` if any sequence number exists already."""
         ...
 
-    def newest_first(self) -> AsyncIterator[AuditRecord]: ...
+    async def get(self, seq: int) -> AuditRecord | None:
+        """The record with sequence number `seq`, or None when there is none (one read)."""
+        ...
+
+    def newest_first(self, before_seq: int | None = None) -> AsyncIterator[AuditRecord]:
+        """Every record, newest first; with `before_seq`, only those below that number."""
+        ...
 
 
 class AppendConflict(Exception):
     """Another writer took the sequence number first."""
+
+
+class IndexDimension(StrEnum):
+    """What the audit index looks records up by."""
+
+    ACTOR = "actor"
+    KIND = "kind"
+    TARGET = "target"
+    INCIDENT = "incident"
+    ALERT = "alert"
+    OUTCOME = "outcome"
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One audit record filed under one (dimension, normalized value)."""
+
+    dimension: IndexDimension
+    value: str
+    seq: int
+    at: datetime
+
+
+class AuditIndex(Protocol):
+    """Audit sequence numbers by (dimension, value), newest first. Derived from the chain and
+    never part of it: it may be rebuilt at any time, and readers re-check what it points to."""
+
+    async def add(self, entries: list[IndexEntry]) -> None:
+        """File the entries; adding an entry that exists already changes nothing."""
+        ...
+
+    def seqs(
+        self, dimension: IndexDimension, value: str, before_seq: int | None = None
+    ) -> AsyncIterator[int]:
+        """Sequence numbers filed under (dimension, value), newest first; with `before_seq`,
+        only those below it."""
+        ...
 
 
 LEDGER_QUEUED = "queued"

@@ -55,6 +55,7 @@ def settings_for(sim: SimulatedTenant, azurite: Azurite, **overrides: Any) -> Se
         "RESPONDER_TABLES_CONNECTION": azurite.connection_string,
         "RESPONDER_AUDIT_TABLE": f"Audit{suffix}",
         "RESPONDER_STATE_TABLE": f"State{suffix}",
+        "RESPONDER_AUDIT_INDEX_TABLE": f"Index{suffix}",
         "GRAPH_BASE_URL": sim.base_url,
         "RESPONDER_CREDENTIAL": "simulator",
         "SIMULATOR_TOKEN": sim.token,

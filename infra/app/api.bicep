@@ -8,6 +8,8 @@ param storageAccountName string
 param deploymentStorageContainerName string
 param auditTableName string
 param stateTableName string
+// The name storage.bicep gives the audit index table.
+param auditIndexTableName string
 param applicationInsightsName string
 param serviceBusFullyQualifiedNamespace string
 param actionsQueueName string
@@ -80,6 +82,7 @@ var appSettings = {
   RESPONDER_TABLES_ENDPOINT: storage.properties.primaryEndpoints.table
   RESPONDER_AUDIT_TABLE: auditTableName
   RESPONDER_STATE_TABLE: stateTableName
+  RESPONDER_AUDIT_INDEX_TABLE: auditIndexTableName
 
   // Graph, as the user-assigned identity (a function app may hold several identities).
   GRAPH_BASE_URL: graphBaseUrl

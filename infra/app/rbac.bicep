@@ -16,6 +16,8 @@ param principalType string = 'User'
 param storageAccountName string
 param auditTableName string
 param stateTableName string
+// The name storage.bicep gives the audit index table.
+param auditIndexTableName string
 param serviceBusNamespaceName string
 param actionsQueueName string
 param keyVaultName string
@@ -42,6 +44,10 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
 
     resource stateTable 'tables' existing = {
       name: stateTableName
+    }
+
+    resource auditIndexTable 'tables' existing = {
+      name: auditIndexTableName
     }
   }
 }
@@ -115,6 +121,18 @@ resource auditTableAppender 'Microsoft.Authorization/roleAssignments@2022-04-01'
 resource stateTableContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(storage::tableService::stateTable.id, managedIdentityPrincipalId, storageTableDataContributorRoleId)
   scope: storage::tableService::stateTable
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageTableDataContributorRoleId)
+    principalId: managedIdentityPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// The audit index is derived data: written after each append, rebuilt by `responder audit reindex`.
+// Contributor on this table only; it grants nothing on the audit trail itself.
+resource auditIndexTableContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storage::tableService::auditIndexTable.id, managedIdentityPrincipalId, storageTableDataContributorRoleId)
+  scope: storage::tableService::auditIndexTable
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageTableDataContributorRoleId)
     principalId: managedIdentityPrincipalId

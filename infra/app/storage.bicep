@@ -1,5 +1,5 @@
 // One storage account: the Functions host's storage, the deployment package container, and the
-// responder's two tables (the hash-chained audit trail and the mutable working state).
+// responder's tables (the hash-chained audit trail, its derived index, the mutable working state).
 param location string = resourceGroup().location
 param tags object = {}
 param name string
@@ -9,6 +9,7 @@ param deploymentStorageContainerName string
 // The app's Settings default to these names; a test keeps them equal.
 var auditTableName = 'AuditTrail'
 var stateTableName = 'ResponderState'
+var auditIndexTableName = 'AuditIndex'
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   name: name
@@ -56,6 +57,11 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
     resource stateTable 'tables' = {
       name: stateTableName
     }
+
+    // Derived from the audit trail and rebuildable from it (`responder audit reindex`).
+    resource auditIndexTable 'tables' = {
+      name: auditIndexTableName
+    }
   }
 }
 
@@ -63,3 +69,4 @@ output name string = storage.name
 output deploymentContainerName string = storage::blobService::deploymentContainer.name
 output auditTableName string = storage::tableService::auditTable.name
 output stateTableName string = storage::tableService::stateTable.name
+output auditIndexTableName string = storage::tableService::auditIndexTable.name

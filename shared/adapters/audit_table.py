@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from azure.core.exceptions import ResourceExistsError
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableTransactionError
 from azure.data.tables.aio import TableClient
 
@@ -84,6 +84,19 @@ class AuditTable:
                 raise AppendConflict(str(exc)) from exc
             raise
 
-    async def newest_first(self) -> AsyncIterator[AuditRecord]:
-        async for entity in self._table.query_entities(f"PartitionKey eq '{PARTITION}'"):
+    async def get(self, seq: int) -> AuditRecord | None:
+        try:
+            entity = await self._table.get_entity(PARTITION, row_key(seq))
+        except ResourceNotFoundError as exc:
+            if getattr(exc, "error_code", None) == "TableNotFound":
+                raise
+            return None
+        return from_entity(entity)
+
+    async def newest_first(self, before_seq: int | None = None) -> AsyncIterator[AuditRecord]:
+        query = f"PartitionKey eq '{PARTITION}'"
+        if before_seq is not None:
+            # Lower sequence numbers have higher row keys.
+            query += f" and RowKey gt '{row_key(before_seq)}'"
+        async for entity in self._table.query_entities(query):
             yield from_entity(entity)

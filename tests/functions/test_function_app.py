@@ -20,7 +20,11 @@ EXPECTED = {
     "request_action",
     "get_action",
     "verify_audit",
+    "query_audit",
+    "export_audit",
+    "openapi",
     "health",
+    "audit_ui",
 }
 
 

@@ -88,3 +88,39 @@ def test_audit_verify_without_settings_names_the_problem(
 def test_an_unknown_scenario_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["drill", "--scenario", "meteor"]) == 2
     assert "known: compromised-account" in capsys.readouterr().err
+
+
+@pytest.fixture
+def local_tables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings that parse; nothing is read, as bad input is refused before any table call."""
+    monkeypatch.delenv("RESPONDER_TABLES_ENDPOINT", raising=False)
+    monkeypatch.setenv("RESPONDER_TABLES_CONNECTION", "UseDevelopmentStorage=true")
+    monkeypatch.setenv("RESPONDER_QUEUE", "memory")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["query", "--since", "yesterday"], "since must be an ISO 8601 date-time"),
+        (["query", "--since", "2025-02-01", "--until", "2025-01-01"], "since must not be later"),
+        (["query", "--limit", "0"], "--limit must be a whole number from 1 to 200"),
+        (["query", "--limit", "many"], "--limit must be a whole number from 1 to 200"),
+        (["query", "--limit", "201"], "--limit must be a whole number from 1 to 200"),
+        (["query", "--continuation", "garbage"], "invalid continuation token"),
+        (["query", "--outcome", "succeeded"], "unknown outcome 'succeeded'"),
+        (["query", "--target", "x" * 300], "target is longer than 256 characters"),
+        (["export", "--format", "xml"], "--format must be csv or jsonl"),
+        (["export", "--format", "csv", "--until", "soon"], "until must be an ISO 8601"),
+        (
+            ["export", "--format", "csv", "--output", "/nonexistent/dir/audit.csv"],
+            "cannot write /nonexistent/dir/audit.csv",
+        ),
+    ],
+)
+def test_audit_query_and_export_refuse_bad_input_with_exit_2_and_one_line(
+    local_tables: None, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    assert main(["audit", *args]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and captured.err.count("\n") == 1
+    assert captured.out == ""

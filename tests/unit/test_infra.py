@@ -295,7 +295,10 @@ def test_no_table_role_reaches_beyond_a_single_table() -> None:
     contributor_scopes = {
         a.scope for a in role_assignments() if a.role == STORAGE_TABLE_DATA_CONTRIBUTOR
     }
-    assert contributor_scopes == {"storage::tableService::stateTable"}
+    assert contributor_scopes == {
+        "storage::tableService::stateTable",
+        "storage::tableService::auditIndexTable",
+    }
     account_roles = {a.role for a in role_assignments() if a.scope == "storage"}
     assert account_roles == {STORAGE_BLOB_DATA_OWNER}
 
@@ -346,7 +349,11 @@ def test_tables_are_named_as_the_settings_default_them() -> None:
     ]
     tables = {names.get(ref, ref.strip("'")) for ref in refs}
     fields = Settings.model_fields
-    assert tables == {fields["audit_table"].default, fields["state_table"].default}
+    assert tables == {
+        fields["audit_table"].default,
+        fields["state_table"].default,
+        fields["audit_index_table"].default,
+    }
 
 
 def module_params(symbol: str) -> dict[str, str]:

@@ -1,0 +1,249 @@
+"""The OpenAPI 3.1 description of the HTTP API, served at /api/openapi.json. Request bodies
+come from the same pydantic models the routes validate with, so the two cannot drift."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from shared.manual import ManualActionBody
+
+FILTERS = ("since", "until", "actor", "kind", "target", "incident", "alert", "outcome")
+PROBLEM = {"$ref": "#/components/schemas/Problem"}
+
+
+def _problems(*statuses: int) -> dict[str, Any]:
+    reasons = {
+        400: "Invalid request",
+        401: "Missing or invalid token",
+        403: "Missing app role",
+        404: "Not found",
+        503: "Sign-in not configured or signing keys unavailable",
+    }
+    return {
+        str(status): {
+            "description": reasons[status],
+            "content": {"application/problem+json": {"schema": PROBLEM}},
+        }
+        for status in statuses
+    }
+
+
+def _query(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema or {"type": "string"},
+    }
+
+
+def _filters() -> list[dict[str, Any]]:
+    described = {
+        "since": "records at or after this time (ISO 8601)",
+        "until": "records before this time (ISO 8601)",
+        "actor": "UPN or app id that caused the record",
+        "kind": "action kind, e.g. disable_account",
+        "target": "user id/UPN or network",
+        "incident": "incident id",
+        "alert": "alert key, e.g. graph_alerts_v2:da63...",
+        "outcome": "event, e.g. action.executed",
+    }
+    return [_query(name, described[name]) for name in FILTERS]
+
+
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    secured: list[dict[str, list[str]]] = [{"entra": []}]
+    action_state = {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "kind": {"type": "string"},
+            "target": {"type": "string"},
+            "state": {"type": "string"},
+            "audit_seq": {"type": ["integer", "null"]},
+        },
+    }
+    accepted = {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "kind": {"type": "string"},
+            "target": {"type": "string"},
+            "decision": {"type": "string", "enum": ["execute", "dry_run", "refused"]},
+            "reason": {"type": "string"},
+            "queued": {"type": "boolean"},
+            "coalesced": {"type": "boolean"},
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "M365 Responder API",
+            "version": "1",
+            "description": "Request containment actions and read the audit trail.",
+        },
+        "servers": [{"url": "/api"}],
+        "components": {
+            "securitySchemes": {
+                "entra": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "Microsoft Entra access token with app roles "
+                    "Responder.Act, Responder.Approve or Audit.Read.",
+                }
+            },
+            "schemas": {
+                "ActionRequest": ManualActionBody.model_json_schema(),
+                "Problem": {
+                    "type": "object",
+                    "properties": {
+                        "type": {"type": "string"},
+                        "title": {"type": "string"},
+                        "status": {"type": "integer"},
+                        "detail": {"type": "string"},
+                    },
+                },
+            },
+        },
+        "paths": {
+            "/actions": {
+                "post": {
+                    "operationId": "request_action",
+                    "summary": "Request a containment action (role Responder.Act)",
+                    "security": secured,
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/ActionRequest"}
+                            }
+                        },
+                    },
+                    "responses": {
+                        "202": _json("Decided, audited and queued (unless refused)", accepted),
+                        **_problems(400, 401, 403, 503),
+                    },
+                }
+            },
+            "/actions/{action_id}": {
+                "get": {
+                    "operationId": "get_action",
+                    "summary": "State of an action (role Responder.Act or Audit.Read)",
+                    "security": secured,
+                    "parameters": [
+                        {
+                            "name": "action_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "pattern": "^act-[0-9a-f]{32}$"},
+                        }
+                    ],
+                    "responses": {
+                        "200": _json("The action", action_state),
+                        **_problems(401, 403, 404, 503),
+                    },
+                }
+            },
+            "/audit": {
+                "get": {
+                    "operationId": "query_audit",
+                    "summary": "Audit records, newest first (role Audit.Read)",
+                    "security": secured,
+                    "parameters": [
+                        *_filters(),
+                        _query(
+                            "limit",
+                            "page size",
+                            {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
+                        ),
+                        _query("continuation", "opaque token from the previous page"),
+                    ],
+                    "responses": {
+                        "200": _json(
+                            "One page",
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "records": {"type": "array", "items": {"type": "object"}},
+                                    "continuation": {"type": ["string", "null"]},
+                                },
+                            },
+                        ),
+                        **_problems(400, 401, 403, 503),
+                    },
+                }
+            },
+            "/audit/export": {
+                "get": {
+                    "operationId": "export_audit",
+                    "summary": "Every matching record as CSV or JSON lines (role Audit.Read)",
+                    "security": secured,
+                    "parameters": [
+                        *_filters(),
+                        _query(
+                            "format", "csv or jsonl", {"enum": ["csv", "jsonl"], "default": "csv"}
+                        ),
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The records",
+                            "content": {
+                                "text/csv": {"schema": {"type": "string"}},
+                                "application/x-ndjson": {"schema": {"type": "string"}},
+                            },
+                        },
+                        **_problems(400, 401, 403, 503),
+                    },
+                }
+            },
+            "/audit/verify": {
+                "get": {
+                    "operationId": "verify_audit",
+                    "summary": "Verify the hash chain (role Audit.Read)",
+                    "security": secured,
+                    "responses": {
+                        "200": _json("Verification result", {"type": "object"}),
+                        **_problems(401, 403, 503),
+                    },
+                }
+            },
+            "/audit/ui": {
+                "get": {
+                    "operationId": "audit_ui",
+                    "summary": "The audit page (HTML); anonymous, it holds no data and reads "
+                    "the API with the reader's token",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "The page",
+                            "content": {"text/html": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            "/health": {
+                "get": {
+                    "operationId": "health",
+                    "summary": "Liveness; anonymous, reveals no configuration",
+                    "security": [],
+                    "responses": {"200": _json("Alive", {"type": "object"})},
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document",
+                    "security": [],
+                    "responses": {"200": _json("OpenAPI 3.1", {"type": "object"})},
+                }
+            },
+        },
+    }

@@ -1,0 +1,300 @@
+"""Audit queries on Azurite through the real container: the index written on append, queries by
+target, incident, actor and outcome, a rebuild after the index is lost, streamed exports, and
+the `responder audit` commands reading the configured tables."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drill.azurite import Azurite
+from drill.host import LocalHost
+from shared.adapters.audit_index_table import partition_key
+from shared.adapters.queue import InMemoryActionQueue
+from shared.adapters.table_service import ensure_tables
+from shared.audit_query import AuditFilter, export_csv, export_jsonl
+from shared.cli import main
+from shared.config import Settings
+from shared.container import Container
+from shared.models import Actor, AuditEntry, AuditEvent, AuditRecord
+from shared.ports import IndexDimension
+from shared.simulator import SimulatedTenant
+from tests.conftest import ADELE, installed, settings_for
+
+pytestmark = pytest.mark.integration
+
+ATTACKER = "185.220.101.47"
+ENGINEER = "Soc.Lead@contoso.onmicrosoft.com"
+
+
+def indexed_settings(sim: SimulatedTenant, azurite: Azurite, **overrides: Any) -> Settings:
+    """Settings with an index table of the test's own, beside its own audit table."""
+    index = f"Index{uuid.uuid4().hex[:10]}"
+    return settings_for(
+        sim, azurite, RESPONDER_AUDIT_INDEX_TABLE=index, IP_BLOCK_BATCH_SECONDS=0, **overrides
+    )
+
+
+@pytest.fixture
+async def responder(sim: SimulatedTenant, azurite: Azurite) -> AsyncIterator[Container]:
+    async with installed(indexed_settings(sim, azurite)) as built:
+        yield built
+
+
+def compromised(alert_id: str, incident: str, *addresses: str) -> dict[str, Any]:
+    """A generic alert naming Adele as compromised (and addresses as attackers): the default
+    playbook disables her, revokes her sessions and blocks the addresses."""
+    entities: list[dict[str, Any]] = [
+        {"kind": "user", "upn": ADELE.user_principal_name, "roles": ["compromised"]}
+    ]
+    entities += [{"kind": "ip", "address": a, "roles": ["attacker"]} for a in addresses]
+    return {
+        "id": alert_id,
+        "title": "Impossible travel followed by MFA registration",
+        "severity": "high",
+        "category": "InitialAccess",
+        "incident_id": incident,
+        "entities": entities,
+    }
+
+
+async def run_alerts(services: Container, *payloads: dict[str, Any]) -> None:
+    for payload in payloads:
+        await services.intake.handle_payload(payload)
+    assert isinstance(services.queue, InMemoryActionQueue)
+    await LocalHost().pump(services.queue)
+
+
+async def chain(services: Container) -> list[AuditRecord]:
+    return [record async for record in services.audit_store.newest_first()]
+
+
+async def seqs(services: Container, flt: AuditFilter, limit: int = 3) -> list[int]:
+    """Every match, page by page."""
+    found: list[int] = []
+    page = await services.audit_query.page(flt, limit)
+    found += [r.seq for r in page.records]
+    while page.continuation:
+        page = await services.audit_query.page(flt, limit, page.continuation)
+        found += [r.seq for r in page.records]
+    return found
+
+
+async def empty_index(services: Container) -> None:
+    table = services.tables.get_table_client(services.settings.audit_index_table)
+    async for entity in table.query_entities("PartitionKey ne ''"):
+        await table.delete_entity(entity["PartitionKey"], entity["RowKey"])
+
+
+async def test_actions_are_indexed_as_they_are_audited(responder: Container) -> None:
+    await run_alerts(responder, compromised("alert-1", "INC-1", ATTACKER))
+    await run_alerts(responder, compromised("alert-2", "INC-2"))
+    records = await chain(responder)
+    target = ADELE.user_principal_name
+    expected = {
+        "target": [r.seq for r in records if r.entry.target == target],
+        "incident": [r.seq for r in records if r.entry.incident_id == "INC-2"],
+        "actor": [r.seq for r in records if r.entry.actor.name == "m365-responder"],
+        "outcome": [r.seq for r in records if r.entry.event is AuditEvent.ACTION_ALREADY_DONE],
+        "ip": [r.seq for r in records if r.entry.target == f"{ATTACKER}/32"],
+    }
+    # Two alerts for Adele: disabled the first time, already disabled the second.
+    assert len(expected["target"]) == 8 and len(expected["outcome"]) == 1
+    assert expected["incident"] and expected["ip"]
+
+    assert await seqs(responder, AuditFilter(target=target.upper())) == expected["target"]
+    assert await seqs(responder, AuditFilter(incident="INC-2")) == expected["incident"]
+    assert await seqs(responder, AuditFilter(actor="M365-Responder")) == expected["actor"]
+    outcome = AuditFilter(outcome="action.already_done")
+    assert await seqs(responder, outcome) == expected["outcome"]
+    assert await seqs(responder, AuditFilter(target=ATTACKER)) == expected["ip"]
+    by_alert = [r.seq for r in records if r.entry.alert_id == "generic:alert-1"]
+    assert await seqs(responder, AuditFilter(alert="generic:alert-1")) == by_alert
+    both = AuditFilter(incident="INC-1", kind="revoke_sessions", outcome="action.executed")
+    [revoked] = await seqs(responder, both)
+    assert await responder.audit_store.get(revoked) in records
+
+    # The index holds the values hashed into its partition keys, never the values themselves.
+    table = responder.tables.get_table_client(responder.settings.audit_index_table)
+    rows = [e async for e in table.query_entities("PartitionKey ne ''")]
+    assert {r["PartitionKey"] for r in rows} >= {
+        partition_key(IndexDimension.TARGET, target),
+        partition_key(IndexDimension.INCIDENT, "INC-1"),
+    }
+    assert len(rows) == sum(
+        len([v for v in (e.kind, e.target, e.incident_id, e.alert_id) if v]) + 2
+        for e in (r.entry for r in records)
+    )
+    assert target not in json.dumps([dict(r) for r in rows], default=str)
+
+
+async def test_reindex_rebuilds_identical_answers_after_the_index_is_emptied(
+    responder: Container,
+) -> None:
+    await run_alerts(responder, compromised("alert-1", "INC-1", ATTACKER))
+    await responder.chain.append(
+        AuditEntry(
+            event=AuditEvent.ACTION_REFUSED,
+            actor=Actor(kind="engineer", name=ENGINEER),
+            kind="disable_account",
+            target="bg-emergency-01@contoso.onmicrosoft.com",
+            incident_id="INC-1",
+            reason="protected identity",
+        )
+    )
+    filters = [
+        AuditFilter(target=ADELE.user_principal_name),
+        AuditFilter(incident="INC-1"),
+        AuditFilter(actor=ENGINEER),
+        AuditFilter(outcome="action.executed", kind="block_ip"),
+    ]
+    before = [await seqs(responder, flt) for flt in filters]
+    assert all(before)
+
+    await empty_index(responder)
+    assert [await seqs(responder, flt) for flt in filters] == [[], [], [], []]
+    rebuilt = await responder.audit_query.reindex()
+    assert rebuilt.records == len(await chain(responder))
+    assert [await seqs(responder, flt) for flt in filters] == before
+    # A second rebuild over an intact index changes nothing.
+    assert await responder.audit_query.reindex() == rebuilt
+    assert [await seqs(responder, flt) for flt in filters] == before
+
+
+def bulk(n: int) -> AuditEntry:
+    return AuditEntry(
+        event=AuditEvent.ACTION_EXECUTED,
+        actor=Actor(kind="engineer", name=f"engineer{n % 3}@contoso.com"),
+        action_id=f"act-{n}",
+        kind="disable_account",
+        target=ADELE.user_principal_name,
+        incident_id=f"INC-{n % 4}",
+        reason=f'=cmd|" /C calc"!A{n}, line\nbreak' if n % 50 == 0 else "Kennwort-Spray",
+        result={"n": n},
+    )
+
+
+async def test_an_export_of_300_records_streams_every_one(responder: Container) -> None:
+    await responder.chain.append_all([bulk(n) for n in range(300)])
+
+    chunks = [c async for c in export_csv(responder.audit_query.matching(AuditFilter()))]
+    assert len(chunks) == 301  # the header, then one chunk per record as it is read
+    rows = list(csv.reader(io.StringIO("".join(chunks), newline="")))
+    assert len(rows) == 301 and [int(row[0]) for row in rows[1:]] == list(range(300, 0, -1))
+    assert all(not row[10].startswith("=") for row in rows[1:])
+
+    by_target = AuditFilter(target=ADELE.user_principal_name)
+    lines = [line async for line in export_jsonl(responder.audit_query.matching(by_target))]
+    assert [json.loads(line)["seq"] for line in lines] == list(range(300, 0, -1))
+    by_incident = AuditFilter(incident="INC-1")
+    lines = [line async for line in export_jsonl(responder.audit_query.matching(by_incident))]
+    assert len(lines) == 75
+
+
+async def test_an_unreachable_index_never_fails_an_append(
+    sim: SimulatedTenant, azurite: Azurite, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = indexed_settings(sim, azurite)
+    services = Container(settings)
+    try:
+        # The audit table exists, the index table does not: every index write fails.
+        await ensure_tables(services.tables, settings.audit_table)
+        with caplog.at_level(logging.ERROR, logger="shared.audit"):
+            record = await services.chain.append(
+                AuditEntry(event=AuditEvent.ACTION_PLANNED, actor=Actor(), reason="no index")
+            )
+        assert record.seq == 1 and (await services.chain.verify()).ok
+        assert "audit listener failed for records 1..1" in caplog.text
+    finally:
+        await services.close()
+
+
+# The command line -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def configured(sim: SimulatedTenant, azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """A trail of 12 records, and the environment `responder` reads its settings from."""
+    settings = indexed_settings(sim, azurite)
+
+    async def write() -> None:
+        services = await Container(settings).prepare()
+        await services.chain.append_all([bulk(n) for n in range(1, 13)])
+        await services.close()
+
+    asyncio.run(write())
+    monkeypatch.delenv("RESPONDER_WEBHOOK_SECRET", raising=False)
+    monkeypatch.setenv("RESPONDER_TABLES_CONNECTION", azurite.connection_string)
+    monkeypatch.setenv("RESPONDER_AUDIT_TABLE", settings.audit_table)
+    monkeypatch.setenv("RESPONDER_AUDIT_INDEX_TABLE", settings.audit_index_table)
+    monkeypatch.setenv("RESPONDER_QUEUE", "memory")
+    return settings
+
+
+def test_cli_query_pages_with_the_same_filters(
+    configured: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["audit", "query", "--actor", "ENGINEER1@contoso.com", "--kind", "disable_account"]
+    assert main([*args, "--limit", "1", "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert [r["seq"] for r in first["records"]] == ["10"] and first["continuation"]
+    assert main([*args, "--limit", "5", "--json", "--continuation", first["continuation"]]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert [r["seq"] for r in second["records"]] == ["7", "4", "1"]
+    assert second["continuation"] is None
+    assert set(second["records"][0]) >= {"seq", "at", "event", "actor", "reason", "hash"}
+
+    assert main(["audit", "query", "--kind", "disable_account", "--limit", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["seq", "at", "event", "actor", "kind", "target", "incident", "reason"]
+    assert [line.split()[0] for line in out[1:4]] == ["12", "11", "10"]
+    assert out[-1].startswith("more: --continuation ")
+
+    assert main(["audit", "query", "--target", "nobody@contoso.com"]) == 0
+    assert capsys.readouterr().out == "no matching audit records\n"
+
+
+def test_cli_export_streams_csv_and_jsonl(
+    configured: Settings, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    output = tmp_path / "audit.csv"
+    assert main(["audit", "export", "--format", "csv", "--output", str(output)]) == 0
+    assert capsys.readouterr().out == f"exported 12 audit records to {output}\n"
+    rows = list(csv.reader(io.StringIO(output.read_text(encoding="utf-8"), newline="")))
+    assert len(rows) == 13 and rows[0][0] == "seq"
+
+    assert main(["audit", "export", "--format", "jsonl", "--since", "2000-01-01"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line)["seq"] for line in lines] == list(range(12, 0, -1))
+
+    assert main(["audit", "export", "--format", "xml", "--output", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err == "responder: --format must be csv or jsonl\n"
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_reindex_rebuilds_the_index(
+    configured: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def wipe() -> None:
+        services = Container(configured)
+        await services.tables.delete_table(configured.audit_index_table)
+        await services.close()
+
+    asyncio.run(wipe())
+    assert main(["audit", "query", "--incident", "INC-2"]) == 2
+    assert "index table does not exist" in capsys.readouterr().err
+    assert main(["audit", "reindex"]) == 0
+    # Each record: actor, kind, target, incident, outcome.
+    assert capsys.readouterr().out == "audit index rebuilt: 60 entries for 12 records\n"
+    assert main(["audit", "query", "--incident", "INC-2", "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)["records"]
+    assert [r["seq"] for r in records] == ["10", "6", "2"]
