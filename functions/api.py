@@ -11,9 +11,10 @@ import azure.functions as func
 from functions.http import HttpProblem, authenticate, json_response, read_json
 from functions.openapi import openapi_document
 from shared import container
+from shared.approvals import ApprovalError
 from shared.audit_query import AuditFilter, export_csv, export_jsonl, to_row
 from shared.errors import InvalidInput
-from shared.identity import ROLE_ACT, ROLE_AUDIT_READ
+from shared.identity import ROLE_ACT, ROLE_APPROVE, ROLE_AUDIT_READ
 from shared.manual import parse_body
 from shared.models import Actor
 
@@ -144,3 +145,46 @@ def _limit(value: str | None) -> int:
     if not value.isdigit() or not 1 <= int(value) <= 200:
         raise InvalidInput("limit must be a whole number from 1 to 200")
     return int(value)
+
+
+@bp.route(
+    route="actions/{action_id}/approve", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS
+)
+async def approve_action(req: func.HttpRequest) -> func.HttpResponse:
+    return await _decide(req, approve=True)
+
+
+@bp.route(route="actions/{action_id}/reject", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+async def reject_action(req: func.HttpRequest) -> func.HttpResponse:
+    return await _decide(req, approve=False)
+
+
+async def _decide(req: func.HttpRequest, approve: bool) -> func.HttpResponse:
+    services = await container.current()
+    action_id = req.route_params.get("action_id", "")
+    try:
+        principal = await authenticate(req, services.validator, ROLE_APPROVE)
+        note = _note(read_json(req, 16_384) if req.get_body() else {})
+        approver = Actor(kind=principal.kind, name=principal.name)
+        decide = services.approvals.approve if approve else services.approvals.reject
+        action = await decide(action_id, approver, note)
+    except HttpProblem as problem:
+        return problem.response()
+    except InvalidInput as exc:
+        return HttpProblem(400, "Invalid request", str(exc)).response()
+    except ApprovalError as exc:
+        return HttpProblem(exc.status, _DECISION_TITLES[exc.status], exc.detail).response()
+    decision = "approved" if approve else "rejected"
+    return json_response({"id": action.id, "decision": decision, "queued": approve})
+
+
+_DECISION_TITLES = {403: "Forbidden", 404: "Not Found", 409: "Conflict", 410: "Gone"}
+
+
+def _note(body: object) -> str:
+    if not isinstance(body, dict) or set(body) - {"note"}:
+        raise InvalidInput('the body may only hold {"note": "..."}')
+    note = body.get("note", "")
+    if not isinstance(note, str) or len(note) > 1000:
+        raise InvalidInput("note must be text of at most 1000 characters")
+    return note

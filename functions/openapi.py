@@ -18,6 +18,8 @@ def _problems(*statuses: int) -> dict[str, Any]:
         401: "Missing or invalid token",
         403: "Missing app role",
         404: "Not found",
+        409: "Already decided",
+        410: "The approval window has passed",
         503: "Sign-in not configured or signing keys unavailable",
     }
     return {
@@ -55,6 +57,35 @@ def _filters() -> list[dict[str, Any]]:
 
 def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _decision(operation_id: str, summary: str) -> dict[str, Any]:
+    return {
+        "post": {
+            "operationId": operation_id,
+            "summary": f"{summary} (role Responder.Approve; never the requester's own)",
+            "security": [{"entra": []}],
+            "parameters": [
+                {"name": "action_id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "requestBody": {
+                "required": False,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"note": {"type": "string", "maxLength": 1000}},
+                            "additionalProperties": False,
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": _json("Decided and audited", {"type": "object"}),
+                **_problems(400, 401, 403, 404, 409, 410, 503),
+            },
+        }
+    }
 
 
 @cache
@@ -152,6 +183,8 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/actions/{action_id}/approve": _decision("approve_action", "Approve a held action"),
+            "/actions/{action_id}/reject": _decision("reject_action", "Reject a held action"),
             "/audit": {
                 "get": {
                     "operationId": "query_audit",

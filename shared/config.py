@@ -281,6 +281,27 @@ class Settings(PolicySettings):
         alias="AUTH_JWKS_URL",
         description="Signing keys (default: the tenant's Entra v2.0 JWKS).",
     )
+    disable_budget: int = Field(
+        10,
+        alias="AUTO_DISABLE_BUDGET",
+        ge=0,
+        le=10_000,
+        description="Automatic account disables allowed per window; more wait for approval.",
+    )
+    disable_window_minutes: int = Field(
+        60,
+        alias="AUTO_DISABLE_WINDOW_MINUTES",
+        ge=1,
+        le=7 * 24 * 60,
+        description="The rolling window of AUTO_DISABLE_BUDGET.",
+    )
+    approval_ttl_minutes: int = Field(
+        240,
+        alias="APPROVAL_TTL_MINUTES",
+        ge=5,
+        le=7 * 24 * 60,
+        description="How long an action waits for approval before it expires.",
+    )
     webhook_secret: SecretStr | None = Field(
         None,
         alias="RESPONDER_WEBHOOK_SECRET",

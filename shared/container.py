@@ -21,13 +21,14 @@ from shared.adapters.credentials import build_credential
 from shared.adapters.exchange import ExchangeAdmin
 from shared.adapters.jwks import JwksKeys
 from shared.adapters.queue import InMemoryActionQueue, ServiceBusActionQueue
-from shared.adapters.state_table import StateTable, TableBlockRegistry
+from shared.adapters.state_table import StateTable, TableApprovals, TableBlockRegistry
 from shared.adapters.table_service import ensure_tables, table_service
+from shared.approvals import Approvals
 from shared.audit import AuditChain
 from shared.audit_query import AuditQuery
 from shared.config import QueueKind, Settings
 from shared.identity import TokenValidator
-from shared.intake import AlertIntake
+from shared.intake import AlertIntake, BlastRadius
 from shared.manual import ManualActions
 from shared.models import utcnow
 from shared.policy import Guards, Playbook, Policy
@@ -50,6 +51,7 @@ class Container:
         state_table = self.tables.get_table_client(settings.state_table)
         self.state = StateTable(state_table)
         self.blocks = TableBlockRegistry(state_table)
+        self.approval_store = TableApprovals(state_table)
         self.audit_index = AuditIndexTable(self.tables.get_table_client(settings.audit_index_table))
         self.audit_query = AuditQuery(self.audit_store, self.audit_index, self._cursor_key())
         self.chain = AuditChain(self.audit_store, listeners=[self.audit_query.index_records])
@@ -121,7 +123,26 @@ class Container:
 
     @cached_property
     def intake(self) -> AlertIntake:
-        return AlertIntake(self.policy, self.chain, self.state, self.state, self.queue, self.blocks)
+        return AlertIntake(
+            self.policy,
+            self.chain,
+            self.state,
+            self.state,
+            self.queue,
+            self.blocks,
+            BlastRadius(
+                budget=self.approval_store,
+                approvals=self.approval_store,
+                disables=self.settings.disable_budget,
+                window=timedelta(minutes=self.settings.disable_window_minutes),
+                approval_ttl=timedelta(minutes=self.settings.approval_ttl_minutes),
+                clock=self.clock,
+            ),
+        )
+
+    @cached_property
+    def approvals(self) -> Approvals:
+        return Approvals(self.approval_store, self.chain, self.state, self.queue, self.clock)
 
     @cached_property
     def runner(self) -> ActionRunner:

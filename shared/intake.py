@@ -4,7 +4,9 @@ queue what may run. Used by the webhook, the poller and the CLI alike."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from shared.audit import AuditChain
@@ -20,7 +22,14 @@ from shared.models import (
     action_entry,
 )
 from shared.policy import Plan, Policy
-from shared.ports import ActionLedger, ActionQueue, AlertCheckpoint, BlockRegistry
+from shared.ports import (
+    ActionLedger,
+    ActionQueue,
+    AlertCheckpoint,
+    ApprovalStore,
+    BlockRegistry,
+    DisableBudget,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +80,46 @@ def plan_as_dict(plan: Plan) -> dict[str, Any]:
     }
 
 
+QUEUED_DECISIONS = frozenset({Decision.EXECUTE, Decision.DRY_RUN})
+DECISION_EVENTS = {
+    Decision.REFUSED: AuditEvent.ACTION_REFUSED,
+    Decision.NEEDS_APPROVAL: AuditEvent.ACTION_HELD,
+}
+
+
 def decision_entry(action: ActionRequest) -> AuditEntry:
-    refused = action.decision is Decision.REFUSED
-    event = AuditEvent.ACTION_REFUSED if refused else AuditEvent.ACTION_PLANNED
+    event = DECISION_EVENTS.get(action.decision, AuditEvent.ACTION_PLANNED)
     return action_entry(action, event, {"decision": str(action.decision)})
+
+
+@dataclass(frozen=True)
+class BlastRadius:
+    """The budget of automatic account disables per rolling window, and how long an action
+    held beyond it waits for an engineer."""
+
+    budget: DisableBudget
+    approvals: ApprovalStore
+    disables: int
+    window: timedelta
+    approval_ttl: timedelta
+    clock: Callable[[], datetime]
+
+    async def check(self, action: ActionRequest) -> ActionRequest:
+        automatic = action.requested_by.kind == "app"
+        if not (automatic and action.kind is ActionKind.DISABLE_ACCOUNT):
+            return action
+        if action.decision is not Decision.EXECUTE:
+            return action
+        now = self.clock()
+        if await self.budget.spent(now - self.window) < self.disables:
+            await self.budget.spend(action.target, now)
+            return action
+        minutes = int(self.window.total_seconds() // 60)
+        reason = (
+            f"blast-radius budget of {self.disables} automatic disables per {minutes} minutes "
+            f"is used up; waits for an engineer's approval ({action.reason})"
+        )
+        return action.model_copy(update={"decision": Decision.NEEDS_APPROVAL, "reason": reason})
 
 
 class AlertIntake:
@@ -86,9 +131,11 @@ class AlertIntake:
         checkpoint: AlertCheckpoint,
         queue: ActionQueue,
         blocks: BlockRegistry,
+        blast_radius: BlastRadius,
     ) -> None:
         self._policy = policy
         self._blocks = blocks
+        self._blast_radius = blast_radius
         self._chain = chain
         self._ledger = ledger
         self._checkpoint = checkpoint
@@ -118,7 +165,8 @@ class AlertIntake:
         result = Submitted()
         fresh: list[ActionRequest] = []
         reserved: list[ActionRequest] = []
-        for planned in actions:
+        for decided in actions:
+            planned = await self._blast_radius.check(decided)
             action = await self._reserve(planned)
             if action is None:
                 result.actions.append(planned)
@@ -140,7 +188,7 @@ class AlertIntake:
             for action in reserved:
                 await self._blocks.release(action)
             raise
-        result.queued = [a.id for a in fresh if a.decision is not Decision.REFUSED]
+        result.queued = [a.id for a in fresh if a.decision in QUEUED_DECISIONS]
         return result
 
     async def _reserve(self, action: ActionRequest) -> ActionRequest | None:
@@ -154,8 +202,10 @@ class AlertIntake:
         if not actions:
             return
         records = await self._chain.append_all([decision_entry(a) for a in actions])
-        runnable = [a for a in actions if a.decision is not Decision.REFUSED]
-        await self._queue.send(runnable)
+        await self._queue.send([a for a in actions if a.decision in QUEUED_DECISIONS])
+        held_until = self._blast_radius.clock() + self._blast_radius.approval_ttl
         for action, record in zip(actions, records, strict=True):
             if action.decision is Decision.REFUSED:
                 await self._ledger.finish(action, OutcomeStatus.REFUSED, record.seq)
+            elif action.decision is Decision.NEEDS_APPROVAL:
+                await self._blast_radius.approvals.hold(action, held_until)

@@ -130,6 +130,7 @@ class Decision(StrEnum):
     EXECUTE = "execute"
     DRY_RUN = "dry_run"
     REFUSED = "refused"
+    NEEDS_APPROVAL = "needs_approval"
 
 
 class OutcomeStatus(StrEnum):
@@ -138,6 +139,8 @@ class OutcomeStatus(StrEnum):
     DRY_RUN = "dry_run"
     REFUSED = "refused"
     FAILED = "failed"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
 
 
 class Actor(BaseModel):
@@ -255,6 +258,10 @@ class AuditEvent(StrEnum):
     ACTION_ALREADY_DONE = "action.already_done"
     ACTION_DRY_RUN = "action.dry_run"
     ACTION_FAILED = "action.failed"
+    ACTION_HELD = "action.held"
+    ACTION_APPROVED = "action.approved"
+    ACTION_REJECTED = "action.rejected"
+    ACTION_EXPIRED = "action.expired"
 
     @classmethod
     def for_outcome(cls, status: OutcomeStatus) -> AuditEvent:

@@ -259,3 +259,40 @@ class NamedLocations(Protocol):
     async def create_ip_location(self, name: str, ranges: list[str]) -> str: ...
 
     async def set_ip_location_ranges(self, location_id: str, ranges: list[str]) -> None: ...
+
+
+class ApprovalState(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True)
+class Approval:
+    """An action held for an engineer's approval."""
+
+    action: ActionRequest
+    state: ApprovalState
+    expires_at: datetime
+    decided_by: str | None = None
+    etag: str = ""
+
+
+class ApprovalStore(Protocol):
+    async def hold(self, action: ActionRequest, expires_at: datetime) -> None: ...
+
+    async def get(self, action_id: str) -> Approval | None: ...
+
+    async def settle(self, approval: Approval, state: ApprovalState, decided_by: str) -> bool:
+        """Move a pending approval to `state` unless someone settled it first (etag)."""
+        ...
+
+
+class DisableBudget(Protocol):
+    """Accounts automatically disabled in a rolling window (the blast-radius budget); the same
+    account counts once."""
+
+    async def spent(self, since: datetime) -> int: ...
+
+    async def spend(self, target: str, at: datetime) -> None: ...

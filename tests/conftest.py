@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ from shared import container
 from shared.adapters.credentials import StaticTokenCredential
 from shared.adapters.graph import build_graph_client
 from shared.config import Settings
+from shared.models import utcnow
 from shared.simulator import SimulatedTenant, SimUser
 
 ADELE = SimUser(
@@ -94,9 +96,11 @@ def sdk_client(sim: SimulatedTenant) -> tuple[GraphServiceClient, httpx.AsyncCli
 
 
 @asynccontextmanager
-async def installed(settings: Settings) -> AsyncIterator[container.Container]:
+async def installed(
+    settings: Settings, clock: Callable[[], datetime] = utcnow
+) -> AsyncIterator[container.Container]:
     """A container built from `settings`, installed as the worker's container meanwhile."""
-    built = container.Container(settings)
+    built = container.Container(settings, clock)
     container.install(built)
     try:
         yield await built.prepare()

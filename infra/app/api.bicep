@@ -66,6 +66,9 @@ resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing
 //   local-only: IP_BLOCK_MIN_PREFIX_V4       (default 24)
 //   local-only: IP_BLOCK_MIN_PREFIX_V6       (default 48)
 //   local-only: IP_BLOCK_BATCH_SECONDS       (default 1)
+//   local-only: AUTO_DISABLE_BUDGET          (default 10)
+//   local-only: AUTO_DISABLE_WINDOW_MINUTES  (default 60)
+//   local-only: APPROVAL_TTL_MINUTES         (default 240)
 //   local-only: AUTH_ISSUER                  (default: the tenant's Entra v2.0 issuer)
 //   local-only: AUTH_JWKS_URL                (default: the tenant's Entra v2.0 signing keys)
 // FUNCTIONS_WORKER_RUNTIME and FUNCTIONS_EXTENSION_VERSION are deprecated on Flex Consumption:

@@ -19,7 +19,15 @@ from azure.data.tables.aio import TableClient
 
 from shared.errors import TransientError
 from shared.models import ActionRequest, OutcomeStatus
-from shared.ports import ACTIVE_BLOCK_STATES, LEDGER_QUEUED, BlockEntry, BlockState, LedgerEntry
+from shared.ports import (
+    ACTIVE_BLOCK_STATES,
+    LEDGER_QUEUED,
+    Approval,
+    ApprovalState,
+    BlockEntry,
+    BlockState,
+    LedgerEntry,
+)
 
 WATERMARKS = "watermark"
 HANDLED = "handled"
@@ -232,3 +240,68 @@ class TableBlockRegistry:
         except (ResourceModifiedError, ResourceNotFoundError):
             return False
         return True
+
+
+APPROVALS = "approval"
+BUDGET = "budget"
+
+
+class TableApprovals:
+    """`ApprovalStore` and `DisableBudget` on the state table."""
+
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    async def hold(self, action: ActionRequest, expires_at: datetime) -> None:
+        await self._table.upsert_entity(
+            {
+                "PartitionKey": APPROVALS,
+                "RowKey": action.id,
+                "Action": action.model_dump_json(),
+                "State": str(ApprovalState.PENDING),
+                "ExpiresAt": expires_at.isoformat(),
+                "DecidedBy": "",
+            },
+            mode=UpdateMode.REPLACE,
+        )
+
+    async def get(self, action_id: str) -> Approval | None:
+        try:
+            entity = await self._table.get_entity(APPROVALS, action_id)
+        except ResourceNotFoundError:
+            return None
+        return Approval(
+            action=ActionRequest.model_validate_json(entity["Action"]),
+            state=ApprovalState(entity["State"]),
+            expires_at=datetime.fromisoformat(entity["ExpiresAt"]),
+            decided_by=entity["DecidedBy"] or None,
+            etag=entity.metadata["etag"] or "",
+        )
+
+    async def settle(self, approval: Approval, state: ApprovalState, decided_by: str) -> bool:
+        try:
+            await self._table.update_entity(
+                {
+                    "PartitionKey": APPROVALS,
+                    "RowKey": approval.action.id,
+                    "State": str(state),
+                    "DecidedBy": decided_by,
+                },
+                mode=UpdateMode.MERGE,
+                etag=approval.etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except ResourceModifiedError:
+            return False
+        return True
+
+    async def spent(self, since: datetime) -> int:
+        query = f"PartitionKey eq '{BUDGET}' and At ge @since"
+        return len(
+            [e async for e in self._table.query_entities(query, parameters={"since": since})]
+        )
+
+    async def spend(self, target: str, at: datetime) -> None:
+        await self._table.upsert_entity(
+            {"PartitionKey": BUDGET, "RowKey": _key(target), "Target": target, "At": at}
+        )

@@ -361,3 +361,60 @@ async def test_the_openapi_document_is_served_anonymously(services: Container) -
     response = await invoke("openapi", call("openapi", "GET", "openapi.json"))
     assert response.status_code == 200
     assert json.loads(response.get_body())["openapi"] == "3.1.0"
+
+
+async def test_an_oversized_body_is_refused(services: Container, sim: SimulatedTenant) -> None:
+    body = disable(reason="x" * 900, pad="y" * services.settings.max_body_bytes)
+    response = await invoke(
+        "request_action", call("request_action", "POST", "actions", token(sim, ROLE_ACT), body)
+    )
+    assert response.status_code == 413
+
+
+ROUTES = [
+    ("request_action", "POST", "actions"),
+    ("get_action", "GET", "actions/{action_id}"),
+    ("approve_action", "POST", "actions/{action_id}/approve"),
+    ("reject_action", "POST", "actions/{action_id}/reject"),
+    ("query_audit", "GET", "audit"),
+    ("export_audit", "GET", "audit/export"),
+    ("verify_audit", "GET", "audit/verify"),
+]
+ALL_ROLES = ("Responder.Act", "Responder.Approve", "Audit.Read")
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    route=st.sampled_from(ROUTES),
+    body=st.binary(max_size=200),
+    params=st.dictionaries(
+        st.sampled_from(["since", "until", "target", "limit", "continuation", "format", "x"]),
+        st.text(max_size=40),
+        max_size=4,
+    ),
+    action_id=st.text(max_size=40),
+)
+async def test_random_input_at_every_route_never_causes_a_500(
+    services: Container,
+    sim: SimulatedTenant,
+    route: tuple[str, str, str],
+    body: bytes,
+    params: dict[str, str],
+    action_id: str,
+) -> None:
+    function, method, path = route
+    request = func.HttpRequest(
+        method=method,
+        url=f"http://127.0.0.1/api/{path}",
+        headers={
+            "Authorization": f"Bearer {sim.issue_token(audience=API_AUDIENCE, roles=ALL_ROLES)}",
+            "Content-Type": "application/json",
+        },
+        params=params,
+        route_params={"action_id": action_id},
+        body=body if method == "POST" else b"",
+    )
+    response = await invoke(function, request)
+    assert response.status_code < 500, (function, response.get_body()[:200])

@@ -19,6 +19,8 @@ EXPECTED = {
     "sweep_ip_blocks",
     "request_action",
     "get_action",
+    "approve_action",
+    "reject_action",
     "verify_audit",
     "query_audit",
     "export_audit",
