@@ -46,17 +46,20 @@ class Approvals:
 
     async def approve(self, action_id: str, approver: Actor, note: str) -> ActionRequest:
         approval = await self._pending(action_id, approver)
-        if not await self._store.settle(approval, ApprovalState.APPROVED, approver.name):
-            raise ApprovalError(409, "the action was decided by someone else meanwhile")
         action = approval.action.model_copy(
             update={
                 "decision": Decision.EXECUTE,
                 "params": {**approval.action.params, "approved_by": approver.name},
             }
         )
+        # Queued before it is settled: if sending fails nothing has changed and the engineer
+        # can approve again; if a second approver wins the race, the queue drops the repeated
+        # message id and the executor's ledger runs the action once.
+        await self._queue.send([action])
+        if not await self._store.settle(approval, ApprovalState.APPROVED, approver.name):
+            raise ApprovalError(409, "the action was decided by someone else meanwhile")
         entry = action_entry(action, AuditEvent.ACTION_APPROVED, {"approved_by": approver.name})
         await self._chain.append(entry.model_copy(update={"actor": approver, "reason": note}))
-        await self._queue.send([action])
         return action
 
     async def reject(self, action_id: str, approver: Actor, note: str) -> ActionRequest:
