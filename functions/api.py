@@ -142,7 +142,7 @@ EXPORTS = {"csv": (export_csv, "text/csv"), "jsonl": (export_jsonl, "application
 def _limit(value: str | None) -> int:
     if value is None:
         return 50
-    if not value.isdigit() or not 1 <= int(value) <= 200:
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 200:
         raise InvalidInput("limit must be a whole number from 1 to 200")
     return int(value)
 

@@ -190,7 +190,7 @@ def _audit_filter(args: argparse.Namespace) -> AuditFilter:
 def _limit(text: str) -> int:
     from shared.audit_query import MAX_PAGE
 
-    if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_PAGE:
         raise InvalidInput(f"--limit must be a whole number from 1 to {MAX_PAGE}")
     return int(text)
 

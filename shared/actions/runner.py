@@ -30,6 +30,10 @@ from shared.ports import LEDGER_QUEUED, ActionLedger, ActionQueue, Directory
 logger = logging.getLogger(__name__)
 
 
+class RecordingFailed(Exception):
+    """Outcomes could not be audited; the message is redelivered, the action not failed."""
+
+
 class ActionRunner:
     def __init__(
         self,
@@ -57,6 +61,10 @@ class ActionRunner:
             return None
         try:
             applied = await self._execute(action)
+        except RecordingFailed:
+            # The action ran but its audit did not land: never report it as failed; the
+            # redelivery finds the ledger still queued and records it then.
+            raise
         except Exception as exc:
             permanent = isinstance(exc, PermanentError)
             if not permanent and delivery_count < self._max_deliveries:
@@ -109,15 +117,18 @@ class ActionRunner:
 
     async def _record(self, applied: list[Applied]) -> None:
         """Audit every outcome (one batch), close their ledger entries, schedule the expiry of
-        temporary blocks."""
-        records = await self._chain.append_all(
-            [outcome_entry(a.action, a.outcome) for a in applied]
-        )
-        for item, record in zip(applied, records, strict=True):
-            await self._ledger.finish(item.action, item.outcome.status, record.seq)
-        for item in applied:
-            if item.expires_at is not None:
-                await self._queue.schedule([expiry_unblock(item.action)], item.expires_at)
+        temporary blocks. Any failure here is a `RecordingFailed`."""
+        try:
+            records = await self._chain.append_all(
+                [outcome_entry(a.action, a.outcome) for a in applied]
+            )
+            for item, record in zip(applied, records, strict=True):
+                await self._ledger.finish(item.action, item.outcome.status, record.seq)
+            for item in applied:
+                if item.expires_at is not None:
+                    await self._queue.schedule([expiry_unblock(item.action)], item.expires_at)
+        except Exception as exc:
+            raise RecordingFailed(f"recording {len(applied)} outcomes failed") from exc
 
     async def reject_message(self, message_id: str, problems: int) -> None:
         """A queue message that is no valid action: audited as failed, never retried."""

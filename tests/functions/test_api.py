@@ -418,3 +418,18 @@ async def test_random_input_at_every_route_never_causes_a_500(
     )
     response = await invoke(function, request)
     assert response.status_code < 500, (function, response.get_body()[:200])
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"since": "0001-01-01T00:00:00"},
+        {"until": "9999-12-31T23:59:59"},
+        {"limit": "²"},
+    ],
+)
+async def test_out_of_range_query_values_are_a_400(
+    services: Container, sim: SimulatedTenant, params: dict[str, str]
+) -> None:
+    response = await invoke("query_audit", audit_call("query_audit", "audit", sim, **params))
+    assert response.status_code == 400

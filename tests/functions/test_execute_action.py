@@ -194,3 +194,28 @@ def _message(body: bytes, message_id: str, delivery_count: int) -> Any:
         application_properties={},
         user_properties={},
     )
+
+
+async def test_an_audit_outage_after_execution_is_redelivered_not_reported_as_failed(
+    services: Container, sim: SimulatedTenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await services.intake.handle_payload(compromised(ADELE.user_principal_name))
+    store = services.audit_store
+    real_insert = store.insert_all
+    outages = [1]
+
+    async def flaky_insert(records: Any) -> None:
+        if outages:
+            outages.pop()
+            raise ConnectionError("table service unreachable")
+        await real_insert(records)
+
+    monkeypatch.setattr(store, "insert_all", flaky_insert)
+    await LocalHost().pump(queue_of(services))
+    assert not sim.user(ADELE.id).account_enabled
+    audit = await events(services)
+    assert not [e for e in audit if e[0] == "action.failed"]
+    assert ("action.already_done", "disable_account") in audit or (
+        "action.executed",
+        "disable_account",
+    ) in audit
