@@ -36,6 +36,19 @@ async def request_action(req: func.HttpRequest) -> func.HttpResponse:
     except InvalidInput as exc:
         return HttpProblem(400, "Invalid request", str(exc)).response()
     [action] = submitted.actions
+    if action.id in submitted.coalesced:
+        # A repeated request id: answer with what became of the first request, not with
+        # this body's decision.
+        entry = await services.manual.state(action.id)
+        return json_response(
+            {
+                "id": action.id,
+                "kind": str(action.kind),
+                "target": action.target,
+                "state": entry.state if entry else "coalesced",
+                "coalesced": True,
+            }
+        )
     return json_response(
         {
             "id": action.id,

@@ -160,6 +160,10 @@ def openapi_document() -> dict[str, Any]:
                     },
                     "responses": {
                         "202": _json("Decided, audited and queued (unless refused)", accepted),
+                        "200": _json(
+                            "A repeated request_id: what became of the first request",
+                            action_state,
+                        ),
                         **_problems(400, 401, 403, 503),
                     },
                 }

@@ -133,6 +133,27 @@ async def test_the_same_request_id_returns_the_same_action(
         for _ in range(2)
     ]
     assert first["id"] == again["id"] and again["coalesced"] is True
+    assert again["state"] == "queued" and "decision" not in again
+
+
+async def test_a_repeated_request_id_with_another_body_reports_the_first_request(
+    services: Container, sim: SimulatedTenant
+) -> None:
+    first = await _request(sim, disable(request_id="ticket-4712-disable", dry_run=True))
+    response = await invoke(
+        "request_action",
+        call(
+            "request_action",
+            "POST",
+            "actions",
+            token(sim, ROLE_ACT),
+            disable(request_id="ticket-4712-disable"),
+        ),
+    )
+    assert response.status_code == 200
+    again = json.loads(response.get_body())
+    assert again["id"] == first["id"] and first["decision"] == "dry_run"
+    assert again["coalesced"] is True and "decision" not in again
 
 
 @pytest.mark.parametrize(
