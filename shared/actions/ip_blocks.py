@@ -44,7 +44,6 @@ MAX_SHARDS = 250
 # Exchange allows 300 transport rules per organization, the mail team's own included.
 ORGANIZATION_RULE_LIMIT = 300
 MAX_PASSES = 5
-MODES = ("reject", "delete")
 LOCATION_PREFIX = "M365 Responder sign-in block"
 LOCATION_CAPACITY = 2000
 # A named location cannot be empty. When nothing is blocked, a location keeps the limited
