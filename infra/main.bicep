@@ -36,6 +36,16 @@ param protectedIdentities string = ''
 @description('Own and partner networks (comma-separated CIDR) that are never blocked.')
 param ipAllowlist string = ''
 
+@description('Object ids of the emergency access (break-glass) accounts, comma-separated: never disabled, activated and health-checked by the app.')
+param breakglassAccounts string = ''
+
+@allowed([
+  'enabled'
+  'disabled'
+])
+@description('State emergency accounts return to when deactivated: enabled (and monitored, as Microsoft advises) or disabled.')
+param breakglassRestingState string = 'enabled'
+
 @allowed([
   'Enforce'
   'Audit'
@@ -206,6 +216,8 @@ module api 'app/api.bicep' = {
     protectedIdentities: protectedIdentities
     maxBodyBytes: maxBodyBytes
     ipAllowlist: ipAllowlist
+    breakglassAccounts: breakglassAccounts
+    breakglassRestingState: breakglassRestingState
     exchangeTenant: tenant().tenantId
     exchangeRuleMode: exchangeRuleMode
     ipBlockSweepSchedule: ipBlockSweepSchedule

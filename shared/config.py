@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
@@ -28,6 +29,7 @@ from pydantic import (
 from shared.errors import ConfigError
 
 DEFAULT_PLAYBOOK = Path(__file__).parent / "playbooks" / "default.toml"
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 
@@ -41,6 +43,44 @@ class CredentialKind(StrEnum):
 class ExchangeRuleMode(StrEnum):
     ENFORCE = "Enforce"
     AUDIT = "Audit"
+
+
+class RestingState(StrEnum):
+    """How emergency accounts wait between emergencies: enabled and watched (Microsoft's
+    guidance), or disabled until activated."""
+
+    ENABLED = "enabled"
+    DISABLED = "disabled"
+
+
+class BreakGlassApproval(StrEnum):
+    """Which `activate_breakglass` requests wait for a second engineer: those made by a human
+    (default), every one (automatic ones too), or none."""
+
+    HUMAN = "human"
+    ALWAYS = "always"
+    NONE = "none"
+
+
+# Built-in Entra roles Microsoft marks privileged, by template id: holders are never disabled
+# automatically unless a rule allows it and an engineer approves.
+PRIVILEGED_ROLES = (
+    "62e90394-69f5-4237-9190-012177145e10",  # Global Administrator
+    "e8611ab8-c189-46e8-94e1-60213ab1f814",  # Privileged Role Administrator
+    "7be44c8a-adaf-4e2a-84d6-ab2649e08a13",  # Privileged Authentication Administrator
+    "194ae4cb-b126-40b2-bd5b-6091b380977d",  # Security Administrator
+    "b1be1c3e-b65d-4f19-8427-f6fa0d97feb9",  # Conditional Access Administrator
+    "29232cdf-9323-42fd-ade2-1d097af3e4de",  # Exchange Administrator
+    "f28a1f50-f6e7-4571-818b-6a12f2af6b6c",  # SharePoint Administrator
+    "fe930be7-5e62-47db-91af-98c3a49a38b1",  # User Administrator
+    "9b895d92-2cd3-44c7-9d02-a6ac2d5ea5c3",  # Application Administrator
+    "158c047a-c907-4556-b7ef-446551a6b5f7",  # Cloud Application Administrator
+    "c4e39bd9-1100-46d3-8c65-fb160da0071f",  # Authentication Administrator
+    "729827e3-9c14-49f7-bb1b-9608f156bbb8",  # Helpdesk Administrator
+    "966707d0-3269-4727-9be2-8c3a10f19b9d",  # Password Administrator
+    "8ac3fc64-6eca-42ea-9e69-59f4c7b60eb2",  # Hybrid Identity Administrator
+    "3a2c62db-5318-420d-8d74-23affee5d9d5",  # Intune Administrator
+)
 
 
 class QueueKind(StrEnum):
@@ -100,6 +140,23 @@ class PolicySettings(AppSettings):
         alias="RESPONDER_PROTECTED_IDENTITIES",
         description="Object ids or UPNs never disabled: break-glass accounts, VIPs.",
     )
+    breakglass_accounts: CommaList = Field(
+        (),
+        alias="BREAKGLASS_ACCOUNTS",
+        description="Object ids of the emergency access accounts (two or more); never disabled.",
+    )
+    privileged_roles: CommaList = Field(
+        PRIVILEGED_ROLES,
+        alias="PRIVILEGED_ROLE_IDS",
+        description="Role template ids whose holders are never disabled without an approval.",
+    )
+    min_global_admins: int = Field(
+        2,
+        alias="MIN_ENABLED_GLOBAL_ADMINS",
+        ge=1,
+        le=100,
+        description="Never disable a Global Administrator when this many or fewer are enabled.",
+    )
     ip_allowlist: CommaList = Field(
         (),
         alias="RESPONDER_IP_ALLOWLIST",
@@ -119,6 +176,14 @@ class PolicySettings(AppSettings):
         le=128,
         description="Broadest IPv6 network an automatic block may cover.",
     )
+
+    @field_validator("breakglass_accounts", "privileged_roles")
+    @classmethod
+    def _object_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            if not _GUID.match(item):
+                raise ValueError(f"{item!r} is not an object id (GUID)")
+        return tuple(dict.fromkeys(item.lower() for item in value))
 
     @field_validator("ip_allowlist")
     @classmethod
@@ -301,6 +366,33 @@ class Settings(PolicySettings):
         ge=5,
         le=7 * 24 * 60,
         description="How long an action waits for approval before it expires.",
+    )
+    breakglass_resting_state: RestingState = Field(
+        RestingState.ENABLED,
+        alias="BREAKGLASS_RESTING_STATE",
+        description="enabled (and monitored) or disabled: the state deactivation returns to.",
+    )
+    breakglass_ttl_minutes: int = Field(
+        240,
+        alias="BREAKGLASS_TTL_MINUTES",
+        ge=15,
+        le=7 * 24 * 60,
+        description="How long an activation lasts before deactivate_breakglass runs.",
+    )
+    breakglass_approval: BreakGlassApproval = Field(
+        BreakGlassApproval.HUMAN,
+        alias="BREAKGLASS_APPROVAL",
+        description="Which activations wait for a second engineer: human, always or none.",
+    )
+    breakglass_health_schedule: str = Field(
+        "0 0 * * * *",
+        alias="BREAKGLASS_HEALTH_SCHEDULE",
+        description="NCRONTAB schedule of the emergency access health check.",
+    )
+    approval_sweep_schedule: str = Field(
+        "0 */5 * * * *",
+        alias="APPROVAL_SWEEP_SCHEDULE",
+        description="NCRONTAB schedule of the sweep that expires unanswered approvals.",
     )
     webhook_secret: SecretStr | None = Field(
         None,

@@ -23,7 +23,7 @@ from shared.models import (
     ActionKind,
     ActionRequest,
     Actor,
-    validate_ip_target,
+    validate_target,
     validate_user_target,
 )
 from shared.policy import Guards
@@ -65,8 +65,8 @@ class ManualActionBody(BaseModel):
     @classmethod
     def _target(cls, value: str, info: ValidationInfo) -> str:
         kind = info.data.get("kind")
-        if isinstance(kind, ActionKind) and kind.targets_ip:
-            return validate_ip_target(value)
+        if isinstance(kind, ActionKind):
+            return validate_target(kind, value)
         return validate_user_target(value)
 
 

@@ -62,6 +62,7 @@ class AlertSource(StrEnum):
     GRAPH_ALERTS_V2 = "graph_alerts_v2"
     SENTINEL = "sentinel"
     GENERIC = "generic"
+    RESPONDER = "responder"
 
 
 class Entity(BaseModel):
@@ -118,10 +119,16 @@ class ActionKind(StrEnum):
     REVOKE_SESSIONS = "revoke_sessions"
     BLOCK_IP = "block_ip"
     UNBLOCK_IP = "unblock_ip"
+    ACTIVATE_BREAKGLASS = "activate_breakglass"
+    DEACTIVATE_BREAKGLASS = "deactivate_breakglass"
 
     @property
     def targets_ip(self) -> bool:
         return self in (ActionKind.BLOCK_IP, ActionKind.UNBLOCK_IP)
+
+    @property
+    def targets_breakglass(self) -> bool:
+        return self in (ActionKind.ACTIVATE_BREAKGLASS, ActionKind.DEACTIVATE_BREAKGLASS)
 
 
 class Decision(StrEnum):
@@ -139,6 +146,7 @@ class OutcomeStatus(StrEnum):
     DRY_RUN = "dry_run"
     REFUSED = "refused"
     FAILED = "failed"
+    HELD = "held"
     REJECTED = "rejected"
     EXPIRED = "expired"
 
@@ -192,6 +200,27 @@ def parse_ip_target(value: str) -> IpNetwork:
     return network
 
 
+ALL_BREAKGLASS = "all"
+
+
+def validate_breakglass_target(value: str) -> str:
+    """A break-glass action acts on every configured emergency account (`all`) or on one of
+    them, named by object id."""
+    text = value.strip().lower()
+    if text == ALL_BREAKGLASS or is_guid(text):
+        return text
+    raise ValueError(f"break-glass target must be 'all' or an account's object id, got {value!r}")
+
+
+def validate_target(kind: ActionKind, value: str) -> str:
+    """The canonical target of an action of `kind`; ValueError says why `value` is none."""
+    if kind.targets_ip:
+        return validate_ip_target(value)
+    if kind.targets_breakglass:
+        return validate_breakglass_target(value)
+    return validate_user_target(value)
+
+
 def validate_ip_target(value: str) -> str:
     """The canonical text of an IP target: `185.220.101.47/32`, `2a0b:f4c2::/48`."""
     return str(parse_ip_target(value))
@@ -220,8 +249,8 @@ class ActionRequest(BaseModel):
     @classmethod
     def _valid_target(cls, value: str, info: ValidationInfo) -> str:
         kind = info.data.get("kind")
-        if isinstance(kind, ActionKind) and kind.targets_ip:
-            return validate_ip_target(value)
+        if isinstance(kind, ActionKind):
+            return validate_target(kind, value)
         return validate_user_target(value)
 
     def for_generation(self, generation: int) -> ActionRequest:
@@ -262,6 +291,7 @@ class AuditEvent(StrEnum):
     ACTION_APPROVED = "action.approved"
     ACTION_REJECTED = "action.rejected"
     ACTION_EXPIRED = "action.expired"
+    ALERT_RAISED = "alert.raised"
 
     @classmethod
     def for_outcome(cls, status: OutcomeStatus) -> AuditEvent:

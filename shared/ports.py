@@ -296,3 +296,57 @@ class DisableBudget(Protocol):
     async def spent(self, since: datetime) -> int: ...
 
     async def spend(self, target: str, at: datetime) -> None: ...
+
+
+GLOBAL_ADMINISTRATOR = "62e90394-69f5-4237-9190-012177145e10"
+
+
+@dataclass(frozen=True)
+class RoleAssignment:
+    """An active Entra directory role assignment. `role_id` is the role definition id, which
+    for built-in roles is the role's template id (Global Administrator:
+    62e90394-69f5-4237-9190-012177145e10)."""
+
+    role_id: str
+    principal_id: str
+    scope: str = "/"
+
+
+class DirectoryRoles(Protocol):
+    """Who holds which directory role (unified RBAC role assignments)."""
+
+    async def roles_of(self, principal_id: str) -> list[RoleAssignment]:
+        """The active role assignments of one principal."""
+        ...
+
+    async def holders_of(self, role_id: str) -> list[RoleAssignment]:
+        """The active assignments of one role, every principal."""
+        ...
+
+
+@dataclass(frozen=True)
+class CaPolicy:
+    """A Conditional Access policy, as far as emergency access cares: its state
+    (`enabled`, `disabled`, `enabledForReportingButNotEnforced`) and its excluded users."""
+
+    id: str
+    name: str
+    state: str
+    excluded_users: tuple[str, ...] = ()
+    modified_at: str = ""
+
+    @property
+    def enforced(self) -> bool:
+        return self.state == "enabled"
+
+
+class ConditionalAccess(Protocol):
+    """Conditional Access policies."""
+
+    async def list_policies(self) -> list[CaPolicy]: ...
+
+    async def set_excluded_users(self, policy_id: str, excluded: list[str]) -> str | None:
+        """Make `excluded` the policy's excluded users, leaving every other condition as it is.
+        Returns the Graph request id; raises PermanentError(status=404) when the policy is
+        gone."""
+        ...

@@ -22,6 +22,8 @@ param dryRun bool
 param protectedIdentities string
 param maxBodyBytes int
 param ipAllowlist string
+param breakglassAccounts string
+param breakglassRestingState string
 param exchangeTenant string
 param exchangeRuleMode string
 param ipBlockSweepSchedule string
@@ -71,6 +73,12 @@ resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing
 //   local-only: APPROVAL_TTL_MINUTES         (default 240)
 //   local-only: AUTH_ISSUER                  (default: the tenant's Entra v2.0 issuer)
 //   local-only: AUTH_JWKS_URL                (default: the tenant's Entra v2.0 signing keys)
+//   local-only: PRIVILEGED_ROLE_IDS          (default: the built-in roles Microsoft marks privileged)
+//   local-only: MIN_ENABLED_GLOBAL_ADMINS    (default 2)
+//   local-only: BREAKGLASS_TTL_MINUTES       (default 240)
+//   local-only: BREAKGLASS_APPROVAL          (default human)
+//   local-only: BREAKGLASS_HEALTH_SCHEDULE   (default hourly)
+//   local-only: APPROVAL_SWEEP_SCHEDULE      (default every 5 minutes)
 // FUNCTIONS_WORKER_RUNTIME and FUNCTIONS_EXTENSION_VERSION are deprecated on Flex Consumption:
 // functionAppConfig.runtime below replaces them.
 var appSettings = {
@@ -110,6 +118,10 @@ var appSettings = {
   RESPONDER_DRY_RUN: dryRun ? 'true' : 'false'
   RESPONDER_PROTECTED_IDENTITIES: protectedIdentities
   RESPONDER_IP_ALLOWLIST: ipAllowlist
+
+  // Emergency access: the accounts, and the state they rest in between emergencies.
+  BREAKGLASS_ACCOUNTS: breakglassAccounts
+  BREAKGLASS_RESTING_STATE: breakglassRestingState
 
   // IP blocks: Exchange Online transport rules in this tenant, and their expiry sweep.
   EXCHANGE_TENANT: exchangeTenant
