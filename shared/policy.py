@@ -69,9 +69,14 @@ class ActionSpec(BaseModel):
     ttl_minutes: int | None = Field(None, ge=5, le=30 * 24 * 60)
     signin_block: bool = False
     mode: Literal["reject", "delete"] = "reject"
+    approval: bool = Field(False, description="Hold the action for an engineer's approval.")
+    allow_privileged: bool = Field(
+        False,
+        description="May disable holders of privileged roles, always after an approval.",
+    )
 
     def params(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"kind"}, exclude_defaults=True)
+        return self.model_dump(exclude={"kind", "approval"}, exclude_defaults=True)
 
 
 def _spec(value: object) -> object:
@@ -270,7 +275,13 @@ class Policy:
                 incident_id=plan.alert.incident_id,
                 requested_by=Actor(),
             )
-            plan.actions.append(self.guards.decide(request, entity.user_id, entity.upn))
+            decided = self.guards.decide(request, entity.user_id, entity.upn)
+            if spec.approval and decided.decision is Decision.EXECUTE:
+                reason = f"rule {rule.name} asks for an engineer's approval ({request.reason})"
+                decided = decided.model_copy(
+                    update={"decision": Decision.NEEDS_APPROVAL, "reason": reason}
+                )
+            plan.actions.append(decided)
 
 
 def _target_of(entity: Entity) -> str:
