@@ -1,4 +1,5 @@
-"""Microsoft Graph through msgraph-sdk: the `Directory`, `AlertFeed` and `NamedLocations` ports.
+"""Microsoft Graph through msgraph-sdk: the `Directory`, `AlertFeed`, `NamedLocations`,
+`DirectoryRoles` and `ConditionalAccess` ports.
 
 The client is built on a GraphRequestAdapter whose base URL comes from settings, so the same
 code talks to graph.microsoft.com in Azure and to the simulated tenant locally. Every method
@@ -25,12 +26,16 @@ from kiota_authentication_azure.azure_identity_authentication_provider import (
 )
 from kiota_http.middleware.options import HeadersInspectionHandlerOption, RetryHandlerOption
 from msgraph import GraphRequestAdapter, GraphServiceClient
+from msgraph.generated.models.conditional_access_policy import ConditionalAccessPolicy
 from msgraph.generated.models.i_pv4_cidr_range import IPv4CidrRange
 from msgraph.generated.models.i_pv6_cidr_range import IPv6CidrRange
 from msgraph.generated.models.ip_named_location import IpNamedLocation
 from msgraph.generated.models.ip_range import IpRange
 from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 from msgraph.generated.models.user import User
+from msgraph.generated.role_management.directory.role_assignments.role_assignments_request_builder import (  # noqa: E501
+    RoleAssignmentsRequestBuilder,
+)
 from msgraph.generated.security.alerts_v2.alerts_v2_request_builder import (
     Alerts_v2RequestBuilder,
 )
@@ -39,7 +44,8 @@ from msgraph_core import GraphClientFactory
 
 from shared.config import Settings
 from shared.errors import PermanentError, TransientError
-from shared.ports import IpLocation, UserState
+from shared.models import is_guid
+from shared.ports import CaPolicy, IpLocation, RoleAssignment, UserState
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +120,8 @@ def _request_id(option: HeadersInspectionHandlerOption) -> str | None:
 
 
 class GraphDirectory:
-    """`Directory`, `AlertFeed` and `NamedLocations` over msgraph-sdk."""
+    """`Directory`, `AlertFeed`, `NamedLocations`, `DirectoryRoles` and `ConditionalAccess`
+    over msgraph-sdk."""
 
     def __init__(self, client: GraphServiceClient) -> None:
         self._client = client
@@ -178,10 +185,97 @@ class GraphDirectory:
         )
         while request is not None:
             request.headers.try_add("Prefer", "include-unknown-enum-members")
-            page = await self._send_raw(request)
+            page = await self._send_raw(request, "list security alerts")
             yield [item for item in page.get("value", []) if isinstance(item, dict)]
             next_link = page.get("@odata.nextLink")
             request = _follow(next_link) if isinstance(next_link, str) else None
+
+    async def roles_of(self, principal_id: str) -> list[RoleAssignment]:
+        """A principal's active directory role assignments (direct ones: a role held through
+        a role-assignable group is assigned to the group's id).
+        Permission: RoleManagement.Read.Directory."""
+        return await self._role_assignments(f"principalId eq '{_guid(principal_id)}'")
+
+    async def holders_of(self, role_id: str) -> list[RoleAssignment]:
+        """Every active assignment of one role, whoever holds it.
+        Permission: RoleManagement.Read.Directory."""
+        return await self._role_assignments(f"roleDefinitionId eq '{_guid(role_id)}'")
+
+    async def _role_assignments(self, expression: str) -> list[RoleAssignment]:
+        builder = self._client.role_management.directory.role_assignments
+        query = RoleAssignmentsRequestBuilder.RoleAssignmentsRequestBuilderGetQueryParameters(
+            filter=expression
+        )
+        found: list[RoleAssignment] = []
+        try:
+            page = await builder.get(RequestConfiguration(query_parameters=query))
+            while page is not None:
+                found += [
+                    RoleAssignment(
+                        role_id=(item.role_definition_id or "").lower(),
+                        principal_id=(item.principal_id or "").lower(),
+                        scope=item.directory_scope_id or "/",
+                    )
+                    for item in page.value or []
+                ]
+                page = (
+                    await builder.with_url(page.odata_next_link).get()
+                    if page.odata_next_link
+                    else None
+                )
+        except Exception as exc:
+            _raise_typed(exc, f"list role assignments ({expression})")
+        return found
+
+    async def list_policies(self) -> list[CaPolicy]:
+        """The tenant's Conditional Access policies. Permission: Policy.Read.All."""
+        builder = self._client.identity.conditional_access.policies
+        found: list[CaPolicy] = []
+        try:
+            page = await builder.get()
+            while page is not None:
+                found += [_ca_policy(item) for item in page.value or []]
+                page = (
+                    await builder.with_url(page.odata_next_link).get()
+                    if page.odata_next_link
+                    else None
+                )
+        except Exception as exc:
+            _raise_typed(exc, "list Conditional Access policies")
+        return found
+
+    async def set_excluded_users(self, policy_id: str, excluded: list[str]) -> str | None:
+        """Make `excluded` a policy's excluded users. The policy is read and its `users`
+        condition set written back exactly as read but for `excludeUsers`, so no other user
+        condition changes whether Graph merges or replaces a condition set it is sent; the
+        other condition sets are left out (Graph keeps those a PATCH does not name). Raw JSON
+        both ways: msgraph-sdk's models drop flag-enum values such as
+        `excludeGuestsOrExternalUsers.guestOrExternalUserTypes` and turn enum values they do
+        not know into null, which a write-back would store.
+        Permission: Policy.ReadWrite.ConditionalAccess (with Policy.Read.All)."""
+        item = self._client.identity.conditional_access.policies.by_conditional_access_policy_id(
+            policy_id
+        )
+        current = await self._send_raw(
+            item.to_get_request_information(), f"read Conditional Access policy {policy_id}"
+        )
+        conditions = current.get("conditions")
+        users = conditions.get("users") if isinstance(conditions, dict) else None
+        if not isinstance(users, dict):
+            raise PermanentError(f"policy {policy_id} has no user conditions to exclude from")
+        users = {**users, "excludeUsers": list(excluded)}
+        request = RequestInformation(Method.PATCH, item.url_template, item.path_parameters)
+        request.headers.try_add("Accept", "application/json")
+        request.set_stream_content(
+            json.dumps({"conditions": {"users": users}}).encode(), "application/json"
+        )
+        inspect = HeadersInspectionHandlerOption(inspect_request_headers=False)
+        request.add_request_options([inspect])
+        try:
+            await self._client.request_adapter.send_no_response_content_async(request, _ERROR_MAP)
+        except Exception as exc:
+            _raise_typed(exc, f"update the excluded users of policy {policy_id}")
+        return _request_id(inspect)
 
     async def list_ip_locations(self) -> list[IpLocation]:
         """The tenant's IP named locations. Permission: Policy.Read.All."""
@@ -225,20 +319,40 @@ class GraphDirectory:
         except Exception as exc:
             _raise_typed(exc, f"update named location {location_id}")
 
-    async def _send_raw(self, request: RequestInformation) -> dict[str, Any]:
+    async def _send_raw(self, request: RequestInformation, what: str) -> dict[str, Any]:
+        """Send `request` and return the JSON object Graph answered, untouched by models."""
         try:
             raw = await self._client.request_adapter.send_primitive_async(
                 request, "bytes", _ERROR_MAP
             )
         except Exception as exc:
-            _raise_typed(exc, "list security alerts")
+            _raise_typed(exc, what)
         try:
             page = json.loads(raw or b"{}")
         except ValueError as exc:
-            raise TransientError("list security alerts: Graph returned invalid JSON") from exc
+            raise TransientError(f"{what}: Graph returned invalid JSON") from exc
         if not isinstance(page, dict):
-            raise TransientError("list security alerts: Graph returned a non-object page")
+            raise TransientError(f"{what}: Graph returned a non-object body")
         return page
+
+
+def _guid(value: str) -> str:
+    """An object id, checked before it goes into an OData filter."""
+    if not is_guid(value):
+        raise PermanentError(f"not an object id: {value[:60]!r}")
+    return value.lower()
+
+
+def _ca_policy(item: ConditionalAccessPolicy) -> CaPolicy:
+    users = item.conditions.users if item.conditions else None
+    state = item.state
+    return CaPolicy(
+        id=item.id or "",
+        name=item.display_name or "",
+        state=str(state.value if hasattr(state, "value") else state or ""),
+        excluded_users=tuple(u.lower() for u in (users.exclude_users if users else None) or []),
+        modified_at=item.modified_date_time.isoformat() if item.modified_date_time else "",
+    )
 
 
 def _ip_ranges(ranges: list[str]) -> list[IpRange]:

@@ -25,6 +25,8 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
+from shared.config import PRIVILEGED_ROLES
+from shared.simulator.access import AccessError, AccessStore
 from shared.simulator.exchange import (
     CmdletError,
     ExchangeApi,
@@ -86,9 +88,16 @@ class _Reply:
 class _GraphApi:
     """The Graph semantics of the simulator, free of HTTP plumbing."""
 
-    def __init__(self, state: TenantState, locations: NamedLocationStore, base_url: str) -> None:
+    def __init__(
+        self,
+        state: TenantState,
+        locations: NamedLocationStore,
+        access: AccessStore,
+        base_url: str,
+    ) -> None:
         self._state = state
         self._locations = locations
+        self._access = access
         self._base_url = base_url
 
     def handle(
@@ -103,6 +112,13 @@ class _GraphApi:
                 return self._revoke_sessions(key)
             case "GET", ["security", "alerts_v2"]:
                 return self._list_alerts(query)
+            case "GET", ["roleManagement", "directory", "roleAssignments"]:
+                return self._role_assignments(query)
+            case _, ["identity", "conditionalAccess", "policies", *rest] if len(rest) < 2:
+                try:
+                    return self._policies(method, rest[0] if rest else None, query, body)
+                except AccessError as error:
+                    raise _GraphError(error.status, error.code, error.message) from None
             case _, ["identity", "conditionalAccess", "namedLocations", *rest] if len(rest) < 2:
                 try:
                     return self._named_locations(method, rest[0] if rest else None, query, body)
@@ -156,13 +172,71 @@ class _GraphApi:
             raise _GraphError(
                 400, "Request_BadRequest", "Property 'displayName' must be a non-empty string."
             )
+        if "accountEnabled" in changes:
+            self._check_account_write(key)
         try:
             self._state.update_user(key, account_enabled=account_enabled, display_name=display_name)
         except KeyError:
             raise _user_not_found(key) from None
         return _Reply(204)
 
+    def _check_account_write(self, key: str) -> None:
+        try:
+            self._access.check_account_write(self._user(key).id)
+        except AccessError as error:
+            raise _GraphError(error.status, error.code, error.message) from None
+
+    def _role_assignments(self, query: Mapping[str, str]) -> _Reply:
+        try:
+            # Without a $filter Graph would list every assignment; the responder never asks.
+            found = self._access.assignments(query.get("$filter", ""))
+        except AccessError as error:
+            raise _GraphError(error.status, error.code, error.message) from None
+        return self._page("roleManagement/directory/roleAssignments", found, query)
+
+    def _page(self, path: str, found: list[JsonObject], query: Mapping[str, str]) -> _Reply:
+        """One page of `found` (the access store's page size unless $top says otherwise),
+        with an @odata.nextLink that repeats the caller's $filter and $top."""
+        limit = _parse_top(query.get("$top"), self._access.page_size)
+        skip = _decode_offset(query["$skiptoken"]) if "$skiptoken" in query else 0
+        body: JsonObject = {
+            "@odata.context": f"{self._base_url}/$metadata#{path}",
+            "value": found[skip : skip + limit],
+        }
+        if skip + limit < len(found):
+            carried = {name: query[name] for name in ("$filter", "$top") if name in query}
+            carried["$skiptoken"] = _encode_offset(skip + limit)
+            body["@odata.nextLink"] = f"{self._base_url}/{path}?" + urlencode(
+                carried, quote_via=quote, safe="$:"
+            )
+        return _Reply(200, body)
+
+    def _policies(
+        self, method: str, policy_id: str | None, query: Mapping[str, str], body: bytes
+    ) -> _Reply:
+        collection = f"{self._base_url}/$metadata#identity/conditionalAccess/policies"
+        match method, policy_id:
+            case "GET", None:
+                return self._page(
+                    "identity/conditionalAccess/policies", self._access.policies(), query
+                )
+            case "GET", str():
+                policy = self._access.policy(policy_id)
+                return _Reply(200, {"@odata.context": f"{collection}/$entity", **policy})
+            case "POST", None:
+                policy = self._access.add_policy(_json_object(body))
+                return _Reply(201, {"@odata.context": f"{collection}/$entity", **policy})
+            case "PATCH", str():
+                self._access.update_policy(policy_id, _json_object(body))
+                return _Reply(204)
+            case "DELETE", str():
+                self._access.delete_policy(policy_id)
+                return _Reply(204)
+        path = f"identity/conditionalAccess/policies{'/' + policy_id if policy_id else ''}"
+        raise _GraphError(404, "UnknownRoute", f"Unsupported route: {method} /{path}")
+
     def _revoke_sessions(self, key: str) -> _Reply:
+        self._check_account_write(key)
         try:
             self._state.revoke_sessions(key, datetime.now(UTC))
         except KeyError:
@@ -301,9 +375,9 @@ def _parse_filter(expression: str) -> tuple[datetime, bool]:
     return since, operator == "ge"
 
 
-def _parse_top(value: str | None) -> int:
+def _parse_top(value: str | None, default: int = DEFAULT_PAGE_SIZE) -> int:
     if value is None:
-        return DEFAULT_PAGE_SIZE
+        return default
     if not value.isdigit() or not 1 <= int(value) <= MAX_PAGE_SIZE:
         raise _GraphError(
             400, "BadRequest", f"Invalid $top: {value!r}; expected 1 to {MAX_PAGE_SIZE}."
@@ -346,6 +420,7 @@ class _GraphServer(ThreadingHTTPServer):
         token: str,
         rules: TransportRuleStore,
         locations: NamedLocationStore,
+        access: AccessStore,
         tenant_names: tuple[str, ...],
         token_issuer: TokenIssuer,
     ) -> None:
@@ -357,7 +432,7 @@ class _GraphServer(ThreadingHTTPServer):
         self.token_issuer = token_issuer
         self.exchange_base_url = f"http://127.0.0.1:{self.server_port}"
         self.base_url = f"{self.exchange_base_url}{API_PREFIX}"
-        self.api = _GraphApi(state, locations, self.base_url)
+        self.api = _GraphApi(state, locations, access, self.base_url)
         self.exchange_api = ExchangeApi(rules, self.exchange_base_url, tenant_names)
         self.stopping = threading.Event()
         self._connections: set[socket.socket] = set()
@@ -569,6 +644,8 @@ class SimulatedTenant:
     Requests to either must carry `Authorization: Bearer <token>`. Faults apply after that check,
     in the order they were added, so unauthenticated requests never use them up. Writes to named
     locations faster than `named_location_writes_per_second` get 429; None turns that off.
+    Role assignments and Conditional Access policies are listed `page_size` at a time unless
+    the request sends `$top`.
 
     It is also the tenant's token issuer: `GET /{tenant}/discovery/v2.0/keys` (no bearer token
     needed, faults apply) serves its signing key, and `issue_token` signs access tokens with it.
@@ -581,6 +658,7 @@ class SimulatedTenant:
         *,
         default_domain: str = "contoso.onmicrosoft.com",
         named_location_writes_per_second: float | None = 1.0,
+        page_size: int = DEFAULT_PAGE_SIZE,
     ) -> None:
         self._token = token
         self._tenant_id = tenant_id
@@ -588,6 +666,7 @@ class SimulatedTenant:
         self._state = TenantState()
         self._rules = TransportRuleStore()
         self._locations = NamedLocationStore(named_location_writes_per_second)
+        self._access = AccessStore(PRIVILEGED_ROLES, page_size)
         self._token_issuer = TokenIssuer(tenant_id)
         self._server: _GraphServer | None = None
         self._thread: threading.Thread | None = None
@@ -632,6 +711,7 @@ class SimulatedTenant:
             self._token,
             self._rules,
             self._locations,
+            self._access,
             (self._tenant_id, self._default_domain),
             self._token_issuer,
         )
@@ -674,6 +754,109 @@ class SimulatedTenant:
     def user(self, id_or_upn: str) -> SimUser:
         """A snapshot of the user found by id or UPN (case-insensitive); KeyError if none."""
         return self._state.user(id_or_upn)
+
+    def edit_user(self, id_or_upn: str, *, account_enabled: bool) -> None:
+        """Change a user as an administrator would (no privilege check, no request logged)."""
+        self._state.update_user(id_or_upn, account_enabled=account_enabled, display_name=None)
+
+    def assign_role(self, principal_id: str, role_id: str) -> None:
+        """Give `principal_id` an active directory role assignment (tenant scope)."""
+        self._access.assign(principal_id, role_id)
+
+    def unassign_role(self, principal_id: str, role_id: str) -> None:
+        """Remove that assignment; nothing happens if there is none."""
+        self._access.unassign(principal_id, role_id)
+
+    def role_assignments(self) -> list[JsonObject]:
+        """Copies of every active role assignment, as Graph lists them."""
+        return self._access.assignments()
+
+    def set_app_roles(self, role_ids: Iterable[str]) -> None:
+        """The directory roles the responder's app holds (default: Privileged Authentication
+        Administrator). Without it, or Global Administrator, enabling, disabling or signing
+        out an account that holds a privileged role is answered 403."""
+        self._access.set_app_roles(role_ids)
+
+    def add_ca_policy(
+        self,
+        name: str,
+        *,
+        state: str = "enabled",
+        include_users: Iterable[str] = ("All",),
+        exclude_users: Iterable[str] = (),
+        include_groups: Iterable[str] = (),
+        exclude_groups: Iterable[str] = (),
+        include_roles: Iterable[str] = (),
+        exclude_roles: Iterable[str] = (),
+        include_applications: Iterable[str] = ("All",),
+        built_in_controls: Iterable[str] = ("block",),
+        users_extra: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Add a Conditional Access policy (by default: all users, all apps, block) as an
+        administrator would, with POST's checks; returns its id. `users_extra` adds other
+        users-condition properties, such as `excludeGuestsOrExternalUsers`. ValueError
+        carries the reason a policy is refused."""
+        users = {
+            "includeUsers": list(include_users),
+            "excludeUsers": list(exclude_users),
+            "includeGroups": list(include_groups),
+            "excludeGroups": list(exclude_groups),
+            "includeRoles": list(include_roles),
+            "excludeRoles": list(exclude_roles),
+            **(users_extra or {}),
+        }
+        body = {
+            "displayName": name,
+            "state": state,
+            "conditions": {
+                "users": users,
+                "applications": {"includeApplications": list(include_applications)},
+            },
+            "grantControls": {"operator": "OR", "builtInControls": list(built_in_controls)},
+        }
+        try:
+            return str(self._access.add_policy(body)["id"])
+        except AccessError as error:
+            raise ValueError(error.message) from None
+
+    def ca_policies(self) -> list[JsonObject]:
+        """Copies of the Conditional Access policies as Graph shows them, in creation order."""
+        return self._access.policies()
+
+    def ca_policy(self, policy_id: str) -> JsonObject:
+        """A copy of one policy; KeyError if there is none."""
+        try:
+            return self._access.policy(policy_id)
+        except AccessError:
+            raise KeyError(policy_id) from None
+
+    def edit_ca_policy(
+        self, policy_id: str, changes: Mapping[str, Any] | None = None, **more: Any
+    ) -> None:
+        """Change a policy as an administrator would, with the PATCH semantics of the API
+        (Graph property names: `edit_ca_policy(id, state="disabled")` or
+        `edit_ca_policy(id, {"conditions": {...}})`) but no hooks. KeyError if there is no
+        such policy, ValueError with the reason a change is refused."""
+        try:
+            self._access.edit_policy(policy_id, {**(changes or {}), **more})
+        except AccessError as error:
+            if error.status == 404:
+                raise KeyError(policy_id) from None
+            raise ValueError(error.message) from None
+
+    def delete_ca_policy(self, policy_id: str) -> None:
+        """Delete a policy as an administrator would; KeyError if there is none."""
+        try:
+            self._access.delete_policy(policy_id)
+        except AccessError:
+            raise KeyError(policy_id) from None
+
+    def before_ca_write(self, hook: Callable[[SimulatedTenant], None], times: int = 1) -> None:
+        """Run `hook(tenant)` just before each of the next `times` PATCHes of a Conditional
+        Access policy is applied: after auth and faults, before the policy is looked up (a hook
+        that deletes it makes the PATCH a 404), outside the simulator's locks so it can add,
+        edit or delete policies. An exception from it fails the PATCH with 500."""
+        self._access.before_write(lambda: hook(self), times)
 
     def add_alert(self, alert: Mapping[str, Any]) -> None:
         """Store a raw alerts_v2 object with `id` and `lastUpdateDateTime`; same id replaces."""
