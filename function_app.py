@@ -2,11 +2,12 @@
 
 import azure.functions as func
 
-from functions import actions, alerts, api, audit_ui, blocks
+from functions import actions, alerts, api, audit_ui, blocks, emergency
 
 app = func.FunctionApp()
 app.register_functions(alerts.bp)
 app.register_functions(actions.bp)
 app.register_functions(blocks.bp)
+app.register_functions(emergency.bp)
 app.register_functions(api.bp)
 app.register_functions(audit_ui.bp)

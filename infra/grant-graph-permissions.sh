@@ -9,12 +9,16 @@
 # Administrator). It is idempotent: permissions already granted are skipped.
 #
 # Usage:
-#   infra/grant-graph-permissions.sh [--check] [--with-signin-block] [MANAGED_IDENTITY_PRINCIPAL_ID]
+#   infra/grant-graph-permissions.sh [--check] [--with-signin-block] [--with-breakglass]
+#                                    [MANAGED_IDENTITY_PRINCIPAL_ID]
 #
 #   --check              only report; exit 1 if a permission is missing, grant nothing.
-#   --with-signin-block  also grant the Conditional Access permissions that playbooks with
-#                        `signin_block = true` need. Policy.ReadWrite.ConditionalAccess can
-#                        rewrite every CA policy of the tenant, so it is granted only on request.
+#   --with-signin-block  also grant the Conditional Access write permission that playbooks with
+#                        `signin_block = true` need (named locations).
+#   --with-breakglass    also grant it for activate_breakglass / deactivate_breakglass, which
+#                        add and remove the emergency accounts' policy exclusions.
+#   Policy.ReadWrite.ConditionalAccess can rewrite every CA policy of the tenant, so it is
+#   granted only on request.
 #   The principal id defaults to $MANAGED_IDENTITY_PRINCIPAL_ID, then to the azd environment's
 #   MANAGED_IDENTITY_PRINCIPAL_ID output.
 #
@@ -33,9 +37,10 @@ readonly GRAPH_PERMISSIONS=(
   User.EnableDisableAccount.All
   User.RevokeSessions.All
   SecurityAlert.Read.All
-)
-readonly SIGNIN_BLOCK_PERMISSIONS=(
   Policy.Read.All
+  RoleManagement.Read.Directory
+)
+readonly CONDITIONAL_ACCESS_WRITE_PERMISSIONS=(
   Policy.ReadWrite.ConditionalAccess
 )
 readonly EXCHANGE_PERMISSIONS=(
@@ -48,11 +53,11 @@ die() {
 }
 
 check_only=false
-signin_block=false
+ca_write=false
 while [[ "${1:-}" == --* ]]; do
   case "$1" in
     --check) check_only=true ;;
-    --with-signin-block) signin_block=true ;;
+    --with-signin-block | --with-breakglass) ca_write=true ;;
     *) die "unknown option $1" ;;
   esac
   shift
@@ -122,8 +127,8 @@ grant() {
   done <<<"$assigned"
 }
 
-if [[ "$signin_block" == true ]]; then
-  grant "$GRAPH_APP_ID" "${GRAPH_PERMISSIONS[@]}" "${SIGNIN_BLOCK_PERMISSIONS[@]}"
+if [[ "$ca_write" == true ]]; then
+  grant "$GRAPH_APP_ID" "${GRAPH_PERMISSIONS[@]}" "${CONDITIONAL_ACCESS_WRITE_PERMISSIONS[@]}"
 else
   grant "$GRAPH_APP_ID" "${GRAPH_PERMISSIONS[@]}"
 fi

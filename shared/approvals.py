@@ -90,11 +90,25 @@ class Approvals:
             raise ApprovalError(410, "the approval window has passed; the action expired")
         return approval
 
-    async def _expire(self, approval: Approval) -> None:
+    async def pending(self) -> list[Approval]:
+        """Actions waiting for a decision, oldest expiry first."""
+        return sorted(await self._store.pending(), key=lambda a: a.expires_at)
+
+    async def expire_due(self) -> int:
+        """Expire (and audit) every pending approval past its window; how many expired."""
+        now = self._clock()
+        expired = 0
+        for approval in await self._store.pending():
+            if approval.expires_at <= now:
+                expired += await self._expire(approval)
+        return expired
+
+    async def _expire(self, approval: Approval) -> bool:
         if not await self._store.settle(approval, ApprovalState.EXPIRED, "expiry"):
-            return
+            return False
         entry = action_entry(
             approval.action, AuditEvent.ACTION_EXPIRED, {"expired_at": str(approval.expires_at)}
         )
         record = await self._chain.append(entry.model_copy(update={"actor": Actor()}))
         await self._ledger.finish(approval.action, OutcomeStatus.EXPIRED, record.seq)
+        return True

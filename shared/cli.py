@@ -1,5 +1,6 @@
-"""The `responder` command: plan an alert offline, run a drill, verify, query and export the
-audit trail.
+"""The `responder` command: plan an alert (offline, or rehearsed against the tenant), run a
+drill, decide held actions, check the emergency accounts, verify, query and export the audit
+trail.
 
 Exit codes: 0 success, 1 a drill check or the audit verification failed, 2 bad input or
 settings (with a one-line reason on stderr).
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from shared.audit_query import AuditFilter
     from shared.container import Container
     from shared.models import AuditRecord
+    from shared.policy import Plan
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 FIGURES = (
@@ -45,6 +47,26 @@ def _parser() -> argparse.ArgumentParser:
     plan = commands.add_parser("plan", help="show the actions an alert would cause; runs nothing")
     plan.add_argument("--alert", required=True, type=Path, help="alert JSON (any supported shape)")
     plan.add_argument("--policy", type=Path, help="playbook TOML (default: the configured one)")
+    plan.add_argument(
+        "--tenant",
+        action="store_true",
+        help="also read the tenant: per action the calls, current state and guard verdicts",
+    )
+
+    approvals = commands.add_parser("approvals", help="actions waiting for an engineer")
+    approval_commands = approvals.add_subparsers(dest="approval_command", required=True)
+    pending = approval_commands.add_parser("list", help="pending approvals, oldest expiry first")
+    pending.add_argument("--json", action="store_true")
+    for verb in ("approve", "reject"):
+        decide = approval_commands.add_parser(verb, help=f"{verb} a held action")
+        decide.add_argument("action_id")
+        decide.add_argument("--by", required=True, metavar="UPN", help="the deciding engineer")
+        decide.add_argument("--note", default="", help="why (recorded in the audit)")
+
+    breakglass = commands.add_parser("breakglass", help="emergency access accounts")
+    breakglass_commands = breakglass.add_subparsers(dest="breakglass_command", required=True)
+    check = breakglass_commands.add_parser("check", help="health check; audits nothing")
+    check.add_argument("--json", action="store_true")
 
     drill = commands.add_parser("drill", help="run a containment drill on a simulated tenant")
     drill.add_argument("--scenario", default="compromised-account")
@@ -99,9 +121,91 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return _fail(f"{args.alert} is not valid JSON: {exc}")
     playbook = Playbook.load(args.policy or settings.playbook_path)
     policy = Policy(playbook, Guards.from_settings(settings))
-    plans = [plan_as_dict(policy.plan(alert)) for alert in normalize(payload)]
+    planned = [policy.plan(alert) for alert in normalize(payload)]
+    plans = [plan_as_dict(plan) for plan in planned]
+    if args.tenant:
+        asyncio.run(_with_services(_rehearse(planned, plans), args))
     _print_json(plans[0] if len(plans) == 1 else plans)
     return EXIT_OK
+
+
+def _rehearse(
+    planned: list[Plan], plans: list[dict[str, Any]]
+) -> Callable[[Container, argparse.Namespace], Awaitable[int]]:
+    """Adds to every planned action what its executor would do in the tenant right now."""
+
+    async def work(services: Container, args: argparse.Namespace) -> int:
+        for plan, shown in zip(planned, plans, strict=True):
+            for action, row in zip(plan.actions, shown["actions"], strict=True):
+                outcome = await services.runner.rehearse(action)
+                row["rehearsal"] = outcome.model_dump(mode="json", exclude_defaults=True)
+        return EXIT_OK
+
+    return work
+
+
+def cmd_approvals(args: argparse.Namespace) -> int:
+    from shared.approvals import ApprovalError
+
+    try:
+        return asyncio.run(_with_services(_approvals, args))
+    except ApprovalError as exc:
+        return _fail(f"{exc.detail} ({exc.status})")
+
+
+async def _approvals(services: Container, args: argparse.Namespace) -> int:
+    from shared.models import Actor, validate_user_target
+
+    if args.approval_command == "list":
+        pending = await services.approvals.pending()
+        rows = [
+            {
+                "action_id": a.action.id,
+                "kind": str(a.action.kind),
+                "target": a.action.target,
+                "requested_by": a.action.requested_by.name,
+                "expires_at": a.expires_at.isoformat(),
+                "reason": a.action.reason,
+            }
+            for a in pending
+        ]
+        if args.json:
+            _print_json(rows)
+        for row in [] if args.json else rows:
+            print(
+                f"{row['action_id']}  {row['kind']} {_printable(row['target'])}  "
+                f"by {_printable(row['requested_by'])}, expires {row['expires_at']}: "
+                f"{_printable(row['reason'], 80)}"
+            )
+        if not rows and not args.json:
+            print("no actions wait for approval")
+        return EXIT_OK
+    try:
+        engineer = Actor(kind="engineer", name=validate_user_target(args.by))
+    except ValueError as exc:
+        raise InvalidInput(f"--by: {exc}") from None
+    decide = services.approvals.approve
+    if args.approval_command == "reject":
+        decide = services.approvals.reject
+    action = await decide(args.action_id, engineer, args.note)
+    done = {"approve": "approved", "reject": "rejected"}[args.approval_command]
+    print(f"{done} {action.id} ({action.kind} {action.target}) as {engineer.name}")
+    return EXIT_OK
+
+
+def cmd_breakglass(args: argparse.Namespace) -> int:
+    return asyncio.run(_with_services(_breakglass_check, args))
+
+
+async def _breakglass_check(services: Container, args: argparse.Namespace) -> int:
+    findings = await services.emergency.health()
+    if args.json:
+        _print_json({"ready": not findings, "findings": [vars(f) for f in findings]})
+    elif not findings:
+        print(f"emergency access ready: {len(services.settings.breakglass_accounts)} accounts")
+    for finding in [] if args.json else findings:
+        print(f"  [PROBLEM] {finding.account}: {finding.problem}")
+    return EXIT_FAILED if findings else EXIT_OK
 
 
 def cmd_drill(args: argparse.Namespace) -> int:
@@ -304,7 +408,13 @@ AUDIT_COMMANDS: dict[str, Callable[[Container, argparse.Namespace], Awaitable[in
     "export": _audit_export,
     "reindex": _audit_reindex,
 }
-COMMANDS = {"plan": cmd_plan, "drill": cmd_drill, "audit": cmd_audit}
+COMMANDS = {
+    "plan": cmd_plan,
+    "drill": cmd_drill,
+    "audit": cmd_audit,
+    "approvals": cmd_approvals,
+    "breakglass": cmd_breakglass,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,20 +13,28 @@ from datetime import datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from shared.actions.accounts import AccountActions, LockoutLimits
+from shared.actions.breakglass import EmergencyAccess, EmergencyAccounts
 from shared.actions.ip_blocks import IpBlocklist, IpBlockSweeper
-from shared.actions.runner import ActionRunner
+from shared.actions.runner import ActionRunner, Holds
 from shared.adapters.audit_index_table import AuditIndexTable
 from shared.adapters.audit_table import AuditTable
 from shared.adapters.credentials import build_credential
 from shared.adapters.exchange import ExchangeAdmin
 from shared.adapters.jwks import JwksKeys
 from shared.adapters.queue import InMemoryActionQueue, ServiceBusActionQueue
-from shared.adapters.state_table import StateTable, TableApprovals, TableBlockRegistry
+from shared.adapters.state_table import (
+    StateTable,
+    TableActivations,
+    TableApprovals,
+    TableBlockRegistry,
+)
 from shared.adapters.table_service import ensure_tables, table_service
 from shared.approvals import Approvals
 from shared.audit import AuditChain
 from shared.audit_query import AuditQuery
 from shared.config import QueueKind, Settings
+from shared.emergency import EmergencyMonitor
 from shared.identity import TokenValidator
 from shared.intake import AlertIntake, BlastRadius
 from shared.manual import ManualActions
@@ -52,6 +60,7 @@ class Container:
         self.state = StateTable(state_table)
         self.blocks = TableBlockRegistry(state_table)
         self.approval_store = TableApprovals(state_table)
+        self.activations = TableActivations(state_table)
         self.audit_index = AuditIndexTable(self.tables.get_table_client(settings.audit_index_table))
         self.audit_query = AuditQuery(self.audit_store, self.audit_index, self._cursor_key())
         self.chain = AuditChain(self.audit_store, listeners=[self.audit_query.index_records])
@@ -145,14 +154,37 @@ class Container:
         return Approvals(self.approval_store, self.chain, self.state, self.queue, self.clock)
 
     @cached_property
+    def accounts(self) -> AccountActions:
+        limits = LockoutLimits(
+            privileged_roles=frozenset(self.settings.privileged_roles),
+            min_global_admins=self.settings.min_global_admins,
+        )
+        return AccountActions(self.graph, self.graph, self.guards, limits)
+
+    @cached_property
+    def emergency(self) -> EmergencyAccess:
+        config = EmergencyAccounts(
+            accounts=self.settings.breakglass_accounts,
+            resting=self.settings.breakglass_resting_state,
+            ttl=timedelta(minutes=self.settings.breakglass_ttl_minutes),
+        )
+        return EmergencyAccess(self.graph, self.graph, self.activations, config, self.clock)
+
+    @cached_property
+    def monitor(self) -> EmergencyMonitor:
+        return EmergencyMonitor(self.emergency, self.chain)
+
+    @cached_property
     def runner(self) -> ActionRunner:
+        approval_ttl = timedelta(minutes=self.settings.approval_ttl_minutes)
         return ActionRunner(
-            self.graph,
+            self.accounts,
+            self.emergency,
             self.chain,
             self.state,
-            self.guards,
             self.queue,
             self.blocklist,
+            Holds(self.approval_store, approval_ttl, self.clock),
             self.settings.max_deliveries,
         )
 

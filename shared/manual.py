@@ -50,8 +50,9 @@ class ManualActionBody(BaseModel):
 
     @model_validator(mode="after")
     def _ttl_for_blocks_only(self) -> ManualActionBody:
-        if self.ttl_minutes is not None and self.kind is not ActionKind.BLOCK_IP:
-            raise ValueError("ttl_minutes applies to block_ip only")
+        timed = (ActionKind.BLOCK_IP, ActionKind.ACTIVATE_BREAKGLASS)
+        if self.ttl_minutes is not None and self.kind not in timed:
+            raise ValueError("ttl_minutes applies to block_ip and activate_breakglass only")
         return self
 
     @field_validator("request_id")

@@ -253,6 +253,13 @@ class ActionRequest(BaseModel):
             return validate_target(kind, value)
         return validate_user_target(value)
 
+    @property
+    def message_id(self) -> str:
+        """The queue message id. The action id, except for the approved run of a held action:
+        a guard may hold an action its first delivery carried, and the queue's duplicate
+        detection would drop a second message under the same id."""
+        return f"{self.id}-approved" if "approved_by" in self.params else self.id
+
     def for_generation(self, generation: int) -> ActionRequest:
         """This request as the `generation`-th block of its target: one id per generation, so
         every alert naming an already blocked address maps to the same action."""
@@ -269,6 +276,14 @@ class ActionRequest(BaseModel):
         return f"act-{digest[:32]}"
 
 
+class GuardCheck(BaseModel):
+    """One guard's verdict on one action: passed, or why it stopped or held it."""
+
+    guard: str
+    passed: bool
+    detail: str = ""
+
+
 class ActionOutcome(BaseModel):
     """What an executor did: the state it read before, the state after, and Graph request ids."""
 
@@ -277,6 +292,7 @@ class ActionOutcome(BaseModel):
     after: dict[str, Any] = Field(default_factory=dict)
     calls: list[str] = Field(default_factory=list)
     request_ids: list[str] = Field(default_factory=list)
+    guards: list[GuardCheck] = Field(default_factory=list)
     error: str | None = None
 
 

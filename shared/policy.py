@@ -16,9 +16,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from shared.config import PolicySettings
+from shared.config import BreakGlassApproval, PolicySettings
 from shared.errors import ConfigError
 from shared.models import (
+    ALL_BREAKGLASS,
     ActionKind,
     ActionRequest,
     Actor,
@@ -157,13 +158,14 @@ class Guards:
     ip_allowlist: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     min_prefix_v4: int = 24
     min_prefix_v6: int = 48
+    breakglass_approval: BreakGlassApproval = BreakGlassApproval.HUMAN
 
     @classmethod
     def from_settings(cls, settings: PolicySettings) -> Guards:
+        protected = [*settings.protected_identities, *settings.breakglass_accounts]
         return cls(
-            protected_identities=frozenset(
-                p.strip().lower() for p in settings.protected_identities if p.strip()
-            ),
+            protected_identities=frozenset(p.strip().lower() for p in protected if p.strip()),
+            breakglass_approval=settings.breakglass_approval,
             dry_run=settings.dry_run,
             ip_allowlist=tuple(ipaddress.ip_network(n) for n in settings.ip_allowlist),
             min_prefix_v4=settings.ip_min_prefix_v4,
@@ -215,7 +217,16 @@ class Guards:
             return action.model_copy(update={"decision": Decision.REFUSED, "reason": reason})
         if self.dry_run or action.dry_run:
             return action.model_copy(update={"decision": Decision.DRY_RUN, "dry_run": True})
+        if action.kind is ActionKind.ACTIVATE_BREAKGLASS and self._second_engineer(action):
+            reason = f"emergency access activation waits for a second engineer ({action.reason})"
+            return action.model_copy(update={"decision": Decision.NEEDS_APPROVAL, "reason": reason})
         return action
+
+    def _second_engineer(self, action: ActionRequest) -> bool:
+        if self.breakglass_approval is BreakGlassApproval.ALWAYS:
+            return True
+        human = action.requested_by.kind == "engineer"
+        return human and self.breakglass_approval is BreakGlassApproval.HUMAN
 
 
 MAX_ACTIONS_PER_ALERT = 500
@@ -237,6 +248,9 @@ class Policy:
         for rule in self.playbook.rules:
             if not rule.matches(alert):
                 continue
+            for spec in rule.actions:
+                if spec.kind.targets_breakglass:
+                    self._plan_action(plan, rule, spec, ALL_BREAKGLASS, seen)
             for entity in alert.entities:
                 if rule.entities.selects(entity):
                     self._plan_entity(plan, rule, entity, seen)
@@ -258,30 +272,43 @@ class Policy:
             plan.skipped.append(Skipped(rule.name, label, str(exc)))
             return
         for spec in rule.actions:
-            if spec.kind.targets_ip != (entity.kind is EntityKind.IP):
+            if spec.kind.targets_breakglass or spec.kind.targets_ip != (
+                entity.kind is EntityKind.IP
+            ):
                 continue
-            action_id = ActionRequest.derive_id(spec.kind, target, plan.alert.key)
-            if action_id in seen:
-                continue
-            seen.add(action_id)
-            request = ActionRequest(
-                id=action_id,
-                kind=spec.kind,
-                target=target,
-                params=spec.params(),
-                reason=f"rule {rule.name}: {plan.alert.title or plan.alert.alert_id}",
-                rule=rule.name,
-                alert_id=plan.alert.key,
-                incident_id=plan.alert.incident_id,
-                requested_by=Actor(),
+            self._plan_action(plan, rule, spec, target, seen, entity.user_id, entity.upn)
+
+    def _plan_action(
+        self,
+        plan: Plan,
+        rule: Rule,
+        spec: ActionSpec,
+        target: str,
+        seen: set[str],
+        *aliases: str | None,
+    ) -> None:
+        action_id = ActionRequest.derive_id(spec.kind, target, plan.alert.key)
+        if action_id in seen:
+            return
+        seen.add(action_id)
+        request = ActionRequest(
+            id=action_id,
+            kind=spec.kind,
+            target=target,
+            params=spec.params(),
+            reason=f"rule {rule.name}: {plan.alert.title or plan.alert.alert_id}",
+            rule=rule.name,
+            alert_id=plan.alert.key,
+            incident_id=plan.alert.incident_id,
+            requested_by=Actor(),
+        )
+        decided = self.guards.decide(request, *aliases)
+        if spec.approval and decided.decision is Decision.EXECUTE:
+            reason = f"rule {rule.name} asks for an engineer's approval ({request.reason})"
+            decided = decided.model_copy(
+                update={"decision": Decision.NEEDS_APPROVAL, "reason": reason}
             )
-            decided = self.guards.decide(request, entity.user_id, entity.upn)
-            if spec.approval and decided.decision is Decision.EXECUTE:
-                reason = f"rule {rule.name} asks for an engineer's approval ({request.reason})"
-                decided = decided.model_copy(
-                    update={"decision": Decision.NEEDS_APPROVAL, "reason": reason}
-                )
-            plan.actions.append(decided)
+        plan.actions.append(decided)
 
 
 def _target_of(entity: Entity) -> str:

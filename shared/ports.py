@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
@@ -284,8 +284,35 @@ class ApprovalStore(Protocol):
 
     async def get(self, action_id: str) -> Approval | None: ...
 
+    async def pending(self) -> list[Approval]:
+        """Every approval still pending, expired or not."""
+        ...
+
     async def settle(self, approval: Approval, state: ApprovalState, decided_by: str) -> bool:
         """Move a pending approval to `state` unless someone settled it first (etag)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Activation:
+    """The emergency access activation: when it ends, and what the responder changed to open
+    it (accounts it enabled, exclusions it added per Conditional Access policy), so that
+    deactivation undoes exactly that and nothing an administrator set up."""
+
+    action_id: str
+    active: bool
+    expires_at: datetime | None
+    enabled: tuple[str, ...] = ()
+    exclusions: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    etag: str = ""
+
+
+class ActivationStore(Protocol):
+    async def get(self) -> Activation | None: ...
+
+    async def save(self, activation: Activation) -> bool:
+        """Store `activation` unless someone changed the stored one since it was read (its
+        etag; an empty etag means none existed). False on such a conflict."""
         ...
 
 

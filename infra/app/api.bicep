@@ -77,8 +77,6 @@ resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing
 //   local-only: MIN_ENABLED_GLOBAL_ADMINS    (default 2)
 //   local-only: BREAKGLASS_TTL_MINUTES       (default 240)
 //   local-only: BREAKGLASS_APPROVAL          (default human)
-//   local-only: BREAKGLASS_HEALTH_SCHEDULE   (default hourly)
-//   local-only: APPROVAL_SWEEP_SCHEDULE      (default every 5 minutes)
 // FUNCTIONS_WORKER_RUNTIME and FUNCTIONS_EXTENSION_VERSION are deprecated on Flex Consumption:
 // functionAppConfig.runtime below replaces them.
 var appSettings = {
@@ -122,6 +120,9 @@ var appSettings = {
   // Emergency access: the accounts, and the state they rest in between emergencies.
   BREAKGLASS_ACCOUNTS: breakglassAccounts
   BREAKGLASS_RESTING_STATE: breakglassRestingState
+  // Timers of the guards (binding expressions need the setting even at its default).
+  BREAKGLASS_HEALTH_SCHEDULE: '0 0 * * * *'
+  APPROVAL_SWEEP_SCHEDULE: '0 */5 * * * *'
 
   // IP blocks: Exchange Online transport rules in this tenant, and their expiry sweep.
   EXCHANGE_TENANT: exchangeTenant

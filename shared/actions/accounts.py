@@ -2,90 +2,164 @@
 
 Each executor reads the user first, records the state before and after, is idempotent (an
 already disabled account is not patched again), and in dry-run mode only reports the call it
-would make. Protected identities are checked again here against the ids Graph returns, because
-an alert may name a protected account by a UPN the configuration lists only by object id.
+would make. Every outcome lists the guards that ran and their verdicts.
+
+The lockout guards run here, against the directory as it is at execution time:
+- protected identities (break-glass, VIPs) are never disabled or signed out; they are checked
+  again against the ids Graph returns, because an alert may name an account by a UPN the
+  configuration lists only by object id;
+- a holder of a privileged directory role is disabled only when the request allows it (an
+  engineer's request, or a playbook rule with `allow_privileged`) and an engineer approved
+  it; otherwise the action is refused or held for approval;
+- a Global Administrator is never disabled while `min_global_admins` or fewer are enabled.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
-from shared.models import ActionKind, ActionOutcome, ActionRequest, OutcomeStatus
+from shared.config import PRIVILEGED_ROLES
+from shared.errors import PermanentError
+from shared.models import (
+    ActionKind,
+    ActionOutcome,
+    ActionRequest,
+    GuardCheck,
+    OutcomeStatus,
+)
 from shared.policy import PROTECTED_KINDS, Guards
-from shared.ports import Directory, UserState
+from shared.ports import GLOBAL_ADMINISTRATOR, Directory, DirectoryRoles, UserState
+
+PRIVILEGED_AUTHENTICATION_ADMINISTRATOR = "7be44c8a-adaf-4e2a-84d6-ab2649e08a13"
 
 
-async def _set_enabled(
-    directory: Directory, guards: Guards, action: ActionRequest, enabled: bool
-) -> ActionOutcome:
-    user = await directory.get_user(action.target)
-    call = f'PATCH /users/{user.id} {{"accountEnabled": {str(enabled).lower()}}}'
-    refused = _refusal(guards, action, user)
-    if refused:
-        return refused
-    if user.account_enabled is enabled:
+def role_names(role_ids: list[str]) -> str:
+    return ", ".join(PRIVILEGED_ROLES.get(r, r) for r in role_ids) or "none"
+
+
+@dataclass(frozen=True)
+class LockoutLimits:
+    privileged_roles: frozenset[str]
+    min_global_admins: int
+
+
+class AccountActions:
+    """The executors of `disable_account`, `enable_account` and `revoke_sessions`."""
+
+    def __init__(
+        self, directory: Directory, roles: DirectoryRoles, guards: Guards, limits: LockoutLimits
+    ) -> None:
+        self._directory = directory
+        self._roles = roles
+        self._guards = guards
+        self._limits = limits
+
+    async def run(self, action: ActionRequest) -> ActionOutcome:
+        user = await self._directory.get_user(action.target)
+        checks = self._protected(action, user)
+        if checks and not checks[-1].passed:
+            return _stopped(OutcomeStatus.REFUSED, user, checks)
+        if action.kind is ActionKind.REVOKE_SESSIONS:
+            call = f"POST /users/{user.id}/revokeSignInSessions"
+        else:
+            enabled = action.kind is ActionKind.ENABLE_ACCOUNT
+            call = f'PATCH /users/{user.id} {{"accountEnabled": {str(enabled).lower()}}}'
+            if user.account_enabled is enabled:
+                return ActionOutcome(
+                    status=OutcomeStatus.ALREADY_DONE,
+                    before=user.as_dict(),
+                    after=user.as_dict(),
+                    guards=checks,
+                )
+        held_roles: list[str] = []
+        if action.kind is ActionKind.DISABLE_ACCOUNT:
+            held_roles = [a.role_id for a in await self._roles.roles_of(user.id)]
+            checks += await self._lockout(action, held_roles)
+            stopped = next((c for c in checks if not c.passed), None)
+            if stopped is not None:
+                held = stopped.guard == "approval"
+                return _stopped(OutcomeStatus.HELD if held else OutcomeStatus.REFUSED, user, checks)
+        if action.dry_run:
+            return ActionOutcome(
+                status=OutcomeStatus.DRY_RUN, before=user.as_dict(), calls=[call], guards=checks
+            )
+        try:
+            if action.kind is ActionKind.REVOKE_SESSIONS:
+                request_id = await self._directory.revoke_sign_in_sessions(user.id)
+            else:
+                request_id = await self._directory.set_account_enabled(user.id, enabled)
+        except PermanentError as exc:
+            raise explain_denied(exc, held_roles) from exc
+        after = await self._directory.get_user(user.id)
         return ActionOutcome(
-            status=OutcomeStatus.ALREADY_DONE, before=user.as_dict(), after=user.as_dict()
+            status=OutcomeStatus.EXECUTED,
+            before=user.as_dict(),
+            after=after.as_dict(),
+            calls=[call],
+            request_ids=[request_id] if request_id else [],
+            guards=checks,
         )
-    if action.dry_run:
-        return ActionOutcome(status=OutcomeStatus.DRY_RUN, before=user.as_dict(), calls=[call])
-    request_id = await directory.set_account_enabled(user.id, enabled)
-    return await _executed(directory, user, call, request_id)
+
+    def _protected(self, action: ActionRequest, user: UserState) -> list[GuardCheck]:
+        if action.kind not in PROTECTED_KINDS:
+            return []
+        reason = self._guards.protected_reason(user.id, user.upn)
+        return [GuardCheck(guard="protected_identity", passed=reason is None, detail=reason or "")]
+
+    async def _lockout(self, action: ActionRequest, held: list[str]) -> list[GuardCheck]:
+        privileged = [r for r in held if r in self._limits.privileged_roles]
+        checks = [await self._global_admins(held)]
+        if not privileged:
+            checks.append(GuardCheck(guard="privileged_role", passed=True))
+            return checks
+        names = role_names(privileged)
+        allowed = action.requested_by.kind == "engineer" or bool(
+            action.params.get("allow_privileged")
+        )
+        if not allowed:
+            detail = f"holds privileged roles ({names}); the rule does not allow disabling them"
+            checks.append(GuardCheck(guard="privileged_role", passed=False, detail=detail))
+            return checks
+        checks.append(GuardCheck(guard="privileged_role", passed=True, detail=f"holds {names}"))
+        approver = action.params.get("approved_by")
+        if approver:
+            checks.append(GuardCheck(guard="approval", passed=True, detail=f"by {approver}"))
+        else:
+            detail = f"holds privileged roles ({names}): waits for an engineer's approval"
+            checks.append(GuardCheck(guard="approval", passed=False, detail=detail))
+        return checks
+
+    async def _global_admins(self, held: list[str]) -> GuardCheck:
+        if GLOBAL_ADMINISTRATOR not in held:
+            return GuardCheck(guard="global_admin_minimum", passed=True)
+        enabled = 0
+        for assignment in await self._roles.holders_of(GLOBAL_ADMINISTRATOR):
+            try:
+                holder = await self._directory.get_user(assignment.principal_id)
+            except PermanentError as exc:
+                if exc.status != 404:
+                    raise
+                continue  # a group or service principal: not an account that signs in
+            enabled += holder.account_enabled
+        minimum = self._limits.min_global_admins
+        passed = enabled > minimum
+        detail = f"{enabled} enabled Global Administrators; at least {minimum} must stay enabled"
+        return GuardCheck(guard="global_admin_minimum", passed=passed, detail=detail)
 
 
-async def disable_account(
-    directory: Directory, guards: Guards, action: ActionRequest
-) -> ActionOutcome:
-    return await _set_enabled(directory, guards, action, enabled=False)
-
-
-async def enable_account(
-    directory: Directory, guards: Guards, action: ActionRequest
-) -> ActionOutcome:
-    return await _set_enabled(directory, guards, action, enabled=True)
-
-
-async def revoke_sessions(
-    directory: Directory, guards: Guards, action: ActionRequest
-) -> ActionOutcome:
-    user = await directory.get_user(action.target)
-    call = f"POST /users/{user.id}/revokeSignInSessions"
-    refused = _refusal(guards, action, user)
-    if refused:
-        return refused
-    if action.dry_run:
-        return ActionOutcome(status=OutcomeStatus.DRY_RUN, before=user.as_dict(), calls=[call])
-    request_id = await directory.revoke_sign_in_sessions(user.id)
-    return await _executed(directory, user, call, request_id)
-
-
-async def _executed(
-    directory: Directory, before: UserState, call: str, request_id: str | None
-) -> ActionOutcome:
-    """The outcome of a write, with the state read back from the directory afterwards."""
-    after = await directory.get_user(before.id)
-    return ActionOutcome(
-        status=OutcomeStatus.EXECUTED,
-        before=before.as_dict(),
-        after=after.as_dict(),
-        calls=[call],
-        request_ids=[request_id] if request_id else [],
+def explain_denied(exc: PermanentError, held_roles: list[str]) -> PermanentError:
+    """A Graph 403 on an account write, with the role the app is missing named."""
+    if exc.status != 403:
+        return exc
+    needed = PRIVILEGED_ROLES[PRIVILEGED_AUTHENTICATION_ADMINISTRATOR]
+    message = (
+        f"{exc} - the app's identity lacks the directory role to change this account: "
+        f"accounts holding admin roles ({role_names(held_roles)}) need the app to hold "
+        f"{needed} (or Global Administrator)"
     )
+    return PermanentError(message, status=403, request_id=exc.request_id)
 
 
-def _refusal(guards: Guards, action: ActionRequest, user: UserState) -> ActionOutcome | None:
-    if action.kind not in PROTECTED_KINDS:
-        return None
-    reason = guards.protected_reason(user.id, user.upn)
-    if reason is None:
-        return None
-    return ActionOutcome(status=OutcomeStatus.REFUSED, before=user.as_dict(), error=reason)
-
-
-Executor = Callable[[Directory, Guards, ActionRequest], Awaitable[ActionOutcome]]
-
-EXECUTORS: dict[ActionKind, Executor] = {
-    ActionKind.DISABLE_ACCOUNT: disable_account,
-    ActionKind.ENABLE_ACCOUNT: enable_account,
-    ActionKind.REVOKE_SESSIONS: revoke_sessions,
-}
+def _stopped(status: OutcomeStatus, user: UserState, checks: list[GuardCheck]) -> ActionOutcome:
+    stopped = next(c for c in checks if not c.passed)
+    return ActionOutcome(status=status, before=user.as_dict(), guards=checks, error=stopped.detail)

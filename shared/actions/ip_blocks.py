@@ -184,6 +184,7 @@ class Applied:
     action: ActionRequest
     outcome: ActionOutcome
     expires_at: datetime | None = None
+    follow_up: ActionRequest | None = None  # runs at expires_at (default: the unblock)
 
 
 Recorder = Callable[[list[Applied]], Awaitable[None]]

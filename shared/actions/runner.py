@@ -9,8 +9,11 @@ into the dead-letter queue.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
 
-from shared.actions.accounts import EXECUTORS
+from shared.actions.accounts import AccountActions
+from shared.actions.breakglass import EmergencyAccess
 from shared.actions.ip_blocks import Applied, IpBlocklist, expiry_unblock
 from shared.audit import AuditChain
 from shared.errors import PermanentError, TransientError
@@ -21,42 +24,64 @@ from shared.models import (
     Actor,
     AuditEntry,
     AuditEvent,
+    Decision,
     OutcomeStatus,
     action_entry,
 )
-from shared.policy import Guards
-from shared.ports import LEDGER_QUEUED, ActionLedger, ActionQueue, Directory
+from shared.ports import LEDGER_QUEUED, ActionLedger, ActionQueue, ApprovalStore
 
 logger = logging.getLogger(__name__)
+
+DRY_RUN_NOTE = "dry run: nothing was written to the tenant"
 
 
 class RecordingFailed(Exception):
     """Outcomes could not be audited; the message is redelivered, the action not failed."""
 
 
+class Holds:
+    """Where an executor's guard puts an action that waits for an engineer's approval."""
+
+    def __init__(self, store: ApprovalStore, ttl: timedelta, clock: Callable[[], datetime]) -> None:
+        self._store = store
+        self._ttl = ttl
+        self._clock = clock
+
+    async def hold(self, action: ActionRequest, reason: str) -> None:
+        held = action.model_copy(update={"decision": Decision.NEEDS_APPROVAL, "reason": reason})
+        await self._store.hold(held, self._clock() + self._ttl)
+
+
 class ActionRunner:
     def __init__(
         self,
-        directory: Directory,
+        accounts: AccountActions,
+        emergency: EmergencyAccess,
         chain: AuditChain,
         ledger: ActionLedger,
-        guards: Guards,
         queue: ActionQueue,
         blocklist: IpBlocklist | None,
+        holds: Holds,
         max_deliveries: int,
     ) -> None:
-        self._directory = directory
+        self._accounts = accounts
+        self._emergency = emergency
         self._chain = chain
         self._ledger = ledger
-        self._guards = guards
         self._queue = queue
         self._blocklist = blocklist
+        self._holds = holds
         self._max_deliveries = max_deliveries
 
     async def run(self, action: ActionRequest, delivery_count: int) -> ActionOutcome | None:
         """Execute `action` once. None means another delivery or a batch already ended it."""
         entry = await self._ledger.get(action.id)
-        if entry is not None and entry.state != LEDGER_QUEUED:
+        approved = (
+            entry is not None
+            and entry.state == OutcomeStatus.HELD
+            and ("approved_by" in action.params)
+        )
+        if entry is not None and entry.state != LEDGER_QUEUED and not approved:
             logger.info("action %s already ended (%s); delivery ignored", action.id, entry.state)
             return None
         try:
@@ -82,8 +107,14 @@ class ActionRunner:
 
     async def _execute(self, action: ActionRequest) -> list[Applied]:
         """Run the executor and audit what it did (IP passes audit before the registry moves)."""
+        if action.kind.targets_breakglass:
+            applied = [await self._emergency_run(action)]
+            await self._record(applied)
+            return applied
         if not action.kind.targets_ip:
-            outcome = await EXECUTORS[action.kind](self._directory, self._guards, action)
+            outcome = await self._accounts.run(action)
+            if outcome.status is OutcomeStatus.HELD:
+                await self._holds.hold(action, outcome.error or "waits for approval")
             applied = [Applied(action, outcome)]
             await self._record(applied)
             return applied
@@ -98,6 +129,22 @@ class ActionRunner:
         if not any(a.action.id == action.id for a in applied):
             logger.info("action %s was applied by another pass", action.id)
         return applied
+
+    async def _emergency_run(self, action: ActionRequest) -> Applied:
+        if action.kind is ActionKind.ACTIVATE_BREAKGLASS:
+            return await self._emergency.activate(action)
+        return await self._emergency.deactivate(action)
+
+    async def rehearse(self, action: ActionRequest) -> ActionOutcome:
+        """What `action` would do now: the state its executor reads, the calls it would make
+        and the guards' verdicts. Runs the executor in dry-run mode: reads only, records
+        nothing."""
+        trial = action.model_copy(update={"dry_run": True})
+        if trial.kind.targets_breakglass:
+            return (await self._emergency_run(trial)).outcome
+        if trial.kind.targets_ip:
+            return await self._require_blocklist().plan(trial)
+        return await self._accounts.run(trial)
 
     def _require_blocklist(self) -> IpBlocklist:
         if self._blocklist is None:
@@ -126,7 +173,8 @@ class ActionRunner:
                 await self._ledger.finish(item.action, item.outcome.status, record.seq)
             for item in applied:
                 if item.expires_at is not None:
-                    await self._queue.schedule([expiry_unblock(item.action)], item.expires_at)
+                    follow_up = item.follow_up or expiry_unblock(item.action)
+                    await self._queue.schedule([follow_up], item.expires_at)
         except Exception as exc:
             raise RecordingFailed(f"recording {len(applied)} outcomes failed") from exc
 
@@ -146,4 +194,6 @@ class ActionRunner:
 
 def outcome_entry(action: ActionRequest, outcome: ActionOutcome) -> AuditEntry:
     result = outcome.model_dump(mode="json", exclude_defaults=True)
+    if outcome.status is OutcomeStatus.DRY_RUN:
+        result["note"] = DRY_RUN_NOTE
     return action_entry(action, AuditEvent.for_outcome(outcome.status), result)

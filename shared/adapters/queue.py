@@ -32,7 +32,7 @@ DUPLICATE_WINDOW = timedelta(minutes=10)
 def to_service_bus_message(action: ActionRequest) -> ServiceBusMessage:
     return ServiceBusMessage(
         action.model_dump_json(),
-        message_id=action.id,
+        message_id=action.message_id,
         content_type=CONTENT_TYPE,
         subject=str(action.kind),
         application_properties={"kind": str(action.kind), "dry_run": action.dry_run},
@@ -111,13 +111,13 @@ class InMemoryActionQueue:
 
     def _accept(self, action: ActionRequest) -> Delivery | None:
         now = self._clock()
-        seen = self._seen_ids.get(action.id)
+        seen = self._seen_ids.get(action.message_id)
         if seen is not None and now - seen < self._duplicate_window:
             self.duplicates_dropped += 1
             return None
-        self._seen_ids[action.id] = now
+        self._seen_ids[action.message_id] = now
         self.sent += 1
-        return Delivery(action.id, action.model_dump_json().encode(), CONTENT_TYPE, 1)
+        return Delivery(action.message_id, action.model_dump_json().encode(), CONTENT_TYPE, 1)
 
     async def send(self, actions: list[ActionRequest]) -> None:
         for action in actions:

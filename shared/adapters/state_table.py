@@ -1,10 +1,12 @@
 """The responder's working state in Table Storage: the poller's watermark, the alert versions
 already handled, the action ledger, and the IP block registry. Unlike the audit trail this
-table is mutable. Least privilege: Storage Table Data Contributor on this table only."""
+table is mutable; it also holds pending approvals, the disable budget and the emergency access
+activation. Least privilege: Storage Table Data Contributor on this table only."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import datetime
 from typing import Any
 
@@ -22,6 +24,7 @@ from shared.models import ActionRequest, OutcomeStatus
 from shared.ports import (
     ACTIVE_BLOCK_STATES,
     LEDGER_QUEUED,
+    Activation,
     Approval,
     ApprovalState,
     BlockEntry,
@@ -270,13 +273,15 @@ class TableApprovals:
             entity = await self._table.get_entity(APPROVALS, action_id)
         except ResourceNotFoundError:
             return None
-        return Approval(
-            action=ActionRequest.model_validate_json(entity["Action"]),
-            state=ApprovalState(entity["State"]),
-            expires_at=datetime.fromisoformat(entity["ExpiresAt"]),
-            decided_by=entity["DecidedBy"] or None,
-            etag=entity.metadata["etag"] or "",
-        )
+        return _approval(entity)
+
+    async def pending(self) -> list[Approval]:
+        query = f"PartitionKey eq '{APPROVALS}' and State eq @state"
+        parameters = {"state": str(ApprovalState.PENDING)}
+        return [
+            _approval(entity)
+            async for entity in self._table.query_entities(query, parameters=parameters)
+        ]
 
     async def settle(self, approval: Approval, state: ApprovalState, decided_by: str) -> bool:
         try:
@@ -305,3 +310,64 @@ class TableApprovals:
         await self._table.upsert_entity(
             {"PartitionKey": BUDGET, "RowKey": _key(target), "Target": target, "At": at}
         )
+
+
+def _approval(entity: Any) -> Approval:
+    return Approval(
+        action=ActionRequest.model_validate_json(entity["Action"]),
+        state=ApprovalState(entity["State"]),
+        expires_at=datetime.fromisoformat(entity["ExpiresAt"]),
+        decided_by=entity["DecidedBy"] or None,
+        etag=entity.metadata["etag"] or "",
+    )
+
+
+BREAKGLASS = "breakglass"
+ACTIVATION = "activation"
+
+
+class TableActivations:
+    """`ActivationStore` on the state table: one row, replaced under its etag."""
+
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    async def get(self) -> Activation | None:
+        try:
+            entity = await self._table.get_entity(BREAKGLASS, ACTIVATION)
+        except ResourceNotFoundError:
+            return None
+        expires = entity.get("ExpiresAt") or ""
+        exclusions = json.loads(entity.get("Exclusions") or "{}")
+        return Activation(
+            action_id=entity["ActionId"],
+            active=bool(entity["Active"]),
+            expires_at=datetime.fromisoformat(expires) if expires else None,
+            enabled=tuple(json.loads(entity.get("Enabled") or "[]")),
+            exclusions={policy: tuple(users) for policy, users in exclusions.items()},
+            etag=entity.metadata["etag"] or "",
+        )
+
+    async def save(self, activation: Activation) -> bool:
+        entity = {
+            "PartitionKey": BREAKGLASS,
+            "RowKey": ACTIVATION,
+            "ActionId": activation.action_id,
+            "Active": activation.active,
+            "ExpiresAt": activation.expires_at.isoformat() if activation.expires_at else "",
+            "Enabled": json.dumps(list(activation.enabled)),
+            "Exclusions": json.dumps({p: list(u) for p, u in activation.exclusions.items()}),
+        }
+        try:
+            if not activation.etag:
+                await self._table.create_entity(entity)
+            else:
+                await self._table.update_entity(
+                    entity,
+                    mode=UpdateMode.REPLACE,
+                    etag=activation.etag,
+                    match_condition=MatchConditions.IfNotModified,
+                )
+        except (ResourceExistsError, ResourceModifiedError):
+            return False
+        return True

@@ -201,7 +201,7 @@ async def test_bad_tokens_are_refused_with_a_problem(
             "target",
         ),
         ({"kind": "disable_account", "target": ADELE.id}, "reason"),
-        (disable(ttl_minutes=60), "block_ip only"),
+        (disable(ttl_minutes=60), "block_ip and activate_breakglass only"),
         (disable(request_id="../../etc"), "request_id"),
         ([1, 2, 3], "body"),
     ],

@@ -17,6 +17,8 @@ EXPECTED = {
     "ingest_alert",
     "execute_action",
     "sweep_ip_blocks",
+    "check_breakglass",
+    "expire_approvals",
     "request_action",
     "get_action",
     "approve_action",
@@ -43,6 +45,9 @@ def test_bindings_use_app_settings_not_literals() -> None:
     assert timer["type"] == "timerTrigger" and timer["schedule"] == "%ALERT_POLL_SCHEDULE%"
     sweep = bindings["sweep_ip_blocks"][0]
     assert sweep["type"] == "timerTrigger" and sweep["schedule"] == "%IP_BLOCK_SWEEP_SCHEDULE%"
+    health = bindings["check_breakglass"][0]
+    assert health["schedule"] == "%BREAKGLASS_HEALTH_SCHEDULE%"
+    assert bindings["expire_approvals"][0]["schedule"] == "%APPROVAL_SWEEP_SCHEDULE%"
     queue = bindings["execute_action"][0]
     assert queue["type"] == "serviceBusTrigger"
     assert queue["queueName"] == "%ACTIONS_QUEUE%"

@@ -454,13 +454,15 @@ def granted_permissions(array: str) -> set[str]:
 
 def granted_graph_permissions() -> set[str]:
     return granted_permissions("GRAPH_PERMISSIONS") | granted_permissions(
-        "SIGNIN_BLOCK_PERMISSIONS"
+        "CONDITIONAL_ACCESS_WRITE_PERMISSIONS"
     )
 
 
 def test_conditional_access_write_is_granted_only_on_request() -> None:
     assert "Policy.ReadWrite.ConditionalAccess" not in granted_permissions("GRAPH_PERMISSIONS")
-    assert "Policy.ReadWrite.ConditionalAccess" in granted_permissions("SIGNIN_BLOCK_PERMISSIONS")
+    assert granted_permissions("CONDITIONAL_ACCESS_WRITE_PERMISSIONS") == {
+        "Policy.ReadWrite.ConditionalAccess"
+    }
 
 
 def test_script_grants_the_exchange_permission_the_adapter_documents() -> None:

@@ -10,6 +10,8 @@ from shared.config import DEFAULT_PLAYBOOK, PolicySettings
 from shared.errors import ConfigError
 from shared.models import (
     ActionKind,
+    ActionRequest,
+    Actor,
     Alert,
     AlertSource,
     Decision,
@@ -215,3 +217,78 @@ def test_one_alert_causes_at_most_a_bounded_number_of_actions() -> None:
     assert len(plan.actions) == MAX_ACTIONS_PER_ALERT
     assert len(plan.skipped) == 10_000 - MAX_ACTIONS_PER_ALERT
     assert "left to engineers" in plan.skipped[0].reason
+
+
+BREAKGLASS_ONE = "1b1b1b1b-0000-4000-8000-000000000001"
+
+
+def guards(**values: object) -> Guards:
+    return Guards.from_settings(PolicySettings.model_validate(values))
+
+
+def test_break_glass_accounts_are_protected_without_being_listed_twice() -> None:
+    settings = {"BREAKGLASS_ACCOUNTS": BREAKGLASS_ONE}
+    plan = Policy(Playbook.load(DEFAULT_PLAYBOOK), guards(**settings)).plan(
+        alert(user(BREAKGLASS_ONE))
+    )
+    assert {a.decision for a in plan.actions} == {Decision.REFUSED}
+    assert all("protected identity" in a.reason for a in plan.actions)
+
+
+def test_a_lockout_alert_activates_emergency_access_once_for_all_accounts() -> None:
+    lockout = alert(user(), user("9a9a9a9a-0000-4000-8000-000000000009"), category="AdminLockout")
+    plan = policy().plan(lockout)
+    assert [(a.kind, a.target, a.decision) for a in plan.actions] == [
+        (ActionKind.ACTIVATE_BREAKGLASS, "all", Decision.EXECUTE)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("setting", "engineer", "automatic"),
+    [
+        ("human", Decision.NEEDS_APPROVAL, Decision.EXECUTE),
+        ("always", Decision.NEEDS_APPROVAL, Decision.NEEDS_APPROVAL),
+        ("none", Decision.EXECUTE, Decision.EXECUTE),
+    ],
+)
+def test_who_must_approve_an_emergency_access_activation(
+    setting: str, engineer: Decision, automatic: Decision
+) -> None:
+    checks = guards(BREAKGLASS_APPROVAL=setting)
+    action = ActionRequest(
+        id="act-x", kind=ActionKind.ACTIVATE_BREAKGLASS, target="all", reason="locked out"
+    )
+    by_engineer = action.model_copy(
+        update={"requested_by": Actor(kind="engineer", name="ada@contoso.com")}
+    )
+    assert checks.decide(by_engineer).decision is engineer
+    assert checks.decide(action).decision is automatic
+    assert checks.decide(by_engineer.model_copy(update={"dry_run": True})).decision is (
+        Decision.DRY_RUN
+    )
+
+
+def test_a_rule_can_hold_its_actions_for_approval(tmp_path: Path) -> None:
+    book = tmp_path / "p.toml"
+    book.write_text(
+        'version = 1\n[[rules]]\nname = "held"\n'
+        'actions = [{ kind = "disable_account", approval = true, allow_privileged = true }]\n',
+        encoding="utf-8",
+    )
+    plan = Policy(Playbook.load(book), guards()).plan(alert(user()))
+    (action,) = plan.actions
+    assert action.decision is Decision.NEEDS_APPROVAL
+    assert "asks for an engineer's approval" in action.reason
+    assert action.params == {"allow_privileged": True}
+
+
+@pytest.mark.parametrize("target", ["everyone", "", "all; drop", "1.2.3.4"])
+def test_break_glass_targets_are_all_or_an_object_id(target: str) -> None:
+    with pytest.raises(ValueError, match="break-glass target"):
+        ActionRequest(id="act-x", kind=ActionKind.ACTIVATE_BREAKGLASS, target=target)
+
+
+@pytest.mark.parametrize("value", ["not-a-guid", "0f9a6c3d-7e21-4b58-8d4f-1c3e5a7b9d2"])
+def test_break_glass_accounts_must_be_object_ids(value: str) -> None:
+    with pytest.raises(ConfigError, match="BREAKGLASS_ACCOUNTS"):
+        PolicySettings.from_env({"BREAKGLASS_ACCOUNTS": value})
