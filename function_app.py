@@ -2,7 +2,7 @@
 
 import azure.functions as func
 
-from functions import actions, alerts, api, audit_ui, blocks
+from functions import actions, alerts, api, audit_ui, blocks, defender_stream, notifications
 
 app = func.FunctionApp()
 app.register_functions(alerts.bp)
@@ -10,3 +10,5 @@ app.register_functions(actions.bp)
 app.register_functions(blocks.bp)
 app.register_functions(api.bp)
 app.register_functions(audit_ui.bp)
+app.register_functions(notifications.bp)
+app.register_functions(defender_stream.bp)

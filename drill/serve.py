@@ -18,6 +18,7 @@ Core Tools do not check them locally.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import json
@@ -25,7 +26,7 @@ import logging
 import re
 import socket
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -208,29 +209,36 @@ class LocalApi:
     async def _serve(self) -> None:
         self._stopping = asyncio.Event()
         built = Container(self.settings)
-        runner: web.AppRunner | None = None
         try:
             await built.prepare()
             self._container = built
             worker.install(built)
-            app = web.Application(client_max_size=MAX_REQUEST_BYTES)
-            app.router.add_route("*", "/{tail:.*}", self._handle)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((LOOPBACK, 0))
-            port = sock.getsockname()[1]
-            await web.SockSite(runner, sock).start()
-            self.base_url = f"http://{LOOPBACK}:{port}"
-            self._ready.set()
-            await self._stopping.wait()
+            async with self.serving() as base_url:
+                self.base_url = base_url
+                self._ready.set()
+                await self._stopping.wait()
         finally:
-            if runner is not None:
-                await runner.cleanup()
             if self._container is built:
                 worker.install(None)
                 self._container = None
             await built.close()
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[str]:
+        """Serve in the running loop with the worker's installed container, for callers that
+        own both (a drill or a test); yields the base URL."""
+        app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((LOOPBACK, 0))
+            port = sock.getsockname()[1]
+            await web.SockSite(runner, sock).start()
+            yield f"http://{LOOPBACK}:{port}"
+        finally:
+            await runner.cleanup()
 
     # --- requests ----------------------------------------------------------------------------
 
