@@ -7,8 +7,10 @@ from collections.abc import Callable
 from drill.compromised import CompromisedAccount
 from drill.context import Scenario
 from drill.exchange_dos import ExchangeDos
+from drill.tamper import Tamper
 
 SCENARIOS: dict[str, Callable[[], Scenario]] = {
     CompromisedAccount.name: CompromisedAccount,
     ExchangeDos.name: ExchangeDos,
+    Tamper.name: Tamper,
 }

@@ -51,6 +51,13 @@ START_TIMEOUT_S = 30.0
 _PARAMETER = re.compile(r"^\{(?P<star>\*)?(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<rest>[:?=][^}]*)?\}$")
 
 
+def loopback_socket() -> socket.socket:
+    """A TCP socket bound to an ephemeral port on 127.0.0.1."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((LOOPBACK, 0))
+    return sock
+
+
 def route_prefix() -> str:
     """host.json's extensions.http.routePrefix ("api" unless set)."""
     config = json.loads(HOST_JSON.read_text())
@@ -224,16 +231,17 @@ class LocalApi:
             await built.close()
 
     @contextlib.asynccontextmanager
-    async def serving(self) -> AsyncIterator[str]:
+    async def serving(self, sock: socket.socket | None = None) -> AsyncIterator[str]:
         """Serve in the running loop with the worker's installed container, for callers that
-        own both (a drill or a test); yields the base URL."""
+        own both (a drill or a test); yields the base URL. `sock`, bound to 127.0.0.1, lets a
+        caller know the URL before serving (to put it into settings)."""
         app = web.Application(client_max_size=MAX_REQUEST_BYTES)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         try:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((LOOPBACK, 0))
+            if sock is None:
+                sock = loopback_socket()
             port = sock.getsockname()[1]
             await web.SockSite(runner, sock).start()
             yield f"http://{LOOPBACK}:{port}"
