@@ -18,6 +18,8 @@ from shared.adapters.notification_queue import InMemoryNotificationQueue
 from shared.container import Container
 from shared.models import AuditEvent, AuditRecord, utcnow
 from shared.simulator import Fault, SimulatedTenant
+from shared.watch.changes import ChangeOutcome
+from shared.watch.ports import ChangeNotice, WatchPurpose
 from shared.watch.subscriptions import SubscriptionOutcome
 from tests.conftest import ADELE, BREAK_GLASS, installed, settings_for
 
@@ -211,3 +213,34 @@ async def test_a_missed_lifecycle_event_resynchronizes_the_watched_group(watch: 
     await watch.process()
     raised = [r.entry for r in await watch.records() if r.entry.event is AuditEvent.ALERT_RAISED]
     assert [e.result["changes"]["added"] for e in raised] == [ADELE.id]
+
+
+def user_notice(key: str, change_type: str) -> ChangeNotice:
+    return ChangeNotice(
+        id=key,
+        subscription_id="6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e5f",
+        subscription_key="all-users",
+        purpose=WatchPurpose.ALL_USERS,
+        resource=f"Users/{ADELE.id}",
+        change_type=change_type,
+        object_id=ADELE.id,
+    )
+
+
+async def test_new_and_re_enabled_accounts_matter_only_during_an_incident(
+    sim: SimulatedTenant, services: Container
+) -> None:
+    changes = services.changes
+    assert await changes.process(user_notice("n1", "created")) is ChangeOutcome.NOTHING
+    await services.approval_store.spend("someone-contained", utcnow())  # an incident is active
+    assert await changes.process(user_notice("n1", "created")) is ChangeOutcome.DUPLICATE
+    assert await changes.process(user_notice("n2", "created")) is ChangeOutcome.RAISED
+    sim.change_user(ADELE.id, account_enabled=False)
+    assert await changes.process(user_notice("n3", "updated")) is ChangeOutcome.NOTHING
+    sim.change_user(ADELE.id, account_enabled=True)
+    assert await changes.process(user_notice("n4", "updated")) is ChangeOutcome.RAISED
+    records = [r.entry async for r in services.audit_store.newest_first()]
+    categories = [e.result["category"] for e in records if e.event is AuditEvent.ALERT_RAISED]
+    assert sorted(categories) == ["AccountReenabledDuringIncident", "NewUserDuringIncident"]
+    held = {(e.kind, e.target) for e in records if e.event is AuditEvent.ACTION_HELD}
+    assert held == {("revoke_sessions", ADELE.id), ("disable_account", ADELE.id)}
