@@ -155,15 +155,8 @@ class ChangeProcessor:
             else WatchCategory.PROTECTED_IDENTITY_CHANGED
         )
         label = "Emergency access account" if emergency else "Protected identity"
-        alert = Alert(
-            source=AlertSource.RESPONDER,
-            alert_id=f"{category}:{user_id}",
-            version=_digest(current),
-            title=f"{label} changed: {', '.join(changes)}",
-            severity=Severity.HIGH,
-            category=str(category),
-            entities=[_user(user_id, current, ("changed",))],
-        )
+        title = f"{label} changed: {', '.join(changes)}"
+        alert = _user_alert(category, Severity.HIGH, title, user_id, current, "changed")
         return await self._raise(alert, changes)
 
     async def _group(self, group_id: str) -> ChangeOutcome:
@@ -209,15 +202,9 @@ class ChangeProcessor:
             return ChangeOutcome.NOTHING
         if not await self._incident_active():
             return ChangeOutcome.NOTHING
-        alert = Alert(
-            source=AlertSource.RESPONDER,
-            alert_id=f"{category}:{user_id}",
-            version=_digest(current),
-            title=f"{category} during an active incident: {current.get('userPrincipalName')}",
-            severity=Severity.MEDIUM,
-            category=str(category),
-            entities=[_user(user_id, current, ("created" if change == "created" else "enabled",))],
-        )
+        title = f"{category} during an active incident: {current.get('userPrincipalName')}"
+        role = "created" if change == "created" else "enabled"
+        alert = _user_alert(category, Severity.MEDIUM, title, user_id, current, role)
         return await self._raise(alert, _changes(before, state) or {"changeType": change})
 
     async def _raise(self, alert: Alert, changes: dict[str, Any]) -> ChangeOutcome:
@@ -241,14 +228,30 @@ class ChangeProcessor:
         return ChangeOutcome.RAISED
 
 
-def _user(user_id: str, snapshot: dict[str, Any], roles: tuple[str, ...]) -> Entity:
-    upn = snapshot.get("userPrincipalName")
-    return Entity(
+def _user_alert(
+    category: WatchCategory,
+    severity: Severity,
+    title: str,
+    user_id: str,
+    snapshot: dict[str, Any],
+    role: str,
+) -> Alert:
+    """An alert about one user; its version is a digest of the user's state, so the same state
+    is handled once."""
+    upn, name = snapshot.get("userPrincipalName"), snapshot.get("displayName")
+    user = Entity(
         kind=EntityKind.USER,
         user_id=user_id,
         upn=upn if isinstance(upn, str) else None,
-        display_name=snapshot.get("displayName")
-        if isinstance(snapshot.get("displayName"), str)
-        else None,
-        roles=roles,
+        display_name=name if isinstance(name, str) else None,
+        roles=(role,),
+    )
+    return Alert(
+        source=AlertSource.RESPONDER,
+        alert_id=f"{category}:{user_id}",
+        version=_digest(snapshot),
+        title=title,
+        severity=severity,
+        category=str(category),
+        entities=[user],
     )
