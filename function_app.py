@@ -2,7 +2,16 @@
 
 import azure.functions as func
 
-from functions import actions, alerts, api, audit_ui, blocks, emergency
+from functions import (
+    actions,
+    alerts,
+    api,
+    audit_ui,
+    blocks,
+    defender_stream,
+    emergency,
+    notifications,
+)
 
 app = func.FunctionApp()
 app.register_functions(alerts.bp)
@@ -11,3 +20,5 @@ app.register_functions(blocks.bp)
 app.register_functions(emergency.bp)
 app.register_functions(api.bp)
 app.register_functions(audit_ui.bp)
+app.register_functions(notifications.bp)
+app.register_functions(defender_stream.bp)

@@ -18,7 +18,7 @@ from azure.functions.decorators.function_app import Function
 from azure.functions.servicebus import ServiceBusMessage
 from azure.functions.timer import TimerRequest
 
-from shared.adapters.queue import Delivery, InMemoryActionQueue
+from shared.adapters.queue import Delivery, InMemoryQueue
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class LocalHost:
 
     async def pump(
         self,
-        queue: InMemoryActionQueue,
+        queue: InMemoryQueue,
         function: str = "execute_action",
         concurrency: int = MAX_CONCURRENT_CALLS,
     ) -> int:
@@ -78,7 +78,7 @@ class LocalHost:
             deliveries += len(batch)
             await asyncio.gather(*(self._deliver(queue, d, function) for d in batch))
 
-    async def _deliver(self, queue: InMemoryActionQueue, delivery: Delivery, function: str) -> None:
+    async def _deliver(self, queue: InMemoryQueue, delivery: Delivery, function: str) -> None:
         message = ServiceBusMessage(
             body=delivery.body,
             message_id=delivery.message_id,

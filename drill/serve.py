@@ -18,6 +18,7 @@ Core Tools do not check them locally.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import json
@@ -25,7 +26,7 @@ import logging
 import re
 import socket
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -48,6 +49,13 @@ LOOPBACK = "127.0.0.1"
 MAX_REQUEST_BYTES = 100 * 1024 * 1024  # the Functions host's request size limit
 START_TIMEOUT_S = 30.0
 _PARAMETER = re.compile(r"^\{(?P<star>\*)?(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<rest>[:?=][^}]*)?\}$")
+
+
+def loopback_socket() -> socket.socket:
+    """A TCP socket bound to an ephemeral port on 127.0.0.1."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((LOOPBACK, 0))
+    return sock
 
 
 def route_prefix() -> str:
@@ -208,29 +216,37 @@ class LocalApi:
     async def _serve(self) -> None:
         self._stopping = asyncio.Event()
         built = Container(self.settings)
-        runner: web.AppRunner | None = None
         try:
             await built.prepare()
             self._container = built
             worker.install(built)
-            app = web.Application(client_max_size=MAX_REQUEST_BYTES)
-            app.router.add_route("*", "/{tail:.*}", self._handle)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((LOOPBACK, 0))
-            port = sock.getsockname()[1]
-            await web.SockSite(runner, sock).start()
-            self.base_url = f"http://{LOOPBACK}:{port}"
-            self._ready.set()
-            await self._stopping.wait()
+            async with self.serving() as base_url:
+                self.base_url = base_url
+                self._ready.set()
+                await self._stopping.wait()
         finally:
-            if runner is not None:
-                await runner.cleanup()
             if self._container is built:
                 worker.install(None)
                 self._container = None
             await built.close()
+
+    @contextlib.asynccontextmanager
+    async def serving(self, sock: socket.socket | None = None) -> AsyncIterator[str]:
+        """Serve in the running loop with the worker's installed container, for callers that
+        own both (a drill or a test); yields the base URL. `sock`, bound to 127.0.0.1, lets a
+        caller know the URL before serving (to put it into settings)."""
+        app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            if sock is None:
+                sock = loopback_socket()
+            port = sock.getsockname()[1]
+            await web.SockSite(runner, sock).start()
+            yield f"http://{LOOPBACK}:{port}"
+        finally:
+            await runner.cleanup()
 
     # --- requests ----------------------------------------------------------------------------
 

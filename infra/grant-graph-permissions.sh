@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Grants the responder's managed identity the application permissions its adapters document,
-# and nothing else: Microsoft Graph (shared/adapters/graph.py) and Office 365 Exchange Online
+# and nothing else: Microsoft Graph (shared/adapters/graph.py, graph_subscriptions.py) and Office 365 Exchange Online
 # (shared/adapters/exchange.py).
 #
 # Bicep cannot assign Graph app roles to a managed identity without the Microsoft Graph Bicep
@@ -34,6 +34,7 @@ readonly GRAPH="https://graph.microsoft.com/v1.0"
 # One permission per line; tests/unit/test_infra.py compares this list with the adapter's docstrings.
 readonly GRAPH_PERMISSIONS=(
   User.Read.All
+  GroupMember.Read.All
   User.EnableDisableAccount.All
   User.RevokeSessions.All
   SecurityAlert.Read.All

@@ -59,6 +59,23 @@ param ipBlockSweepSchedule string = '0 */5 * * * *'
 @description('Client id of the API registration (access tokens v2.0) whose app roles (Responder.Act, Responder.Approve, Audit.Read) engineers are assigned; empty leaves the HTTP API closed.')
 param authAudience string = ''
 
+@description('Object ids of privileged or role-assignable groups, comma-separated: a new member raises an alert.')
+param watchedGroups string = ''
+
+@description('Watch every user: new and re-enabled accounts during an active incident raise an alert.')
+param watchAllUsers bool = false
+
+@secure()
+@description('https://<app>/api/notifications?code=<function key of notify_changes>; empty until the app exists (no subscriptions are kept).')
+param notificationUrl string = ''
+
+@secure()
+@description('https://<app>/api/notifications/lifecycle?code=<function key of notify_lifecycle>.')
+param lifecycleNotificationUrl string = ''
+
+@description('NCRONTAB schedule of the timer that creates and renews the change notification subscriptions, in UTC.')
+param subscriptionRenewSchedule string = '0 */30 * * * *'
+
 @secure()
 @minLength(32)
 @description('Shared secret the alert webhook expects in X-Responder-Key; stored in Key Vault only.')
@@ -155,6 +172,16 @@ module serviceBus 'app/servicebus.bicep' = {
   }
 }
 
+module eventHub 'app/eventhub.bicep' = {
+  name: 'eventhub'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    name: '${abbrs.eventHubNamespaces}${resourceToken}'
+  }
+}
+
 module keyVault 'app/keyvault.bicep' = {
   name: 'keyvault'
   scope: rg
@@ -179,6 +206,9 @@ module rbac 'app/rbac.bicep' = {
     auditIndexTableName: storage.outputs.auditIndexTableName
     serviceBusNamespaceName: serviceBus.outputs.name
     actionsQueueName: serviceBus.outputs.queueName
+    notificationsQueueName: serviceBus.outputs.notificationsQueueName
+    eventHubNamespaceName: eventHub.outputs.name
+    eventHubName: eventHub.outputs.hubName
     keyVaultName: keyVault.outputs.name
     applicationInsightsName: monitoring.outputs.applicationInsightsName
   }
@@ -223,6 +253,14 @@ module api 'app/api.bicep' = {
     ipBlockSweepSchedule: ipBlockSweepSchedule
     authTenantId: tenant().tenantId
     authAudience: authAudience
+    notificationsQueueName: serviceBus.outputs.notificationsQueueName
+    subscriptionRenewSchedule: subscriptionRenewSchedule
+    notificationUrl: notificationUrl
+    lifecycleNotificationUrl: lifecycleNotificationUrl
+    watchedGroups: watchedGroups
+    watchAllUsers: watchAllUsers
+    eventHubFullyQualifiedNamespace: eventHub.outputs.fullyQualifiedNamespace
+    defenderEventHubName: eventHub.outputs.hubName
   }
 }
 
@@ -236,6 +274,8 @@ output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
 output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
 output SERVICE_BUS_NAMESPACE string = serviceBus.outputs.name
 output SERVICE_BUS_FULLY_QUALIFIED_NAMESPACE string = serviceBus.outputs.fullyQualifiedNamespace
+output EVENT_HUB_NAMESPACE string = eventHub.outputs.name
+output DEFENDER_EVENT_HUB string = eventHub.outputs.hubName
 output MANAGED_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
 output MANAGED_IDENTITY_CLIENT_ID string = identity.outputs.clientId
 output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.applicationInsightsName

@@ -408,6 +408,81 @@ class Settings(PolicySettings):
         description="Largest accepted webhook body.",
     )
 
+    notification_url: SecretStr | None = Field(
+        None,
+        alias="NOTIFICATION_URL",
+        description="Public URL of notify_changes, with ?code=<function key>; unset: no "
+        "change notification subscriptions.",
+    )
+    lifecycle_notification_url: SecretStr | None = Field(
+        None,
+        alias="LIFECYCLE_NOTIFICATION_URL",
+        description="Public URL of notify_lifecycle, with ?code=<function key>.",
+    )
+    notification_tenant_id: str | None = Field(
+        None,
+        alias="NOTIFICATION_TENANT_ID",
+        pattern=r"^[0-9a-fA-F-]{36}$",
+        description="Tenant id every change notification must carry.",
+    )
+    watched_groups: CommaList = Field(
+        (),
+        alias="WATCHED_GROUPS",
+        description="Object ids of privileged / role-assignable groups whose new members raise "
+        "an alert.",
+    )
+    watch_all_users: bool = Field(
+        False,
+        alias="WATCH_ALL_USERS",
+        description="Watch every user: new and re-enabled accounts during an incident raise an "
+        "alert.",
+    )
+    subscription_renew_schedule: str = Field(
+        "0 */30 * * * *",
+        alias="SUBSCRIPTION_RENEW_SCHEDULE",
+        description="NCRONTAB schedule of the timer that creates and renews subscriptions.",
+    )
+    notifications_queue: str = Field(
+        "notifications",
+        alias="NOTIFICATIONS_QUEUE",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,259}$",
+        description="Service Bus queue carrying accepted change notifications.",
+    )
+    defender_eventhub: str = Field(
+        "defender-alerts",
+        alias="DEFENDER_EVENTHUB",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,255}$",
+        description="Event Hub the Defender XDR streaming API writes AlertInfo/AlertEvidence to.",
+    )
+    defender_eventhub_namespace: str | None = Field(
+        None,
+        alias="DefenderEventHubConnection__fullyQualifiedNamespace",
+        description="Event Hubs namespace of that hub (identity-based trigger connection).",
+    )
+
+    @field_validator("watched_groups")
+    @classmethod
+    def _group_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return PolicySettings._object_ids(value)
+
+    @field_validator("notification_url", "lifecycle_notification_url")
+    @classmethod
+    def _public_endpoint(cls, value: SecretStr | None) -> SecretStr | None:
+        # Graph only delivers to https; the simulator on this machine is the exception.
+        if value is None:
+            return None
+        url = AnyHttpUrl(value.get_secret_value())
+        if url.scheme != "https" and url.host not in LOOPBACK:
+            raise ValueError("must be an https URL (plain http only for 127.0.0.1 or localhost)")
+        return value
+
+    @property
+    def watched_users(self) -> tuple[str, ...]:
+        """Emergency accounts and protected identities given by object id: UPNs cannot be
+        subscribed to."""
+        ids = [*self.breakglass_accounts, *self.protected_identities]
+        return tuple(dict.fromkeys(i.lower() for i in ids if _GUID.match(i)))
+
     @field_validator("graph_base_url", "exchange_base_url", "tables_endpoint", "auth_jwks_url")
     @classmethod
     def _https_off_loopback(cls, value: AnyHttpUrl | None) -> AnyHttpUrl | None:
@@ -445,6 +520,8 @@ class Settings(PolicySettings):
             )
         if self.credential is CredentialKind.SIMULATOR and self.simulator_token is None:
             raise ValueError("SIMULATOR_TOKEN is required when RESPONDER_CREDENTIAL=simulator")
+        if self.notification_url is not None and self.notification_tenant_id is None:
+            raise ValueError("NOTIFICATION_TENANT_ID is required when NOTIFICATION_URL is set")
         if self.queue is QueueKind.SERVICE_BUS and not self.service_bus_namespace:
             raise ValueError(
                 "ServiceBusConnection__fullyQualifiedNamespace is required when "

@@ -22,6 +22,10 @@ from shared.adapters.audit_table import AuditTable
 from shared.adapters.credentials import build_credential
 from shared.adapters.exchange import ExchangeAdmin
 from shared.adapters.jwks import JwksKeys
+from shared.adapters.notification_queue import (
+    InMemoryNotificationQueue,
+    ServiceBusNotificationQueue,
+)
 from shared.adapters.queue import InMemoryActionQueue, ServiceBusActionQueue
 from shared.adapters.state_table import (
     StateTable,
@@ -30,10 +34,17 @@ from shared.adapters.state_table import (
     TableBlockRegistry,
 )
 from shared.adapters.table_service import ensure_tables, table_service
+from shared.adapters.watch_table import (
+    TableNotificationClaims,
+    TableSnapshots,
+    TableStreamRows,
+    TableSubscriptions,
+)
 from shared.approvals import Approvals
 from shared.audit import AuditChain
 from shared.audit_query import AuditQuery
 from shared.config import QueueKind, Settings
+from shared.defender_stream import DefenderStream
 from shared.emergency import EmergencyMonitor
 from shared.identity import TokenValidator
 from shared.intake import AlertIntake, BlastRadius
@@ -42,9 +53,16 @@ from shared.models import utcnow
 from shared.policy import Guards, Playbook, Policy
 from shared.poller import AlertPoller
 from shared.ports import ActionQueue
+from shared.watch.changes import ActiveIncident, ChangeProcessor
+from shared.watch.gate import NotificationGate
+from shared.watch.ports import NotificationQueue
+from shared.watch.subscriptions import SubscriptionManager, desired_subscriptions
 
 if TYPE_CHECKING:
+    from msgraph import GraphServiceClient
+
     from shared.adapters.graph import GraphDirectory
+    from shared.adapters.graph_subscriptions import GraphWatch
 
 
 class Container:
@@ -65,6 +83,11 @@ class Container:
         self.audit_query = AuditQuery(self.audit_store, self.audit_index, self._cursor_key())
         self.chain = AuditChain(self.audit_store, listeners=[self.audit_query.index_records])
         self.queue: ActionQueue = self._build_queue()
+        self.notification_queue: NotificationQueue = self._build_notification_queue()
+        self.subscription_store = TableSubscriptions(state_table)
+        self.snapshots = TableSnapshots(state_table)
+        self.notification_claims = TableNotificationClaims(state_table)
+        self.stream_rows = TableStreamRows(state_table)
         self.guards = Guards.from_settings(settings)
         self.policy = Policy(Playbook.load(settings.playbook_path), self.guards)
         self._prepared = False
@@ -87,6 +110,14 @@ class Container:
             self.settings.service_bus_namespace, self.settings.actions_queue, self.credential
         )
 
+    def _build_notification_queue(self) -> NotificationQueue:
+        if self.settings.queue is QueueKind.MEMORY:
+            return InMemoryNotificationQueue(self.settings.max_deliveries, self.clock)
+        assert self.settings.service_bus_namespace is not None  # checked by Settings
+        return ServiceBusNotificationQueue(
+            self.settings.service_bus_namespace, self.settings.notifications_queue, self.credential
+        )
+
     async def prepare(self) -> Container:
         """Create the tables when running against a local connection string (Azurite)."""
         if not self._prepared and self.settings.tables_connection is not None:
@@ -100,10 +131,72 @@ class Container:
         return self
 
     @cached_property
-    def graph(self) -> GraphDirectory:
-        from shared.adapters.graph import GraphDirectory, build_graph_client
+    def graph_client(self) -> GraphServiceClient:
+        from shared.adapters.graph import build_graph_client
 
-        return GraphDirectory(build_graph_client(self.settings, self.credential))
+        return build_graph_client(self.settings, self.credential)
+
+    @cached_property
+    def graph(self) -> GraphDirectory:
+        from shared.adapters.graph import GraphDirectory
+
+        return GraphDirectory(self.graph_client)
+
+    @cached_property
+    def graph_watch(self) -> GraphWatch:
+        from shared.adapters.graph_subscriptions import GraphWatch
+
+        return GraphWatch(self.graph_client)
+
+    @cached_property
+    def notification_gate(self) -> NotificationGate:
+        return NotificationGate(
+            self.subscription_store,
+            self.notification_queue,
+            self.chain,
+            self.settings.notification_tenant_id,
+        )
+
+    @cached_property
+    def changes(self) -> ChangeProcessor:
+        return ChangeProcessor(
+            self.graph_watch,
+            self.snapshots,
+            self.notification_claims,
+            self.state,
+            self.chain,
+            self.intake,
+            self.settings.breakglass_accounts,
+            ActiveIncident(
+                self.approval_store,
+                timedelta(minutes=self.settings.disable_window_minutes),
+                self.clock,
+            ),
+        )
+
+    @cached_property
+    def subscriptions(self) -> SubscriptionManager:
+        settings = self.settings
+        return SubscriptionManager(
+            self.graph_watch,
+            self.subscription_store,
+            self.chain,
+            desired_subscriptions(
+                settings.watched_users, settings.watched_groups, settings.watch_all_users
+            ),
+            settings.notification_url.get_secret_value() if settings.notification_url else None,
+            (
+                settings.lifecycle_notification_url.get_secret_value()
+                if settings.lifecycle_notification_url
+                else None
+            ),
+            self.changes.resync,
+            self.clock,
+        )
+
+    @cached_property
+    def defender_stream(self) -> DefenderStream:
+        return DefenderStream(self.stream_rows, self.intake)
 
     @cached_property
     def exchange(self) -> ExchangeAdmin | None:
@@ -218,6 +311,8 @@ class Container:
         closers = [self.tables.close(), self.credential.close()]
         if isinstance(self.queue, ServiceBusActionQueue):
             closers.append(self.queue.close())
+        if isinstance(self.notification_queue, ServiceBusNotificationQueue):
+            closers.append(self.notification_queue.close())
         if "exchange" in self.__dict__ and self.exchange is not None:
             closers.append(self.exchange.close())
         if "jwks" in self.__dict__ and self.jwks is not None:

@@ -308,6 +308,8 @@ class AuditEvent(StrEnum):
     ACTION_REJECTED = "action.rejected"
     ACTION_EXPIRED = "action.expired"
     ALERT_RAISED = "alert.raised"
+    NOTIFICATION_REJECTED = "notification.rejected"
+    SUBSCRIPTION_RECREATED = "subscription.recreated"
 
     @classmethod
     def for_outcome(cls, status: OutcomeStatus) -> AuditEvent:

@@ -29,6 +29,16 @@ param exchangeRuleMode string
 param ipBlockSweepSchedule string
 param authTenantId string
 param authAudience string
+param notificationsQueueName string
+param subscriptionRenewSchedule string
+@secure()
+param notificationUrl string
+@secure()
+param lifecycleNotificationUrl string
+param watchedGroups string
+param watchAllUsers bool
+param eventHubFullyQualifiedNamespace string
+param defenderEventHubName string
 
 @allowed([
   2048
@@ -132,6 +142,22 @@ var appSettings = {
   // The HTTP API accepts Entra tokens of this tenant, issued for this audience.
   AUTH_TENANT_ID: authTenantId
   AUTH_AUDIENCE: authAudience
+
+  // Graph change notifications: the webhook URLs carry the function key in `?code=`, since
+  // Graph keeps the query string; the tenant every notification must name; what is watched.
+  NOTIFICATION_URL: notificationUrl
+  LIFECYCLE_NOTIFICATION_URL: lifecycleNotificationUrl
+  NOTIFICATION_TENANT_ID: authTenantId
+  WATCHED_GROUPS: watchedGroups
+  WATCH_ALL_USERS: watchAllUsers ? 'true' : 'false'
+  SUBSCRIPTION_RENEW_SCHEDULE: subscriptionRenewSchedule
+  NOTIFICATIONS_QUEUE: notificationsQueueName
+
+  // The Defender XDR stream: the trigger's `DefenderEventHubConnection` prefix.
+  DEFENDER_EVENTHUB: defenderEventHubName
+  DefenderEventHubConnection__fullyQualifiedNamespace: eventHubFullyQualifiedNamespace
+  DefenderEventHubConnection__credential: 'managedidentity'
+  DefenderEventHubConnection__clientId: identity.properties.clientId
 }
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {

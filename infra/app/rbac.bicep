@@ -20,6 +20,9 @@ param stateTableName string
 param auditIndexTableName string
 param serviceBusNamespaceName string
 param actionsQueueName string
+param notificationsQueueName string
+param eventHubNamespaceName string
+param eventHubName string
 param keyVaultName string
 param applicationInsightsName string
 
@@ -29,6 +32,7 @@ var storageTableDataContributorRoleId = '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3' /
 var storageTableDataReaderRoleId = '76199698-9eea-4c19-bc75-cec21354c6b6' // Storage Table Data Reader
 var serviceBusDataSenderRoleId = '69a216fc-b8fb-44d8-bc22-1f3c2cd27a39' // Azure Service Bus Data Sender
 var serviceBusDataReceiverRoleId = '4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0' // Azure Service Bus Data Receiver
+var eventHubsDataReceiverRoleId = 'a638d3c7-ab3a-418d-83e6-5f17a39d4fde' // Azure Event Hubs Data Receiver
 var keyVaultSecretsUserRoleId = '4633458b-17de-408a-b874-0445c86b69e6' // Key Vault Secrets User
 var monitoringMetricsPublisherRoleId = '3913510d-42f4-4e42-8a64-420c390055eb' // Monitoring Metrics Publisher
 
@@ -57,6 +61,18 @@ resource serviceBus 'Microsoft.ServiceBus/namespaces@2024-01-01' existing = {
 
   resource actionsQueue 'queues' existing = {
     name: actionsQueueName
+  }
+
+  resource notificationsQueue 'queues' existing = {
+    name: notificationsQueueName
+  }
+}
+
+resource eventHubNamespace 'Microsoft.EventHub/namespaces@2024-01-01' existing = {
+  name: eventHubNamespaceName
+
+  resource defenderHub 'eventhubs' existing = {
+    name: eventHubName
   }
 }
 
@@ -156,6 +172,38 @@ resource actionsQueueReceiver 'Microsoft.Authorization/roleAssignments@2022-04-0
   scope: serviceBus::actionsQueue
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', serviceBusDataReceiverRoleId)
+    principalId: managedIdentityPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// The notification webhook enqueues what it accepted; process_notification receives it.
+resource notificationsQueueSender 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(serviceBus::notificationsQueue.id, managedIdentityPrincipalId, serviceBusDataSenderRoleId)
+  scope: serviceBus::notificationsQueue
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', serviceBusDataSenderRoleId)
+    principalId: managedIdentityPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource notificationsQueueReceiver 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(serviceBus::notificationsQueue.id, managedIdentityPrincipalId, serviceBusDataReceiverRoleId)
+  scope: serviceBus::notificationsQueue
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', serviceBusDataReceiverRoleId)
+    principalId: managedIdentityPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// ingest_defender_stream reads the Defender stream; it never sends to the hub.
+resource defenderHubReceiver 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(eventHubNamespace::defenderHub.id, managedIdentityPrincipalId, eventHubsDataReceiverRoleId)
+  scope: eventHubNamespace::defenderHub
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', eventHubsDataReceiverRoleId)
     principalId: managedIdentityPrincipalId
     principalType: 'ServicePrincipal'
   }

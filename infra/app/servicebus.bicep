@@ -1,8 +1,10 @@
-// The Service Bus queue that carries action requests from the alert triggers to the executor.
+// The Service Bus queues: action requests from the alert triggers to the executor, and accepted
+// Graph change notifications from the webhook to their processor.
 param location string = resourceGroup().location
 param tags object = {}
 param name string
 param queueName string = 'actions'
+param notificationsQueueName string = 'notifications'
 
 @minValue(1)
 @maxValue(2000)
@@ -43,9 +45,26 @@ resource queue 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
   }
 }
 
+// The message id is the notification's key: a notification Graph delivers twice is dropped.
+resource notificationsQueue 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
+  parent: namespace
+  name: notificationsQueueName
+  properties: {
+    requiresDuplicateDetection: true
+    duplicateDetectionHistoryTimeWindow: 'PT10M'
+    maxDeliveryCount: maxDeliveryCount
+    lockDuration: 'PT1M'
+    defaultMessageTimeToLive: 'P1D'
+    deadLetteringOnMessageExpiration: true
+    requiresSession: false
+    enablePartitioning: false
+  }
+}
+
 output name string = namespace.name
 // Host name only, as the Functions trigger and azure-servicebus expect it.
 output fullyQualifiedNamespace string = split(split(namespace.properties.serviceBusEndpoint, '/')[2], ':')[0]
 output queueName string = queue.name
+output notificationsQueueName string = notificationsQueue.name
 // The app's ACTIONS_MAX_DELIVERIES is taken from here, so the two cannot drift.
 output maxDeliveryCount int = queue.properties.maxDeliveryCount

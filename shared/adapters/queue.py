@@ -39,19 +39,19 @@ def to_service_bus_message(action: ActionRequest) -> ServiceBusMessage:
     )
 
 
-class ServiceBusActionQueue:
-    """`ActionQueue` on a Service Bus queue, over the app's managed identity."""
+class ServiceBusQueue:
+    """One Service Bus queue's sender, over the app's managed identity, built on first use."""
 
     def __init__(self, namespace: str, queue_name: str, credential: AsyncTokenCredential) -> None:
         self._client = ServiceBusClient(namespace, credential)
         self._queue_name = queue_name
         self._sender: ServiceBusSender | None = None
 
-    async def send(self, actions: list[ActionRequest]) -> None:
+    async def send_messages(self, messages: list[ServiceBusMessage]) -> None:
+        """Send in as few batches as the size limit allows."""
         sender = self._get_sender()
         batch = await sender.create_message_batch()
-        for action in actions:
-            message = to_service_bus_message(action)
+        for message in messages:
             try:
                 batch.add_message(message)
             except MessageSizeExceededError:
@@ -67,16 +67,23 @@ class ServiceBusActionQueue:
             self._sender = self._client.get_queue_sender(self._queue_name)
         return self._sender
 
+    async def close(self) -> None:
+        if self._sender is not None:
+            await self._sender.close()
+        await self._client.close()
+
+
+class ServiceBusActionQueue(ServiceBusQueue):
+    """`ActionQueue` on a Service Bus queue."""
+
+    async def send(self, actions: list[ActionRequest]) -> None:
+        await self.send_messages([to_service_bus_message(a) for a in actions])
+
     async def schedule(self, actions: list[ActionRequest], at: datetime) -> None:
         if not actions:
             return
         sender = self._get_sender()
         await sender.schedule_messages([to_service_bus_message(a) for a in actions], at)
-
-    async def close(self) -> None:
-        if self._sender is not None:
-            await self._sender.close()
-        await self._client.close()
 
 
 @dataclass
@@ -89,8 +96,8 @@ class Delivery:
     delivery_count: int
 
 
-class InMemoryActionQueue:
-    """`ActionQueue` for local runs and tests, with Service Bus's delivery semantics. Time comes
+class InMemoryQueue:
+    """A queue for local runs and tests with Service Bus's delivery semantics. Time comes
     from `clock`, so a drill can let scheduled messages come due without waiting."""
 
     def __init__(
@@ -109,27 +116,26 @@ class InMemoryActionQueue:
         self.sent = 0
         self.duplicates_dropped = 0
 
-    def _accept(self, action: ActionRequest) -> Delivery | None:
+    def _accept(self, message_id: str, body: bytes) -> Delivery | None:
         now = self._clock()
-        seen = self._seen_ids.get(action.message_id)
+        seen = self._seen_ids.get(message_id)
         if seen is not None and now - seen < self._duplicate_window:
             self.duplicates_dropped += 1
             return None
-        self._seen_ids[action.message_id] = now
+        self._seen_ids[message_id] = now
         self.sent += 1
-        return Delivery(action.message_id, action.model_dump_json().encode(), CONTENT_TYPE, 1)
+        return Delivery(message_id, body, CONTENT_TYPE, 1)
 
-    async def send(self, actions: list[ActionRequest]) -> None:
-        for action in actions:
-            delivery = self._accept(action)
-            if delivery is not None:
-                self._pending.append(delivery)
-
-    async def schedule(self, actions: list[ActionRequest], at: datetime) -> None:
-        for action in actions:
-            delivery = self._accept(action)
-            if delivery is not None:
-                heapq.heappush(self._scheduled, (at, self.sent, delivery))
+    def put(self, message_id: str, body: bytes, at: datetime | None = None) -> None:
+        """Enqueue one message (due at `at`, or now); a repeated id inside the window is
+        dropped, as Service Bus duplicate detection does."""
+        delivery = self._accept(message_id, body)
+        if delivery is None:
+            return
+        if at is None:
+            self._pending.append(delivery)
+        else:
+            heapq.heappush(self._scheduled, (at, self.sent, delivery))
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -156,3 +162,15 @@ class InMemoryActionQueue:
             return
         delivery.delivery_count += 1
         self._pending.append(delivery)
+
+
+class InMemoryActionQueue(InMemoryQueue):
+    """`ActionQueue` in memory."""
+
+    async def send(self, actions: list[ActionRequest]) -> None:
+        for action in actions:
+            self.put(action.message_id, action.model_dump_json().encode())
+
+    async def schedule(self, actions: list[ActionRequest], at: datetime) -> None:
+        for action in actions:
+            self.put(action.message_id, action.model_dump_json().encode(), at)

@@ -43,6 +43,7 @@ from shared.simulator.state import (
     TenantState,
     parse_timestamp,
 )
+from shared.simulator.subscriptions import Delivery, SubscriptionError, SubscriptionStore
 
 logger = logging.getLogger(__name__)
 
@@ -93,11 +94,13 @@ class _GraphApi:
         state: TenantState,
         locations: NamedLocationStore,
         access: AccessStore,
+        subscriptions: SubscriptionStore,
         base_url: str,
     ) -> None:
         self._state = state
         self._locations = locations
         self._access = access
+        self._subscriptions = subscriptions
         self._base_url = base_url
 
     def handle(
@@ -126,7 +129,47 @@ class _GraphApi:
                     raise _GraphError(
                         error.status, error.code, error.message, error.headers
                     ) from None
+            case _, ["subscriptions", *rest] if len(rest) < 2:
+                try:
+                    return self._subscription(method, rest[0] if rest else None, body)
+                except SubscriptionError as error:
+                    raise _GraphError(error.status, error.code, error.message) from None
+            case "GET", ["groups", group_id, *rest] if rest in ([], ["members"]):
+                try:
+                    group = self._subscriptions.group(group_id)
+                except SubscriptionError as error:
+                    raise _GraphError(error.status, error.code, error.message) from None
+                return _Reply(200, self._members_json(group) if rest else group)
         raise _GraphError(404, "UnknownRoute", f"Unsupported route: {method} /{'/'.join(segments)}")
+
+    def _subscription(self, method: str, subscription_id: str | None, body: bytes) -> _Reply:
+        store = self._subscriptions
+        match method, subscription_id:
+            case "POST", None:
+                return _Reply(201, store.create(_json_object(body)))
+            case "GET", None:
+                return _Reply(200, {"value": store.all()})
+            case "GET", str():
+                return _Reply(200, store.get(subscription_id))
+            case "PATCH", str():
+                return _Reply(200, store.update(subscription_id, _json_object(body)))
+            case "DELETE", str():
+                store.delete(subscription_id)
+                return _Reply(204)
+        raise _GraphError(404, "UnknownRoute", f"Unsupported route: {method} /subscriptions")
+
+    def _members_json(self, group: JsonObject) -> JsonObject:
+        members = []
+        for member in group["members"]:
+            user = self._user(member)
+            members.append(
+                {
+                    "@odata.type": "#microsoft.graph.user",
+                    "id": user.id,
+                    "userPrincipalName": user.user_principal_name,
+                }
+            )
+        return {"@odata.context": f"{self._base_url}/$metadata#directoryObjects", "value": members}
 
     def _user(self, key: str) -> SimUser:
         try:
@@ -175,9 +218,12 @@ class _GraphApi:
         if "accountEnabled" in changes:
             self._check_account_write(key)
         try:
-            self._state.update_user(key, account_enabled=account_enabled, display_name=display_name)
+            user = self._state.update_user(
+                key, account_enabled=account_enabled, display_name=display_name
+            )
         except KeyError:
             raise _user_not_found(key) from None
+        self._subscriptions.notify(*user_change(user))
         return _Reply(204)
 
     def _check_account_write(self, key: str) -> None:
@@ -323,6 +369,12 @@ class _GraphApi:
         return _Reply(200, body)
 
 
+def user_change(user: SimUser) -> tuple[str, str, JsonObject]:
+    """The change notification of an updated user: no resource data beyond the id."""
+    data = {"@odata.type": "#Microsoft.Graph.User", "@odata.id": f"Users/{user.id}", "id": user.id}
+    return f"Users/{user.id}", "updated", data
+
+
 def _json_object(body: bytes) -> JsonObject:
     try:
         parsed = json.loads(body)
@@ -421,6 +473,7 @@ class _GraphServer(ThreadingHTTPServer):
         rules: TransportRuleStore,
         locations: NamedLocationStore,
         access: AccessStore,
+        subscriptions: SubscriptionStore,
         tenant_names: tuple[str, ...],
         token_issuer: TokenIssuer,
     ) -> None:
@@ -432,7 +485,7 @@ class _GraphServer(ThreadingHTTPServer):
         self.token_issuer = token_issuer
         self.exchange_base_url = f"http://127.0.0.1:{self.server_port}"
         self.base_url = f"{self.exchange_base_url}{API_PREFIX}"
-        self.api = _GraphApi(state, locations, access, self.base_url)
+        self.api = _GraphApi(state, locations, access, subscriptions, self.base_url)
         self.exchange_api = ExchangeApi(rules, self.exchange_base_url, tenant_names)
         self.stopping = threading.Event()
         self._connections: set[socket.socket] = set()
@@ -668,6 +721,7 @@ class SimulatedTenant:
         self._locations = NamedLocationStore(named_location_writes_per_second)
         self._access = AccessStore(PRIVILEGED_ROLES, page_size)
         self._token_issuer = TokenIssuer(tenant_id)
+        self._subscriptions = SubscriptionStore(tenant_id)
         self._server: _GraphServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -712,6 +766,7 @@ class SimulatedTenant:
             self._rules,
             self._locations,
             self._access,
+            self._subscriptions,
             (self._tenant_id, self._default_domain),
             self._token_issuer,
         )
@@ -733,6 +788,7 @@ class SimulatedTenant:
         server.close_connections()
         server.server_close()
         thread.join()
+        self._subscriptions.stop()
         logger.info("Simulated tenant at %s stopped", server.base_url)
 
     def __enter__(self) -> Self:
@@ -754,10 +810,6 @@ class SimulatedTenant:
     def user(self, id_or_upn: str) -> SimUser:
         """A snapshot of the user found by id or UPN (case-insensitive); KeyError if none."""
         return self._state.user(id_or_upn)
-
-    def edit_user(self, id_or_upn: str, *, account_enabled: bool) -> None:
-        """Change a user as an administrator would (no privilege check, no request logged)."""
-        self._state.update_user(id_or_upn, account_enabled=account_enabled, display_name=None)
 
     def assign_role(self, principal_id: str, role_id: str) -> None:
         """Give `principal_id` an active directory role assignment (tenant scope)."""
@@ -857,6 +909,63 @@ class SimulatedTenant:
         that deletes it makes the PATCH a 404), outside the simulator's locks so it can add,
         edit or delete policies. An exception from it fails the PATCH with 500."""
         self._access.before_write(lambda: hook(self), times)
+
+    def change_user(
+        self,
+        id_or_upn: str,
+        *,
+        account_enabled: bool | None = None,
+        display_name: str | None = None,
+    ) -> None:
+        """Change a user as someone else would (an admin, an attacker); notifies subscribers."""
+        user = self._state.update_user(
+            id_or_upn, account_enabled=account_enabled, display_name=display_name
+        )
+        self._subscriptions.notify(*user_change(user))
+
+    def add_group(self, group_id: str, name: str) -> None:
+        self._subscriptions.add_group(group_id, name)
+
+    def add_group_member(self, group_id: str, user_id: str) -> None:
+        """Add a member as someone else would; notifies subscribers of the group (with
+        `members@delta`, which the responder does not rely on)."""
+        self._subscriptions.add_member(group_id, user_id)
+        data = {
+            "@odata.type": "#Microsoft.Graph.Group",
+            "@odata.id": f"Groups/{group_id}",
+            "id": group_id,
+            "members@delta": [{"id": user_id}],
+        }
+        self._subscriptions.notify(f"Groups/{group_id}", "updated", data)
+
+    def group_members(self, group_id: str) -> list[str]:
+        return list(self._subscriptions.group(group_id)["members"])
+
+    @property
+    def subscriptions(self) -> list[JsonObject]:
+        """Copies of the live (unexpired, undeleted) subscriptions."""
+        return self._subscriptions.all()
+
+    def set_subscription_expiry(self, subscription_id: str, expires_at: datetime) -> None:
+        """Move a subscription's expiry, within Graph's limits, as if it were created earlier."""
+        self._subscriptions.update(subscription_id, {"expirationDateTime": expires_at.isoformat()})
+
+    def delete_subscription(self, subscription_id: str) -> None:
+        """Delete a subscription out of band, without a lifecycle notification."""
+        self._subscriptions.delete(subscription_id)
+
+    def send_lifecycle(self, subscription_id: str, event: str) -> None:
+        """Post a lifecycle notification (`reauthorizationRequired`, `subscriptionRemoved`,
+        `missed`) to the subscription's lifecycle URL."""
+        self._subscriptions.lifecycle(subscription_id, event)
+
+    def post_notifications(self, url: str, body: JsonObject) -> None:
+        """Post any body to a webhook, as a forger would."""
+        self._subscriptions.send(url, body)
+
+    def wait_for_deliveries(self) -> list[Delivery]:
+        """Wait until every queued notification was posted; every delivery so far."""
+        return self._subscriptions.wait_for_deliveries()
 
     def add_alert(self, alert: Mapping[str, Any]) -> None:
         """Store a raw alerts_v2 object with `id` and `lastUpdateDateTime`; same id replaces."""

@@ -331,7 +331,7 @@ async def test_the_health_check_audits_an_alert_only_when_something_is_wrong(
     assert await records(services) == []
 
     policy = tenant.add_ca_policy("New policy without exclusions")
-    tenant.edit_user(BG2.id, account_enabled=True)
+    tenant.change_user(BG2.id, account_enabled=True)
     await host.fire_timer("check_breakglass")
     (raised,) = await records(services)
     assert raised.entry.event == "alert.raised"
@@ -355,7 +355,7 @@ async def test_the_health_check_reports_a_missing_account(
 async def test_deactivation_without_an_activation_returns_the_accounts_to_rest(
     services: Container, tenant: SimulatedTenant
 ) -> None:
-    tenant.edit_user(BG1.id, account_enabled=True)
+    tenant.change_user(BG1.id, account_enabled=True)
     action = ActionRequest(
         id=ActionRequest.derive_id(ActionKind.DEACTIVATE_BREAKGLASS, "all", "engineer:x"),
         kind=ActionKind.DEACTIVATE_BREAKGLASS,

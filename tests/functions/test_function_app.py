@@ -29,6 +29,11 @@ EXPECTED = {
     "openapi",
     "health",
     "audit_ui",
+    "notify_changes",
+    "notify_lifecycle",
+    "process_notification",
+    "renew_subscriptions",
+    "ingest_defender_stream",
 }
 
 
@@ -55,6 +60,21 @@ def test_bindings_use_app_settings_not_literals() -> None:
     http = bindings["ingest_alert"][0]
     assert http["type"] == "httpTrigger" and http["authLevel"] == "FUNCTION"
     assert http["methods"] == ["POST"] and http["route"] == "alerts"
+    # Graph keeps the notificationUrl's query string, so the function key travels in it.
+    for name, route in (
+        ("notify_changes", "notifications"),
+        ("notify_lifecycle", "notifications/lifecycle"),
+    ):
+        webhook = bindings[name][0]
+        assert webhook["authLevel"] == "FUNCTION" and webhook["route"] == route
+    renew = bindings["renew_subscriptions"][0]
+    assert renew["schedule"] == "%SUBSCRIPTION_RENEW_SCHEDULE%"
+    notifications = bindings["process_notification"][0]
+    assert notifications["queueName"] == "%NOTIFICATIONS_QUEUE%"
+    stream = bindings["ingest_defender_stream"][0]
+    assert stream["type"] == "eventHubTrigger" and stream["cardinality"] == "MANY"
+    assert stream["eventHubName"] == "%DEFENDER_EVENTHUB%"
+    assert stream["connection"] == "DefenderEventHubConnection"
     # The API checks Entra tokens itself; the host adds no key of its own.
     api = {name: bindings[name][0] for name in ("request_action", "get_action", "verify_audit")}
     assert {b["authLevel"] for b in api.values()} == {"ANONYMOUS"}

@@ -7,8 +7,8 @@ import json
 from drill.host import registered_functions
 from functions.openapi import openapi_document
 
-# Routes that are not part of the engineers' and auditors' API.
-NOT_API = {"ingest_alert"}
+# Routes that are not part of the engineers' and auditors' API: the webhooks of other systems.
+NOT_API = {"ingest_alert", "notify_changes", "notify_lifecycle"}
 
 
 def http_routes() -> dict[str, tuple[str, set[str]]]:

@@ -10,6 +10,7 @@ import pytest
 from drill.azurite import ENV_ENDPOINT, Azurite
 from drill.exchange_dos import ExchangeDos
 from drill.runner import run_scenario
+from drill.tamper import Tamper
 from shared.cli import main
 from shared.container import Container
 from shared.models import Actor, AuditEntry, AuditEvent
@@ -79,3 +80,16 @@ async def test_the_exchange_dos_drill_blocks_each_attacker_once_and_lifts_it(
     assert summary["actions_refused"] > 0
     # The storm's writes are batched: far fewer Exchange calls than alerts or addresses.
     assert summary["exchange_calls"] < 60
+
+
+async def test_the_tamper_drill_detects_through_change_notifications(
+    azurite: Azurite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV_ENDPOINT, azurite.endpoint)
+    report = await run_scenario(Tamper())
+    summary = report.summary()
+    assert report.checks and all(report.checks.values()), report.checks
+    assert report.ok and summary["audit_verified"]
+    assert summary["webhook_answers"] == [202, 202, 202, 403]
+    raised = [r for r in report.records if r.entry.event is AuditEvent.ALERT_RAISED]
+    assert len(raised) == 2

@@ -309,7 +309,7 @@ def test_service_bus_roles_are_scoped_to_the_queue() -> None:
         for var in ("serviceBusDataSenderRoleId", "serviceBusDataReceiverRoleId")
     }
     scopes = {a.scope for a in role_assignments() if a.role in sb_roles}
-    assert scopes == {"serviceBus::actionsQueue"}
+    assert scopes == {"serviceBus::actionsQueue", "serviceBus::notificationsQueue"}
 
 
 def test_no_role_grants_owner_contributor_or_data_owner_rights() -> None:
@@ -432,11 +432,15 @@ def test_azure_yaml_deploys_the_repo_root_as_the_api_function() -> None:
 
 # --- Graph permissions --------------------------------------------------------------------
 
+GRAPH_ADAPTERS = ("graph.py", "graph_subscriptions.py")
+
 
 def documented_graph_permissions() -> set[str]:
-    tree = ast.parse((ROOT / "shared" / "adapters" / "graph.py").read_text())
-    nodes = [tree] + [
+    adapters = ROOT / "shared" / "adapters"
+    trees = [ast.parse((adapters / name).read_text()) for name in GRAPH_ADAPTERS]
+    nodes = trees + [
         n
+        for tree in trees
         for n in ast.walk(tree)
         if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
     ]

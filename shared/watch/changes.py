@@ -1,0 +1,257 @@
+"""What a directory change means. A notification for a user or a group carries no resource
+data, so the changed object is read from Graph and compared with the last state seen:
+
+- an emergency (break-glass) account or another protected identity changed at all -> a
+  high-severity alert (tampering with emergency access);
+- a privileged group gained members -> one alert per new member, for the playbook to act on;
+- with every user watched, during an active incident (the responder disabled an account within
+  its budget window): a new user, or a disabled account enabled again -> an alert.
+
+Each alert is audited as `alert.raised` and handed to the intake, so the playbook decides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from shared.audit import AuditChain, canonical_json
+from shared.intake import AlertIntake
+from shared.models import (
+    Actor,
+    Alert,
+    AlertSource,
+    AuditEntry,
+    AuditEvent,
+    Entity,
+    EntityKind,
+    Severity,
+)
+from shared.ports import AlertCheckpoint, DisableBudget
+from shared.watch.ports import (
+    ChangeNotice,
+    NotificationClaims,
+    Snapshots,
+    SubscriptionSpec,
+    WatchedDirectory,
+    WatchPurpose,
+)
+
+logger = logging.getLogger(__name__)
+
+USER = "user"
+GROUP = "group"
+DELETED = {"deleted": True}
+
+
+class WatchCategory(StrEnum):
+    """Categories of the responder's own alerts; the playbook matches on them."""
+
+    EMERGENCY_ACCESS_TAMPERING = "EmergencyAccessTampering"
+    PROTECTED_IDENTITY_CHANGED = "ProtectedIdentityChanged"
+    PRIVILEGED_GROUP_MEMBER_ADDED = "PrivilegedGroupMemberAdded"
+    NEW_USER_DURING_INCIDENT = "NewUserDuringIncident"
+    ACCOUNT_REENABLED_DURING_INCIDENT = "AccountReenabledDuringIncident"
+
+
+class ChangeOutcome(StrEnum):
+    RAISED = "raised"
+    NOTHING = "nothing"
+    DUPLICATE = "duplicate"
+
+
+@dataclass(frozen=True)
+class ActiveIncident:
+    """An incident is active while automatic disables were spent within the window."""
+
+    budget: DisableBudget
+    window: timedelta
+    clock: Callable[[], datetime]
+
+    async def __call__(self) -> bool:
+        return await self.budget.spent(self.clock() - self.window) > 0
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:32]
+
+
+def _changes(before: dict[str, Any] | None, after: dict[str, Any]) -> dict[str, Any]:
+    if before is None:
+        return {}
+    names = sorted(set(before) | set(after))
+    return {
+        name: {"before": before.get(name), "after": after.get(name)}
+        for name in names
+        if before.get(name) != after.get(name)
+    }
+
+
+class ChangeProcessor:
+    def __init__(
+        self,
+        directory: WatchedDirectory,
+        snapshots: Snapshots,
+        claims: NotificationClaims,
+        checkpoint: AlertCheckpoint,
+        chain: AuditChain,
+        intake: AlertIntake,
+        breakglass: tuple[str, ...],
+        incident_active: Callable[[], Awaitable[bool]],
+    ) -> None:
+        self._directory = directory
+        self._snapshots = snapshots
+        self._claims = claims
+        self._checkpoint = checkpoint
+        self._chain = chain
+        self._intake = intake
+        self._breakglass = frozenset(b.lower() for b in breakglass)
+        self._incident_active = incident_active
+
+    async def process(self, notice: ChangeNotice) -> ChangeOutcome:
+        """Handle one accepted notification once; an error releases it for redelivery."""
+        if not await self._claims.claim(notice.id):
+            return ChangeOutcome.DUPLICATE
+        try:
+            return await self._dispatch(notice.purpose, notice.object_id, notice.change_type)
+        except BaseException:
+            await self._claims.release(notice.id)
+            raise
+
+    async def resync(self, spec: SubscriptionSpec) -> ChangeOutcome:
+        """Compare the watched object with its last seen state (after a `missed` lifecycle
+        event, or to take the first snapshot of a new subscription)."""
+        if spec.object_id is None:
+            logger.info("%s: tenant-wide subscriptions cannot be resynchronized", spec.resource)
+            return ChangeOutcome.NOTHING
+        return await self._dispatch(spec.purpose, spec.object_id, "resync")
+
+    async def _dispatch(self, purpose: WatchPurpose, object_id: str, change: str) -> ChangeOutcome:
+        if not object_id:
+            logger.warning("a %s notification named no object", purpose)
+            return ChangeOutcome.NOTHING
+        if purpose is WatchPurpose.PROTECTED_USER:
+            return await self._protected_user(object_id)
+        if purpose is WatchPurpose.PRIVILEGED_GROUP:
+            return await self._group(object_id)
+        return await self._any_user(object_id, change)
+
+    async def _protected_user(self, user_id: str) -> ChangeOutcome:
+        current = await self._directory.user_snapshot(user_id) or DELETED
+        before = await self._snapshots.get(USER, user_id)
+        await self._snapshots.put(USER, user_id, current)
+        if before is None or before == current:
+            return ChangeOutcome.NOTHING
+        changes = _changes(before, current)
+        emergency = user_id in self._breakglass
+        category = (
+            WatchCategory.EMERGENCY_ACCESS_TAMPERING
+            if emergency
+            else WatchCategory.PROTECTED_IDENTITY_CHANGED
+        )
+        label = "Emergency access account" if emergency else "Protected identity"
+        title = f"{label} changed: {', '.join(changes)}"
+        alert = _user_alert(category, Severity.HIGH, title, user_id, current, "changed")
+        return await self._raise(alert, changes)
+
+    async def _group(self, group_id: str) -> ChangeOutcome:
+        members = sorted(m.lower() for m in await self._directory.group_member_ids(group_id))
+        before = await self._snapshots.get(GROUP, group_id)
+        await self._snapshots.put(GROUP, group_id, {"members": members})
+        if before is None:
+            return ChangeOutcome.NOTHING
+        added = sorted(set(members) - set(before.get("members", [])))
+        outcome = ChangeOutcome.NOTHING
+        for member in added:
+            alert = Alert(
+                source=AlertSource.RESPONDER,
+                alert_id=f"{WatchCategory.PRIVILEGED_GROUP_MEMBER_ADDED}:{group_id}:{member}",
+                version=_digest(members),
+                title=f"Member added to privileged group {group_id}",
+                severity=Severity.HIGH,
+                category=str(WatchCategory.PRIVILEGED_GROUP_MEMBER_ADDED),
+                entities=[Entity(kind=EntityKind.USER, user_id=member, roles=("added-member",))],
+                extra={"group_id": group_id},
+            )
+            if (
+                await self._raise(alert, {"group": group_id, "added": member})
+                is ChangeOutcome.RAISED
+            ):
+                outcome = ChangeOutcome.RAISED
+        return outcome
+
+    async def _any_user(self, user_id: str, change: str) -> ChangeOutcome:
+        current = await self._directory.user_snapshot(user_id)
+        if current is None:
+            return ChangeOutcome.NOTHING
+        state = {"accountEnabled": current.get("accountEnabled")}
+        before = await self._snapshots.get(USER, user_id)
+        await self._snapshots.put(USER, user_id, state)
+        if change == "created":
+            category = WatchCategory.NEW_USER_DURING_INCIDENT
+        elif (
+            before is not None and before.get("accountEnabled") is False and state["accountEnabled"]
+        ):
+            category = WatchCategory.ACCOUNT_REENABLED_DURING_INCIDENT
+        else:
+            return ChangeOutcome.NOTHING
+        if not await self._incident_active():
+            return ChangeOutcome.NOTHING
+        title = f"{category} during an active incident: {current.get('userPrincipalName')}"
+        role = "created" if change == "created" else "enabled"
+        alert = _user_alert(category, Severity.MEDIUM, title, user_id, current, role)
+        return await self._raise(alert, _changes(before, state) or {"changeType": change})
+
+    async def _raise(self, alert: Alert, changes: dict[str, Any]) -> ChangeOutcome:
+        if await self._checkpoint.is_handled(alert.key, alert.version):
+            return ChangeOutcome.DUPLICATE
+        await self._chain.append(
+            AuditEntry(
+                event=AuditEvent.ALERT_RAISED,
+                actor=Actor(),
+                alert_id=alert.key,
+                target=alert.entities[0].user_id if alert.entities else None,
+                reason=alert.title,
+                result={
+                    "category": alert.category,
+                    "severity": str(alert.severity),
+                    "changes": changes,
+                },
+            )
+        )
+        await self._intake.handle(alert)
+        return ChangeOutcome.RAISED
+
+
+def _user_alert(
+    category: WatchCategory,
+    severity: Severity,
+    title: str,
+    user_id: str,
+    snapshot: dict[str, Any],
+    role: str,
+) -> Alert:
+    """An alert about one user; its version is a digest of the user's state, so the same state
+    is handled once."""
+    upn, name = snapshot.get("userPrincipalName"), snapshot.get("displayName")
+    user = Entity(
+        kind=EntityKind.USER,
+        user_id=user_id,
+        upn=upn if isinstance(upn, str) else None,
+        display_name=name if isinstance(name, str) else None,
+        roles=(role,),
+    )
+    return Alert(
+        source=AlertSource.RESPONDER,
+        alert_id=f"{category}:{user_id}",
+        version=_digest(snapshot),
+        title=title,
+        severity=severity,
+        category=str(category),
+        entities=[user],
+    )

@@ -1,0 +1,180 @@
+"""The change notification webhook's work: check every notification against the subscription
+it claims to come from, queue the good ones, and audit the rest. Nothing is processed here:
+Graph wants an answer within 3 seconds."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.audit import AuditChain, canonical_json
+from shared.errors import InvalidInput
+from shared.models import Actor, AuditEntry, AuditEvent, is_guid
+from shared.watch.ports import (
+    ChangeNotice,
+    LifecycleEvent,
+    NotificationQueue,
+    SubscriptionRecord,
+    SubscriptionStore,
+)
+
+# Graph batches notifications; far more than it sends in one POST is an attack on the queue.
+MAX_NOTIFICATIONS = 1000
+MAX_CLIENT_STATE = 128
+MAX_RESOURCE = 1024
+# Validation tokens are opaque and short; anything far longer is not from Graph.
+MAX_VALIDATION_TOKEN = 1024
+_RESOURCE_ID = re.compile(r"^(?:users|groups)/([0-9a-fA-F-]{36})$", re.IGNORECASE)
+_SUBSCRIPTIONS_SHOWN = 10
+
+
+class BatchTooLarge(InvalidInput):
+    """More notifications in one request than Graph ever sends."""
+
+
+def validation_token_problem(token: str) -> str | None:
+    """Why a validation token is refused, or None. The token is echoed as text/plain, never
+    interpreted, so only its size and printability are checked."""
+    if not token:
+        return "validationToken is empty"
+    if len(token) > MAX_VALIDATION_TOKEN:
+        return f"validationToken is longer than {MAX_VALIDATION_TOKEN} characters"
+    if not token.isprintable():
+        return "validationToken holds control characters"
+    return None
+
+
+@dataclass
+class GateReport:
+    accepted: list[ChangeNotice] = field(default_factory=list)
+    rejected: Counter[str] = field(default_factory=Counter)
+    subscriptions: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"accepted": len(self.accepted), "rejected": sum(self.rejected.values())}
+
+
+def notice_key(item: dict[str, Any]) -> str:
+    """The same notification delivered twice has the same key: Graph sends no id of its own for
+    directory changes, so the key covers everything but the secret."""
+    content = {k: v for k, v in item.items() if k != "clientState"}
+    return "ntf-" + hashlib.sha256(canonical_json(content).encode()).hexdigest()[:40]
+
+
+class NotificationGate:
+    def __init__(
+        self,
+        store: SubscriptionStore,
+        queue: NotificationQueue,
+        chain: AuditChain,
+        tenant_id: str | None,
+    ) -> None:
+        self._store = store
+        self._queue = queue
+        self._chain = chain
+        self._tenant_id = (tenant_id or "").lower()
+
+    async def accept(self, payload: object, lifecycle: bool) -> GateReport:
+        """Queue the notifications that prove their origin; raises InvalidInput when the
+        payload is no notification collection at all."""
+        items = _items(payload)
+        report = GateReport()
+        records: dict[str, SubscriptionRecord | None] = {}
+        for item in items:
+            problem = await self._check(item, lifecycle, records)
+            if problem is not None:
+                report.rejected[problem] += 1
+                sub = item.get("subscriptionId") if isinstance(item, dict) else None
+                if isinstance(sub, str) and is_guid(sub) and sub not in report.subscriptions:
+                    report.subscriptions.append(sub.lower())
+                continue
+            report.accepted.append(_notice(item, records[item["subscriptionId"].lower()]))
+        if report.accepted:
+            await self._queue.send(report.accepted)
+        if report.rejected:
+            await self._chain.append(self._rejection(report, lifecycle))
+        return report
+
+    async def _check(
+        self, item: object, lifecycle: bool, records: dict[str, SubscriptionRecord | None]
+    ) -> str | None:
+        if not isinstance(item, dict):
+            return "not an object"
+        subscription_id = item.get("subscriptionId")
+        if not isinstance(subscription_id, str) or not is_guid(subscription_id):
+            return "subscriptionId is not a GUID"
+        tenant = item.get("tenantId")
+        if not isinstance(tenant, str) or tenant.lower() != self._tenant_id:
+            return "wrong tenantId"
+        presented = item.get("clientState")
+        if not isinstance(presented, str) or len(presented) > MAX_CLIENT_STATE:
+            return "clientState missing"
+        key = subscription_id.lower()
+        if key not in records:
+            records[key] = await self._store.by_subscription_id(key)
+        record = records[key]
+        if record is None:
+            return "unknown subscription"
+        if not hmac.compare_digest(presented.encode(), record.client_state.encode()):
+            return "clientState mismatch"
+        if lifecycle:
+            event = item.get("lifecycleEvent")
+            if event not in set(LifecycleEvent):
+                return "unknown lifecycleEvent"
+            return None
+        if not isinstance(item.get("changeType"), str) or not item["changeType"]:
+            return "changeType missing"
+        resource = item.get("resource")
+        if not isinstance(resource, str) or not 0 < len(resource) <= MAX_RESOURCE:
+            return "resource missing"
+        return None
+
+    def _rejection(self, report: GateReport, lifecycle: bool) -> AuditEntry:
+        # Counts and subscription ids only: never the presented clientState or the body.
+        route = "lifecycle" if lifecycle else "change"
+        rejected = sum(report.rejected.values())
+        return AuditEntry(
+            event=AuditEvent.NOTIFICATION_REJECTED,
+            actor=Actor(),
+            reason=f"{rejected} {route} notification(s) failed the origin checks",
+            result={
+                "rejected": rejected,
+                "accepted": len(report.accepted),
+                "reasons": dict(sorted(report.rejected.items())),
+                "subscriptions": report.subscriptions[:_SUBSCRIPTIONS_SHOWN],
+            },
+        )
+
+
+def _items(payload: object) -> list[Any]:
+    if not isinstance(payload, dict) or not isinstance(payload.get("value"), list):
+        raise InvalidInput('a notification collection is an object with a "value" array')
+    items: list[Any] = payload["value"]
+    if len(items) > MAX_NOTIFICATIONS:
+        raise BatchTooLarge(f"more than {MAX_NOTIFICATIONS} notifications in one request")
+    return items
+
+
+def _notice(item: dict[str, Any], record: SubscriptionRecord | None) -> ChangeNotice:
+    assert record is not None  # checked by _check
+    resource = item.get("resource")
+    resource_text = resource if isinstance(resource, str) else record.spec.resource
+    data = item.get("resourceData")
+    object_id = data.get("id") if isinstance(data, dict) else None
+    if not (isinstance(object_id, str) and is_guid(object_id)):
+        match = _RESOURCE_ID.match(resource_text)
+        object_id = match[1] if match else record.spec.object_id
+    return ChangeNotice(
+        id=notice_key(item),
+        subscription_id=record.subscription_id,
+        subscription_key=record.spec.key,
+        purpose=record.spec.purpose,
+        resource=resource_text[:MAX_RESOURCE],
+        change_type=str(item.get("changeType") or ""),
+        lifecycle_event=str(item.get("lifecycleEvent") or ""),
+        object_id=(object_id or "").lower(),
+    )

@@ -1,0 +1,197 @@
+"""The change notification gate: only notifications that prove their origin (known
+subscription, its clientState, our tenant) reach the queue; the rest are audited without the
+secret they presented."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shared.audit import AuditChain
+from shared.errors import InvalidInput
+from shared.models import AuditEvent
+from shared.watch.gate import (
+    MAX_NOTIFICATIONS,
+    BatchTooLarge,
+    NotificationGate,
+    notice_key,
+    validation_token_problem,
+)
+from shared.watch.ports import ChangeNotice, SubscriptionRecord, SubscriptionSpec, WatchPurpose
+from tests.fakes import MemoryAuditStore
+
+TENANT = "00000000-0000-0000-0000-0000000000aa"
+SUBSCRIPTION = "6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e5f"
+SECRET = "s3cret-client-state-" + "x" * 40
+USER = "0f9a6c3d-7e21-4b58-8d4f-1c3e5a7b9d20"
+SPEC = SubscriptionSpec(f"users/{USER}", "updated,deleted", WatchPurpose.PROTECTED_USER)
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.record = SubscriptionRecord(SPEC, SECRET, SUBSCRIPTION)
+        self.lookups = 0
+
+    async def by_subscription_id(self, subscription_id: str) -> SubscriptionRecord | None:
+        self.lookups += 1
+        return self.record if subscription_id == SUBSCRIPTION else None
+
+
+class FakeQueue:
+    def __init__(self) -> None:
+        self.sent: list[ChangeNotice] = []
+
+    async def send(self, notices: list[ChangeNotice]) -> None:
+        self.sent.extend(notices)
+
+
+def notification(**overrides: Any) -> dict[str, Any]:
+    item = {
+        "subscriptionId": SUBSCRIPTION,
+        "subscriptionExpirationDateTime": "2026-12-20T11:00:00.0000000+01:00",
+        "changeType": "updated",
+        "resource": f"Users/{USER}",
+        "resourceData": {"@odata.type": "#Microsoft.Graph.User", "id": USER},
+        "clientState": SECRET,
+        "tenantId": TENANT,
+    }
+    item.update(overrides)
+    return item
+
+
+@pytest.fixture
+def parts() -> tuple[NotificationGate, FakeStore, FakeQueue, MemoryAuditStore]:
+    store, queue, audit = FakeStore(), FakeQueue(), MemoryAuditStore()
+    gate = NotificationGate(store, queue, AuditChain(audit), TENANT)  # type: ignore[arg-type]
+    return gate, store, queue, audit
+
+
+async def test_a_genuine_notification_is_queued_without_its_secret(parts: Any) -> None:
+    gate, _, queue, audit = parts
+    report = await gate.accept({"value": [notification()]}, lifecycle=False)
+    assert report.as_dict() == {"accepted": 1, "rejected": 0}
+    [notice] = queue.sent
+    assert notice.object_id == USER and notice.purpose is WatchPurpose.PROTECTED_USER
+    assert SECRET not in notice.model_dump_json()
+    assert audit.records == {}
+
+
+@pytest.mark.parametrize(
+    ("override", "reason"),
+    [
+        ({"clientState": "guessed"}, "clientState mismatch"),
+        ({"clientState": SECRET[:-1]}, "clientState mismatch"),
+        ({"clientState": None}, "clientState missing"),
+        ({"clientState": "x" * 500}, "clientState missing"),
+        ({"subscriptionId": str(uuid.uuid4())}, "unknown subscription"),
+        ({"subscriptionId": "'; drop table --"}, "subscriptionId is not a GUID"),
+        ({"tenantId": str(uuid.uuid4())}, "wrong tenantId"),
+        ({"tenantId": None}, "wrong tenantId"),
+        ({"changeType": None}, "changeType missing"),
+    ],
+)
+async def test_forged_notifications_are_refused_and_audited_without_the_secret(
+    parts: Any, override: dict[str, Any], reason: str
+) -> None:
+    gate, _, queue, audit = parts
+    report = await gate.accept({"value": [notification(**override)]}, lifecycle=False)
+    assert report.accepted == [] and report.rejected == {reason: 1}
+    assert queue.sent == []
+    [record] = audit.records.values()
+    assert record.entry.event is AuditEvent.NOTIFICATION_REJECTED
+    assert record.entry.result["reasons"] == {reason: 1}
+    presented = override.get("clientState")
+    if isinstance(presented, str):
+        assert presented not in record.body
+    assert SECRET not in record.body
+
+
+async def test_a_forged_notification_beside_genuine_ones_is_dropped_alone(parts: Any) -> None:
+    gate, store, queue, audit = parts
+    items = [notification(), notification(clientState="nope"), notification(changeType="deleted")]
+    report = await gate.accept({"value": items}, lifecycle=False)
+    assert report.as_dict() == {"accepted": 2, "rejected": 1}
+    assert [n.change_type for n in queue.sent] == ["updated", "deleted"]
+    assert store.lookups == 1  # one lookup per subscription, not per notification
+    assert len(audit.records) == 1
+
+
+async def test_lifecycle_notifications_need_a_known_event(parts: Any) -> None:
+    gate, _, queue, _ = parts
+    lifecycle = {k: v for k, v in notification().items() if k not in ("changeType", "resource")}
+    report = await gate.accept(
+        {"value": [{**lifecycle, "lifecycleEvent": "reauthorizationRequired"}]}, lifecycle=True
+    )
+    assert report.as_dict() == {"accepted": 1, "rejected": 0}
+    assert queue.sent[0].lifecycle_event == "reauthorizationRequired"
+    report = await gate.accept(
+        {"value": [{**lifecycle, "lifecycleEvent": "selfDestruct"}]}, lifecycle=True
+    )
+    assert report.rejected == {"unknown lifecycleEvent": 1}
+
+
+async def test_a_huge_batch_is_refused_before_any_lookup(parts: Any) -> None:
+    gate, store, queue, _ = parts
+    with pytest.raises(BatchTooLarge):
+        await gate.accept({"value": [notification()] * (MAX_NOTIFICATIONS + 1)}, lifecycle=False)
+    assert store.lookups == 0 and queue.sent == []
+
+
+@pytest.mark.parametrize("payload", [[], {"value": "x"}, {"values": []}, None, "text"])
+async def test_anything_but_a_notification_collection_is_invalid(
+    parts: Any, payload: object
+) -> None:
+    gate, _, _, _ = parts
+    with pytest.raises(InvalidInput):
+        await gate.accept(payload, lifecycle=False)
+
+
+def test_a_replayed_notification_has_the_same_key_and_a_different_one_another() -> None:
+    original = notification()
+    assert notice_key(json.loads(json.dumps(original))) == notice_key(original)
+    assert notice_key(notification(changeType="deleted")) != notice_key(original)
+    # The secret is no part of the key, so the key reveals nothing about it.
+    assert notice_key(notification(clientState="other")) == notice_key(original)
+
+
+@pytest.mark.parametrize(
+    ("token", "refused"),
+    [
+        ("Validation: Testing client application reachability", False),
+        ("<script>alert(document.cookie)</script>", False),  # echoed as text/plain only
+        ("", True),
+        ("a" * 1025, True),
+        ("line\r\nSet-Cookie: x=1", True),
+    ],
+)
+def test_validation_tokens(token: str, refused: bool) -> None:
+    assert (validation_token_problem(token) is not None) is refused
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=40),
+        lambda children: (
+            st.lists(children, max_size=4)
+            | st.dictionaries(st.text(max_size=20), children, max_size=6)
+        ),
+        max_leaves=30,
+    )
+)
+async def test_random_bodies_never_reach_the_queue_or_raise_anything_but_invalid_input(
+    body: object,
+) -> None:
+    store, queue, audit = FakeStore(), FakeQueue(), MemoryAuditStore()
+    gate = NotificationGate(store, queue, AuditChain(audit), TENANT)  # type: ignore[arg-type]
+    for payload in (body, {"value": body if isinstance(body, list) else [body]}):
+        try:
+            await gate.accept(payload, lifecycle=False)
+        except InvalidInput:
+            pass
+    assert queue.sent == []
