@@ -78,9 +78,11 @@ def settings_for(sim: SimulatedTenant, azurite: Azurite, **overrides: Any) -> Se
     return Settings.model_validate(values)
 
 
-def sdk_client(sim: SimulatedTenant) -> tuple[GraphServiceClient, httpx.AsyncClient]:
-    """msgraph-sdk wired to the simulated tenant exactly as the product wires it, and the HTTP
-    client underneath it (for closing)."""
+def sdk_client(
+    sim: SimulatedTenant, **overrides: Any
+) -> tuple[GraphServiceClient, httpx.AsyncClient]:
+    """msgraph-sdk wired to the simulated tenant exactly as the product wires it (settings
+    `overrides` aside), and the HTTP client underneath it (for closing)."""
     settings = Settings.model_validate(
         {
             "RESPONDER_TABLES_CONNECTION": "UseDevelopmentStorage=true",
@@ -88,6 +90,7 @@ def sdk_client(sim: SimulatedTenant) -> tuple[GraphServiceClient, httpx.AsyncCli
             "RESPONDER_CREDENTIAL": "simulator",
             "SIMULATOR_TOKEN": sim.token,
             "RESPONDER_QUEUE": "memory",
+            **overrides,
         }
     )
     client = build_graph_client(settings, StaticTokenCredential(sim.token))

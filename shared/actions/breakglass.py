@@ -140,13 +140,8 @@ class EmergencyAccess:
             exclusions=exclusions,
             etag=current.etag if current else "",
         )
-        if not await self._store.save(activation):
-            raise TransientError("the emergency access activation changed meanwhile; retried")
-        after = _state(
-            [await self._directory.get_user(u.id) for u in users],
-            await self._policies.list_policies(),
-            accounts,
-        )
+        await self._save(activation)
+        after = await self._read_back(users, accounts)
         after["expires_at"] = expires_at.isoformat()
         outcome = ActionOutcome(
             status=OutcomeStatus.EXECUTED if calls else OutcomeStatus.ALREADY_DONE,
@@ -231,14 +226,8 @@ class EmergencyAccess:
             calls.append(call)
             request_ids += [request_id] if request_id else []
         if current is not None and current.active:
-            closed = replace(current, active=False, enabled=(), exclusions={})
-            if not await self._store.save(closed):
-                raise TransientError("the emergency access activation changed meanwhile; retried")
-        after = _state(
-            [await self._directory.get_user(u.id) for u in users],
-            await self._policies.list_policies(),
-            accounts,
-        )
+            await self._save(replace(current, active=False, enabled=(), exclusions={}))
+        after = await self._read_back(users, accounts)
         outcome = ActionOutcome(
             status=OutcomeStatus.EXECUTED if calls else OutcomeStatus.ALREADY_DONE,
             before=before,
@@ -247,6 +236,20 @@ class EmergencyAccess:
             request_ids=request_ids,
         )
         return Applied(action, outcome)
+
+    async def _save(self, activation: Activation) -> None:
+        if not await self._store.save(activation):
+            raise TransientError("the emergency access activation changed meanwhile; retried")
+
+    async def _read_back(
+        self, users: list[UserState], accounts: tuple[str, ...]
+    ) -> dict[str, object]:
+        """The state after a write, read again from the tenant."""
+        return _state(
+            [await self._directory.get_user(u.id) for u in users],
+            await self._policies.list_policies(),
+            accounts,
+        )
 
     def _resting_calls(self, users: list[UserState]) -> list[tuple[str, bool, str]]:
         enabled = self._config.resting is RestingState.ENABLED

@@ -8,13 +8,11 @@ from typing import Any
 
 import pytest
 
-from shared.adapters.credentials import build_credential
-from shared.adapters.graph import GraphDirectory, build_graph_client
-from shared.config import Settings
+from shared.adapters.graph import GraphDirectory
 from shared.errors import PermanentError, TransientError
 from shared.ports import GLOBAL_ADMINISTRATOR, RoleAssignment
 from shared.simulator import Fault, SimulatedTenant, SimUser
-from tests.conftest import ADELE, BREAK_GLASS
+from tests.conftest import ADELE, BREAK_GLASS, sdk_client
 
 pytestmark = pytest.mark.integration
 
@@ -37,19 +35,9 @@ GUESTS = {
 
 
 def graph_for(sim: SimulatedTenant, **overrides: Any) -> GraphDirectory:
-    settings = Settings.model_validate(
-        {
-            "RESPONDER_TABLES_CONNECTION": "UseDevelopmentStorage=true",
-            "GRAPH_BASE_URL": sim.base_url,
-            "RESPONDER_CREDENTIAL": "simulator",
-            "SIMULATOR_TOKEN": sim.token,
-            "RESPONDER_QUEUE": "memory",
-            "GRAPH_MAX_RETRIES": 0,
-            "GRAPH_RETRY_DELAY_SECONDS": 0,
-            **overrides,
-        }
-    )
-    return GraphDirectory(build_graph_client(settings, build_credential(settings)))
+    settings = {"GRAPH_MAX_RETRIES": 0, "GRAPH_RETRY_DELAY_SECONDS": 0, **overrides}
+    client, _ = sdk_client(sim, **settings)
+    return GraphDirectory(client)
 
 
 @pytest.fixture
