@@ -144,8 +144,8 @@ class ChangeProcessor:
     async def _protected_user(self, user_id: str) -> ChangeOutcome:
         current = await self._directory.user_snapshot(user_id) or DELETED
         before = await self._snapshots.get(USER, user_id)
-        await self._snapshots.put(USER, user_id, current)
         if before is None or before == current:
+            await self._snapshots.put(USER, user_id, current)
             return ChangeOutcome.NOTHING
         changes = _changes(before, current)
         emergency = user_id in self._breakglass
@@ -157,13 +157,16 @@ class ChangeProcessor:
         label = "Emergency access account" if emergency else "Protected identity"
         title = f"{label} changed: {', '.join(changes)}"
         alert = _user_alert(category, Severity.HIGH, title, user_id, current, "changed")
-        return await self._raise(alert, changes)
+        outcome = await self._raise(alert, changes)
+        # Only now: a failure above leaves the old snapshot, so the redelivery sees the change.
+        await self._snapshots.put(USER, user_id, current)
+        return outcome
 
     async def _group(self, group_id: str) -> ChangeOutcome:
         members = sorted(m.lower() for m in await self._directory.group_member_ids(group_id))
         before = await self._snapshots.get(GROUP, group_id)
-        await self._snapshots.put(GROUP, group_id, {"members": members})
         if before is None:
+            await self._snapshots.put(GROUP, group_id, {"members": members})
             return ChangeOutcome.NOTHING
         added = sorted(set(members) - set(before.get("members", [])))
         outcome = ChangeOutcome.NOTHING
@@ -183,6 +186,7 @@ class ChangeProcessor:
                 is ChangeOutcome.RAISED
             ):
                 outcome = ChangeOutcome.RAISED
+        await self._snapshots.put(GROUP, group_id, {"members": members})
         return outcome
 
     async def _any_user(self, user_id: str, change: str) -> ChangeOutcome:
@@ -191,7 +195,18 @@ class ChangeProcessor:
             return ChangeOutcome.NOTHING
         state = {"accountEnabled": current.get("accountEnabled")}
         before = await self._snapshots.get(USER, user_id)
+        outcome = await self._any_user_change(user_id, change, current, state, before)
         await self._snapshots.put(USER, user_id, state)
+        return outcome
+
+    async def _any_user_change(
+        self,
+        user_id: str,
+        change: str,
+        current: dict[str, Any],
+        state: dict[str, Any],
+        before: dict[str, Any] | None,
+    ) -> ChangeOutcome:
         if change == "created":
             category = WatchCategory.NEW_USER_DURING_INCIDENT
         elif (

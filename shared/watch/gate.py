@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,11 +59,15 @@ class GateReport:
         return {"accepted": len(self.accepted), "rejected": sum(self.rejected.values())}
 
 
-def notice_key(item: dict[str, Any]) -> str:
-    """The same notification delivered twice has the same key: Graph sends no id of its own for
-    directory changes, so the key covers everything but the secret."""
+def notice_key(item: dict[str, Any], receipt: str) -> str:
+    """The key of one received notification: its content but the secret, and the receipt (one
+    per webhook call). Graph sends no id or time of its own for directory changes, so two
+    changes of the same object send identical notifications: a content-only key would drop the
+    second as a duplicate. A notification Graph delivers again gets a new key and is processed
+    again, which is harmless: the processor compares with the last seen state."""
     content = {k: v for k, v in item.items() if k != "clientState"}
-    return "ntf-" + hashlib.sha256(canonical_json(content).encode()).hexdigest()[:40]
+    text = canonical_json(content) + "\n" + receipt
+    return "ntf-" + hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
 class NotificationGate:
@@ -82,6 +87,7 @@ class NotificationGate:
         """Queue the notifications that prove their origin; raises InvalidInput when the
         payload is no notification collection at all."""
         items = _items(payload)
+        receipt = uuid.uuid4().hex
         report = GateReport()
         records: dict[str, SubscriptionRecord | None] = {}
         for item in items:
@@ -92,7 +98,8 @@ class NotificationGate:
                 if isinstance(sub, str) and is_guid(sub) and sub not in report.subscriptions:
                     report.subscriptions.append(sub.lower())
                 continue
-            report.accepted.append(_notice(item, records[item["subscriptionId"].lower()]))
+            record = records[item["subscriptionId"].lower()]
+            report.accepted.append(_notice(item, record, f"{receipt}:{len(report.accepted)}"))
         if report.accepted:
             await self._queue.send(report.accepted)
         if report.rejected:
@@ -159,7 +166,7 @@ def _items(payload: object) -> list[Any]:
     return items
 
 
-def _notice(item: dict[str, Any], record: SubscriptionRecord | None) -> ChangeNotice:
+def _notice(item: dict[str, Any], record: SubscriptionRecord | None, receipt: str) -> ChangeNotice:
     assert record is not None  # checked by _check
     resource = item.get("resource")
     resource_text = resource if isinstance(resource, str) else record.spec.resource
@@ -169,7 +176,7 @@ def _notice(item: dict[str, Any], record: SubscriptionRecord | None) -> ChangeNo
         match = _RESOURCE_ID.match(resource_text)
         object_id = match[1] if match else record.spec.object_id
     return ChangeNotice(
-        id=notice_key(item),
+        id=notice_key(item, receipt),
         subscription_id=record.subscription_id,
         subscription_key=record.spec.key,
         purpose=record.spec.purpose,

@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -115,6 +116,40 @@ async def test_tampering_with_an_emergency_account_raises_a_high_severity_alert_
     assert raised[0].result["changes"]["displayName"]["after"] == "not suspicious at all"
     acting = [r for r in records if r.entry.kind and r.entry.target == BREAK_GLASS.id]
     assert all(r.entry.event is not AuditEvent.ACTION_PLANNED for r in acting)
+
+
+async def test_every_change_of_the_same_account_is_noticed(watch: Watch) -> None:
+    await watch.services.subscriptions.ensure()
+    for name in ("first rename", "second rename"):
+        watch.sim.change_user(BREAK_GLASS.id, display_name=name)
+        await watch.delivered()
+        await watch.process()
+    raised = [r.entry for r in await watch.records() if r.entry.event is AuditEvent.ALERT_RAISED]
+    assert [e.result["changes"]["displayName"]["after"] for e in raised] == [
+        "first rename",
+        "second rename",
+    ]
+
+
+async def test_a_failure_after_reading_the_change_loses_no_alert(
+    watch: Watch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await watch.services.subscriptions.ensure()
+    handle = watch.services.intake.handle
+    failures = [RuntimeError("the queue is down")]
+
+    async def flaky(alert: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return await handle(alert)
+
+    monkeypatch.setattr(watch.services.intake, "handle", flaky)
+    watch.sim.add_group_member(GROUP, ADELE.id)
+    await watch.delivered()
+    await watch.process()  # the first delivery fails and is abandoned; the redelivery succeeds
+    assert not failures
+    events = [r.entry.event for r in await watch.records()]
+    assert AuditEvent.ACTION_HELD in events, "the new member's disable waits for approval"
 
 
 async def test_a_replayed_notification_changes_nothing(watch: Watch) -> None:
