@@ -196,7 +196,8 @@ class Container:
 
     @cached_property
     def defender_stream(self) -> DefenderStream:
-        return DefenderStream(self.stream_rows, self.intake)
+        tenant = self.settings.notification_tenant_id or self.settings.auth_tenant_id
+        return DefenderStream(self.stream_rows, self.intake, tenant)
 
     @cached_property
     def exchange(self) -> ExchangeAdmin | None:

@@ -45,6 +45,7 @@ class StreamReport:
     evidence: int = 0
     unknown_category: int = 0
     broken: int = 0
+    foreign: int = 0
     waiting: int = 0
     invalid: int = 0
     handled: int = 0
@@ -56,15 +57,16 @@ class StreamReport:
 
 
 class DefenderStream:
-    def __init__(self, rows: StreamRows, intake: AlertIntake) -> None:
+    def __init__(self, rows: StreamRows, intake: AlertIntake, tenant_id: str | None) -> None:
         self._rows = rows
         self._intake = intake
+        self._tenant_id = tenant_id
 
     async def ingest(self, bodies: list[bytes]) -> StreamReport:
         """Handle one batch of Event Hub messages. Unusable messages and records are counted
         and skipped; storage or intake failures raise, and the batch is retried whole, which
         is safe because every step is idempotent."""
-        batch = StreamBatch()
+        batch = StreamBatch(tenant_id=self._tenant_id)
         for body in bodies:
             batch.add_message(body)
         report = StreamReport(
@@ -73,6 +75,7 @@ class DefenderStream:
             evidence=len(batch.evidence),
             unknown_category=batch.unknown_category,
             broken=batch.broken,
+            foreign=batch.foreign,
         )
         for alert_id, info in batch.infos.items():
             await self._rows.put_info(alert_id, info)

@@ -34,10 +34,12 @@ MAX_ROW_CHARS = 30_000
 class StreamBatch:
     """The rows of one batch of Event Hub messages, and what could not be used."""
 
+    tenant_id: str | None = None
     infos: dict[str, JsonObject] = field(default_factory=dict)
     evidence: list[JsonObject] = field(default_factory=list)
     unknown_category: int = 0
     broken: int = 0
+    foreign: int = 0
 
     def add_message(self, body: bytes) -> None:
         """Take one Event Hub message; broken JSON and unusable records are counted, never
@@ -57,6 +59,13 @@ class StreamBatch:
     def _add_record(self, record: object) -> None:
         if not isinstance(record, dict):
             self.broken += 1
+            return
+        tenant = record.get("tenantId")
+        if self.tenant_id is not None and (
+            not isinstance(tenant, str) or tenant.lower() != self.tenant_id.lower()
+        ):
+            # Another tenant's records (a shared hub, or a forged sender): never acted on.
+            self.foreign += 1
             return
         category = record.get("category")
         if category not in (ALERT_INFO, ALERT_EVIDENCE):

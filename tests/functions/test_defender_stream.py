@@ -121,6 +121,20 @@ async def test_unknown_categories_and_broken_json_are_counted_and_skipped(
     assert report.handled == 1
 
 
+async def test_records_of_another_tenant_are_never_acted_on(
+    sim: SimulatedTenant, azurite: Azurite
+) -> None:
+    forged = {**INFO, "tenantId": "11111111-2222-4333-8444-555555555555"}
+    unsigned = {key: value for key, value in INFO.items() if key != "tenantId"}
+    settings = settings_for(sim, azurite, NOTIFICATION_TENANT_ID=TENANT)
+    async with installed(settings) as services:
+        body = json.dumps({"records": [forged, unsigned]}).encode()
+        report = await services.defender_stream.ingest([body])
+        assert (report.foreign, report.infos, report.handled) == (2, 0, 0)
+        report = await services.defender_stream.ingest([event(INFO).get_body()])
+        assert report.handled == 1
+
+
 PLAYBOOK = """
 version = 1
 
