@@ -159,6 +159,7 @@ class Guards:
     min_prefix_v4: int = 24
     min_prefix_v6: int = 48
     breakglass_approval: BreakGlassApproval = BreakGlassApproval.HUMAN
+    breakglass: frozenset[str] = frozenset()
 
     @classmethod
     def from_settings(cls, settings: PolicySettings) -> Guards:
@@ -166,6 +167,7 @@ class Guards:
         return cls(
             protected_identities=frozenset(p.strip().lower() for p in protected if p.strip()),
             breakglass_approval=settings.breakglass_approval,
+            breakglass=frozenset(settings.breakglass_accounts),
             dry_run=settings.dry_run,
             ip_allowlist=tuple(ipaddress.ip_network(n) for n in settings.ip_allowlist),
             min_prefix_v4=settings.ip_min_prefix_v4,
@@ -204,9 +206,21 @@ class Guards:
                 return f"{network} overlaps the allow-listed network {allowed}"
         return None
 
+    def breakglass_reason(self, *identities: str | None) -> str | None:
+        """Why `enable_account` must not open an emergency account, or None."""
+        for identity in identities:
+            if identity and identity.lower() in self.breakglass:
+                return (
+                    f"{identity} is an emergency access account: open it with "
+                    "activate_breakglass (time-boxed, with its approvals), not enable_account"
+                )
+        return None
+
     def refusal(self, action: ActionRequest, *aliases: str | None) -> str | None:
         if action.kind in PROTECTED_KINDS:
             return self.protected_reason(action.target, *aliases)
+        if action.kind is ActionKind.ENABLE_ACCOUNT:
+            return self.breakglass_reason(action.target, *aliases)
         if action.kind is ActionKind.BLOCK_IP:
             return self.ip_block_reason(action.target)
         return None

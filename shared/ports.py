@@ -310,9 +310,9 @@ class Activation:
 class ActivationStore(Protocol):
     async def get(self) -> Activation | None: ...
 
-    async def save(self, activation: Activation) -> bool:
+    async def save(self, activation: Activation) -> str | None:
         """Store `activation` unless someone changed the stored one since it was read (its
-        etag; an empty etag means none existed). False on such a conflict."""
+        etag; an empty etag means none existed). The new etag; None on such a conflict."""
         ...
 
 

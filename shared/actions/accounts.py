@@ -101,6 +101,11 @@ class AccountActions:
         )
 
     def _protected(self, action: ActionRequest, user: UserState) -> list[GuardCheck]:
+        if action.kind is ActionKind.ENABLE_ACCOUNT:
+            reason = self._guards.breakglass_reason(user.id, user.upn)
+            return [
+                GuardCheck(guard="emergency_access", passed=reason is None, detail=reason or "")
+            ]
         if action.kind not in PROTECTED_KINDS:
             return []
         reason = self._guards.protected_reason(user.id, user.upn)

@@ -119,28 +119,30 @@ class EmergencyAccess:
             return Applied(action, outcome)
         current = await self._store.get()
         carried = current if current is not None and current.active else None
+        ttl = timedelta(minutes=int(action.params.get("ttl_minutes") or 0)) or self._config.ttl
+        expires_at = self._clock() + ttl
+        # The row is written before the tenant and after every write to it, so an activation
+        # that fails halfway still tells deactivation everything it changed.
+        progress = await self._save(
+            Activation(
+                action_id=action.id,
+                active=True,
+                expires_at=expires_at,
+                enabled=carried.enabled if carried else (),
+                exclusions=dict(carried.exclusions) if carried else {},
+                etag=current.etag if current else "",
+            )
+        )
         calls: list[str] = []
         request_ids: list[str] = []
-        enabled = list(carried.enabled if carried else ())
         for user in users:
             if not user.account_enabled:
                 request_id = await self._directory.set_account_enabled(user.id, True)
                 calls.append(_enable_call(user.id, True))
                 request_ids += [request_id] if request_id else []
-                enabled.append(user.id)
-        exclusions = dict(carried.exclusions if carried else {})
-        await self._exclude(accounts, exclusions, calls, request_ids)
-        ttl = timedelta(minutes=int(action.params.get("ttl_minutes") or 0)) or self._config.ttl
-        expires_at = self._clock() + ttl
-        activation = Activation(
-            action_id=action.id,
-            active=True,
-            expires_at=expires_at,
-            enabled=tuple(dict.fromkeys(enabled)),
-            exclusions=exclusions,
-            etag=current.etag if current else "",
-        )
-        await self._save(activation)
+                enabled = tuple(dict.fromkeys([*progress.enabled, user.id]))
+                progress = await self._save(replace(progress, enabled=enabled))
+        await self._exclude(accounts, progress, calls, request_ids)
         after = await self._read_back(users, accounts)
         after["expires_at"] = expires_at.isoformat()
         outcome = ActionOutcome(
@@ -155,7 +157,7 @@ class EmergencyAccess:
     async def _exclude(
         self,
         accounts: tuple[str, ...],
-        exclusions: dict[str, tuple[str, ...]],
+        progress: Activation,
         calls: list[str],
         request_ids: list[str],
     ) -> None:
@@ -178,9 +180,9 @@ class EmergencyAccess:
                 calls.append(_exclude_call(policy, excluded))
                 request_ids += [request_id] if request_id else []
                 added = [a for a in accounts if a not in policy.excluded_users]
-                exclusions[policy.id] = tuple(
-                    dict.fromkeys([*exclusions.get(policy.id, ()), *added])
-                )
+                ours = tuple(dict.fromkeys([*progress.exclusions.get(policy.id, ()), *added]))
+                exclusions = {**progress.exclusions, policy.id: ours}
+                progress = await self._save(replace(progress, exclusions=exclusions))
         if _missing(await self._policies.list_policies(), accounts):
             raise TransientError(
                 f"Conditional Access policies kept changing over {MAX_ROUNDS} rounds"
@@ -202,7 +204,8 @@ class EmergencyAccess:
         users = [await self._read(account) for account in accounts]
         policies = await self._policies.list_policies()
         before = _state(users, policies, accounts)
-        added = current.exclusions if current is not None and current.active else {}
+        open_now = current if current is not None and current.active else None
+        added = _only(open_now.exclusions, accounts) if open_now else {}
         removals = _removals(policies, added)
         enable_calls = self._resting_calls(users)
         if action.dry_run:
@@ -225,8 +228,14 @@ class EmergencyAccess:
             request_id = await self._directory.set_account_enabled(user_id, enabled)
             calls.append(call)
             request_ids += [request_id] if request_id else []
-        if current is not None and current.active:
-            await self._save(replace(current, active=False, enabled=(), exclusions={}))
+        if open_now is not None:
+            # Accounts this deactivation did not name stay open, with what was done for them.
+            others = [a for a in self._config.accounts if a not in accounts]
+            remaining = {p: ids for p, ids in _only(open_now.exclusions, others).items() if ids}
+            still_enabled = tuple(u for u in open_now.enabled if u in others)
+            await self._save(
+                replace(open_now, active=bool(others), enabled=still_enabled, exclusions=remaining)
+            )
         after = await self._read_back(users, accounts)
         outcome = ActionOutcome(
             status=OutcomeStatus.EXECUTED if calls else OutcomeStatus.ALREADY_DONE,
@@ -237,9 +246,12 @@ class EmergencyAccess:
         )
         return Applied(action, outcome)
 
-    async def _save(self, activation: Activation) -> None:
-        if not await self._store.save(activation):
+    async def _save(self, activation: Activation) -> Activation:
+        """Store the row under its etag; the stored row, with its new etag."""
+        etag = await self._store.save(activation)
+        if etag is None:
             raise TransientError("the emergency access activation changed meanwhile; retried")
+        return replace(activation, etag=etag)
 
     async def _read_back(
         self, users: list[UserState], accounts: tuple[str, ...]
@@ -269,6 +281,12 @@ class EmergencyAccess:
         current = await self._store.get()
         active = current is not None and current.active
         expected = active or self._config.resting is RestingState.ENABLED
+        if current is not None and current.active and current.expires_at is not None:
+            if current.expires_at < self._clock():
+                stamp = current.expires_at.isoformat()
+                findings.append(
+                    Finding("-", f"the activation that expired at {stamp} is still open")
+                )
         policies = await self._policies.list_policies()
         for account in self._config.accounts:
             try:
@@ -305,6 +323,14 @@ class EmergencyAccess:
 def _missing(policies: Iterable[CaPolicy], accounts: Iterable[str]) -> list[CaPolicy]:
     wanted = list(accounts)
     return [p for p in policies if p.enforced and any(a not in p.excluded_users for a in wanted)]
+
+
+def _only(
+    exclusions: dict[str, tuple[str, ...]], accounts: Iterable[str]
+) -> dict[str, tuple[str, ...]]:
+    """The recorded exclusions of the named accounts only."""
+    named = set(accounts)
+    return {p: tuple(u for u in ids if u in named) for p, ids in exclusions.items()}
 
 
 def _with(policy: CaPolicy, accounts: Iterable[str]) -> list[str]:

@@ -169,12 +169,14 @@ class ActionRunner:
             records = await self._chain.append_all(
                 [outcome_entry(a.action, a.outcome) for a in applied]
             )
-            for item, record in zip(applied, records, strict=True):
-                await self._ledger.finish(item.action, item.outcome.status, record.seq)
+            # Follow-ups before the ledger: once an action is finished, a redelivery is
+            # ignored, so a failed schedule must leave it queued. Their ids are deterministic.
             for item in applied:
                 if item.expires_at is not None:
                     follow_up = item.follow_up or expiry_unblock(item.action)
                     await self._queue.schedule([follow_up], item.expires_at)
+            for item, record in zip(applied, records, strict=True):
+                await self._ledger.finish(item.action, item.outcome.status, record.seq)
         except Exception as exc:
             raise RecordingFailed(f"recording {len(applied)} outcomes failed") from exc
 

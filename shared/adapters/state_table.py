@@ -348,7 +348,7 @@ class TableActivations:
             etag=entity.metadata["etag"] or "",
         )
 
-    async def save(self, activation: Activation) -> bool:
+    async def save(self, activation: Activation) -> str | None:
         entity = {
             "PartitionKey": BREAKGLASS,
             "RowKey": ACTIVATION,
@@ -360,14 +360,14 @@ class TableActivations:
         }
         try:
             if not activation.etag:
-                await self._table.create_entity(entity)
+                stored = await self._table.create_entity(entity)
             else:
-                await self._table.update_entity(
+                stored = await self._table.update_entity(
                     entity,
                     mode=UpdateMode.REPLACE,
                     etag=activation.etag,
                     match_condition=MatchConditions.IfNotModified,
                 )
         except (ResourceExistsError, ResourceModifiedError):
-            return False
-        return True
+            return None
+        return str(stored["etag"])

@@ -22,7 +22,7 @@ from shared.container import Container
 from shared.manual import parse_body
 from shared.models import ActionKind, ActionRequest, Actor, AuditRecord
 from shared.ports import GLOBAL_ADMINISTRATOR
-from shared.simulator import SimulatedTenant, SimUser
+from shared.simulator import Fault, SimulatedTenant, SimUser
 from tests.conftest import installed, settings_for
 
 pytestmark = pytest.mark.integration
@@ -432,3 +432,72 @@ async def test_approvals_can_be_listed_and_decided_from_the_shell(
     approved = (await records(services))[-1].entry
     assert approved.event == "action.approved" and approved.actor == BOB
     assert approved.reason == "ok"
+
+
+async def test_an_activation_interrupted_halfway_is_still_undone_completely(
+    services: Container, tenant: SimulatedTenant, clock: DrillClock
+) -> None:
+    first = tenant.add_ca_policy("First")
+    second = tenant.add_ca_policy("Second")
+    # Once the first policy is written, the next writes fail until the SDK gives up: the
+    # activation fails halfway and its message is delivered again.
+    tenant.before_ca_write(
+        lambda sim: sim.add_fault(
+            Fault(method="PATCH", path_pattern="conditionalAccess/policies", times=2)
+        )
+    )
+    await services.intake.handle_payload(lockout_alert())
+    assert await drain(services) == 2, "the first delivery fails, the second completes"
+    assert excluded(tenant, first) == [BG1.id, BG2.id] == excluded(tenant, second)
+
+    clock.advance(timedelta(minutes=61))
+    await drain(services)
+    assert excluded(tenant, first) == [] and excluded(tenant, second) == []
+    assert not tenant.user(BG1.id).account_enabled
+
+
+async def test_deactivating_one_account_leaves_the_other_open(
+    services: Container, tenant: SimulatedTenant
+) -> None:
+    block = tenant.add_ca_policy("Block admins")
+    await services.intake.handle_payload(lockout_alert())
+    await drain(services)
+    action = ActionRequest(
+        id=ActionRequest.derive_id(ActionKind.DEACTIVATE_BREAKGLASS, BG1.id, "engineer:one"),
+        kind=ActionKind.DEACTIVATE_BREAKGLASS,
+        target=BG1.id,
+        requested_by=ADA,
+    )
+    await services.runner.run(action, delivery_count=1)
+    assert excluded(tenant, block) == [BG2.id]
+    assert tenant.user(BG2.id).account_enabled and not tenant.user(BG1.id).account_enabled
+    activation = await services.activations.get()
+    assert activation is not None and activation.active
+    assert activation.exclusions == {block: (BG2.id,)} and activation.enabled == (BG2.id,)
+
+
+async def test_enable_account_cannot_open_an_emergency_account(
+    services: Container, tenant: SimulatedTenant
+) -> None:
+    body = parse_body({"kind": "enable_account", "target": BG1.id, "reason": "need access"})
+    (action,) = (await services.manual.request(body, ADA)).actions
+    assert action.decision == "refused" and "activate_breakglass" in action.reason
+    by_upn = ActionRequest(
+        id=ActionRequest.derive_id(ActionKind.ENABLE_ACCOUNT, BG1.user_principal_name, "x"),
+        kind=ActionKind.ENABLE_ACCOUNT,
+        target=BG1.user_principal_name,
+        requested_by=ADA,
+    )
+    outcome = await services.runner.run(by_upn, delivery_count=1)
+    assert outcome is not None and outcome.status == "refused"
+    assert not tenant.user(BG1.id).account_enabled
+
+
+async def test_the_health_check_reports_an_activation_left_open_past_its_expiry(
+    services: Container, tenant: SimulatedTenant, clock: DrillClock
+) -> None:
+    await services.intake.handle_payload(lockout_alert())
+    await drain(services)
+    clock.advance(timedelta(minutes=61))  # the scheduled deactivation is never delivered
+    findings = await services.emergency.health()
+    assert any("is still open" in f.problem for f in findings)
