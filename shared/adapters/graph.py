@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -26,6 +27,7 @@ from kiota_authentication_azure.azure_identity_authentication_provider import (
 )
 from kiota_http.middleware.options import HeadersInspectionHandlerOption, RetryHandlerOption
 from msgraph import GraphRequestAdapter, GraphServiceClient
+from msgraph.generated.groups.item.members.members_request_builder import MembersRequestBuilder
 from msgraph.generated.models.conditional_access_policy import ConditionalAccessPolicy
 from msgraph.generated.models.i_pv4_cidr_range import IPv4CidrRange
 from msgraph.generated.models.i_pv6_cidr_range import IPv6CidrRange
@@ -191,15 +193,43 @@ class GraphDirectory:
             request = _follow(next_link) if isinstance(next_link, str) else None
 
     async def roles_of(self, principal_id: str) -> list[RoleAssignment]:
-        """A principal's active directory role assignments (direct ones: a role held through
-        a role-assignable group is assigned to the group's id).
-        Permission: RoleManagement.Read.Directory."""
-        return await self._role_assignments(f"principalId eq '{_guid(principal_id)}'")
+        """A user's active directory role assignments: its own, and those of the
+        role-assignable groups it belongs to (listed under the group's id).
+        Permission: RoleManagement.Read.Directory (with GroupMember.Read.All)."""
+        found = await self._role_assignments(f"principalId eq '{_guid(principal_id)}'")
+        for group_id in await self._role_groups(principal_id):
+            found += await self._role_assignments(f"principalId eq '{_guid(group_id)}'")
+        return found
 
     async def holders_of(self, role_id: str) -> list[RoleAssignment]:
-        """Every active assignment of one role, whoever holds it.
-        Permission: RoleManagement.Read.Directory."""
-        return await self._role_assignments(f"roleDefinitionId eq '{_guid(role_id)}'")
+        """Every active assignment of one role, a role-assignable group's expanded to one per
+        member (RoleManagement.Read.Directory, GroupMember.Read.All)."""
+        found: list[RoleAssignment] = []
+        for assignment in await self._role_assignments(f"roleDefinitionId eq '{_guid(role_id)}'"):
+            try:
+                members = await member_ids(self._client, assignment.principal_id)
+            except PermanentError as exc:
+                if exc.status != 404:
+                    raise
+                found.append(assignment)  # not a group: a user or a service principal
+                continue
+            found += [replace(assignment, principal_id=m.lower()) for m in members]
+        return found
+
+    async def _role_groups(self, user_id: str) -> list[str]:
+        """The role-assignable groups a user belongs to (they cannot nest, so membership
+        is direct)."""
+        builder = self._client.users.by_user_id(user_id).transitive_member_of.graph_group
+        groups: list[str] = []
+        try:
+            page = await builder.get()
+            while page is not None:
+                groups += [g.id for g in page.value or [] if g.id and g.is_assignable_to_role]
+                link = page.odata_next_link
+                page = await builder.with_url(link).get() if link else None
+        except Exception as exc:
+            _raise_typed(exc, f"list the groups of {user_id}")
+        return groups
 
     async def _role_assignments(self, expression: str) -> list[RoleAssignment]:
         builder = self._client.role_management.directory.role_assignments
@@ -334,6 +364,23 @@ class GraphDirectory:
         if not isinstance(page, dict):
             raise TransientError(f"{what}: Graph returned a non-object body")
         return page
+
+
+async def member_ids(client: GraphServiceClient, group_id: str) -> list[str]:
+    """A group's direct members' object ids; PermanentError(404) when `group_id` is no group.
+    Permission: GroupMember.Read.All."""
+    builder = client.groups.by_group_id(group_id).members
+    query = MembersRequestBuilder.MembersRequestBuilderGetQueryParameters(select=["id"])
+    members: list[str] = []
+    try:
+        page = await builder.get(request_configuration=RequestConfiguration(query_parameters=query))
+        while page is not None:
+            members += [m.id for m in page.value or [] if m.id]
+            link = page.odata_next_link
+            page = await builder.with_url(link).get() if link else None
+    except Exception as exc:
+        _raise_typed(exc, f"list members of group {group_id}")
+    return members
 
 
 def _guid(value: str) -> str:

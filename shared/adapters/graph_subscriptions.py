@@ -10,13 +10,10 @@ from typing import Any, TypeVar
 
 from kiota_abstractions.base_request_configuration import RequestConfiguration
 from msgraph import GraphServiceClient
-from msgraph.generated.groups.item.members.members_request_builder import (
-    MembersRequestBuilder,
-)
 from msgraph.generated.models.subscription import Subscription
 from msgraph.generated.users.item.user_item_request_builder import UserItemRequestBuilder
 
-from shared.adapters.graph import _raise_typed
+from shared.adapters.graph import _raise_typed, member_ids
 from shared.errors import PermanentError
 from shared.watch.ports import GraphSubscription, SubscriptionSpec
 
@@ -116,17 +113,4 @@ class GraphWatch:
 
     async def group_member_ids(self, group_id: str) -> list[str]:
         """Direct members' object ids. Permission: GroupMember.Read.All."""
-        builder = self._client.groups.by_group_id(group_id).members
-        query = MembersRequestBuilder.MembersRequestBuilderGetQueryParameters(select=["id"])
-        members: list[str] = []
-        try:
-            page = await builder.get(
-                request_configuration=RequestConfiguration(query_parameters=query)
-            )
-            while page is not None:
-                members += [m.id for m in page.value or [] if m.id]
-                link = page.odata_next_link
-                page = await builder.with_url(link).get() if link else None
-        except Exception as exc:
-            _raise_typed(exc, f"list members of group {group_id}")
-        return members
+        return await member_ids(self._client, group_id)

@@ -135,10 +135,11 @@ class AccessStore:
         with self._lock:
             self._app_roles = {r.lower() for r in role_ids}
 
-    def check_account_write(self, user_id: str) -> None:
-        """403, as Entra answers, when the target holds a privileged role and the app holds
-        no role that may change such accounts."""
-        if not self.privileged_roles_of(user_id):
+    def check_account_write(self, user_id: str, group_ids: Iterable[str] = ()) -> None:
+        """403, as Entra answers, when the target holds a privileged role (itself, or through
+        one of the role-assignable `group_ids` it belongs to) and the app holds no role that
+        may change such accounts."""
+        if not any(self.privileged_roles_of(p) for p in (user_id, *group_ids)):
             return
         with self._lock:
             allowed = bool(self._app_roles & ACCOUNT_ADMIN_ROLES)

@@ -60,6 +60,7 @@ _FILTER = re.compile(r"^\s*lastUpdateDateTime\s+(gt|ge)\s+(\S+)\s*$")
 _ORDERBY = re.compile(r"^\s*lastUpdateDateTime(\s+asc)?\s*$")
 _REVOKE_ACTIONS = ("revokeSignInSessions", "microsoft.graph.revokeSignInSessions")
 _NAMED_LOCATIONS = ("identity", "conditionalAccess", "namedLocations")
+_GROUP_CASTS = ("graph.group", "microsoft.graph.group")
 
 
 class _GraphError(Exception):
@@ -134,6 +135,12 @@ class _GraphApi:
                     return self._subscription(method, rest[0] if rest else None, body)
                 except SubscriptionError as error:
                     raise _GraphError(error.status, error.code, error.message) from None
+            case "GET", ["users", key, "transitiveMemberOf", cast] if cast in _GROUP_CASTS:
+                # Role-assignable groups cannot hold groups: direct membership is transitive.
+                groups = self._subscriptions.groups_of(self._user(key).id)
+                return _Reply(
+                    200, {"value": [{"@odata.type": "#microsoft.graph.group", **g} for g in groups]}
+                )
             case "GET", ["groups", group_id, *rest] if rest in ([], ["members"]):
                 try:
                     group = self._subscriptions.group(group_id)
@@ -227,8 +234,12 @@ class _GraphApi:
         return _Reply(204)
 
     def _check_account_write(self, key: str) -> None:
+        user_id = self._user(key).id
+        groups = [
+            g["id"] for g in self._subscriptions.groups_of(user_id) if g["isAssignableToRole"]
+        ]
         try:
-            self._access.check_account_write(self._user(key).id)
+            self._access.check_account_write(user_id, groups)
         except AccessError as error:
             raise _GraphError(error.status, error.code, error.message) from None
 
@@ -923,8 +934,9 @@ class SimulatedTenant:
         )
         self._subscriptions.notify(*user_change(user))
 
-    def add_group(self, group_id: str, name: str) -> None:
-        self._subscriptions.add_group(group_id, name)
+    def add_group(self, group_id: str, name: str, *, role_assignable: bool = False) -> None:
+        """Add a security group; a role-assignable one can hold directory roles."""
+        self._subscriptions.add_group(group_id, name, role_assignable)
 
     def add_group_member(self, group_id: str, user_id: str) -> None:
         """Add a member as someone else would; notifies subscribers of the group (with

@@ -183,9 +183,24 @@ class SubscriptionStore:
 
     # --- groups ----------------------------------------------------------------------------
 
-    def add_group(self, group_id: str, name: str) -> None:
+    def add_group(self, group_id: str, name: str, role_assignable: bool = False) -> None:
         with self._lock:
-            self._groups[group_id.lower()] = {"id": group_id, "displayName": name, "members": []}
+            self._groups[group_id.lower()] = {
+                "id": group_id,
+                "displayName": name,
+                "isAssignableToRole": role_assignable,
+                "members": [],
+            }
+
+    def groups_of(self, member_id: str) -> list[JsonObject]:
+        """The groups `member_id` belongs to (without their member lists)."""
+        wanted = member_id.lower()
+        with self._lock:
+            return [
+                {k: v for k, v in group.items() if k != "members"}
+                for group in self._groups.values()
+                if wanted in (m.lower() for m in group["members"])
+            ]
 
     def group(self, group_id: str) -> JsonObject:
         with self._lock:

@@ -501,3 +501,33 @@ async def test_the_health_check_reports_an_activation_left_open_past_its_expiry(
     clock.advance(timedelta(minutes=61))  # the scheduled deactivation is never delivered
     findings = await services.emergency.health()
     assert any("is still open" in f.problem for f in findings)
+
+
+TIER0 = "7e570000-0000-4000-8000-0000000000a0"
+
+
+async def test_roles_held_through_a_role_assignable_group_count(
+    services: Container, tenant: SimulatedTenant
+) -> None:
+    group_admin = _user(31, "group-admin")
+    tenant.add_user(SimUser(**vars(group_admin)))
+    tenant.add_group(TIER0, "Tier 0", role_assignable=True)
+    tenant.add_group_member(TIER0, group_admin.id)
+    tenant.assign_role(TIER0, GLOBAL_ADMINISTRATOR)
+
+    await services.intake.handle_payload(compromised(group_admin))
+    await drain(services)
+    refused = [r.entry for r in await records(services) if r.entry.event == "action.refused"]
+    assert len(refused) == 1 and "Global Administrator" in refused[0].result["error"]
+    minimum = {g["guard"]: g for g in refused[0].result["guards"]}["global_admin_minimum"]
+    assert minimum["detail"].startswith("3 enabled Global Administrators"), "GA1, GA2, the member"
+    assert tenant.user(group_admin.id).account_enabled
+
+    tenant.set_app_roles([])
+    body = parse_body({"kind": "disable_account", "target": group_admin.id, "reason": "phished"})
+    (action,) = (await services.manual.request(body, ADA)).actions
+    await drain(services)
+    await services.approvals.approve(action.id, BOB, "confirmed")
+    await drain(services)
+    failed = (await records(services))[-1].entry
+    assert failed.event == "action.failed" and "403" in failed.result["error"]
