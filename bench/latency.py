@@ -90,6 +90,8 @@ async def warm_latency(count: int) -> dict[str, Any]:
                 "SIMULATOR_TOKEN": sim.token,
                 "RESPONDER_QUEUE": "memory",
                 "RESPONDER_WEBHOOK_SECRET": secret,
+                # Every alert must run to containment: the budget would hold all but 10.
+                "AUTO_DISABLE_BUDGET": 10_000,
             }
         )
         services = await container.Container(settings).prepare()

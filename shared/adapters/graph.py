@@ -9,6 +9,7 @@ names the least-privilege application permission it needs. Errors are mapped to 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -196,8 +197,11 @@ class GraphDirectory:
         """A user's active directory role assignments: its own, and those of the
         role-assignable groups it belongs to (listed under the group's id).
         Permission: RoleManagement.Read.Directory (with GroupMember.Read.All)."""
-        found = await self._role_assignments(f"principalId eq '{_guid(principal_id)}'")
-        for group_id in await self._role_groups(principal_id):
+        found, groups = await asyncio.gather(
+            self._role_assignments(f"principalId eq '{_guid(principal_id)}'"),
+            self._role_groups(principal_id),
+        )
+        for group_id in groups:
             found += await self._role_assignments(f"principalId eq '{_guid(group_id)}'")
         return found
 
