@@ -32,6 +32,7 @@ from shared.adapters.state_table import (
     TableActivations,
     TableApprovals,
     TableBlockRegistry,
+    TableLeases,
 )
 from shared.adapters.table_service import ensure_tables, table_service
 from shared.adapters.watch_table import (
@@ -79,6 +80,7 @@ class Container:
         self.blocks = TableBlockRegistry(state_table)
         self.approval_store = TableApprovals(state_table)
         self.activations = TableActivations(state_table)
+        self.leases = TableLeases(state_table)
         self.audit_index = AuditIndexTable(self.tables.get_table_client(settings.audit_index_table))
         self.audit_query = AuditQuery(self.audit_store, self.audit_index, self._cursor_key())
         self.chain = AuditChain(self.audit_store, listeners=[self.audit_query.index_records])
@@ -253,7 +255,7 @@ class Container:
             privileged_roles=frozenset(self.settings.privileged_roles),
             min_global_admins=self.settings.min_global_admins,
         )
-        return AccountActions(self.graph, self.graph, self.guards, limits)
+        return AccountActions(self.graph, self.graph, self.guards, limits, self.leases)
 
     @cached_property
     def emergency(self) -> EmergencyAccess:

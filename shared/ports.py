@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -376,4 +376,17 @@ class ConditionalAccess(Protocol):
         """Make `excluded` the policy's excluded users, leaving every other condition as it is.
         Returns the Graph request id; raises PermanentError(status=404) when the policy is
         gone."""
+        ...
+
+
+class Leases(Protocol):
+    """Short exclusive leases, so that checks and the write they guard run one at a time
+    across workers."""
+
+    async def acquire(self, name: str, holder: str, ttl: timedelta) -> bool:
+        """Take the lease `name` for `holder` unless someone else holds it unexpired."""
+        ...
+
+    async def release(self, name: str, holder: str) -> None:
+        """Give the lease back if `holder` still holds it."""
         ...

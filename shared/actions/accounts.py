@@ -16,10 +16,15 @@ The lockout guards run here, against the directory as it is at execution time:
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 from shared.config import PRIVILEGED_ROLES
-from shared.errors import PermanentError
+from shared.errors import PermanentError, TransientError
 from shared.models import (
     ActionKind,
     ActionOutcome,
@@ -28,9 +33,12 @@ from shared.models import (
     OutcomeStatus,
 )
 from shared.policy import PROTECTED_KINDS, Guards
-from shared.ports import GLOBAL_ADMINISTRATOR, Directory, DirectoryRoles, UserState
+from shared.ports import GLOBAL_ADMINISTRATOR, Directory, DirectoryRoles, Leases, UserState
 
 PRIVILEGED_AUTHENTICATION_ADMINISTRATOR = "7be44c8a-adaf-4e2a-84d6-ab2649e08a13"
+GA_LEASE = "global-admin-disables"
+LEASE_TTL = timedelta(minutes=2)
+LEASE_WAIT_S = 20.0
 
 
 def role_names(role_ids: list[str]) -> str:
@@ -47,12 +55,18 @@ class AccountActions:
     """The executors of `disable_account`, `enable_account` and `revoke_sessions`."""
 
     def __init__(
-        self, directory: Directory, roles: DirectoryRoles, guards: Guards, limits: LockoutLimits
+        self,
+        directory: Directory,
+        roles: DirectoryRoles,
+        guards: Guards,
+        limits: LockoutLimits,
+        leases: Leases,
     ) -> None:
         self._directory = directory
         self._roles = roles
         self._guards = guards
         self._limits = limits
+        self._leases = leases
 
     async def run(self, action: ActionRequest) -> ActionOutcome:
         user = await self._directory.get_user(action.target)
@@ -74,7 +88,35 @@ class AccountActions:
         held_roles: list[str] = []
         if action.kind is ActionKind.DISABLE_ACCOUNT:
             held_roles = [a.role_id for a in await self._roles.roles_of(user.id)]
-            checks += await self._lockout(action, held_roles)
+            if GLOBAL_ADMINISTRATOR in held_roles and not action.dry_run:
+                # Count the enabled Global Administrators and write under one lease: two
+                # disables at once could each count the other as still enabled.
+                async with self._lease(action.id):
+                    return await self._write(action, user, checks, call, held_roles)
+        return await self._write(action, user, checks, call, held_roles)
+
+    @asynccontextmanager
+    async def _lease(self, holder: str) -> AsyncIterator[None]:
+        deadline = time.monotonic() + LEASE_WAIT_S
+        while not await self._leases.acquire(GA_LEASE, holder, LEASE_TTL):
+            if time.monotonic() > deadline:
+                raise TransientError("another Global Administrator disable is running; retried")
+            await asyncio.sleep(0.2)
+        try:
+            yield
+        finally:
+            await self._leases.release(GA_LEASE, holder)
+
+    async def _write(
+        self,
+        action: ActionRequest,
+        user: UserState,
+        checks: list[GuardCheck],
+        call: str,
+        held_roles: list[str],
+    ) -> ActionOutcome:
+        if action.kind is ActionKind.DISABLE_ACCOUNT:
+            checks = checks + await self._lockout(action, held_roles)
             stopped = next((c for c in checks if not c.passed), None)
             if stopped is not None:
                 held = stopped.guard == "approval"
@@ -87,6 +129,7 @@ class AccountActions:
             if action.kind is ActionKind.REVOKE_SESSIONS:
                 request_id = await self._directory.revoke_sign_in_sessions(user.id)
             else:
+                enabled = action.kind is ActionKind.ENABLE_ACCOUNT
                 request_id = await self._directory.set_account_enabled(user.id, enabled)
         except PermanentError as exc:
             raise explain_denied(exc, held_roles) from exc

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from azure.core import MatchConditions
@@ -371,3 +371,60 @@ class TableActivations:
         except (ResourceExistsError, ResourceModifiedError):
             return None
         return str(stored["etag"])
+
+
+LEASES = "lease"
+
+
+class TableLeases:
+    """`Leases` on the state table: a row per lease, taken over by etag once expired."""
+
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    async def acquire(self, name: str, holder: str, ttl: timedelta) -> bool:
+        now = datetime.now(UTC)
+        entity = {
+            "PartitionKey": LEASES,
+            "RowKey": name,
+            "Holder": holder,
+            "ExpiresAt": (now + ttl).isoformat(),
+        }
+        try:
+            await self._table.create_entity(entity)
+            return True
+        except ResourceExistsError:
+            pass
+        try:
+            current = await self._table.get_entity(LEASES, name)
+        except ResourceNotFoundError:
+            return False  # released meanwhile: the caller retries
+        if datetime.fromisoformat(current["ExpiresAt"]) > now and current["Holder"] != holder:
+            return False
+        try:
+            await self._table.update_entity(
+                entity,
+                mode=UpdateMode.REPLACE,
+                etag=current.metadata["etag"],
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return False
+        return True
+
+    async def release(self, name: str, holder: str) -> None:
+        try:
+            current = await self._table.get_entity(LEASES, name)
+        except ResourceNotFoundError:
+            return
+        if current["Holder"] != holder:
+            return
+        try:
+            await self._table.delete_entity(
+                LEASES,
+                name,
+                etag=current.metadata["etag"],
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return

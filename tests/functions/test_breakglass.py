@@ -531,3 +531,29 @@ async def test_roles_held_through_a_role_assignable_group_count(
     await drain(services)
     failed = (await records(services))[-1].entry
     assert failed.event == "action.failed" and "403" in failed.result["error"]
+
+
+async def test_two_global_administrator_disables_at_once_leave_the_minimum_enabled(
+    services: Container, tenant: SimulatedTenant
+) -> None:
+    ga3 = _user(13, "ga-three")
+    tenant.add_user(SimUser(**vars(ga3)))
+    tenant.assign_role(ga3.id, GLOBAL_ADMINISTRATOR)  # GA1, GA2, GA3 enabled; minimum 2
+    held = []
+    for target in (GA1, ga3):
+        body = parse_body({"kind": "disable_account", "target": target.id, "reason": "phished"})
+        (action,) = (await services.manual.request(body, ADA)).actions
+        held.append(action)
+    await drain(services)
+    for action in held:
+        await services.approvals.approve(action.id, BOB, "confirmed")
+    assert len(queue_of(services)) == 2
+    # Both are delivered at the same time, and each write is slow: without the lease both
+    # would count three enabled Global Administrators before either write lands.
+    tenant.add_fault(Fault(method="PATCH", path_pattern="^/users/", status=0, delay_s=0.5, times=2))
+    await drain(services)
+
+    enabled = [u for u in (GA1, GA2, ga3) if tenant.user(u.id).account_enabled]
+    assert len(enabled) == 2
+    outcomes = sorted(str(r.entry.event) for r in (await records(services))[-2:])
+    assert outcomes == ["action.executed", "action.refused"]
