@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, NoReturn
@@ -224,59 +224,30 @@ class GraphDirectory:
         """The role-assignable groups a user belongs to (they cannot nest, so membership
         is direct)."""
         builder = self._client.users.by_user_id(user_id).transitive_member_of.graph_group
-        groups: list[str] = []
-        try:
-            page = await builder.get()
-            while page is not None:
-                groups += [g.id for g in page.value or [] if g.id and g.is_assignable_to_role]
-                link = page.odata_next_link
-                page = await builder.with_url(link).get() if link else None
-        except Exception as exc:
-            _raise_typed(exc, f"list the groups of {user_id}")
-        return groups
+        groups = await _every_page(builder, builder.get(), f"list the groups of {user_id}")
+        return [g.id for g in groups if g.id and g.is_assignable_to_role]
 
     async def _role_assignments(self, expression: str) -> list[RoleAssignment]:
         builder = self._client.role_management.directory.role_assignments
         query = RoleAssignmentsRequestBuilder.RoleAssignmentsRequestBuilderGetQueryParameters(
             filter=expression
         )
-        found: list[RoleAssignment] = []
-        try:
-            page = await builder.get(RequestConfiguration(query_parameters=query))
-            while page is not None:
-                found += [
-                    RoleAssignment(
-                        role_id=(item.role_definition_id or "").lower(),
-                        principal_id=(item.principal_id or "").lower(),
-                        scope=item.directory_scope_id or "/",
-                    )
-                    for item in page.value or []
-                ]
-                page = (
-                    await builder.with_url(page.odata_next_link).get()
-                    if page.odata_next_link
-                    else None
-                )
-        except Exception as exc:
-            _raise_typed(exc, f"list role assignments ({expression})")
-        return found
+        first = builder.get(RequestConfiguration(query_parameters=query))
+        items = await _every_page(builder, first, f"list role assignments ({expression})")
+        return [
+            RoleAssignment(
+                role_id=(item.role_definition_id or "").lower(),
+                principal_id=(item.principal_id or "").lower(),
+                scope=item.directory_scope_id or "/",
+            )
+            for item in items
+        ]
 
     async def list_policies(self) -> list[CaPolicy]:
         """The tenant's Conditional Access policies. Permission: Policy.Read.All."""
         builder = self._client.identity.conditional_access.policies
-        found: list[CaPolicy] = []
-        try:
-            page = await builder.get()
-            while page is not None:
-                found += [_ca_policy(item) for item in page.value or []]
-                page = (
-                    await builder.with_url(page.odata_next_link).get()
-                    if page.odata_next_link
-                    else None
-                )
-        except Exception as exc:
-            _raise_typed(exc, "list Conditional Access policies")
-        return found
+        items = await _every_page(builder, builder.get(), "list Conditional Access policies")
+        return [_ca_policy(item) for item in items]
 
     async def set_excluded_users(self, policy_id: str, excluded: list[str]) -> str | None:
         """Make `excluded` a policy's excluded users. The policy is read and its `users`
@@ -314,23 +285,8 @@ class GraphDirectory:
     async def list_ip_locations(self) -> list[IpLocation]:
         """The tenant's IP named locations. Permission: Policy.Read.All."""
         builder = self._client.identity.conditional_access.named_locations
-        found: list[IpLocation] = []
-        try:
-            page = await builder.get()
-            while page is not None:
-                found += [
-                    _ip_location(item)
-                    for item in page.value or []
-                    if isinstance(item, IpNamedLocation)
-                ]
-                page = (
-                    await builder.with_url(page.odata_next_link).get()
-                    if page.odata_next_link
-                    else None
-                )
-        except Exception as exc:
-            _raise_typed(exc, "list named locations")
-        return found
+        items = await _every_page(builder, builder.get(), "list named locations")
+        return [_ip_location(item) for item in items if isinstance(item, IpNamedLocation)]
 
     async def create_ip_location(self, name: str, ranges: list[str]) -> str:
         """Create an IP named location. Permission: Policy.ReadWrite.ConditionalAccess
@@ -375,16 +331,24 @@ async def member_ids(client: GraphServiceClient, group_id: str) -> list[str]:
     Permission: GroupMember.Read.All."""
     builder = client.groups.by_group_id(group_id).members
     query = MembersRequestBuilder.MembersRequestBuilderGetQueryParameters(select=["id"])
-    members: list[str] = []
+    first = builder.get(request_configuration=RequestConfiguration(query_parameters=query))
+    members = await _every_page(builder, first, f"list members of group {group_id}")
+    return [m.id for m in members if m.id]
+
+
+async def _every_page(builder: Any, first: Awaitable[Any], what: str) -> list[Any]:
+    """The items of a collection's first page and of every page its @odata.nextLink leads
+    to, through the same request builder; SDK errors mapped as everywhere."""
+    items: list[Any] = []
     try:
-        page = await builder.get(request_configuration=RequestConfiguration(query_parameters=query))
+        page = await first
         while page is not None:
-            members += [m.id for m in page.value or [] if m.id]
+            items += page.value or []
             link = page.odata_next_link
             page = await builder.with_url(link).get() if link else None
     except Exception as exc:
-        _raise_typed(exc, f"list members of group {group_id}")
-    return members
+        _raise_typed(exc, what)
+    return items
 
 
 def _guid(value: str) -> str:
