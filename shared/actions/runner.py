@@ -28,7 +28,7 @@ from shared.models import (
     OutcomeStatus,
     action_entry,
 )
-from shared.ports import LEDGER_QUEUED, ActionLedger, ActionQueue, ApprovalStore
+from shared.ports import LEDGER_QUEUED, ActionLedger, ActionQueue, ApprovalState, ApprovalStore
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,15 @@ class Holds:
     async def hold(self, action: ActionRequest, reason: str) -> None:
         held = action.model_copy(update={"decision": Decision.NEEDS_APPROVAL, "reason": reason})
         await self._store.hold(held, self._clock() + self._ttl)
+
+    async def approved(self, action: ActionRequest) -> bool:
+        """Whether an approved action may run. An approval is queued before it is settled, so
+        the message can arrive first: while the approval is still pending the delivery is
+        retried; if a rejection won the settle meanwhile, the action does not run."""
+        approval = await self._store.get(action.id)
+        if approval is not None and approval.state is ApprovalState.PENDING:
+            raise TransientError(f"the approval of {action.id} is not settled yet; retried")
+        return approval is not None and approval.state is ApprovalState.APPROVED
 
 
 class ActionRunner:
@@ -83,6 +92,9 @@ class ActionRunner:
         )
         if entry is not None and entry.state != LEDGER_QUEUED and not approved:
             logger.info("action %s already ended (%s); delivery ignored", action.id, entry.state)
+            return None
+        if "approved_by" in action.params and not await self._holds.approved(action):
+            logger.warning("action %s was not approved after all; delivery ignored", action.id)
             return None
         try:
             applied = await self._execute(action)

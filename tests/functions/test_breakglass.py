@@ -557,3 +557,26 @@ async def test_two_global_administrator_disables_at_once_leave_the_minimum_enabl
     assert len(enabled) == 2
     outcomes = sorted(str(r.entry.event) for r in (await records(services))[-2:])
     assert outcomes == ["action.executed", "action.refused"]
+
+
+async def test_a_rejection_that_wins_the_race_stops_the_approved_message(
+    services: Container, tenant: SimulatedTenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body = parse_body({"kind": "disable_account", "target": SECADMIN.id, "reason": "phished"})
+    (action,) = (await services.manual.request(body, ADA)).actions
+    await drain(services)
+    settle = services.approval_store.settle
+
+    async def lost(*args: Any) -> bool:  # the rejection settles first
+        monkeypatch.setattr(services.approval_store, "settle", settle)
+        return False
+
+    monkeypatch.setattr(services.approval_store, "settle", lost)
+    with pytest.raises(ApprovalError):
+        await services.approvals.approve(action.id, BOB, "confirmed")
+    await services.approvals.reject(action.id, Actor(kind="engineer", name="cy@contoso.com"), "no")
+    assert len(queue_of(services)) == 1, "the approval's message was already sent"
+    await drain(services)
+    assert tenant.user(SECADMIN.id).account_enabled
+    events = [str(r.entry.event) for r in await records(services)]
+    assert "action.executed" not in events and events[-1] == "action.rejected"
