@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -129,41 +130,52 @@ def forged_hs256_with_the_public_key() -> str:
     return bearer(algorithm="HS256")
 
 
-REFUSALS: list[tuple[str, str | None, str]] = [
-    ("no header", None, "bearer token is required"),
-    ("empty header", "", "bearer token is required"),
-    ("scheme only", "Bearer", "bearer token is required"),
-    ("basic auth", "Basic b25jYWxsOnNlY3JldA==", "Bearer scheme"),
-    ("bare token", MINT.issue(issuer=ISSUER, audience=AUDIENCE), "Bearer scheme"),
-    ("garbage", "Bearer not-a-jwt", "not a well-formed JWT"),
-    ("two parts", "Bearer abc.def", "not a well-formed JWT"),
-    ("undecodable header", "Bearer e30x.e30.c2ln", "not a well-formed JWT"),
-    ("expired", bearer(expires_in=-120), "expired"),
-    ("not yet valid", bearer(not_before_offset=300), "not valid yet"),
-    ("wrong audience", bearer(audience="api://someone-else"), "another audience"),
-    ("wrong issuer", bearer(issuer="https://login.microsoftonline.com/evil/v2.0"), "issuer"),
-    ("alg none", bearer(algorithm="none"), "RS256"),
-    ("HS256 keyed with the public key", forged_hs256_with_the_public_key(), "RS256"),
-    ("unknown kid", bearer(kid="kid-nobody-published"), "unknown signing key"),
-    ("missing oid", bearer(extra_claims={"oid": None}), "oid"),
-    ("missing exp", bearer(extra_claims={"exp": None}), "exp"),
-    ("missing iat", bearer(extra_claims={"iat": None}), "iat"),
-    ("roles not a list", bearer(extra_claims={"roles": ROLE_ACT}), "roles"),
-    ("two audiences", bearer(extra_claims={"aud": [AUDIENCE, "api://other"]}), "audience"),
-    ("device token", bearer(extra_claims={"idtyp": "device"}), "idtyp"),
-    ("app without client id", bearer(upn=None, extra_claims={"azp": None}), "client app"),
-    ("user without a name", bearer(extra_claims={"upn": None, "preferred_username": None}), "name"),
+# Headers are made when the test runs, not at collection: a token that is "not valid yet" at
+# import would be valid by the time a slow suite reaches it.
+REFUSALS: list[tuple[str, Callable[[], str | None], str]] = [
+    ("no header", lambda: None, "bearer token is required"),
+    ("empty header", lambda: "", "bearer token is required"),
+    ("scheme only", lambda: "Bearer", "bearer token is required"),
+    ("basic auth", lambda: "Basic b25jYWxsOnNlY3JldA==", "Bearer scheme"),
+    ("bare token", lambda: MINT.issue(issuer=ISSUER, audience=AUDIENCE), "Bearer scheme"),
+    ("garbage", lambda: "Bearer not-a-jwt", "not a well-formed JWT"),
+    ("two parts", lambda: "Bearer abc.def", "not a well-formed JWT"),
+    ("undecodable header", lambda: "Bearer e30x.e30.c2ln", "not a well-formed JWT"),
+    ("expired", lambda: bearer(expires_in=-120), "expired"),
+    ("not yet valid", lambda: bearer(not_before_offset=300), "not valid yet"),
+    ("wrong audience", lambda: bearer(audience="api://someone-else"), "another audience"),
+    (
+        "wrong issuer",
+        lambda: bearer(issuer="https://login.microsoftonline.com/evil/v2.0"),
+        "issuer",
+    ),
+    ("alg none", lambda: bearer(algorithm="none"), "RS256"),
+    ("HS256 keyed with the public key", forged_hs256_with_the_public_key, "RS256"),
+    ("unknown kid", lambda: bearer(kid="kid-nobody-published"), "unknown signing key"),
+    ("missing oid", lambda: bearer(extra_claims={"oid": None}), "oid"),
+    ("missing exp", lambda: bearer(extra_claims={"exp": None}), "exp"),
+    ("missing iat", lambda: bearer(extra_claims={"iat": None}), "iat"),
+    ("roles not a list", lambda: bearer(extra_claims={"roles": ROLE_ACT}), "roles"),
+    ("two audiences", lambda: bearer(extra_claims={"aud": [AUDIENCE, "api://other"]}), "audience"),
+    ("device token", lambda: bearer(extra_claims={"idtyp": "device"}), "idtyp"),
+    ("app without client id", lambda: bearer(upn=None, extra_claims={"azp": None}), "client app"),
+    (
+        "user without a name",
+        lambda: bearer(extra_claims={"upn": None, "preferred_username": None}),
+        "name",
+    ),
 ]
 
 
 @pytest.mark.parametrize(
-    ("authorization", "expected"),
+    ("make_header", "expected"),
     [(header, expected) for _, header, expected in REFUSALS],
     ids=[case for case, _, _ in REFUSALS],
 )
 async def test_bad_tokens_are_refused_with_401_and_a_detail_that_leaks_nothing(
-    validator: TokenValidator, authorization: str | None, expected: str
+    validator: TokenValidator, make_header: Callable[[], str | None], expected: str
 ) -> None:
+    authorization = make_header()
     refused = await refusal(validator, authorization)
 
     assert refused.status == 401
