@@ -712,6 +712,19 @@ async def test_dry_run_reads_the_rules_writes_nothing_and_audits_the_call_it_wou
         assert entry is None or entry.state not in BlockState.ACTIVE
 
 
+async def test_a_dry_run_keeps_exchanges_warnings_in_its_outcome(
+    sim: SimulatedTenant, azurite: Azurite, clock: DrillClock
+) -> None:
+    sim.add_exchange_warning("Get-TransportRule", "The DlpPolicy parameter is deprecated.")
+    async with wired(sim, azurite, clock, RESPONDER_DRY_RUN="true") as dry:
+        await dry.intake.handle_payload(attack("mx-1", ATTACKER))
+        await drain(dry)
+        [plan] = [e for e in await audit(dry) if e.event == "action.dry_run"]
+    assert plan.result["after"] == {
+        "exchange_warnings": ["Get-TransportRule: The DlpPolicy parameter is deprecated."]
+    }
+
+
 # Volume ----------------------------------------------------------------------------------------
 
 

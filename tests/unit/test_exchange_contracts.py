@@ -184,3 +184,51 @@ async def test_a_body_that_is_not_json_is_a_clear_permanent_failure() -> None:
     assert caught.value.status == 403 and caught.value.exception_type is None
     assert "not JSON (4096 bytes)" in message and "Exchange.ManageAsApp" in message
     assert "\x00" not in message
+
+
+# Beyond the recorded answers: shapes no capture shows, handled defensively -------------------
+
+
+async def test_a_link_that_keeps_pointing_at_another_page_is_given_up_on() -> None:
+    requests: list[httpx.Request] = []
+
+    def always_truncated(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        body = {"@odata.nextLink": f"{ENDPOINT}?%24skiptoken={len(requests)}", "value": [{}]}
+        return httpx.Response(200, json=body)
+
+    client = ExchangeAdmin(
+        BASE,
+        TENANT,
+        StaticTokenCredential("t"),
+        5.0,
+        transport=httpx.MockTransport(always_truncated),
+    )
+    try:
+        with pytest.raises(PermanentError, match="still truncated after 5 pages"):
+            await client.invoke("Get-TransportRule", {"ResultSize": "Unlimited"})
+    finally:
+        await client.close()
+    assert len(requests) == 5
+
+
+async def test_a_retry_after_would_be_honoured_and_a_lone_warning_string_is_kept() -> None:
+    answers = [
+        httpx.Response(429, headers={"Retry-After": "12"}, json={"error": {"code": "TooMany"}}),
+        httpx.Response(200, json={"@adminapi.warnings": "one warning", "value": []}),
+    ]
+    client = ExchangeAdmin(
+        BASE,
+        TENANT,
+        StaticTokenCredential("t"),
+        5.0,
+        transport=httpx.MockTransport(lambda request: answers.pop(0)),
+    )
+    try:
+        with pytest.raises(CmdletUnavailable) as caught:
+            await client.invoke("Get-TransportRule", {})
+        result = await client.invoke("Get-TransportRule", {})
+    finally:
+        await client.close()
+    assert (caught.value.status, caught.value.retry_after) == (429, 12.0)
+    assert result.warnings == ["one warning"]
