@@ -588,11 +588,8 @@ class _Handler(BaseHTTPRequestHandler):
         if not serves_keys:
             self._authenticate(server.token)
         tenant = _exchange_tenant(parts.path)
-        cmdlet = (
-            _record_invocation(server.rules, body, dict(self.headers.items()))
-            if tenant is not None
-            else None
-        )
+        headers = dict(self.headers.items())
+        cmdlet = _record_invocation(server.rules, body, headers) if tenant is not None else None
         fault = server.state.take_fault(self.command, logged_path, cmdlet)
         if fault is not None:
             self._apply(fault, server.stopping)
@@ -600,7 +597,6 @@ class _Handler(BaseHTTPRequestHandler):
             return _Reply(200, server.token_issuer.jwks())
         if tenant is not None and self.command == "POST":
             query = dict(parse_qsl(parts.query, keep_blank_values=True))
-            headers = dict(self.headers.items())
             return _Reply(200, server.exchange_api.invoke(tenant, query, body, headers))
         if relative is None:
             raise _GraphError(

@@ -189,6 +189,36 @@ async def test_a_body_that_is_not_json_is_a_clear_permanent_failure() -> None:
 # Beyond the recorded answers: shapes no capture shows, handled defensively -------------------
 
 
+@pytest.mark.parametrize(
+    "link",
+    [
+        f"http://outlook.office365.com/adminapi/beta/{TENANT}/InvokeCommand?%24skiptoken=x",
+        f"https://outlook.office365.com.evil.example/adminapi/beta/{TENANT}/InvokeCommand",
+        f"https://outlook.office365.com:8443/adminapi/beta/{TENANT}/InvokeCommand",
+        f"https://user:pw@outlook.office365.com/adminapi/beta/{TENANT}/InvokeCommand",
+        "https://outlook.office365.com/adminapi/beta/other-tenant/InvokeCommand",
+    ],
+)
+async def test_a_next_link_off_the_configured_https_endpoint_is_never_sent_the_token(
+    link: str,
+) -> None:
+    requests: list[httpx.Request] = []
+
+    def truncated(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(200, json={"@odata.nextLink": link, "value": [{}]})
+
+    client = ExchangeAdmin(
+        BASE, TENANT, StaticTokenCredential("t"), 5.0, transport=httpx.MockTransport(truncated)
+    )
+    try:
+        with pytest.raises(PermanentError, match="not followed"):
+            await client.invoke("Get-TransportRule", {"ResultSize": "Unlimited"})
+    finally:
+        await client.close()
+    assert [str(r.url) for r in requests] == [ENDPOINT]
+
+
 async def test_a_link_that_keeps_pointing_at_another_page_is_given_up_on() -> None:
     requests: list[httpx.Request] = []
 
