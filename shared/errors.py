@@ -41,3 +41,8 @@ class TransientError(ActionError):
 
 class PermanentError(ActionError):
     """Retrying cannot help (403, 404, bad request): audited as failed, not retried."""
+
+
+class NotFoundError(PermanentError):
+    """What the action names does not exist (for Exchange: the cmdlet's exception says so,
+    whatever the HTTP status). Callers that can tell "already gone" from a failure use it."""

@@ -168,7 +168,8 @@ class TransportRule:
 
 
 class TransportRules(Protocol):
-    """Exchange Online transport rules (Get/New/Set/Remove-TransportRule)."""
+    """Exchange Online transport rules (Get/New/Set/Remove-TransportRule). `get_rule` answers
+    None for a missing rule; `set_ranges` and `remove_rule` raise `NotFoundError` for one."""
 
     async def list_rules(self) -> list[TransportRule]: ...
 
@@ -181,6 +182,10 @@ class TransportRules(Protocol):
     async def set_ranges(self, name: str, ranges: list[str], mode: str, reject: bool) -> None: ...
 
     async def remove_rule(self, name: str) -> None: ...
+
+    def take_warnings(self) -> list[str]:
+        """Warnings Exchange attached to the cmdlets run since the last call."""
+        ...
 
 
 class BlockState(StrEnum):

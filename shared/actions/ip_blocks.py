@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from shared.errors import PermanentError, TransientError
+from shared.errors import NotFoundError, PermanentError, TransientError
 from shared.models import ActionKind, ActionOutcome, ActionRequest, Actor, OutcomeStatus
 from shared.ports import (
     ActionQueue,
@@ -210,6 +210,7 @@ class IpBlocklist:
 
     async def plan(self, action: ActionRequest) -> ActionOutcome:
         """Dry run: read the rules and report the write a real run would make."""
+        self._rules.take_warnings()
         managed = [r for r in await self._rules.list_rules() if is_managed(r)]
         rule_range = exchange_range(action.target)
         present = any(rule_range in r.ranges for r in managed)
@@ -218,9 +219,11 @@ class IpBlocklist:
             changes = plan_shards(managed, adds, set())
         else:
             changes = plan_shards(managed, {}, {rule_range})
+        warnings = self._rules.take_warnings()
         return ActionOutcome(
             status=OutcomeStatus.DRY_RUN,
             before={"blocked": present},
+            after={"exchange_warnings": warnings} if warnings else {},
             calls=[change.call for change in changes],
         )
 
@@ -285,6 +288,7 @@ class IpBlocklist:
             moving = [e for e in entries if e.state != BlockState.BLOCKED]
             if not moving:
                 return []
+            self._rules.take_warnings()
             kept = [e for e in entries if e.state != BlockState.UNBLOCKING]
             adds = {exchange_range(e.network): e.block.params.get("mode", "reject") for e in kept}
             removes = {
@@ -296,7 +300,7 @@ class IpBlocklist:
                 {e.network for e in signin if e.state != BlockState.UNBLOCKING},
                 {e.network for e in signin if e.state == BlockState.UNBLOCKING},
             )
-            applied = self._outcomes(moving, placed, calls)
+            applied = self._outcomes(moving, placed, calls, self._rules.take_warnings())
             await record(applied)
             await self._advance(applied, moving)
             return applied
@@ -399,15 +403,23 @@ class IpBlocklist:
             or current.when_changed != change.read.when_changed
         ):
             raise _ShardChanged(f"{change.name} changed since it was read")
-        if change.ranges:
-            await self._rules.set_ranges(
-                change.name, change.ranges, self._rule_mode, reject=change.mode == "reject"
-            )
-        else:
-            await self._rules.remove_rule(change.name)
+        try:
+            if change.ranges:
+                await self._rules.set_ranges(
+                    change.name, change.ranges, self._rule_mode, reject=change.mode == "reject"
+                )
+            else:
+                await self._rules.remove_rule(change.name)
+        except NotFoundError:
+            # Removed by someone else since the check above: plan again from a fresh read.
+            raise _ShardChanged(f"{change.name} was removed meanwhile") from None
 
     def _outcomes(
-        self, entries: list[BlockEntry], placed: dict[str, str], calls: list[str]
+        self,
+        entries: list[BlockEntry],
+        placed: dict[str, str],
+        calls: list[str],
+        warnings: list[str],
     ) -> list[Applied]:
         now = self._clock()
         applied = []
@@ -421,10 +433,10 @@ class IpBlocklist:
                     "signin_blocked": bool(entry.block.params.get("signin_block")),
                     "expires_at": expires,
                 }
-                outcome = _executed({"blocked": False}, after, calls)
+                outcome = _executed({"blocked": False}, after, calls, warnings)
                 applied.append(Applied(entry.block, outcome, expires))
             elif entry.unblock is not None:
-                outcome = _executed({"blocked": True}, {"blocked": False}, calls)
+                outcome = _executed({"blocked": True}, {"blocked": False}, calls, warnings)
                 applied.append(Applied(entry.unblock, outcome))
         return applied
 
@@ -439,14 +451,16 @@ class IpBlocklist:
 
 
 def _executed(
-    before: Mapping[str, object], after: Mapping[str, object], calls: list[str]
+    before: Mapping[str, object],
+    after: Mapping[str, object],
+    calls: list[str],
+    warnings: list[str],
 ) -> ActionOutcome:
-    return ActionOutcome(
-        status=OutcomeStatus.EXECUTED,
-        before=before,
-        after={k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in after.items()},
-        calls=calls,
-    )
+    """An executed outcome; Exchange's warnings about the pass, if any, are kept in `after`."""
+    shown = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in after.items()}
+    if warnings:
+        shown["exchange_warnings"] = list(warnings)
+    return ActionOutcome(status=OutcomeStatus.EXECUTED, before=before, after=shown, calls=calls)
 
 
 class IpBlockSweeper:

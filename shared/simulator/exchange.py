@@ -1,5 +1,10 @@
 """Exchange Online transport rules behind the simulated admin API's `InvokeCommand` endpoint.
 
+As strict as the live endpoint where public captures show it (docs/fidelity.md, section
+"Exchange Online admin endpoint"): a missing object is a 400 whose exception type is only in
+`details`, a next link cannot be replayed, every answer carries `@adminapi.warnings`, an unknown
+cmdlet is a 403 with a body that is not JSON, and throttling carries no Retry-After.
+
 A rule's size is the UTF-8 length of `json.dumps(p, separators=(",", ":"), sort_keys=True)`, where
 `p` maps the rule's stored Name, Comments, SenderIpRanges, Mode, RejectMessageEnhancedStatusCode,
 RejectMessageReasonText, DeleteMessage and StopRuleProcessing (defaults filled in, nulls left out)
@@ -8,20 +13,18 @@ to their values, and a rule larger than `RULE_SIZE_LIMIT` bytes is refused.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import copy
 import ipaddress
 import json
 import re
+import secrets
 import threading
 import uuid
-import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 from shared.simulator.state import JsonObject, format_timestamp
 
@@ -29,7 +32,11 @@ RULE_SIZE_LIMIT = 8192
 MAX_TRANSPORT_RULES = 300
 MAX_NAME_LENGTH = 64
 MAX_TEXT_LENGTH = 1024
+# Rows per answer without a `Prefer: odata.maxpagesize` header: not published (a live tenant
+# answered at least 3 without one), so a modest default; the header can ask for up to
+# MAX_PAGE_SIZE.
 PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
 
 MODES = ("Enforce", "Audit", "AuditAndNotify")
 DEFAULT_REJECT_STATUS_CODE = "5.7.1"
@@ -48,7 +55,7 @@ SIZED_PARAMETERS = (
 )
 _RULE_PARAMETERS = (*SIZED_PARAMETERS, "Priority", "Confirm")
 _CMDLETS: dict[str, tuple[str, ...]] = {
-    "Get-TransportRule": ("Identity",),
+    "Get-TransportRule": ("Identity", "ResultSize"),
     "New-TransportRule": _RULE_PARAMETERS,
     "Set-TransportRule": ("Identity", *_RULE_PARAMETERS),
     "Remove-TransportRule": ("Identity", "Confirm"),
@@ -59,19 +66,34 @@ _STATUS_CODE = re.compile(r"^5\.7\.(1|9\d\d)$")
 # The admin API reports every failed cmdlet as this service exception; the cmdlet's own
 # exception type and text only appear in `details` and `internalexception`.
 _SERVICE_EXCEPTION = "Microsoft.Exchange.Admin.OData.Core.ODataServiceException"
-_NOT_FOUND = "Microsoft.Exchange.Configuration.Tasks.ManagementObjectNotFoundException"
+NOT_FOUND = "Microsoft.Exchange.Configuration.Tasks.ManagementObjectNotFoundException"
+# A missing object's answer names the cmdlet exception only in `details`, under this id; the
+# internal exception is the wrapper the cmdlet invocation threw.
+_NOT_FOUND_ID = "Ex6F9304"
+_DIRECT_INVOKE = "Microsoft.Exchange.Management.PSDirectInvoke.DirectInvokeCmdletExecutionException"
 _BINDING = "System.Management.Automation.ParameterBindingException"
 _VALIDATION = "Microsoft.Exchange.Management.Tasks.ValidationException"
 _NO_SUCH_CMDLET = "System.Management.Automation.CommandNotFoundException"
 _DOMAIN_CONTROLLER = "SIMPR01A001DC001.PROD.OUTLOOK.COM"
+_PREFER_PAGE_SIZE = re.compile(r"(?:^|[,;\s])odata\.maxpagesize=(\d+)", re.IGNORECASE)
+TRUNCATION_WARNING = (
+    "There are more results available than are currently displayed. To view them, increase "
+    "the value for the ResultSize parameter."
+)
+PAGINATION_EXPIRED = "Expired or Invalid pagination request. Default Expiry time is 00:30:00"
+# What live tenants sent for a cmdlet the app may not run (or that does not exist): 403 and a
+# run of NUL bytes.
+_NOT_JSON_FORBIDDEN = bytes(4096)
 
 
 class CmdletError(Exception):
     """A failed InvokeCommand, answered in the admin API's error envelope.
 
-    The top-level message is always "Invalid Operation"; the reason is in `details[0].message`
-    (prefixed `ExNNNNNN|<exception type>|` as Exchange does) and in
-    `innererror.internalexception.message`.
+    The top-level message is "Invalid Operation" ("Error executing cmdlet" with a 500); the
+    reason is in `details[0].message`, prefixed `|<exception type>|` as live tenants send it, and
+    in `innererror.internalexception`. A missing object is the exception: its type and text are
+    only in `details` (prefixed `Ex6F9304|<type>|`), and the internal exception is the invocation
+    wrapper. `raw`, when set, is sent as the whole body instead of the envelope.
     """
 
     def __init__(
@@ -81,6 +103,7 @@ class CmdletError(Exception):
         reason: str,
         exception_type: str = _SERVICE_EXCEPTION,
         headers: Mapping[str, str] | None = None,
+        raw: bytes | None = None,
     ) -> None:
         super().__init__(reason)
         self.status = status
@@ -88,36 +111,33 @@ class CmdletError(Exception):
         self.reason = reason
         self.exception_type = exception_type
         self.headers = dict(headers or {})
-
-    @property
-    def error_id(self) -> str:
-        # Exchange's ids are opaque; the not-found one is the id real tenants return.
-        if self.exception_type == _NOT_FOUND:
-            return "Ex6F9304"
-        return f"Ex{zlib.crc32(self.exception_type.encode()) & 0xFFFFFF:06X}"
+        self.raw = raw
 
     def body(self) -> JsonObject:
+        message = "Error executing cmdlet" if self.status == 500 else "Invalid Operation"
+        if self.exception_type == NOT_FOUND:
+            detail = f"{_NOT_FOUND_ID}|{self.exception_type}|{self.reason}"
+            internal = {
+                "message": f"Exception of type '{_DIRECT_INVOKE}' was thrown.",
+                "type": _DIRECT_INVOKE,
+                "stacktrace": "",
+            }
+        else:
+            detail = f"|{self.exception_type}|{self.reason}"
+            internal = {"message": self.reason, "type": self.exception_type, "stacktrace": ""}
         return {
             "error": {
                 "code": self.code,
-                "message": "Invalid Operation",
-                "details": [
-                    {
-                        "code": "Client",
-                        "target": "",
-                        "message": f"{self.error_id}|{self.exception_type}|{self.reason}",
-                    }
-                ],
+                "message": message,
+                "details": [{"code": "Client", "target": "", "message": detail}],
                 "innererror": {
-                    "message": "Invalid Operation",
+                    "message": message,
                     "type": _SERVICE_EXCEPTION,
                     "stacktrace": "",
-                    "internalexception": {
-                        "message": self.reason,
-                        "type": self.exception_type,
-                        "stacktrace": "",
-                    },
+                    "internalexception": internal,
                 },
+                "adminapi.warnings@odata.type": "#Collection(String)",
+                "@adminapi.warnings": [],
             }
         }
 
@@ -181,23 +201,28 @@ class TransportRuleStore:
         self._calls: list[tuple[str, JsonObject]] = []
         self._hooks: list[_Hook] = []
         self._last_change = datetime.min.replace(tzinfo=UTC)
+        self._warnings: dict[str, list[str]] = {}
+        self._headers: list[dict[str, str | None]] = []
+        # How a missing object is answered: 400 as live tenants mostly do, or 500.
+        self.not_found_status = 400
+        # The most rows one answer holds, whatever the client prefers.
+        self.max_page_size = MAX_PAGE_SIZE
+        # Where next links point; None: this endpoint.
+        self.next_link_base: str | None = None
 
     def rules(self) -> list[JsonObject]:
         with self._lock:
             return [self._json(rule, priority) for priority, rule in enumerate(self._rules)]
 
-    def page(self, identity: str | None, skip: int) -> tuple[list[JsonObject], int | None]:
-        """Rules from priority `skip` on, at most PAGE_SIZE, and where the next page starts."""
+    def page(self, identity: str | None, limit: int) -> tuple[list[JsonObject], bool]:
+        """The named rule, or the first `limit` rules in priority order, and whether more
+        rules were left out."""
         with self._lock:
             if identity is not None:
                 index = self._index(identity)
-                return [self._json(self._rules[index], index)], None
-            end = skip + PAGE_SIZE
-            page = [
-                self._json(rule, priority)
-                for priority, rule in enumerate(self._rules[skip:end], start=skip)
-            ]
-            return page, end if end < len(self._rules) else None
+                return [self._json(self._rules[index], index)], False
+            page = [self._json(rule, priority) for priority, rule in enumerate(self._rules[:limit])]
+            return page, len(self._rules) > limit
 
     def new(self, parameters: Mapping[str, Any]) -> JsonObject:
         changes = _settable(parameters, _RULE_PARAMETERS)
@@ -244,10 +269,28 @@ class TransportRuleStore:
         with self._lock:
             del self._rules[self._index(identity)]
 
-    def record_call(self, cmdlet: str, parameters: Mapping[str, Any]) -> None:
+    def record_call(
+        self,
+        cmdlet: str,
+        parameters: Mapping[str, Any],
+        headers: Mapping[str, str | None] | None = None,
+    ) -> None:
         stored = copy.deepcopy(dict(parameters))
         with self._lock:
             self._calls.append((cmdlet, stored))
+            self._headers.append(dict(headers or {}))
+
+    def call_headers(self) -> list[dict[str, str | None]]:
+        with self._lock:
+            return copy.deepcopy(self._headers)
+
+    def add_warning(self, cmdlet: str, text: str) -> None:
+        with self._lock:
+            self._warnings.setdefault(cmdlet.lower(), []).append(text)
+
+    def take_warnings(self, cmdlet: str) -> list[str]:
+        with self._lock:
+            return self._warnings.pop(cmdlet.lower(), [])
 
     def calls(self) -> list[tuple[str, JsonObject]]:
         with self._lock:
@@ -277,11 +320,11 @@ class TransportRuleStore:
             if wanted in (rule.guid.lower(), rule.params["Name"].lower()):
                 return index
         raise CmdletError(
-            404,
-            "NotFound",
+            self.not_found_status,
+            "InternalServerError" if self.not_found_status == 500 else "BadRequest",
             f"The operation couldn't be performed because object '{identity}' couldn't be "
             f"found on '{_DOMAIN_CONTROLLER}'.",
-            _NOT_FOUND,
+            NOT_FOUND,
         )
 
     def _check_unique(self, name: str, renamed: _Rule | None) -> None:
@@ -330,50 +373,54 @@ class ExchangeApi:
         self._base_url = base_url
         self._tenant_names = {name.lower() for name in tenant_names}
 
-    def invoke(self, tenant: str, query: Mapping[str, str], body: bytes) -> JsonObject:
+    def invoke(
+        self, tenant: str, query: Mapping[str, str], body: bytes, headers: Mapping[str, str]
+    ) -> JsonObject:
         if tenant.lower() not in self._tenant_names:
             raise CmdletError(404, "NotFound", f"Tenant '{tenant}' was not found.")
         requested, parameters = parse_invocation(body)
         cmdlet = _canonical(requested, _CMDLETS)
         if cmdlet is None:
+            # Live tenants answered an unknown (or not permitted) cmdlet with 403 and a body
+            # that is not JSON at all.
             raise CmdletError(
-                400,
-                "BadRequest",
-                f"The term '{requested}' is not recognized as a name of a cmdlet, function, "
-                "script file, or executable program.",
+                403,
+                "Forbidden",
+                f"The term '{requested}' is not recognized as a name of a cmdlet.",
                 _NO_SUCH_CMDLET,
+                raw=_NOT_JSON_FORBIDDEN,
             )
-        skip = 0
         if "$skiptoken" in query:
-            if cmdlet != "Get-TransportRule":
-                raise CmdletError(400, "BadRequest", "$skiptoken only pages Get-TransportRule.")
-            skip = _decode_skiptoken(query["$skiptoken"])
+            # A next link cannot be replayed: live tenants answer every replay so, at once.
+            raise CmdletError(400, "BadRequest", PAGINATION_EXPIRED)
         arguments = _settable(parameters, _CMDLETS[cmdlet])
         for run in self._store.take_hooks(cmdlet):
             run()
         value: list[JsonObject] = []
-        next_skip: int | None = None
+        truncated = False
         match cmdlet:
             case "Get-TransportRule":
-                value, next_skip = self._store.page(arguments.get("Identity"), skip)
+                limit = min(_page_size(headers, self._store.max_page_size), _result_size(arguments))
+                value, truncated = self._store.page(arguments.get("Identity"), limit)
             case "New-TransportRule":
                 value = [self._store.new(parameters)]
             case "Set-TransportRule":
                 self._store.set(_identity(arguments), parameters)
             case "Remove-TransportRule":
                 self._store.remove(_identity(arguments))
+        warnings = self._store.take_warnings(cmdlet)
         answer: JsonObject = {
             "@odata.context": f"{self._tenant_url(tenant)}/$metadata#Collection("
             "Exchange.GenericHashTable)",
-            "value": value,
         }
-        if next_skip is not None:
-            # The next page is the same POST, body and all, to this link.
-            carried = {name: text for name, text in query.items() if name != "$skiptoken"}
-            carried["$skiptoken"] = _encode_skiptoken(next_skip)
-            answer["@odata.nextLink"] = f"{self._tenant_url(tenant)}/InvokeCommand?" + urlencode(
-                carried, quote_via=quote, safe="$"
-            )
+        if truncated:
+            base = self._store.next_link_base or self._tenant_url(tenant)
+            token = secrets.token_urlsafe(30)
+            answer["@odata.nextLink"] = f"{base}/InvokeCommand?%24skiptoken={token}"
+            warnings.append(TRUNCATION_WARNING)
+        answer["adminapi.warnings@odata.type"] = "#Collection(String)"
+        answer["@adminapi.warnings"] = warnings
+        answer["value"] = value
         return answer
 
     def _tenant_url(self, tenant: str) -> str:
@@ -439,6 +486,15 @@ def _checked(name: str, value: Any) -> Any:
                 raise _validation_error(
                     f"'{value}' isn't a valid RejectMessageEnhancedStatusCode; use 5.7.1 or a "
                     "code from 5.7.900 through 5.7.999."
+                )
+            return value
+        case "ResultSize":
+            if isinstance(value, str) and value.lower() == "unlimited":
+                return "Unlimited"
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise _binding_error(
+                    f"Cannot convert value '{value}' to type Unlimited: use 'Unlimited' or a "
+                    "positive number."
                 )
             return value
         case "Priority":
@@ -533,15 +589,16 @@ def _validation_error(reason: str) -> CmdletError:
     return CmdletError(400, "BadRequest", reason, _VALIDATION)
 
 
-def _encode_skiptoken(skip: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"skip": skip}).encode()).rstrip(b"=").decode()
+def _page_size(headers: Mapping[str, str], most: int) -> int:
+    """Rows per answer: what `Prefer: odata.maxpagesize=N` asks for, within `most`."""
+    prefer = next((v for k, v in headers.items() if k.lower() == "prefer"), "")
+    match = _PREFER_PAGE_SIZE.search(prefer)
+    wanted = int(match.group(1)) if match else PAGE_SIZE
+    return max(1, min(wanted, most))
 
 
-def _decode_skiptoken(token: str) -> int:
-    try:
-        skip = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))["skip"]
-        if isinstance(skip, int) and not isinstance(skip, bool) and skip >= 0:
-            return skip
-    except (binascii.Error, ValueError, TypeError, KeyError):
-        pass
-    raise CmdletError(400, "BadRequest", "Invalid $skiptoken.")
+def _result_size(arguments: Mapping[str, Any]) -> int:
+    # Get-TransportRule's default ResultSize is not stated for Exchange Online; none of the
+    # organization's at most 300 rules is left out by it, so only a number given limits.
+    size = arguments.get("ResultSize", "Unlimited")
+    return MAX_TRANSPORT_RULES if size == "Unlimited" else int(size)

@@ -28,6 +28,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 from shared.config import PRIVILEGED_ROLES
 from shared.simulator.access import AccessError, AccessStore
 from shared.simulator.exchange import (
+    NOT_FOUND,
     CmdletError,
     ExchangeApi,
     TransportRuleStore,
@@ -61,6 +62,7 @@ _ORDERBY = re.compile(r"^\s*lastUpdateDateTime(\s+asc)?\s*$")
 _REVOKE_ACTIONS = ("revokeSignInSessions", "microsoft.graph.revokeSignInSessions")
 _NAMED_LOCATIONS = ("identity", "conditionalAccess", "namedLocations")
 _GROUP_CASTS = ("graph.group", "microsoft.graph.group")
+_EXCHANGE_LOGGED_HEADERS = ("Prefer", "X-AnchorMailbox")
 
 
 class _GraphError(Exception):
@@ -85,6 +87,8 @@ class _Reply:
     status: int
     body: JsonObject | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    # Sent as is, without a Content-Type, instead of a JSON body (Exchange's non-JSON answers).
+    raw: bytes | None = None
 
 
 class _GraphApi:
@@ -562,7 +566,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             reply = self._answer(server)
         except CmdletError as error:
-            reply = _Reply(error.status, error.body(), error.headers)
+            body = None if error.raw is not None else error.body()
+            reply = _Reply(error.status, body, error.headers, error.raw)
         except _GraphError as error:
             reply = self._error_reply(error, request_id)
         except Exception:
@@ -583,7 +588,8 @@ class _Handler(BaseHTTPRequestHandler):
         if not serves_keys:
             self._authenticate(server.token)
         tenant = _exchange_tenant(parts.path)
-        cmdlet = _record_invocation(server.rules, body) if tenant is not None else None
+        headers = dict(self.headers.items())
+        cmdlet = _record_invocation(server.rules, body, headers) if tenant is not None else None
         fault = server.state.take_fault(self.command, logged_path, cmdlet)
         if fault is not None:
             self._apply(fault, server.stopping)
@@ -591,7 +597,7 @@ class _Handler(BaseHTTPRequestHandler):
             return _Reply(200, server.token_issuer.jwks())
         if tenant is not None and self.command == "POST":
             query = dict(parse_qsl(parts.query, keep_blank_values=True))
-            return _Reply(200, server.exchange_api.invoke(tenant, query, body))
+            return _Reply(200, server.exchange_api.invoke(tenant, query, body, headers))
         if relative is None:
             raise _GraphError(
                 404, "UnknownRoute", f"Unsupported route: {self.command} {parts.path}"
@@ -629,7 +635,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _error_reply(self, error: _GraphError, request_id: str) -> _Reply:
         if self.on_exchange:
-            failure = CmdletError(error.status, error.code, error.message, headers=error.headers)
+            # No Retry-After was ever seen on the live admin endpoint, throttled or not.
+            headers = {k: v for k, v in error.headers.items() if k.lower() != "retry-after"}
+            failure = CmdletError(error.status, error.code, error.message, headers=headers)
             return _Reply(failure.status, failure.body(), failure.headers)
         body: JsonObject = {
             "error": {
@@ -652,6 +660,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, reply: _Reply, request_id: str) -> None:
         payload = b"" if reply.body is None else json.dumps(reply.body).encode()
+        if reply.raw is not None:
+            payload = reply.raw
         self.send_response(reply.status)
         self.send_header("request-id", request_id)
         client_request_id = self.headers.get("client-request-id")
@@ -691,14 +701,18 @@ def _jwks_tenant(path: str) -> str | None:
     return None
 
 
-def _record_invocation(rules: TransportRuleStore, body: bytes) -> str | None:
+def _record_invocation(
+    rules: TransportRuleStore, body: bytes, headers: Mapping[str, str]
+) -> str | None:
     """Log the InvokeCommand before faults can fail it; the cmdlet name, or None if malformed."""
     try:
         cmdlet, parameters = parse_invocation(body)
     except CmdletError:
         # The endpoint itself answers 400 for it, once the faults have had their chance.
         return None
-    rules.record_call(cmdlet, parameters)
+    lowered = {name.lower(): value for name, value in headers.items()}
+    sent = {name: lowered.get(name.lower()) for name in _EXCHANGE_LOGGED_HEADERS}
+    rules.record_call(cmdlet, parameters, sent)
     return cmdlet
 
 
@@ -989,6 +1003,8 @@ class SimulatedTenant:
         return self._state.alerts()
 
     def add_fault(self, fault: Fault) -> None:
+        """Inject `fault`. On Exchange its `retry_after` is not sent: no Retry-After was ever
+        seen on the live admin endpoint."""
         self._state.add_fault(fault)
 
     def clear_faults(self) -> None:
@@ -1024,9 +1040,16 @@ class SimulatedTenant:
         try:
             return self._rules.set(identity, params)
         except CmdletError as error:
-            if error.status == 404:
+            if error.exception_type == NOT_FOUND:
                 raise KeyError(identity) from None
             raise ValueError(error.reason) from None
+
+    def remove_transport_rule(self, identity: str) -> None:
+        """Remove a rule out of band as Remove-TransportRule would; KeyError if there is none."""
+        try:
+            self._rules.remove(identity)
+        except CmdletError:
+            raise KeyError(identity) from None
 
     @property
     def transport_rules(self) -> list[JsonObject]:
@@ -1040,6 +1063,34 @@ class SimulatedTenant:
         Calls a fault then failed, or the endpoint refused, are included.
         """
         return self._rules.calls()
+
+    @property
+    def exchange_request_headers(self) -> list[dict[str, str | None]]:
+        """The `Prefer` and `X-AnchorMailbox` headers (None if absent) of each call in
+        `exchange_calls`, in the same order."""
+        return self._rules.call_headers()
+
+    def add_exchange_warning(self, cmdlet: str, text: str) -> None:
+        """Put `text` in `@adminapi.warnings` of the next successful answer to `cmdlet`."""
+        self._rules.add_warning(cmdlet, text)
+
+    def answer_exchange_not_found_with(self, status: int) -> None:
+        """Answer a missing transport rule with `status`: 400 (the default, as live tenants
+        mostly do) or 500 (as they sometimes do); the envelope names the exception either way."""
+        if status not in (400, 500):
+            raise ValueError(f"a missing object is answered with 400 or 500, not {status}")
+        self._rules.not_found_status = status
+
+    def limit_exchange_pages(self, rows: int) -> None:
+        """Answer at most `rows` rules at a time, whatever the client's `Prefer` header asks
+        for, so a listing comes back truncated (with a next link that cannot be replayed)."""
+        if rows < 1:
+            raise ValueError(f"a page holds at least one row, got {rows}")
+        self._rules.max_page_size = rows
+
+    def point_exchange_next_links_at(self, base_url: str) -> None:
+        """Make next links name `{base_url}/InvokeCommand?...` instead of this endpoint."""
+        self._rules.next_link_base = base_url.rstrip("/")
 
     def before_cmdlet(
         self, cmdlet: str, hook: Callable[[SimulatedTenant], None], times: int = 1

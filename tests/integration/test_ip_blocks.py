@@ -369,6 +369,74 @@ async def test_a_shard_changed_between_our_read_and_our_write_restarts_the_pass(
     ]
 
 
+@pytest.mark.parametrize("status", [400, 500])
+async def test_the_first_block_creates_its_shard_however_exchange_answers_a_missing_one(
+    responder: Container, sim: SimulatedTenant, status: int
+) -> None:
+    """Live tenants answer a missing rule with 400 (sometimes 500), naming
+    ManagementObjectNotFoundException only in the error's details."""
+    sim.answer_exchange_not_found_with(status)
+    await responder.intake.handle_payload(attack("mx-1", ATTACKER))
+    assert await drain(responder) == 1, "one delivery: no redelivery loop"
+
+    assert managed(sim) == {SHARD_1: [ATTACKER]}
+    assert [c for c, _ in sim.exchange_calls] == [
+        "Get-TransportRule",  # the list
+        "Get-TransportRule",  # is shard 001 there? (not found)
+        "New-TransportRule",
+        "Get-TransportRule",  # the proof
+    ]
+    assert await events(responder) == [
+        ("action.planned", f"{ATTACKER}/32"),
+        ("action.executed", f"{ATTACKER}/32"),
+    ]
+
+
+async def test_a_shard_removed_right_before_our_set_restarts_the_pass(
+    responder: Container, sim: SimulatedTenant
+) -> None:
+    """Someone deletes shard 001 right before our Set-TransportRule; Exchange answers
+    not-found (400), and the pass starts over from a fresh read instead of failing."""
+    sim.add_transport_rule({"Name": SHARD_1, "Comments": MARK, "SenderIpRanges": [ATTACKER]})
+    sim.before_cmdlet("Set-TransportRule", lambda tenant: tenant.remove_transport_rule(SHARD_1))
+    await responder.intake.handle_payload(attack("mx-1", OTHER_ATTACKER))
+    await drain(responder)
+
+    outcome = (await audit(responder))[-1]
+    assert outcome.event == "action.executed", outcome.result.get("error")
+    assert managed(sim) == {SHARD_1: [OTHER_ATTACKER]}
+    assert [c for c, _ in writes(sim)] == ["Set-TransportRule", "New-TransportRule"]
+
+
+async def test_a_shard_removed_right_before_our_remove_restarts_the_pass(
+    responder: Container, sim: SimulatedTenant
+) -> None:
+    await responder.intake.handle_payload(attack("mx-1", ATTACKER))
+    await drain(responder)
+    sim.before_cmdlet("Remove-TransportRule", lambda tenant: tenant.remove_transport_rule(SHARD_1))
+    await responder.queue.send([engineer_unblock(f"{ATTACKER}/32", "CHG-1")])
+    await drain(responder)
+
+    outcome = (await audit(responder))[-1]
+    assert (outcome.event, outcome.kind) == ("action.executed", "unblock_ip"), outcome.result
+    assert managed(sim) == {}
+    assert [c for c, _ in writes(sim)] == ["New-TransportRule", "Remove-TransportRule"]
+
+
+async def test_exchange_warnings_are_kept_in_the_outcome(
+    responder: Container, sim: SimulatedTenant
+) -> None:
+    sim.add_exchange_warning("New-TransportRule", "The rule will take effect within 30 minutes.")
+    await responder.intake.handle_payload(attack("mx-1", ATTACKER))
+    await drain(responder)
+
+    executed = (await audit(responder))[-1]
+    assert executed.event == "action.executed"
+    assert executed.result["after"]["exchange_warnings"] == [
+        "New-TransportRule: The rule will take effect within 30 minutes."
+    ]
+
+
 async def test_another_writer_creating_the_same_shard_first_restarts_the_pass(
     responder: Container, sim: SimulatedTenant
 ) -> None:
@@ -426,7 +494,7 @@ async def test_throttling_and_outages_are_redelivered_and_block_exactly_once(
     responder: Container, sim: SimulatedTenant
 ) -> None:
     sim.add_fault(Fault(status=503, cmdlet="Get-TransportRule"))
-    sim.add_fault(Fault(status=429, retry_after="1", cmdlet="New-TransportRule"))
+    sim.add_fault(Fault(status=429, cmdlet="New-TransportRule"))
     await responder.intake.handle_payload(attack("mx-1", ATTACKER))
     deliveries = await drain(responder)
 
@@ -642,6 +710,19 @@ async def test_dry_run_reads_the_rules_writes_nothing_and_audits_the_call_it_wou
         assert queue_of(dry).scheduled == [], "nothing to expire"
         entry = await dry.blocks.get(f"{ATTACKER}/32")
         assert entry is None or entry.state not in BlockState.ACTIVE
+
+
+async def test_a_dry_run_keeps_exchanges_warnings_in_its_outcome(
+    sim: SimulatedTenant, azurite: Azurite, clock: DrillClock
+) -> None:
+    sim.add_exchange_warning("Get-TransportRule", "The DlpPolicy parameter is deprecated.")
+    async with wired(sim, azurite, clock, RESPONDER_DRY_RUN="true") as dry:
+        await dry.intake.handle_payload(attack("mx-1", ATTACKER))
+        await drain(dry)
+        [plan] = [e for e in await audit(dry) if e.event == "action.dry_run"]
+    assert plan.result["after"] == {
+        "exchange_warnings": ["Get-TransportRule: The DlpPolicy parameter is deprecated."]
+    }
 
 
 # Volume ----------------------------------------------------------------------------------------

@@ -34,23 +34,39 @@ def sim() -> Iterator[SimulatedTenant]:
         yield tenant
 
 
-def send(
-    url: str, method: str, body: Any = None, *, token: str | None = "sim-token"
-) -> tuple[int, Message, Any]:
+def send_raw(
+    url: str,
+    method: str,
+    body: Any = None,
+    *,
+    token: str | None = "sim-token",
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Message, bytes]:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method)
     if token is not None:
         request.add_header("Authorization", f"Bearer {token}")
     if data is not None:
         request.add_header("Content-Type", "application/json")
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
     try:
         with _OPENER.open(request, timeout=10) as response:
-            raw = response.read()
-            status, headers = response.status, response.headers
+            return response.status, response.headers, response.read()
     except urllib.error.HTTPError as error:
-        raw = error.read()
-        status, headers = error.code, error.headers
-    return status, headers, json.loads(raw) if raw else None
+        return error.code, error.headers, error.read()
+
+
+def send(
+    url: str,
+    method: str,
+    body: Any = None,
+    *,
+    token: str | None = "sim-token",
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Message, Any]:
+    status, answered, raw = send_raw(url, method, body, token=token, headers=headers)
+    return status, answered, json.loads(raw) if raw else None
 
 
 def invoke_url(sim: SimulatedTenant, tenant: str | None = None) -> str:
@@ -64,23 +80,38 @@ def invoke(
     *,
     url: str | None = None,
     token: str | None = "sim-token",
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, Message, Any]:
     body = {"CmdletInput": {"CmdletName": cmdlet, "Parameters": parameters or {}}}
-    return send(url or invoke_url(sim), "POST", body, token=token)
+    return send(url or invoke_url(sim), "POST", body, token=token, headers=headers)
 
 
-def assert_exchange_error(body: Any, code: str, *reason_parts: str) -> str:
-    """Check the admin API's envelope and return the reason, which is never at the top level."""
+NOT_FOUND = "Microsoft.Exchange.Configuration.Tasks.ManagementObjectNotFoundException"
+
+
+def assert_exchange_error(
+    body: Any, code: str, *reason_parts: str, message: str = "Invalid Operation"
+) -> str:
+    """Check the admin API's envelope as live tenants send it (tests/contracts/exchange) and
+    return the reason, which is never at the top level."""
     error = body["error"]
     assert error["code"] == code
-    assert error["message"] == "Invalid Operation"
+    assert error["message"] == message
     detail: str = error["details"][0]["message"]
     error_id, exception_type, reason = detail.split("|", 2)
-    assert error_id.startswith("Ex")
     internal = error["innererror"]["internalexception"]
-    assert internal["message"] == reason
-    assert internal["type"] == exception_type
-    assert error["innererror"]["type"].startswith("Microsoft.Exchange.")
+    if exception_type == NOT_FOUND:
+        # The cmdlet's exception is only in details; internally it is the invocation wrapper.
+        assert error_id == "Ex6F9304"
+        assert internal["type"].endswith("DirectInvokeCmdletExecutionException")
+    else:
+        assert error_id == ""
+        assert internal["message"] == reason
+        assert internal["type"] == exception_type
+    assert (
+        error["innererror"]["type"] == "Microsoft.Exchange.Admin.OData.Core.ODataServiceException"
+    )
+    assert error["@adminapi.warnings"] == []
     for part in reason_parts:
         assert part in reason
     return reason
@@ -195,26 +226,99 @@ def test_default_domain_names_the_tenant_too(sim: SimulatedTenant) -> None:
     assert [rule["Name"] for rule in body["value"]] == ["seeded"]
 
 
-def test_get_transport_rule_pages_past_100_rules(sim: SimulatedTenant) -> None:
+PREFER_ALL = {"Prefer": "odata.maxpagesize=1000"}
+
+
+def test_a_complete_answer_carries_empty_warnings_and_no_next_link(sim: SimulatedTenant) -> None:
+    sim.add_transport_rule(block_rule("rule-000"))
+    status, _, answer = invoke(sim, "Get-TransportRule")
+    assert status == 200
+    assert answer["adminapi.warnings@odata.type"] == "#Collection(String)"
+    assert answer["@adminapi.warnings"] == []
+    assert "@odata.nextLink" not in answer
+    assert [rule["Name"] for rule in answer["value"]] == ["rule-000"]
+
+
+def test_get_transport_rule_pages_100_rows_unless_the_client_prefers_more(
+    sim: SimulatedTenant,
+) -> None:
     for index in range(250):
         sim.add_transport_rule(block_rule(f"rule-{index:03d}"))
-    body = {"CmdletInput": {"CmdletName": "Get-TransportRule", "Parameters": {}}}
 
-    url: str | None = invoke_url(sim)
-    names: list[str] = []
-    page_sizes: list[int] = []
-    while url:
-        status, _, page = send(url, "POST", body)
-        assert status == 200
-        page_sizes.append(len(page["value"]))
-        names.extend(rule["Name"] for rule in page["value"])
-        url = page.get("@odata.nextLink")
-        assert url is None or (url.startswith(invoke_url(sim)) and "?$skiptoken=" in url)
+    _, _, first = invoke(sim, "Get-TransportRule")
+    assert len(first["value"]) == 100
+    assert first["@odata.nextLink"].startswith(invoke_url(sim) + "?%24skiptoken=")
+    assert first["@adminapi.warnings"] == [
+        "There are more results available than are currently displayed. To view them, "
+        "increase the value for the ResultSize parameter."
+    ]
 
-    assert page_sizes == [100, 100, 50]
-    assert names == [f"rule-{index:03d}" for index in range(250)]
-    path = f"/adminapi/beta/{sim.tenant_id}/InvokeCommand"
-    assert sim.requests == [("POST", path)] * 3
+    status, _, whole = invoke(
+        sim, "Get-TransportRule", {"ResultSize": "Unlimited"}, headers=PREFER_ALL
+    )
+    assert status == 200
+    assert [rule["Name"] for rule in whole["value"]] == [f"rule-{n:03d}" for n in range(250)]
+    assert "@odata.nextLink" not in whole and whole["@adminapi.warnings"] == []
+
+    _, _, small = invoke(sim, "Get-TransportRule", headers={"Prefer": "odata.maxpagesize=7"})
+    assert len(small["value"]) == 7 and "@odata.nextLink" in small
+
+
+def test_result_size_limits_the_answer_and_says_so(sim: SimulatedTenant) -> None:
+    for index in range(5):
+        sim.add_transport_rule(block_rule(f"rule-{index:03d}"))
+    _, _, answer = invoke(sim, "Get-TransportRule", {"ResultSize": 2}, headers=PREFER_ALL)
+    assert [rule["Name"] for rule in answer["value"]] == ["rule-000", "rule-001"]
+    assert answer["@odata.nextLink"] and len(answer["@adminapi.warnings"]) == 1
+    for size in (0, "lots", True):
+        status, _, body = invoke(sim, "Get-TransportRule", {"ResultSize": size})
+        assert status == 400
+        assert_exchange_error(body, "BadRequest", "Unlimited")
+
+
+def test_a_next_link_cannot_be_replayed(sim: SimulatedTenant) -> None:
+    for index in range(150):
+        sim.add_transport_rule(block_rule(f"rule-{index:03d}"))
+    request = {"CmdletInput": {"CmdletName": "Get-TransportRule", "Parameters": {}}}
+    _, _, first = send(invoke_url(sim), "POST", request)
+
+    for body in (request, {"CmdletInput": {"CmdletName": "Get-TransportRule"}}):
+        status, _, refused = send(first["@odata.nextLink"], "POST", body, headers=PREFER_ALL)
+        assert status == 400
+        assert_exchange_error(refused, "BadRequest", "Expired or Invalid pagination request")
+
+
+def test_the_page_limit_and_next_link_host_can_be_set(sim: SimulatedTenant) -> None:
+    for index in range(3):
+        sim.add_transport_rule(block_rule(f"rule-{index:03d}"))
+    sim.limit_exchange_pages(2)
+    sim.point_exchange_next_links_at("https://elsewhere.example/adminapi/beta/x/")
+    _, _, answer = invoke(sim, "Get-TransportRule", headers=PREFER_ALL)
+    assert len(answer["value"]) == 2
+    assert answer["@odata.nextLink"].startswith(
+        "https://elsewhere.example/adminapi/beta/x/InvokeCommand?%24skiptoken="
+    )
+
+
+def test_the_headers_clients_send_are_recorded(sim: SimulatedTenant) -> None:
+    anchor = "APP:SystemMailbox{bb558c35-97f1-4cb9-8ff7-d53741dc928c}@contoso.onmicrosoft.com"
+    invoke(sim, "Get-TransportRule", headers={**PREFER_ALL, "X-AnchorMailbox": anchor})
+    invoke(sim, "Get-TransportRule")
+    assert sim.exchange_request_headers == [
+        {"Prefer": "odata.maxpagesize=1000", "X-AnchorMailbox": anchor},
+        {"Prefer": None, "X-AnchorMailbox": None},
+    ]
+
+
+def test_an_injected_warning_rides_on_the_next_answer_only(sim: SimulatedTenant) -> None:
+    sim.add_transport_rule(block_rule("rule"))
+    sim.add_exchange_warning("set-transportrule", "The Priority parameter is deprecated.")
+    _, _, got = invoke(sim, "Get-TransportRule")
+    assert got["@adminapi.warnings"] == []
+    _, _, warned = invoke(sim, "Set-TransportRule", {"Identity": "rule", "Comments": "x"})
+    assert warned["@adminapi.warnings"] == ["The Priority parameter is deprecated."]
+    _, _, again = invoke(sim, "Set-TransportRule", {"Identity": "rule", "Comments": "y"})
+    assert again["@adminapi.warnings"] == []
 
 
 def test_rule_over_8_kb_is_refused_with_the_reason_only_in_details(sim: SimulatedTenant) -> None:
@@ -349,18 +453,33 @@ def test_half_given_rejection_is_completed_with_exchange_defaults(sim: Simulated
     ] == ("Delivery not authorized, message refused")
 
 
-def test_unknown_identity_is_404_for_get_set_and_remove(sim: SimulatedTenant) -> None:
+@pytest.mark.parametrize(
+    ("status", "code", "message"),
+    [
+        (400, "BadRequest", "Invalid Operation"),
+        (500, "InternalServerError", "Error executing cmdlet"),
+    ],
+)
+def test_unknown_identity_names_the_exception_only_in_details(
+    sim: SimulatedTenant, status: int, code: str, message: str
+) -> None:
+    if status != 400:
+        sim.answer_exchange_not_found_with(status)
     for cmdlet, parameters in (
         ("Get-TransportRule", {"Identity": "nope"}),
         ("Set-TransportRule", {"Identity": "nope", "Comments": "x"}),
         ("Remove-TransportRule", {"Identity": "nope", "Confirm": False}),
     ):
-        status, _, body = invoke(sim, cmdlet, parameters)
-        assert status == 404
-        assert_exchange_error(body, "NotFound", "object 'nope' couldn't be found")
-        assert body["error"]["details"][0]["message"].startswith(
-            "Ex6F9304|Microsoft.Exchange.Configuration.Tasks.ManagementObjectNotFoundException|"
-        )
+        answered, _, body = invoke(sim, cmdlet, parameters)
+        assert answered == status
+        assert_exchange_error(body, code, "object 'nope' couldn't be found", message=message)
+        assert body["error"]["details"][0]["message"].startswith(f"Ex6F9304|{NOT_FOUND}|")
+        assert NOT_FOUND not in json.dumps(body["error"]["innererror"])
+
+
+def test_not_found_is_answered_with_400_or_500_only(sim: SimulatedTenant) -> None:
+    with pytest.raises(ValueError, match="400 or 500"):
+        sim.answer_exchange_not_found_with(404)
 
 
 def test_exchange_requires_the_bearer_token(sim: SimulatedTenant) -> None:
@@ -405,11 +524,15 @@ def test_malformed_invocations_are_400(sim: SimulatedTenant, body: bytes) -> Non
     assert sim.exchange_calls == []
 
 
-def test_unknown_cmdlet_is_400(sim: SimulatedTenant) -> None:
-    status, _, body = invoke(sim, "Get-Mailbox", {"Identity": "alice"})
+def test_unknown_cmdlet_is_a_403_whose_body_is_not_json(sim: SimulatedTenant) -> None:
+    request = {"CmdletInput": {"CmdletName": "Get-Mailbox", "Parameters": {"Identity": "alice"}}}
+    status, headers, raw = send_raw(invoke_url(sim), "POST", request)
 
-    assert status == 400
-    assert_exchange_error(body, "BadRequest", "'Get-Mailbox' is not recognized")
+    assert status == 403
+    assert raw and set(raw) == {0}, "a run of NUL bytes, as live tenants sent"
+    assert "json" not in (headers.get("Content-Type") or "")
+    with pytest.raises(ValueError):
+        json.loads(raw)
     assert sim.exchange_calls == [("Get-Mailbox", {"Identity": "alice"})]
 
 
@@ -457,7 +580,7 @@ def test_fault_can_target_one_cmdlet(sim: SimulatedTenant) -> None:
     assert send(f"{sim.base_url}/users/nobody", "GET")[0] == 404
     status, headers, body = invoke(sim, "New-TransportRule", block_rule("retry me"))
     assert status == 503
-    assert headers["Retry-After"] == "2"
+    assert "Retry-After" not in headers, "never seen on the live admin endpoint"
     assert_exchange_error(body, "ServiceUnavailable", "Injected fault")
     assert sim.transport_rules == []
 
@@ -472,9 +595,10 @@ def test_fault_can_target_one_cmdlet(sim: SimulatedTenant) -> None:
 def test_path_fault_hits_every_cmdlet(sim: SimulatedTenant) -> None:
     sim.add_fault(Fault(path_pattern="InvokeCommand", status=429, retry_after="1", times=2))
 
-    answers = [invoke(sim, "Get-TransportRule")[0] for _ in range(3)]
+    answers = [invoke(sim, "Get-TransportRule")[:2] for _ in range(3)]
 
-    assert answers == [429, 429, 200]
+    assert [status for status, _ in answers] == [429, 429, 200]
+    assert all("Retry-After" not in headers for _, headers in answers)
 
 
 def test_create_get_patch_and_delete_a_named_location(sim: SimulatedTenant) -> None:
