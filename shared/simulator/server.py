@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import logging
 import re
@@ -191,6 +192,9 @@ class _GraphApi:
             "userPrincipalName": user.user_principal_name,
             "displayName": user.display_name,
             "accountEnabled": user.account_enabled,
+            "createdDateTime": (
+                user.created_at.strftime("%Y-%m-%dT%H:%M:%SZ") if user.created_at else None
+            ),
             "signInSessionsValidFromDateTime": (
                 user.sign_in_sessions_revoked_at.strftime("%Y-%m-%dT%H:%M:%SZ")
                 if user.sign_in_sessions_revoked_at
@@ -817,6 +821,16 @@ class SimulatedTenant:
     def add_user(self, user: SimUser) -> None:
         """Store a copy of `user`; ValueError if its id or UPN is taken."""
         self._state.add_user(user)
+
+    def create_user(self, user: SimUser) -> None:
+        """Create a user as someone else would (an admin, an attacker). Graph announces a new
+        user to `users` subscriptions as `updated` (they support only `updated` and `deleted`),
+        and a creation stamps createdDateTime."""
+        created = (
+            user if user.created_at else dataclasses.replace(user, created_at=datetime.now(UTC))
+        )
+        self._state.add_user(created)
+        self._subscriptions.notify(*user_change(self._state.user(created.id)))
 
     def user(self, id_or_upn: str) -> SimUser:
         """A snapshot of the user found by id or UPN (case-insensitive); KeyError if none."""

@@ -31,6 +31,8 @@ class SimUser:
     account_enabled: bool = True
     sign_in_sessions_revoked_at: datetime | None = None
     revocations: int = 0
+    # Graph's createdDateTime; null for accounts created before 2018 (user resource type).
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True)
