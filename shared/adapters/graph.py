@@ -84,7 +84,7 @@ def _raise_typed(exc: Exception, what: str) -> NoReturn:
         raise exc
     status = exc.response_status_code or 0
     headers = {k.lower(): v for k, v in (exc.response_headers or {}).items()}
-    request_id = _first(headers.get("request-id"))
+    request_id = _first(headers.get("request-id")) or _error_request_id(exc)
     message = f"{what}: Graph answered {status}: {_odata_message(exc)}"
     if status == 429 or status >= 500:
         retry_after = _parse_retry_after(_first(headers.get("retry-after")))
@@ -100,6 +100,32 @@ def _first(value: Any) -> str | None:
     if isinstance(value, list | set | tuple):
         return next(iter(value), None)
     return str(value)
+
+
+_REQUEST_ID_KEYS = ("request-id", "requestId")
+
+
+def _error_request_id(exc: APIError) -> str | None:
+    """The request id Graph wrote into the error body, for when no header carried it: the
+    documented `innerError.request-id`, and the `requestId` / `innererror` spellings other
+    Graph workloads answer with (msgraph-sdk keeps what its model does not know in
+    additional_data)."""
+    error = getattr(exc, "error", None)
+    inner = getattr(error, "inner_error", None)
+    known = getattr(inner, "request_id", None)
+    if isinstance(known, str) and known:
+        return known
+    holders: list[Any] = [getattr(inner, "additional_data", None)]
+    extra = getattr(error, "additional_data", None)
+    if isinstance(extra, dict):
+        holders += [extra.get("innererror"), extra.get("innerError")]
+    for holder in holders:
+        if isinstance(holder, dict):
+            for key in _REQUEST_ID_KEYS:
+                value = holder.get(key)
+                if isinstance(value, str) and value:
+                    return value
+    return None
 
 
 def _odata_message(exc: APIError) -> str:

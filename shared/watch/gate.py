@@ -134,7 +134,11 @@ class NotificationGate:
         subscription_id = item.get("subscriptionId")
         if not isinstance(subscription_id, str) or not is_guid(subscription_id):
             return "subscriptionId is not a GUID"
+        # Live lifecycle notifications name the tenant `organizationId` and carry no tenantId
+        # (msgraph-sdk-java#1551, msgraph-sdk-dotnet#3103), unlike the documented shape.
         tenant = item.get("tenantId")
+        if tenant is None:
+            tenant = item.get("organizationId")
         if not isinstance(tenant, str) or tenant.lower() != self._tenant_id:
             return "wrong tenantId"
         presented = item.get("clientState")
@@ -214,7 +218,9 @@ def _notice(item: dict[str, Any], record: SubscriptionRecord | None, receipt: st
     resource = item.get("resource")
     resource_text = resource if isinstance(resource, str) else record.spec.resource
     data = item.get("resourceData")
-    object_id = data.get("id") if isinstance(data, dict) else None
+    # A lifecycle notification's resourceData, when present, is the subscription itself.
+    lifecycle = "lifecycleEvent" in item
+    object_id = data.get("id") if isinstance(data, dict) and not lifecycle else None
     if not (isinstance(object_id, str) and is_guid(object_id)):
         match = _RESOURCE_ID.match(resource_text)
         object_id = match[1] if match else record.spec.object_id
