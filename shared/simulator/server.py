@@ -26,7 +26,6 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
-from shared.config import PRIVILEGED_ROLES
 from shared.simulator.access import AccessError, AccessStore
 from shared.simulator.exchange import (
     CmdletError,
@@ -237,11 +236,14 @@ class _GraphApi:
 
     def _check_account_write(self, key: str) -> None:
         user_id = self._user(key).id
-        groups = [
+        member_of = [
             g["id"] for g in self._subscriptions.groups_of(user_id) if g["isAssignableToRole"]
         ]
+        owner_of = [
+            g["id"] for g in self._subscriptions.groups_owned_by(user_id) if g["isAssignableToRole"]
+        ]
         try:
-            self._access.check_account_write(user_id, groups)
+            self._access.check_account_write(user_id, member_of, bool(member_of or owner_of))
         except AccessError as error:
             raise _GraphError(error.status, error.code, error.message) from None
 
@@ -728,7 +730,7 @@ class SimulatedTenant:
         self._state = TenantState()
         self._rules = TransportRuleStore()
         self._locations = NamedLocationStore(named_location_writes_per_second)
-        self._access = AccessStore(PRIVILEGED_ROLES, page_size)
+        self._access = AccessStore(page_size)
         self._token_issuer = TokenIssuer(tenant_id)
         self._subscriptions = SubscriptionStore(tenant_id)
         self._server: _GraphServer | None = None
@@ -957,6 +959,11 @@ class SimulatedTenant:
             "members@delta": [{"id": user_id}],
         }
         self._subscriptions.notify(f"Groups/{group_id}", "updated", data)
+
+    def add_group_owner(self, group_id: str, user_id: str) -> None:
+        """Make `user_id` an owner of the group (owners of role-assignable groups count as
+        privileged accounts)."""
+        self._subscriptions.add_owner(group_id, user_id)
 
     def group_members(self, group_id: str) -> list[str]:
         return list(self._subscriptions.group(group_id)["members"])

@@ -207,6 +207,7 @@ class SubscriptionStore:
                 "displayName": name,
                 "isAssignableToRole": role_assignable,
                 "members": [],
+                "owners": [],
             }
 
     def groups_of(self, member_id: str) -> list[JsonObject]:
@@ -214,10 +215,27 @@ class SubscriptionStore:
         wanted = member_id.lower()
         with self._lock:
             return [
-                {k: v for k, v in group.items() if k != "members"}
+                {k: v for k, v in group.items() if k not in ("members", "owners")}
                 for group in self._groups.values()
                 if wanted in (m.lower() for m in group["members"])
             ]
+
+    def groups_owned_by(self, owner_id: str) -> list[JsonObject]:
+        """The groups `owner_id` owns (without their member and owner lists)."""
+        wanted = owner_id.lower()
+        with self._lock:
+            return [
+                {k: v for k, v in group.items() if k not in ("members", "owners")}
+                for group in self._groups.values()
+                if wanted in (o.lower() for o in group["owners"])
+            ]
+
+    def add_owner(self, group_id: str, user_id: str) -> None:
+        self.group(group_id)
+        with self._lock:
+            owners = self._groups[group_id.lower()]["owners"]
+            if user_id not in owners:
+                owners.append(user_id)
 
     def group(self, group_id: str) -> JsonObject:
         with self._lock:
