@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from shared.adapters.graph_subscriptions import GraphWatch
 from shared.adapters.notification_queue import InMemoryNotificationQueue
 from shared.config import Settings
 from shared.errors import PermanentError, TransientError
+from shared.ingest import normalize_graph_alert
 from shared.models import utcnow
 from shared.simulator import SimulatedTenant
 from shared.watch.ports import SubscriptionSpec, WatchPurpose
@@ -250,3 +251,52 @@ async def test_user_change_notifications_as_published_are_queued_for_that_user(
         notice = json.loads(delivery.body)
         assert notice["object_id"] == BREAK_GLASS.id.lower()
         assert notice["change_type"] == "updated" and notice["lifecycle_event"] == ""
+
+
+class _Pages(BaseHTTPRequestHandler):
+    pages: dict[str, Any] = {}
+    paths: list[str] = []
+
+    def do_GET(self) -> None:
+        self.paths.append(self.path)
+        page = self.pages["second" if "$skip=1" in self.path else "first"]
+        body = json.dumps(page).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+async def test_alerts_v2_pages_as_graph_lists_them_are_read_to_the_end_and_normalized() -> None:
+    case = fixture("alerts_v2/pages_newest_first_with_next_link.json")
+    handler = type("Handler", (_Pages,), {"pages": {}, "paths": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base_url = f"http://127.0.0.1:{server.server_address[1]}/v1.0"
+    handler.pages = json.loads(json.dumps(case["pages"]).replace("{base}", base_url))
+    try:
+        directory = GraphDirectory(graph_client(base_url))
+        since = datetime(2021, 5, 1, tzinfo=UTC)
+        pages = [page async for page in directory.alerts_updated_since(since)]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [[a["id"] for a in page] for page in pages] == [
+        ["da637551227677560813_-961444813"],
+        ["da637551227677560813_-961444814"],
+    ]
+    first, second = handler.paths
+    assert "%24count=true" in first or "$count=true" in first
+    assert "lastUpdateDateTime%20ge%202021-05-01" in first
+    assert second.endswith("$skip=1")
+    alerts = [normalize_graph_alert(raw) for page in pages for raw in page]
+    assert [(a.alert_id, str(a.severity), a.category) for a in alerts] == [
+        ("da637551227677560813_-961444813", "low", "DefenseEvasion"),
+        ("da637551227677560813_-961444814", "low", "DefenseEvasion"),
+    ]
+    assert alerts[0].updated_at == datetime(2021, 5, 2, 14, 19, 1, 326666, tzinfo=UTC)
