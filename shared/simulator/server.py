@@ -999,8 +999,9 @@ class SimulatedTenant:
         self._state.add_alert(alert)
 
     def before_alerts_page(self, skip: int, hook: Callable[[], None]) -> None:
-        """Run `hook` once, right before the alerts_v2 page at `$skip` = `skip` is read: an
-        alert that changes between two page requests (it moves to the top of the list)."""
+        """Run `hook` once, right before the alerts_v2 page at `$skip` = `skip` is next read
+        (hooks for the same page run one per read, in order): an alert that changes between
+        two page requests."""
         self._state.add_alert_page_hook(skip, hook)
 
     @property

@@ -198,8 +198,10 @@ class TenantState:
             self._alert_page_hooks.setdefault(skip, []).append(hook)
 
     def take_alert_page_hooks(self, skip: int) -> list[Callable[[], None]]:
+        """The first hook waiting for the page at `skip` (each hook runs before one read)."""
         with self._lock:
-            return self._alert_page_hooks.pop(skip, [])
+            waiting = self._alert_page_hooks.get(skip, [])
+            return [waiting.pop(0)] if waiting else []
 
     def add_fault(self, fault: Fault) -> None:
         with self._lock:

@@ -158,7 +158,8 @@ class NotificationGate:
         presented: str = item["clientState"]
         if not hmac.compare_digest(presented.encode(), record.client_state.encode()):
             return "clientState mismatch"
-        if lifecycle or "lifecycleEvent" in item:
+        # A null lifecycleEvent is no lifecycle notification (serializers write absent as null).
+        if lifecycle or item.get("lifecycleEvent") is not None:
             # Checked by type first: a list or an object is no event name (and no set key).
             event = item.get("lifecycleEvent")
             if not isinstance(event, str) or event not in _LIFECYCLE_EVENTS:
@@ -219,7 +220,7 @@ def _notice(item: dict[str, Any], record: SubscriptionRecord | None, receipt: st
     resource_text = resource if isinstance(resource, str) else record.spec.resource
     data = item.get("resourceData")
     # A lifecycle notification's resourceData, when present, is the subscription itself.
-    lifecycle = "lifecycleEvent" in item
+    lifecycle = item.get("lifecycleEvent") is not None
     object_id = data.get("id") if isinstance(data, dict) and not lifecycle else None
     if not (isinstance(object_id, str) and is_guid(object_id)):
         match = _RESOURCE_ID.match(resource_text)

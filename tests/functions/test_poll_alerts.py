@@ -148,3 +148,21 @@ async def test_an_alert_moving_onto_a_page_already_read_is_not_lost(
     await LocalHost().fire_timer("poll_alerts")
     await LocalHost().fire_timer("poll_alerts")
     assert len(queue_of(services)) == 2 * 5, "every alert planned its actions"
+
+
+async def test_a_listing_that_never_settles_fails_the_poll_and_keeps_the_watermark(
+    services: Container, sim: SimulatedTenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every reading of the list has an alert moving onto a page already read: the poll gives
+    # up after its attempts, as a transient failure, and the next poll starts from the same
+    # watermark.
+    monkeypatch.setattr(graph_adapter, "ALERTS_PAGE_SIZE", 2)
+    for n in range(8):
+        sim.add_alert(graph_alert(n, minutes_ago=55 - n * 5))
+    for n, minutes_ago in ((3, 19), (2, 18), (1, 17)):
+        sim.before_alerts_page(
+            2, lambda n=n, m=minutes_ago: sim.add_alert(graph_alert(n, minutes_ago=m))
+        )
+    with pytest.raises(Exception, match="kept changing"):
+        await LocalHost().fire_timer("poll_alerts")
+    assert await services.state.watermark(FEED) is None

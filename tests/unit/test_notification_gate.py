@@ -156,7 +156,7 @@ async def test_lifecycle_notifications_at_the_change_url_are_handled_as_lifecycl
 
 @pytest.mark.parametrize("route_is_lifecycle", [True, False])
 @pytest.mark.parametrize(
-    "event", [["reauthorizationRequired"], {"name": "missed"}, 7, None, "x" * 5000]
+    "event", [["reauthorizationRequired"], {"name": "missed"}, 7, "", "x" * 5000]
 )
 async def test_a_lifecycle_event_that_is_no_known_name_is_a_counted_rejection(
     parts: Any, event: Any, route_is_lifecycle: bool
@@ -168,6 +168,15 @@ async def test_a_lifecycle_event_that_is_no_known_name_is_a_counted_rejection(
     assert report.rejected == {"unknown lifecycleEvent": 1} and queue.sent == []
     [record] = audit.records.values()
     assert record.entry.result["reasons"] == {"unknown lifecycleEvent": 1}
+
+
+async def test_a_change_notification_with_a_null_lifecycle_event_is_a_change(
+    parts: Any,
+) -> None:
+    gate, _, queue, _ = parts
+    report = await gate.accept({"value": [notification(lifecycleEvent=None)]}, lifecycle=False)
+    assert report.as_dict() == {"accepted": 1, "rejected": 0}
+    assert queue.sent[0].change_type == "updated" and queue.sent[0].lifecycle_event == ""
 
 
 async def test_a_change_notification_at_the_lifecycle_url_is_refused(parts: Any) -> None:

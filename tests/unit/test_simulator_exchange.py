@@ -583,7 +583,7 @@ def test_cidr_must_match_its_range_type(sim: SimulatedTenant) -> None:
 
 
 def test_the_smallest_allowed_masks_are_accepted(sim: SimulatedTenant) -> None:
-    location = ip_location("wide", "10.0.0.0/9", "2000::/9", "40.113.0.7/32")
+    location = ip_location("wide", "40.0.0.0/9", "2400::/9", "40.113.0.7/32")
 
     assert send(sim.base_url + LOCATIONS, "POST", location)[0] == 201
 

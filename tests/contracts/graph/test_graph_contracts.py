@@ -300,3 +300,34 @@ async def test_alerts_v2_pages_as_graph_lists_them_are_read_to_the_end_and_norma
         ("da637551227677560813_-961444814", "low", "DefenseEvasion"),
     ]
     assert alerts[0].updated_at == datetime(2021, 5, 2, 14, 19, 1, 326666, tzinfo=UTC)
+
+
+@pytest.mark.integration
+async def test_a_live_group_notification_is_queued_for_that_group(
+    sim: SimulatedTenant, azurite: Azurite
+) -> None:
+    case = fixture("notifications/group_updated_live_sequence_number.json")
+    settings = settings_for(sim, azurite, NOTIFICATION_TENANT_ID=sim.tenant_id)
+    async with installed(settings) as services:
+        spec = SubscriptionSpec(f"groups/{GROUP}", "updated", WatchPurpose.PRIVILEGED_GROUP)
+        claimed = await services.subscription_store.claim(spec, "the-state", utcnow(), None)
+        assert claimed is not None
+        subscription_id = "d850b120-19bb-4291-b9c4-845ea04dd38d"  # as published
+        await services.subscription_store.save(claimed, subscription_id, utcnow() + timedelta(1))
+        body = _filled(
+            case["body"],
+            {
+                "<subscription_guid>": subscription_id,
+                "<tenant_guid>": sim.tenant_id,
+                "<secretClientState>": "the-state",
+                "<group_guid>": GROUP,
+            },
+        )
+        response = await registered_functions()[case["route"]].get_user_function()(_request(body))
+        assert response.status_code == 202
+        queue = services.notification_queue
+        assert isinstance(queue, InMemoryNotificationQueue)
+        delivery = queue.receive()
+        assert delivery is not None
+        notice = json.loads(delivery.body)
+        assert (notice["object_id"], notice["purpose"]) == (GROUP, "privileged_group")
