@@ -4,7 +4,9 @@ processor behind them (Service Bus) and the timer keeping the subscriptions aliv
 The webhooks use AuthLevel.FUNCTION: Graph cannot send a header of ours, but it keeps the query
 string of the notificationUrl, so NOTIFICATION_URL carries `?code=<function key>` and requests
 without the key never reach the code. Each notification then proves its origin with the
-clientState secret of its subscription (compared in constant time) and the tenant id.
+clientState secret of its subscription (compared in constant time) and the tenant id. A
+notification carrying a lifecycleEvent is handled as a lifecycle notification on either route,
+since Graph allows one URL for both.
 """
 
 from __future__ import annotations

@@ -174,6 +174,7 @@ class Container:
                 timedelta(minutes=self.settings.disable_window_minutes),
                 self.clock,
             ),
+            self.clock,
         )
 
     @cached_property

@@ -46,9 +46,11 @@ ORGANIZATION_RULE_LIMIT = 300
 MAX_PASSES = 5
 LOCATION_PREFIX = "M365 Responder sign-in block"
 LOCATION_CAPACITY = 2000
-# A named location cannot be empty. When nothing is blocked, a location keeps the limited
-# broadcast address, from which no client can ever sign in.
-LOCATION_PLACEHOLDER = "255.255.255.255/32"
+# A named location cannot be empty, and Entra takes public ranges only (so neither the limited
+# broadcast address nor a documentation range will do). When nothing is blocked, a location
+# keeps one address of the AS112 direct-delegation block (RFC 7534): globally reachable, and
+# announced only by anycast DNS sink servers, which answer reverse lookups and never sign in.
+LOCATION_PLACEHOLDER = "192.175.48.1/32"
 
 
 def exchange_range(network: str) -> str:

@@ -54,6 +54,8 @@ logger = logging.getLogger(__name__)
 
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 ALERTS_PAGE_SIZE = 200
+# Readings of the alert list before a listing that keeps shifting is given up for this poll.
+ALERT_LISTING_ATTEMPTS = 3
 USER_FIELDS = ["id", "userPrincipalName", "accountEnabled", "signInSessionsValidFromDateTime"]
 _ERROR_MAP: dict[str, Any] = {"XXX": ODataError}
 
@@ -84,7 +86,7 @@ def _raise_typed(exc: Exception, what: str) -> NoReturn:
         raise exc
     status = exc.response_status_code or 0
     headers = {k.lower(): v for k, v in (exc.response_headers or {}).items()}
-    request_id = _first(headers.get("request-id"))
+    request_id = _first(headers.get("request-id")) or _error_request_id(exc)
     message = f"{what}: Graph answered {status}: {_odata_message(exc)}"
     if status == 429 or status >= 500:
         retry_after = _parse_retry_after(_first(headers.get("retry-after")))
@@ -100,6 +102,32 @@ def _first(value: Any) -> str | None:
     if isinstance(value, list | set | tuple):
         return next(iter(value), None)
     return str(value)
+
+
+_REQUEST_ID_KEYS = ("request-id", "requestId")
+
+
+def _error_request_id(exc: APIError) -> str | None:
+    """The request id Graph wrote into the error body, for when no header carried it: the
+    documented `innerError.request-id`, and the `requestId` / `innererror` spellings other
+    Graph workloads answer with (msgraph-sdk keeps what its model does not know in
+    additional_data)."""
+    error = getattr(exc, "error", None)
+    inner = getattr(error, "inner_error", None)
+    known = getattr(inner, "request_id", None)
+    if isinstance(known, str) and known:
+        return known
+    holders: list[Any] = [getattr(inner, "additional_data", None)]
+    extra = getattr(error, "additional_data", None)
+    if isinstance(extra, dict):
+        holders += [extra.get("innererror"), extra.get("innerError")]
+    for holder in holders:
+        if isinstance(holder, dict):
+            for key in _REQUEST_ID_KEYS:
+                value = holder.get(key)
+                if isinstance(value, str) and value:
+                    return value
+    return None
 
 
 def _odata_message(exc: APIError) -> str:
@@ -175,23 +203,51 @@ class GraphDirectory:
     async def alerts_updated_since(self, since: datetime) -> AsyncIterator[list[dict[str, Any]]]:
         """Pages of raw alerts_v2 objects updated at or after `since`, in the order Graph lists
         them (newest first). Permission: SecurityAlert.Read.All. Raw JSON keeps fields the SDK
-        models do not know."""
+        models do not know.
+
+        Graph pages alerts_v2 by `$skip` over a list it recomputes on every request, so an alert
+        updated between two requests moves to the top and pushes the one that followed it back
+        onto a page already read. Such a listing yields fewer distinct alerts than the count
+        Graph gave for its first page; it is then read again from the top (pages already handed
+        out are handed out again; callers skip what they handled), and a listing that never
+        settles raises TransientError, so no watermark moves past an alert never seen."""
         stamp = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         query = Alerts_v2RequestBuilder.Alerts_v2RequestBuilderGetQueryParameters(
             filter=f"lastUpdateDateTime ge {stamp}",
             top=ALERTS_PAGE_SIZE,
+            count=True,
         )
-        request: RequestInformation | None = (
-            self._client.security.alerts_v2.to_get_request_information(
-                RequestConfiguration(query_parameters=query)
+        for attempt in range(1, ALERT_LISTING_ATTEMPTS + 1):
+            expected: int | None = None
+            seen: set[str] = set()
+            request: RequestInformation | None = (
+                self._client.security.alerts_v2.to_get_request_information(
+                    RequestConfiguration(query_parameters=query)
+                )
             )
+            while request is not None:
+                request.headers.try_add("Prefer", "include-unknown-enum-members")
+                page = await self._send_raw(request, "list security alerts")
+                if expected is None and isinstance(page.get("@odata.count"), int):
+                    expected = page["@odata.count"]
+                items = [item for item in page.get("value", []) if isinstance(item, dict)]
+                seen.update(str(item.get("id")) for item in items)
+                yield items
+                next_link = page.get("@odata.nextLink")
+                request = _follow(next_link) if isinstance(next_link, str) else None
+            if expected is None or len(seen) >= expected:
+                return
+            logger.warning(
+                "alerts changed while they were listed (%s of %s seen, listing %s of %s)",
+                len(seen),
+                expected,
+                attempt,
+                ALERT_LISTING_ATTEMPTS,
+            )
+        raise TransientError(
+            f"list security alerts: the listing kept changing while it was read "
+            f"({ALERT_LISTING_ATTEMPTS} attempts)"
         )
-        while request is not None:
-            request.headers.try_add("Prefer", "include-unknown-enum-members")
-            page = await self._send_raw(request, "list security alerts")
-            yield [item for item in page.get("value", []) if isinstance(item, dict)]
-            next_link = page.get("@odata.nextLink")
-            request = _follow(next_link) if isinstance(next_link, str) else None
 
     async def roles_of(self, principal_id: str) -> list[RoleAssignment]:
         """A user's active directory role assignments: its own, and those of the

@@ -15,9 +15,15 @@ from msgraph.generated.users.item.user_item_request_builder import UserItemReque
 
 from shared.adapters.graph import _raise_typed, member_ids
 from shared.errors import PermanentError
-from shared.watch.ports import GraphSubscription, SubscriptionSpec
+from shared.watch.ports import CREATED, GraphSubscription, SubscriptionSpec
 
-WATCHED_USER_FIELDS = ["id", "userPrincipalName", "displayName", "accountEnabled"]
+WATCHED_USER_FIELDS = [
+    "id",
+    "userPrincipalName",
+    "displayName",
+    "accountEnabled",
+    "createdDateTime",
+]
 T = TypeVar("T")
 
 
@@ -109,6 +115,7 @@ class GraphWatch:
             "userPrincipalName": found.user_principal_name,
             "displayName": found.display_name,
             "accountEnabled": found.account_enabled,
+            CREATED: (found.created_date_time.isoformat() if found.created_date_time else None),
         }
 
     async def group_member_ids(self, group_id: str) -> list[str]:

@@ -5,6 +5,7 @@ privilege: the state table's Storage Table Data Contributor role."""
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -65,6 +66,25 @@ class TableSubscriptions:
         async for entity in rows:
             return _record(entity)
         return None
+
+    async def by_subscription_ids(
+        self, subscription_ids: Collection[str]
+    ) -> dict[str, SubscriptionRecord]:
+        """One query over the subscription partition (a row per configured subscription, so a
+        few rows), matched here: a notification naming a thousand unknown ids costs one read,
+        not a thousand."""
+        wanted = {s.lower() for s in subscription_ids if is_guid(s)}
+        if not wanted:
+            return {}
+        rows = self._table.query_entities(
+            "PartitionKey eq @partition", parameters={"partition": SUBSCRIPTIONS}
+        )
+        found: dict[str, SubscriptionRecord] = {}
+        async for entity in rows:
+            subscription_id = (entity.get("SubscriptionId") or "").lower()
+            if subscription_id in wanted:
+                found[subscription_id] = _record(entity)
+        return found
 
     async def claim(
         self,

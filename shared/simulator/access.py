@@ -26,8 +26,37 @@ from shared.simulator.state import JsonObject, format_timestamp
 
 GLOBAL_ADMINISTRATOR = "62e90394-69f5-4237-9190-012177145e10"
 PRIVILEGED_AUTHENTICATION_ADMINISTRATOR = "7be44c8a-adaf-4e2a-84d6-ab2649e08a13"
+USER_ADMINISTRATOR = "fe930be7-5e62-47db-91af-98c3a49a38b1"
+AUTHENTICATION_ADMINISTRATOR = "c4e39bd9-1100-46d3-8c65-fb160da0071f"
 # Roles that let an app change the sign-in state of any account, admins included.
 ACCOUNT_ADMIN_ROLES = frozenset({GLOBAL_ADMINISTRATOR, PRIVILEGED_AUTHENTICATION_ADMINISTRATOR})
+# "Who can update sensitive attributes" (Graph, Working with users): the roles whose holders a
+# User Administrator, or an Authentication Administrator, may still change. Holders of any other
+# role, and members and owners of role-assignable groups, need a Privileged Authentication
+# Administrator or a Global Administrator.
+_DIRECTORY_READERS = "88d8e3e3-8f55-4a1e-953a-9b9898b8876b"
+_GUEST_INVITER = "95e79109-95c0-4d8e-aee3-d01accf2d47b"
+_MESSAGE_CENTER_READER = "790c1fb9-7f7d-4f88-86a1-ef1f95c05c1b"
+_PASSWORD_ADMINISTRATOR = "966707d0-3269-4727-9be2-8c3a10f19b9d"
+_REPORTS_READER = "4a5d8f65-41da-4de4-8968-e035b65339cf"
+_USAGE_SUMMARY_REPORTS_READER = "75934031-6c7e-415a-99d7-48dbd49e875e"
+_HELPDESK_ADMINISTRATOR = "729827e3-9c14-49f7-bb1b-9608f156bbb8"
+_GROUPS_ADMINISTRATOR = "fdd7a751-b60b-444a-984c-02652fe8fa1c"
+_READERS_AND_INVITERS = frozenset(
+    {
+        _DIRECTORY_READERS,
+        _GUEST_INVITER,
+        _MESSAGE_CENTER_READER,
+        _PASSWORD_ADMINISTRATOR,
+        _REPORTS_READER,
+        _USAGE_SUMMARY_REPORTS_READER,
+    }
+)
+LESSER_ROLES = {
+    USER_ADMINISTRATOR: _READERS_AND_INVITERS
+    | {_HELPDESK_ADMINISTRATOR, _GROUPS_ADMINISTRATOR, USER_ADMINISTRATOR},
+    AUTHENTICATION_ADMINISTRATOR: _READERS_AND_INVITERS | {AUTHENTICATION_ADMINISTRATOR},
+}
 POLICY_STATES = ("enabled", "disabled", "enabledForReportingButNotEnforced")
 _USER_SET_FIELDS = (
     "includeUsers",
@@ -69,14 +98,13 @@ class _Hook:
 class AccessStore:
     """Role assignments, Conditional Access policies and the app's own roles, under one lock."""
 
-    def __init__(self, privileged_roles: Iterable[str], page_size: int = 100) -> None:
+    def __init__(self, page_size: int = 100) -> None:
         if page_size < 1:
             raise ValueError(f"page_size must be at least 1, got {page_size}")
         self.page_size = page_size
         self._lock = threading.Lock()
         self._assignments: list[JsonObject] = []
         self._policies: list[JsonObject] = []
-        self._privileged = frozenset(r.lower() for r in privileged_roles)
         self._app_roles = {PRIVILEGED_AUTHENTICATION_ADMINISTRATOR}
         self._write_hooks: list[_Hook] = []
 
@@ -120,35 +148,48 @@ class AccessStore:
         field, value = match[1], match[2].lower()
         return [a for a in found if a[field] == value]
 
-    def privileged_roles_of(self, principal_id: str) -> list[str]:
-        with self._lock:
-            return [
-                a["roleDefinitionId"]
-                for a in self._assignments
-                if a["principalId"] == principal_id.lower()
-                and a["roleDefinitionId"] in self._privileged
-            ]
-
     # The app's own directory roles, and what they allow
 
     def set_app_roles(self, role_ids: Iterable[str]) -> None:
         with self._lock:
             self._app_roles = {r.lower() for r in role_ids}
 
-    def check_account_write(self, user_id: str, group_ids: Iterable[str] = ()) -> None:
-        """403, as Entra answers, when the target holds a privileged role (itself, or through
-        one of the role-assignable `group_ids` it belongs to) and the app holds no role that
-        may change such accounts."""
-        if not any(self.privileged_roles_of(p) for p in (user_id, *group_ids)):
-            return
+    def check_account_write(
+        self,
+        user_id: str,
+        group_ids: Iterable[str] = (),
+        in_role_assignable_group: bool = False,
+    ) -> None:
+        """403, as Entra answers, unless the app may change the target's sensitive attributes
+        (accountEnabled, sessions): any account for a Global or Privileged Authentication
+        Administrator; for a User or Authentication Administrator, accounts holding no role
+        but the lesser ones that role may manage; with no role, only accounts holding no role.
+        Roles count whether held directly or through the role-assignable `group_ids` the
+        target belongs to, and a member or owner of any role-assignable group
+        (`in_role_assignable_group`) needs a Global or Privileged Authentication Administrator."""
+        principals = {p.lower() for p in (user_id, *group_ids)}
         with self._lock:
-            allowed = bool(self._app_roles & ACCOUNT_ADMIN_ROLES)
-        if not allowed:
-            raise AccessError(
-                403,
-                "Authorization_RequestDenied",
-                "Insufficient privileges to complete the operation.",
-            )
+            roles = {
+                a["roleDefinitionId"] for a in self._assignments if a["principalId"] in principals
+            }
+            app_roles = set(self._app_roles)
+        if self._may_write(app_roles, roles, in_role_assignable_group):
+            return
+        raise AccessError(
+            403,
+            "Authorization_RequestDenied",
+            "Insufficient privileges to complete the operation.",
+        )
+
+    @staticmethod
+    def _may_write(app_roles: set[str], roles: set[str], in_role_assignable_group: bool) -> bool:
+        if app_roles & ACCOUNT_ADMIN_ROLES:
+            return True
+        if in_role_assignable_group:
+            return False
+        if not roles:
+            return True  # a user with no admin role: the application permission suffices
+        return any(roles <= LESSER_ROLES[r] for r in app_roles & LESSER_ROLES.keys())
 
     # Conditional Access policies
 

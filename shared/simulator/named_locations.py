@@ -1,7 +1,11 @@
 """Conditional Access IP named locations as the simulated Graph stores them, with Entra's limits.
 
-Entra allows 195 named locations of at most 2000 CIDR ranges with masks longer than /8; the
-simulator also demands /9 or longer of IPv6 ranges, refuses host bits, and throttles writes.
+Entra allows 195 named locations of at most 2000 public CIDR ranges with masks longer than /8
+(concept-assignment-network); the simulator also demands /9 or longer of IPv6 ranges, refuses
+host bits, and throttles writes. What "public" excludes is not spelled out: the simulator takes
+the least convenient reading and refuses any range that reaches into a block the IANA
+special-purpose registries mark as not globally reachable (private, loopback, link-local,
+shared, benchmarking, documentation, multicast, reserved), and IPv6 outside 2000::/3.
 """
 
 from __future__ import annotations
@@ -21,6 +25,39 @@ from shared.simulator.state import JsonObject, format_timestamp
 MAX_NAMED_LOCATIONS = 195
 MAX_IP_RANGES = 2000
 MIN_PREFIX_LENGTH = 9
+# Not public: the blocks IANA's special-purpose registries mark as not globally reachable,
+# multicast, and the reserved space (iana-ipv4-special-registry, iana-ipv6-special-registry).
+NOT_PUBLIC = tuple(
+    ipaddress.ip_network(block)
+    for block in (
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.0.0.0/24",
+        "192.0.2.0/24",
+        "192.88.99.0/24",
+        "192.168.0.0/16",
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+        "::ffff:0:0/96",
+        "64:ff9b:1::/48",
+        "100::/64",
+        "2001::/23",
+        "2001:db8::/32",
+        "3fff::/20",
+        "5f00::/16",
+        "fc00::/7",
+        "fe80::/10",
+        "ff00::/8",
+    )
+)
+GLOBAL_UNICAST_V6 = ipaddress.ip_network("2000::/3")
 
 IP_NAMED_LOCATION = "#microsoft.graph.ipNamedLocation"
 IPV4_CIDR_RANGE = "#microsoft.graph.iPv4CidrRange"
@@ -197,7 +234,17 @@ def _ip_range(item: Any) -> JsonObject:
         )
     if str(network.network_address) != str(ipaddress.ip_address(cidr.partition("/")[0])):
         raise _bad_request(f"cidrAddress '{cidr}' has host bits set; use '{network}'.")
+    if not _public(network):
+        raise _bad_request(f"cidrAddress '{cidr}' is not a public IP range.")
     return {"@odata.type": range_type, "cidrAddress": cidr}
+
+
+def _public(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    if network.version == 6 and not network.subnet_of(GLOBAL_UNICAST_V6):  # type: ignore[arg-type]
+        return False
+    return not any(
+        network.overlaps(block) for block in NOT_PUBLIC if block.version == network.version
+    )
 
 
 def _bad_request(message: str) -> NamedLocationError:

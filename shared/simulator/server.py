@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import logging
 import re
@@ -25,7 +26,6 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
-from shared.config import PRIVILEGED_ROLES
 from shared.simulator.access import AccessError, AccessStore
 from shared.simulator.exchange import (
     NOT_FOUND,
@@ -37,7 +37,6 @@ from shared.simulator.exchange import (
 from shared.simulator.identity import DEFAULT_UPN, TokenIssuer
 from shared.simulator.named_locations import NamedLocationError, NamedLocationStore
 from shared.simulator.state import (
-    AlertKey,
     Fault,
     JsonObject,
     SimUser,
@@ -58,7 +57,6 @@ _JSON_CONTENT_TYPE = (
     "IEEE754Compatible=false;charset=utf-8"
 )
 _FILTER = re.compile(r"^\s*lastUpdateDateTime\s+(gt|ge)\s+(\S+)\s*$")
-_ORDERBY = re.compile(r"^\s*lastUpdateDateTime(\s+asc)?\s*$")
 _REVOKE_ACTIONS = ("revokeSignInSessions", "microsoft.graph.revokeSignInSessions")
 _NAMED_LOCATIONS = ("identity", "conditionalAccess", "namedLocations")
 _GROUP_CASTS = ("graph.group", "microsoft.graph.group")
@@ -195,6 +193,9 @@ class _GraphApi:
             "userPrincipalName": user.user_principal_name,
             "displayName": user.display_name,
             "accountEnabled": user.account_enabled,
+            "createdDateTime": (
+                user.created_at.strftime("%Y-%m-%dT%H:%M:%SZ") if user.created_at else None
+            ),
             "signInSessionsValidFromDateTime": (
                 user.sign_in_sessions_revoked_at.strftime("%Y-%m-%dT%H:%M:%SZ")
                 if user.sign_in_sessions_revoked_at
@@ -239,11 +240,14 @@ class _GraphApi:
 
     def _check_account_write(self, key: str) -> None:
         user_id = self._user(key).id
-        groups = [
+        member_of = [
             g["id"] for g in self._subscriptions.groups_of(user_id) if g["isAssignableToRole"]
         ]
+        owner_of = [
+            g["id"] for g in self._subscriptions.groups_owned_by(user_id) if g["isAssignableToRole"]
+        ]
         try:
-            self._access.check_account_write(user_id, groups)
+            self._access.check_account_write(user_id, member_of, bool(member_of or owner_of))
         except AccessError as error:
             raise _GraphError(error.status, error.code, error.message) from None
 
@@ -307,32 +311,36 @@ class _GraphApi:
         )
 
     def _list_alerts(self, query: Mapping[str, str]) -> _Reply:
+        """List alerts_v2: $filter (lastUpdateDateTime gt|ge only), $top, $skip and $count, newest
+        first, with an @odata.nextLink that carries $skip. The documented query options are
+        $count, $filter, $skip and $top; anything else is refused."""
+        for name in query:
+            if name.startswith("$") and name not in ("$filter", "$top", "$skip", "$count"):
+                raise _GraphError(
+                    400, "BadRequest", f"Query option {name!r} is not supported on alerts_v2."
+                )
         updated_since: datetime | None = None
         inclusive = False
         if "$filter" in query:
             updated_since, inclusive = _parse_filter(query["$filter"])
-        if "$orderby" in query and not _ORDERBY.match(query["$orderby"]):
-            raise _GraphError(
-                400,
-                "BadRequest",
-                f"Unsupported $orderby: {query['$orderby']!r}; "
-                "only 'lastUpdateDateTime asc' is supported.",
-            )
         limit = _parse_top(query.get("$top"))
-        after = _decode_skiptoken(query["$skiptoken"]) if "$skiptoken" in query else None
-        page, cursor = self._state.alerts_page(
-            updated_since=updated_since, inclusive=inclusive, after=after, limit=limit
+        skip = _parse_skip(query.get("$skip"))
+        count = query.get("$count")
+        if count not in (None, "true", "false"):
+            raise _GraphError(400, "BadRequest", f"Invalid $count: {count!r}.")
+        for hook in self._state.take_alert_page_hooks(skip):
+            hook()
+        page, total = self._state.alerts_page(
+            updated_since=updated_since, inclusive=inclusive, skip=skip, limit=limit
         )
-        body: JsonObject = {
-            "@odata.context": f"{self._base_url}/$metadata#security/alerts_v2",
-            "value": page,
-        }
-        if cursor is not None:
+        body: JsonObject = {"@odata.context": f"{self._base_url}/$metadata#security/alerts_v2"}
+        if count == "true":
+            body["@odata.count"] = total
+        body["value"] = page
+        if skip + limit < total:
             # The next link repeats the caller's query so each page is filtered the same way.
-            carried = {
-                name: query[name] for name in ("$filter", "$orderby", "$top") if name in query
-            }
-            carried["$skiptoken"] = _encode_skiptoken(cursor)
+            carried = {name: query[name] for name in ("$filter", "$top", "$count") if name in query}
+            carried["$skip"] = str(skip + limit)
             body["@odata.nextLink"] = f"{self._base_url}/security/alerts_v2?" + urlencode(
                 carried, quote_via=quote, safe="$:"
             )
@@ -452,20 +460,12 @@ def _parse_top(value: str | None, default: int = DEFAULT_PAGE_SIZE) -> int:
     return int(value)
 
 
-def _encode_skiptoken(key: AlertKey) -> str:
-    raw = json.dumps([key[0].isoformat(), key[1]]).encode()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def _decode_skiptoken(token: str) -> AlertKey:
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        updated, alert_id = json.loads(raw)
-        if isinstance(updated, str) and isinstance(alert_id, str):
-            return parse_timestamp(updated), alert_id
-    except (binascii.Error, ValueError, TypeError):
-        pass
-    raise _GraphError(400, "BadRequest", "Invalid $skiptoken.")
+def _parse_skip(value: str | None) -> int:
+    if value is None:
+        return 0
+    if not value.isdigit():
+        raise _GraphError(400, "BadRequest", f"Invalid $skip: {value!r}.")
+    return int(value)
 
 
 def _error_code(status: int) -> str:
@@ -744,7 +744,7 @@ class SimulatedTenant:
         self._state = TenantState()
         self._rules = TransportRuleStore()
         self._locations = NamedLocationStore(named_location_writes_per_second)
-        self._access = AccessStore(PRIVILEGED_ROLES, page_size)
+        self._access = AccessStore(page_size)
         self._token_issuer = TokenIssuer(tenant_id)
         self._subscriptions = SubscriptionStore(tenant_id)
         self._server: _GraphServer | None = None
@@ -831,6 +831,16 @@ class SimulatedTenant:
     def add_user(self, user: SimUser) -> None:
         """Store a copy of `user`; ValueError if its id or UPN is taken."""
         self._state.add_user(user)
+
+    def create_user(self, user: SimUser) -> None:
+        """Create a user as someone else would (an admin, an attacker). Graph announces a new
+        user to `users` subscriptions as `updated` (they support only `updated` and `deleted`),
+        and a creation stamps createdDateTime."""
+        created = (
+            user if user.created_at else dataclasses.replace(user, created_at=datetime.now(UTC))
+        )
+        self._state.add_user(created)
+        self._subscriptions.notify(*user_change(self._state.user(created.id)))
 
     def user(self, id_or_upn: str) -> SimUser:
         """A snapshot of the user found by id or UPN (case-insensitive); KeyError if none."""
@@ -964,6 +974,11 @@ class SimulatedTenant:
         }
         self._subscriptions.notify(f"Groups/{group_id}", "updated", data)
 
+    def add_group_owner(self, group_id: str, user_id: str) -> None:
+        """Make `user_id` an owner of the group (owners of role-assignable groups count as
+        privileged accounts)."""
+        self._subscriptions.add_owner(group_id, user_id)
+
     def group_members(self, group_id: str) -> list[str]:
         return list(self._subscriptions.group(group_id)["members"])
 
@@ -996,6 +1011,12 @@ class SimulatedTenant:
     def add_alert(self, alert: Mapping[str, Any]) -> None:
         """Store a raw alerts_v2 object with `id` and `lastUpdateDateTime`; same id replaces."""
         self._state.add_alert(alert)
+
+    def before_alerts_page(self, skip: int, hook: Callable[[], None]) -> None:
+        """Run `hook` once, right before the alerts_v2 page at `$skip` = `skip` is next read
+        (hooks for the same page run one per read, in order): an alert that changes between
+        two page requests."""
+        self._state.add_alert_page_hook(skip, hook)
 
     @property
     def alerts(self) -> list[JsonObject]:

@@ -9,15 +9,15 @@ import copy
 import dataclasses
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 JsonObject = dict[str, Any]
 
-# Alerts are ordered, and paged, by (lastUpdateDateTime, id): the id breaks ties between
-# alerts updated in the same instant so a page boundary never splits them ambiguously.
+# Alerts are ordered by (lastUpdateDateTime, id), newest first: the id breaks ties between
+# alerts updated in the same instant.
 AlertKey = tuple[datetime, str]
 
 
@@ -31,6 +31,8 @@ class SimUser:
     account_enabled: bool = True
     sign_in_sessions_revoked_at: datetime | None = None
     revocations: int = 0
+    # Graph's createdDateTime; null for accounts created before 2018 (user resource type).
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ class TenantState:
         self._alerts: dict[str, JsonObject] = {}
         self._faults: list[_ActiveFault] = []
         self._requests: list[tuple[str, str]] = []
+        self._alert_page_hooks: dict[int, list[Callable[[], None]]] = {}
 
     def add_user(self, user: SimUser) -> None:
         stored = dataclasses.replace(user)
@@ -169,27 +172,36 @@ class TenantState:
         *,
         updated_since: datetime | None,
         inclusive: bool,
-        after: AlertKey | None,
+        skip: int,
         limit: int,
-    ) -> tuple[list[JsonObject], AlertKey | None]:
-        """Up to `limit` alerts in key order past `after`, and the cursor for the next page.
+    ) -> tuple[list[JsonObject], int]:
+        """Up to `limit` alerts from position `skip`, newest first (List alerts_v2: "the most
+        recent alerts are displayed at the top of the list"), and how many match in all.
 
-        The cursor is the key of the page's last alert, or None when nothing remains. Paging by
-        key rather than by offset keeps pages stable while alerts are added between requests.
+        Positions are counted afresh on every request, as with Graph's $skip: an alert updated
+        between two requests moves to the top and shifts the others.
         """
         with self._lock:
             candidates = sorted(
                 ((_alert_key(alert), alert) for alert in self._alerts.values()),
                 key=lambda pair: pair[0],
+                reverse=True,
             )
             selected = [
-                alert
-                for key, alert in candidates
-                if _within(key[0], updated_since, inclusive) and (after is None or key > after)
+                alert for key, alert in candidates if _within(key[0], updated_since, inclusive)
             ]
-            page = copy.deepcopy(selected[:limit])
-        cursor = _alert_key(page[-1]) if len(selected) > limit else None
-        return page, cursor
+            page = copy.deepcopy(selected[skip : skip + limit])
+        return page, len(selected)
+
+    def add_alert_page_hook(self, skip: int, hook: Callable[[], None]) -> None:
+        with self._lock:
+            self._alert_page_hooks.setdefault(skip, []).append(hook)
+
+    def take_alert_page_hooks(self, skip: int) -> list[Callable[[], None]]:
+        """The first hook waiting for the page at `skip` (each hook runs before one read)."""
+        with self._lock:
+            waiting = self._alert_page_hooks.get(skip, [])
+            return [waiting.pop(0)] if waiting else []
 
     def add_fault(self, fault: Fault) -> None:
         with self._lock:

@@ -30,6 +30,17 @@ MAX_LIFETIME = timedelta(minutes=41_760)
 VALIDATION_TIMEOUT_S = 10.0
 DELIVERY_TIMEOUT_S = 10.0
 _CHANGE_TYPES = frozenset({"created", "updated", "deleted"})
+# Users and groups support only `updated` and `deleted` (subscription resource type, changeType);
+# a new user or group is announced as `updated`.
+_DIRECTORY_CHANGE_TYPES = frozenset({"updated", "deleted"})
+# Lifecycle notifications for users and groups: only reauthorizationRequired (the others are sent
+# for Outlook and Teams resources alone).
+_DIRECTORY_LIFECYCLE_EVENTS = frozenset({"reauthorizationRequired"})
+
+
+def _is_directory(resource: str) -> bool:
+    """`users`, `groups`, `users/{id}`, `/groups/{id}`, ... (any case)."""
+    return resource.strip("/").split("/")[0].lower() in ("users", "groups")
 
 
 class SubscriptionError(Exception):
@@ -105,6 +116,12 @@ class SubscriptionStore:
             raise SubscriptionError(400, "InvalidRequest", "notificationUrl must be https.")
         if not isinstance(change_type, str) or not set(change_type.split(",")) <= _CHANGE_TYPES:
             raise SubscriptionError(400, "InvalidRequest", "Invalid changeType.")
+        if _is_directory(resource):
+            for kind in change_type.split(","):
+                if kind not in _DIRECTORY_CHANGE_TYPES:
+                    raise SubscriptionError(
+                        400, "InvalidRequest", f"Invalid 'changeType' attribute: '{kind}'."
+                    )
         if client_state is not None and (
             not isinstance(client_state, str) or len(client_state) > 128
         ):
@@ -190,6 +207,7 @@ class SubscriptionStore:
                 "displayName": name,
                 "isAssignableToRole": role_assignable,
                 "members": [],
+                "owners": [],
             }
 
     def groups_of(self, member_id: str) -> list[JsonObject]:
@@ -197,10 +215,27 @@ class SubscriptionStore:
         wanted = member_id.lower()
         with self._lock:
             return [
-                {k: v for k, v in group.items() if k != "members"}
+                {k: v for k, v in group.items() if k not in ("members", "owners")}
                 for group in self._groups.values()
                 if wanted in (m.lower() for m in group["members"])
             ]
+
+    def groups_owned_by(self, owner_id: str) -> list[JsonObject]:
+        """The groups `owner_id` owns (without their member and owner lists)."""
+        wanted = owner_id.lower()
+        with self._lock:
+            return [
+                {k: v for k, v in group.items() if k not in ("members", "owners")}
+                for group in self._groups.values()
+                if wanted in (o.lower() for o in group["owners"])
+            ]
+
+    def add_owner(self, group_id: str, user_id: str) -> None:
+        self.group(group_id)
+        with self._lock:
+            owners = self._groups[group_id.lower()]["owners"]
+            if user_id not in owners:
+                owners.append(user_id)
 
     def group(self, group_id: str) -> JsonObject:
         with self._lock:
@@ -244,8 +279,13 @@ class SubscriptionStore:
         return len(matching)
 
     def lifecycle(self, subscription_id: str, event: str) -> None:
-        """Queue a lifecycle notification; `subscriptionRemoved` also removes the subscription."""
+        """Queue a lifecycle notification; `subscriptionRemoved` also removes the subscription.
+        ValueError for an event Graph never sends for the subscription's resource."""
         subscription = self.get(subscription_id)
+        if _is_directory(subscription["resource"]) and event not in _DIRECTORY_LIFECYCLE_EVENTS:
+            raise ValueError(
+                f"Graph sends no {event} lifecycle notification for {subscription['resource']}"
+            )
         item = {
             "subscriptionId": subscription["id"],
             "subscriptionExpirationDateTime": subscription["expirationDateTime"],

@@ -5,7 +5,9 @@ data, so the changed object is read from Graph and compared with the last state 
   high-severity alert (tampering with emergency access);
 - a privileged group gained members -> one alert per new member, for the playbook to act on;
 - with every user watched, during an active incident (the responder disabled an account within
-  its budget window): a new user, or a disabled account enabled again -> an alert.
+  its budget window): a new user, or a disabled account enabled again -> an alert. Graph
+  announces a new user as `updated` (users subscriptions support only `updated` and `deleted`),
+  so a new account is one never seen before whose createdDateTime is recent.
 
 Each alert is audited as `alert.raised` and handed to the intake, so the playbook decides.
 """
@@ -16,7 +18,7 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -31,9 +33,11 @@ from shared.models import (
     Entity,
     EntityKind,
     Severity,
+    utcnow,
 )
 from shared.ports import AlertCheckpoint, DisableBudget
 from shared.watch.ports import (
+    CREATED,
     ChangeNotice,
     NotificationClaims,
     Snapshots,
@@ -47,6 +51,9 @@ logger = logging.getLogger(__name__)
 USER = "user"
 GROUP = "group"
 DELETED = {"deleted": True}
+# An account created this recently, and never seen before, is a new account. Graph may send
+# several `updated` notifications for one creation, and retries a delivery for up to 4 hours.
+NEW_ACCOUNT_WINDOW = timedelta(hours=24)
 
 
 class WatchCategory(StrEnum):
@@ -103,6 +110,7 @@ class ChangeProcessor:
         intake: AlertIntake,
         breakglass: tuple[str, ...],
         incident_active: Callable[[], Awaitable[bool]],
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._directory = directory
         self._snapshots = snapshots
@@ -112,6 +120,7 @@ class ChangeProcessor:
         self._intake = intake
         self._breakglass = frozenset(b.lower() for b in breakglass)
         self._incident_active = incident_active
+        self._clock = clock
 
     async def process(self, notice: ChangeNotice) -> ChangeOutcome:
         """Handle one accepted notification once; an error releases it for redelivery."""
@@ -142,7 +151,9 @@ class ChangeProcessor:
         return await self._any_user(object_id, change)
 
     async def _protected_user(self, user_id: str) -> ChangeOutcome:
-        current = await self._directory.user_snapshot(user_id) or DELETED
+        found = await self._directory.user_snapshot(user_id)
+        # The creation time never changes, so it is no part of what is compared.
+        current = {k: v for k, v in found.items() if k != CREATED} if found else DELETED
         before = await self._snapshots.get(USER, user_id)
         if before is None or before == current:
             await self._snapshots.put(USER, user_id, current)
@@ -195,19 +206,32 @@ class ChangeProcessor:
             return ChangeOutcome.NOTHING
         state = {"accountEnabled": current.get("accountEnabled")}
         before = await self._snapshots.get(USER, user_id)
-        outcome = await self._any_user_change(user_id, change, current, state, before)
+        new = before is None and self._recently_created(current.get(CREATED))
+        outcome = await self._any_user_change(user_id, new, change, current, state, before)
         await self._snapshots.put(USER, user_id, state)
         return outcome
+
+    def _recently_created(self, created: object) -> bool:
+        if not isinstance(created, str):
+            return False  # accounts from before 2018 have none
+        try:
+            stamp = datetime.fromisoformat(created)
+        except ValueError:
+            return False
+        if stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=UTC)
+        return timedelta(0) <= self._clock() - stamp <= NEW_ACCOUNT_WINDOW
 
     async def _any_user_change(
         self,
         user_id: str,
+        new: bool,
         change: str,
         current: dict[str, Any],
         state: dict[str, Any],
         before: dict[str, Any] | None,
     ) -> ChangeOutcome:
-        if change == "created":
+        if new:
             category = WatchCategory.NEW_USER_DURING_INCIDENT
         elif (
             before is not None and before.get("accountEnabled") is False and state["accountEnabled"]
@@ -218,8 +242,9 @@ class ChangeProcessor:
         if not await self._incident_active():
             return ChangeOutcome.NOTHING
         title = f"{category} during an active incident: {current.get('userPrincipalName')}"
-        role = "created" if change == "created" else "enabled"
-        alert = _user_alert(category, Severity.MEDIUM, title, user_id, current, role)
+        role = "created" if new else "enabled"
+        snapshot = {k: v for k, v in current.items() if k != CREATED}
+        alert = _user_alert(category, Severity.MEDIUM, title, user_id, snapshot, role)
         return await self._raise(alert, _changes(before, state) or {"changeType": change})
 
     async def _raise(self, alert: Alert, changes: dict[str, Any]) -> ChangeOutcome:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -102,6 +103,13 @@ class SubscriptionStore(Protocol):
 
     async def by_subscription_id(self, subscription_id: str) -> SubscriptionRecord | None: ...
 
+    async def by_subscription_ids(
+        self, subscription_ids: Collection[str]
+    ) -> dict[str, SubscriptionRecord]:
+        """The stored records of those of `subscription_ids` (lower-case GUIDs) that are
+        known, keyed by subscription id; one read whatever the number of ids."""
+        ...
+
     async def claim(
         self,
         spec: SubscriptionSpec,
@@ -120,11 +128,16 @@ class SubscriptionStore(Protocol):
         ...
 
 
+# The key of a user snapshot's creation time (ISO 8601, or None when Graph has none).
+CREATED = "createdDateTime"
+
+
 class WatchedDirectory(Protocol):
     """Reads of the objects a notification points at."""
 
     async def user_snapshot(self, user_id: str) -> dict[str, Any] | None:
-        """The watched fields of a user; None when the user no longer exists."""
+        """The watched fields of a user, and its creation time under `CREATED`; None when the
+        user no longer exists."""
         ...
 
     async def group_member_ids(self, group_id: str) -> list[str]: ...

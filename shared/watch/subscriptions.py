@@ -59,7 +59,9 @@ def desired_subscriptions(
         SubscriptionSpec(f"groups/{g}", "updated", WatchPurpose.PRIVILEGED_GROUP) for g in groups
     ]
     if all_users:
-        specs.append(SubscriptionSpec("users", "created,updated", WatchPurpose.ALL_USERS))
+        # Graph refuses `created` for users and groups (400 InvalidRequest) and announces a new
+        # user as `updated`; the processor tells a new account from its createdDateTime.
+        specs.append(SubscriptionSpec("users", "updated", WatchPurpose.ALL_USERS))
     return specs
 
 

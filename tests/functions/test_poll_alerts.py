@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from drill.host import LocalHost
+from shared.adapters import graph as graph_adapter
 from shared.adapters.queue import InMemoryActionQueue
 from shared.container import Container
 from shared.models import utcnow
@@ -116,3 +117,52 @@ async def test_a_failing_graph_keeps_the_watermark_so_the_next_poll_catches_up(
     sim.clear_faults()
     await LocalHost().fire_timer("poll_alerts")
     assert len(queue_of(services)) == 2
+
+
+async def test_alerts_arriving_between_pages_are_neither_lost_nor_handled_twice(
+    services: Container, sim: SimulatedTenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Graph lists newest first and pages by $skip: a new alert pushes the list down, so the
+    # next page repeats the last alert of the page before.
+    monkeypatch.setattr(graph_adapter, "ALERTS_PAGE_SIZE", 2)
+    for n in range(5):
+        sim.add_alert(graph_alert(n, minutes_ago=50 - n * 10))
+    sim.before_alerts_page(2, lambda: sim.add_alert(graph_alert(9, minutes_ago=1)))
+    await LocalHost().fire_timer("poll_alerts")
+    assert len(queue_of(services)) == 2 * 5, "the repeated alert is handled once"
+    watermark = await services.state.watermark(FEED)
+    assert watermark is not None and watermark < utcnow() - timedelta(minutes=9)
+    await LocalHost().fire_timer("poll_alerts")
+    assert len(queue_of(services)) == 2 * 6, "the newcomer is picked up by the next poll"
+
+
+async def test_an_alert_moving_onto_a_page_already_read_is_not_lost(
+    services: Container, sim: SimulatedTenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An update listed late (its lastUpdateDateTime 7 minutes behind the newest alert, beyond
+    # the poller's overlap) moves an unread alert onto the first page after it was read.
+    monkeypatch.setattr(graph_adapter, "ALERTS_PAGE_SIZE", 2)
+    for n in range(5):
+        sim.add_alert(graph_alert(n, minutes_ago=50 - n * 10))
+    sim.before_alerts_page(2, lambda: sim.add_alert(graph_alert(1, minutes_ago=17)))
+    await LocalHost().fire_timer("poll_alerts")
+    await LocalHost().fire_timer("poll_alerts")
+    assert len(queue_of(services)) == 2 * 5, "every alert planned its actions"
+
+
+async def test_a_listing_that_never_settles_fails_the_poll_and_keeps_the_watermark(
+    services: Container, sim: SimulatedTenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every reading of the list has an alert moving onto a page already read: the poll gives
+    # up after its attempts, as a transient failure, and the next poll starts from the same
+    # watermark.
+    monkeypatch.setattr(graph_adapter, "ALERTS_PAGE_SIZE", 2)
+    for n in range(8):
+        sim.add_alert(graph_alert(n, minutes_ago=55 - n * 5))
+    for n, minutes_ago in ((3, 19), (2, 18), (1, 17)):
+        sim.before_alerts_page(
+            2, lambda n=n, m=minutes_ago: sim.add_alert(graph_alert(n, minutes_ago=m))
+        )
+    with pytest.raises(Exception, match="kept changing"):
+        await LocalHost().fire_timer("poll_alerts")
+    assert await services.state.watermark(FEED) is None

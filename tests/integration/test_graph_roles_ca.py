@@ -12,12 +12,13 @@ from shared.adapters.graph import GraphDirectory
 from shared.errors import PermanentError, TransientError
 from shared.ports import GLOBAL_ADMINISTRATOR, RoleAssignment
 from shared.simulator import Fault, SimulatedTenant, SimUser
+from shared.simulator.access import USER_ADMINISTRATOR
 from tests.conftest import ADELE, BREAK_GLASS, sdk_client
 
 pytestmark = pytest.mark.integration
 
 SECURITY_ADMINISTRATOR = "194ae4cb-b126-40b2-bd5b-6091b380977d"
-# Directory Readers: a built-in role that is not in PRIVILEGED_ROLES.
+# Directory Readers: a built-in role that a User Administrator may manage the holders of.
 DIRECTORY_READERS = "88d8e3e3-8f55-4a1e-953a-9b9898b8876b"
 PRIVILEGED_AUTH_ADMIN = "7be44c8a-adaf-4e2a-84d6-ab2649e08a13"
 ADMINS_GROUP = "3f0c7d1e-2b4a-4c6d-8e9f-0a1b2c3d4e5f"
@@ -219,8 +220,8 @@ async def test_the_right_app_role_lets_admin_accounts_be_changed(sim: SimulatedT
     sim.set_app_roles([GLOBAL_ADMINISTRATOR])
     await graph.set_account_enabled(ADELE.id, True)
     await graph.revoke_sign_in_sessions(ADELE.id)
-    sim.set_app_roles([])
-    sim.assign_role(BREAK_GLASS.id, DIRECTORY_READERS)  # not a privileged role
+    sim.set_app_roles([USER_ADMINISTRATOR])
+    sim.assign_role(BREAK_GLASS.id, DIRECTORY_READERS)  # a role a User Administrator manages
     await graph.set_account_enabled(BREAK_GLASS.id, False)
     assert sim.user(ADELE.id).account_enabled
     assert not sim.user(BREAK_GLASS.id).account_enabled

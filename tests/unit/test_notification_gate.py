@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Collection
 from typing import Any
 
 import pytest
@@ -37,9 +38,9 @@ class FakeStore:
         self.record = SubscriptionRecord(SPEC, SECRET, SUBSCRIPTION)
         self.lookups = 0
 
-    async def by_subscription_id(self, subscription_id: str) -> SubscriptionRecord | None:
+    async def by_subscription_ids(self, ids: Collection[str]) -> dict[str, SubscriptionRecord]:
         self.lookups += 1
-        return self.record if subscription_id == SUBSCRIPTION else None
+        return {SUBSCRIPTION: self.record} if SUBSCRIPTION in ids else {}
 
 
 class FakeQueue:
@@ -133,6 +134,107 @@ async def test_lifecycle_notifications_need_a_known_event(parts: Any) -> None:
         {"value": [{**lifecycle, "lifecycleEvent": "selfDestruct"}]}, lifecycle=True
     )
     assert report.rejected == {"unknown lifecycleEvent": 1}
+
+
+def lifecycle_notification(event: Any) -> dict[str, Any]:
+    item = {k: v for k, v in notification().items() if k not in ("changeType", "resource")}
+    return {**item, "lifecycleEvent": event}
+
+
+async def test_lifecycle_notifications_at_the_change_url_are_handled_as_lifecycle(
+    parts: Any,
+) -> None:
+    # lifecycleNotificationUrl may be the notificationUrl itself: the event must not be lost.
+    gate, _, queue, _ = parts
+    report = await gate.accept(
+        {"value": [lifecycle_notification("reauthorizationRequired")]}, lifecycle=False
+    )
+    assert report.as_dict() == {"accepted": 1, "rejected": 0}
+    [notice] = queue.sent
+    assert notice.lifecycle_event == "reauthorizationRequired" and notice.change_type == ""
+
+
+@pytest.mark.parametrize("route_is_lifecycle", [True, False])
+@pytest.mark.parametrize(
+    "event", [["reauthorizationRequired"], {"name": "missed"}, 7, "", "x" * 5000]
+)
+async def test_a_lifecycle_event_that_is_no_known_name_is_a_counted_rejection(
+    parts: Any, event: Any, route_is_lifecycle: bool
+) -> None:
+    gate, _, queue, audit = parts
+    report = await gate.accept(
+        {"value": [lifecycle_notification(event)]}, lifecycle=route_is_lifecycle
+    )
+    assert report.rejected == {"unknown lifecycleEvent": 1} and queue.sent == []
+    [record] = audit.records.values()
+    assert record.entry.result["reasons"] == {"unknown lifecycleEvent": 1}
+
+
+async def test_a_change_notification_with_a_null_lifecycle_event_is_a_change(
+    parts: Any,
+) -> None:
+    gate, _, queue, _ = parts
+    report = await gate.accept({"value": [notification(lifecycleEvent=None)]}, lifecycle=False)
+    assert report.as_dict() == {"accepted": 1, "rejected": 0}
+    assert queue.sent[0].change_type == "updated" and queue.sent[0].lifecycle_event == ""
+
+
+async def test_a_change_notification_at_the_lifecycle_url_is_refused(parts: Any) -> None:
+    gate, _, queue, _ = parts
+    report = await gate.accept({"value": [notification()]}, lifecycle=True)
+    assert report.rejected == {"unknown lifecycleEvent": 1} and queue.sent == []
+
+
+async def test_a_thousand_unknown_subscriptions_cost_one_store_read(parts: Any) -> None:
+    gate, store, queue, audit = parts
+    items = [notification(subscriptionId=str(uuid.uuid4())) for _ in range(MAX_NOTIFICATIONS)]
+    report = await gate.accept({"value": items}, lifecycle=False)
+    assert report.rejected == {"unknown subscription": MAX_NOTIFICATIONS}
+    assert store.lookups == 1 and queue.sent == []
+    [record] = audit.records.values()
+    assert record.entry.result["rejected"] == MAX_NOTIFICATIONS
+    assert len(record.entry.result["subscriptions"]) == 10
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"resource": f"Users/{USER}\ud800"},
+        {"subscriptionExpirationDateTime": "\udfff"},
+        {"resourceData": {"@odata.type": "#Microsoft.Graph.User\ud83d", "id": USER}},
+        {"\ud800unknown": "field"},
+    ],
+)
+async def test_lone_surrogates_become_replacement_characters(
+    parts: Any, override: dict[str, Any]
+) -> None:
+    # Valid JSON that json.loads turns into strings with no UTF-8 form.
+    body = json.loads(json.dumps({"value": [notification(**override)]}).replace("\\\\u", "\\u"))
+    gate, _, queue, _ = parts
+    report = await gate.accept(body, lifecycle=False)
+    assert report.as_dict() == {"accepted": 1, "rejected": 0}
+    [notice] = queue.sent
+    notice.model_dump_json().encode()  # encodable: the queue can carry it
+    assert notice.object_id == USER
+
+
+async def test_a_lone_surrogate_in_the_client_state_is_a_mismatch_not_a_crash(
+    parts: Any,
+) -> None:
+    gate, _, queue, audit = parts
+    report = await gate.accept(
+        {"value": [notification(clientState=SECRET[:-1] + "\ud800")]}, lifecycle=False
+    )
+    assert report.rejected == {"clientState mismatch": 1} and queue.sent == []
+    [record] = audit.records.values()
+    record.body.encode()
+
+
+@pytest.mark.parametrize("change_type", ["x" * 100_000, "updated,deleted", "Updated", "\ud800"])
+async def test_a_change_type_graph_never_sends_is_refused(parts: Any, change_type: str) -> None:
+    gate, _, queue, _ = parts
+    report = await gate.accept({"value": [notification(changeType=change_type)]}, lifecycle=False)
+    assert report.rejected == {"unknown changeType": 1} and queue.sent == []
 
 
 async def test_a_huge_batch_is_refused_before_any_lookup(parts: Any) -> None:

@@ -187,38 +187,51 @@ def test_unknown_routes_are_404(sim: SimulatedTenant) -> None:
     assert_graph_error(body, "UnknownRoute")
 
 
-def test_alerts_page_through_next_links_in_update_order(sim: SimulatedTenant) -> None:
+def test_alerts_page_newest_first_through_skip_next_links(sim: SimulatedTenant) -> None:
+    # List alerts_v2: the most recent alerts at the top; $count, $filter, $skip and $top.
     indexes = list(range(250))
     random.Random(7).shuffle(indexes)
     for index in indexes:
         sim.add_alert(alert(index))
     since = quote("lastUpdateDateTime ge 2024-05-01T10:00:00Z")
 
-    url = f"/security/alerts_v2?$filter={since}&$top=100&$orderby=lastUpdateDateTime%20asc"
+    url = f"/security/alerts_v2?$filter={since}&$top=100&$count=true"
     seen: list[str] = []
     page_sizes: list[int] = []
+    counts: list[int] = []
     while url:
         status, _, body = call(sim, "GET", url)
         assert status == 200
         page_sizes.append(len(body["value"]))
+        counts.append(body["@odata.count"])
         seen.extend(item["id"] for item in body["value"])
         url = body.get("@odata.nextLink", "")
-        assert not url or ("$skiptoken=" in url and url.startswith(sim.base_url))
+        assert not url or (f"$skip={len(seen)}" in url and url.startswith(sim.base_url))
 
-    assert page_sizes == [100, 100, 50]
-    assert seen == [f"alert-{index:04d}" for index in range(250)]
+    assert page_sizes == [100, 100, 50] and counts == [250, 250, 250]
+    assert seen == [f"alert-{index:04d}" for index in reversed(range(250))]
 
 
-def test_alert_paging_is_stable_when_alerts_arrive_between_pages(sim: SimulatedTenant) -> None:
+def test_an_alert_moving_onto_a_page_already_read_is_skipped(sim: SimulatedTenant) -> None:
+    # $skip counts positions afresh: an alert whose update is listed late (its
+    # lastUpdateDateTime older than the newest) moves from an unread page onto one already
+    # read, and a client following nextLink never sees it.
+    for index in range(10):
+        sim.add_alert(alert(index))
+    _, _, first = call(sim, "GET", "/security/alerts_v2?$top=5")
+    assert [i["id"] for i in first["value"]] == [f"alert-{i:04d}" for i in (9, 8, 7, 6, 5)]
+    sim.add_alert({**alert(2), "lastUpdateDateTime": "2024-05-01T10:00:07.5000000Z"})
+    _, _, second = call(sim, "GET", first["@odata.nextLink"])
+    assert [i["id"] for i in second["value"]] == [f"alert-{i:04d}" for i in (5, 4, 3, 1, 0)]
+
+
+def test_an_alert_arriving_between_pages_repeats_one(sim: SimulatedTenant) -> None:
     for index in range(10, 20):
         sim.add_alert(alert(index))
-
     _, _, first = call(sim, "GET", "/security/alerts_v2?$top=5")
-    sim.add_alert(alert(0))
+    sim.add_alert(alert(30))
     _, _, second = call(sim, "GET", first["@odata.nextLink"])
-
-    assert [item["id"] for item in second["value"]] == [f"alert-{i:04d}" for i in range(15, 20)]
-    assert "@odata.nextLink" not in second
+    assert [i["id"] for i in second["value"]][0] == first["value"][-1]["id"]
 
 
 def test_alert_filter_gt_excludes_and_ge_includes_the_boundary(sim: SimulatedTenant) -> None:
@@ -234,8 +247,8 @@ def test_alert_filter_gt_excludes_and_ge_includes_the_boundary(sim: SimulatedTen
     )
     _, _, everything = call(sim, "GET", "/security/alerts_v2")
 
-    assert [item["id"] for item in after["value"]] == ["alert-0003", "alert-0004"]
-    assert [item["id"] for item in from_["value"]] == ["alert-0002", "alert-0003", "alert-0004"]
+    assert [item["id"] for item in after["value"]] == ["alert-0004", "alert-0003"]
+    assert [item["id"] for item in from_["value"]] == ["alert-0004", "alert-0003", "alert-0002"]
     assert len(everything["value"]) == 5
     assert everything["@odata.context"].endswith("#security/alerts_v2")
 
@@ -250,7 +263,10 @@ def test_alert_filter_gt_excludes_and_ge_includes_the_boundary(sim: SimulatedTen
         "$top=0",
         "$top=2001",
         "$orderby=" + quote("lastUpdateDateTime desc"),
+        "$orderby=" + quote("lastUpdateDateTime asc"),
         "$skiptoken=not-a-token",
+        "$skip=-1",
+        "$count=yes",
     ],
 )
 def test_alert_queries_it_does_not_understand_are_400(sim: SimulatedTenant, query: str) -> None:
@@ -387,6 +403,6 @@ def test_msgraph_sdk_pages_alerts_and_retries_throttling(sim: SimulatedTenant) -
 
     ids = asyncio.run(scenario())
 
-    assert ids == [f"alert-{index:04d}" for index in range(1, 6)]
+    assert ids == [f"alert-{index:04d}" for index in range(5, 0, -1)]
     # The throttled attempt, its retry, then two more pages.
     assert sim.requests == [("GET", "/security/alerts_v2")] * 4

@@ -603,7 +603,7 @@ def test_path_fault_hits_every_cmdlet(sim: SimulatedTenant) -> None:
 
 def test_create_get_patch_and_delete_a_named_location(sim: SimulatedTenant) -> None:
     status, _, created = send(
-        sim.base_url + LOCATIONS, "POST", ip_location("Blocked", "203.0.113.0/24", "2001:db8::/48")
+        sim.base_url + LOCATIONS, "POST", ip_location("Blocked", "40.113.0.0/24", "2a01:111::/48")
     )
 
     assert status == 201
@@ -613,7 +613,7 @@ def test_create_get_patch_and_delete_a_named_location(sim: SimulatedTenant) -> N
     assert created["createdDateTime"] == created["modifiedDateTime"]
     assert created["createdDateTime"].endswith("Z")
     assert created["isTrusted"] is False
-    assert created["ipRanges"] == ip_location("", "203.0.113.0/24", "2001:db8::/48")["ipRanges"]
+    assert created["ipRanges"] == ip_location("", "40.113.0.0/24", "2a01:111::/48")["ipRanges"]
     item = f"{sim.base_url}{LOCATIONS}/{created['id']}"
     status, _, fetched = send(item, "GET")
     assert status == 200
@@ -622,12 +622,12 @@ def test_create_get_patch_and_delete_a_named_location(sim: SimulatedTenant) -> N
     }
 
     patch = {"@odata.type": "#microsoft.graph.ipNamedLocation", "displayName": "Still blocked"}
-    patch["ipRanges"] = ip_location("", "198.51.100.0/24")["ipRanges"]
+    patch["ipRanges"] = ip_location("", "40.114.0.0/24")["ipRanges"]
     status, _, body = send(item, "PATCH", patch)
     assert (status, body) == (204, None)
     [stored] = sim.named_locations
     assert stored["displayName"] == "Still blocked"
-    assert [r["cidrAddress"] for r in stored["ipRanges"]] == ["198.51.100.0/24"]
+    assert [r["cidrAddress"] for r in stored["ipRanges"]] == ["40.114.0.0/24"]
     assert stored["modifiedDateTime"] >= stored["createdDateTime"]
 
     status, _, body = send(item, "PATCH", {"displayName": "no type"})
@@ -644,7 +644,7 @@ def test_create_get_patch_and_delete_a_named_location(sim: SimulatedTenant) -> N
 def test_named_locations_list_pages_and_stop_at_195(sim: SimulatedTenant) -> None:
     for index in range(195):
         assert (
-            send(sim.base_url + LOCATIONS, "POST", ip_location(f"loc-{index}", "203.0.113.0/24"))[0]
+            send(sim.base_url + LOCATIONS, "POST", ip_location(f"loc-{index}", "40.113.0.0/24"))[0]
             == 201
         )
 
@@ -661,7 +661,7 @@ def test_named_locations_list_pages_and_stop_at_195(sim: SimulatedTenant) -> Non
     assert names == [f"loc-{index}" for index in range(195)]
 
     status, _, body = send(
-        sim.base_url + LOCATIONS, "POST", ip_location("one more", "203.0.113.0/24")
+        sim.base_url + LOCATIONS, "POST", ip_location("one more", "40.113.0.0/24")
     )
     assert status == 400
     assert "195" in assert_graph_error(body, "BadRequest")
@@ -697,7 +697,7 @@ def test_bad_cidr_ranges_are_refused(sim: SimulatedTenant, cidr: str, complaint:
 
 
 def test_cidr_must_match_its_range_type(sim: SimulatedTenant) -> None:
-    location = ip_location("mismatch", "203.0.113.0/24")
+    location = ip_location("mismatch", "40.113.0.0/24")
     location["ipRanges"][0]["@odata.type"] = IPV6
 
     status, _, body = send(sim.base_url + LOCATIONS, "POST", location)
@@ -707,7 +707,7 @@ def test_cidr_must_match_its_range_type(sim: SimulatedTenant) -> None:
 
 
 def test_the_smallest_allowed_masks_are_accepted(sim: SimulatedTenant) -> None:
-    location = ip_location("wide", "10.0.0.0/9", "2000::/9", "203.0.113.7/32")
+    location = ip_location("wide", "40.0.0.0/9", "2400::/9", "40.113.0.7/32")
 
     assert send(sim.base_url + LOCATIONS, "POST", location)[0] == 201
 
@@ -715,9 +715,9 @@ def test_the_smallest_allowed_masks_are_accepted(sim: SimulatedTenant) -> None:
 def test_named_location_writes_are_throttled() -> None:
     with SimulatedTenant() as throttled:
         url = throttled.base_url + LOCATIONS
-        assert send(url, "POST", ip_location("first", "203.0.113.0/24"))[0] == 201
+        assert send(url, "POST", ip_location("first", "40.113.0.0/24"))[0] == 201
 
-        status, headers, body = send(url, "POST", ip_location("second", "198.51.100.0/24"))
+        status, headers, body = send(url, "POST", ip_location("second", "40.114.0.0/24"))
 
         assert status == 429
         assert headers["Retry-After"] == "1"
@@ -729,7 +729,7 @@ def test_named_location_writes_are_throttled() -> None:
 def test_throttle_can_be_turned_off(sim: SimulatedTenant) -> None:
     url = sim.base_url + LOCATIONS
 
-    answers = [send(url, "POST", ip_location(f"n{i}", "203.0.113.0/24"))[0] for i in range(3)]
+    answers = [send(url, "POST", ip_location(f"n{i}", "40.113.0.0/24"))[0] for i in range(3)]
 
     assert answers == [201, 201, 201]
 
@@ -742,7 +742,7 @@ def test_msgraph_sdk_creates_and_lists_named_locations(sim: SimulatedTenant) -> 
                 IpNamedLocation(
                     display_name="Blocked by incident 42",
                     is_trusted=False,
-                    ip_ranges=[IPv4CidrRange(cidr_address="203.0.113.0/24")],
+                    ip_ranges=[IPv4CidrRange(cidr_address="40.113.0.0/24")],
                 )
             )
             assert isinstance(created, IpNamedLocation) and created.id
@@ -763,6 +763,6 @@ def test_msgraph_sdk_creates_and_lists_named_locations(sim: SimulatedTenant) -> 
 
     created_id, listed = asyncio.run(scenario())
 
-    assert listed == [("Blocked by incident 42", ["203.0.113.0/24"])]
+    assert listed == [("Blocked by incident 42", ["40.113.0.0/24"])]
     assert [location["id"] for location in sim.named_locations] == [created_id]
     assert sim.requests == [("POST", LOCATIONS), ("GET", LOCATIONS)]

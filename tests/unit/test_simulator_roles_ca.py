@@ -14,12 +14,13 @@ import pytest
 
 from shared.ports import GLOBAL_ADMINISTRATOR
 from shared.simulator import SimulatedTenant
-from shared.simulator.access import AccessError, AccessStore
+from shared.simulator.access import USER_ADMINISTRATOR, AccessError, AccessStore
 from tests.conftest import ADELE, BREAK_GLASS
 
 SECURITY_ADMINISTRATOR = "194ae4cb-b126-40b2-bd5b-6091b380977d"
 DIRECTORY_READERS = "88d8e3e3-8f55-4a1e-953a-9b9898b8876b"
 PRIVILEGED_AUTH_ADMIN = "7be44c8a-adaf-4e2a-84d6-ab2649e08a13"
+EXCHANGE_ADMINISTRATOR = "29232cdf-9323-42fd-ade2-1d097af3e4de"
 GROUP = "3f0c7d1e-2b4a-4c6d-8e9f-0a1b2c3d4e5f"
 ASSIGNMENTS = "/roleManagement/directory/roleAssignments"
 POLICIES = "/identity/conditionalAccess/policies"
@@ -351,9 +352,53 @@ def test_privileged_auth_admin_or_global_admin_may(
     assert not sim.user(ADELE.id).account_enabled
 
 
-def test_a_non_privileged_role_needs_nothing(sim: SimulatedTenant) -> None:
+def test_any_admin_role_needs_an_app_role_that_may_manage_it(sim: SimulatedTenant) -> None:
+    # Who can update sensitive attributes: a Directory Readers holder is beyond an app with no
+    # role, within a User Administrator's reach; an Exchange Administrator is not.
     sim.set_app_roles([])
     sim.assign_role(ADELE.id, DIRECTORY_READERS)
+    assert_error(
+        call(sim, "PATCH", f"/users/{ADELE.id}", {"accountEnabled": False}),
+        403,
+        "Authorization_RequestDenied",
+    )
+    sim.set_app_roles([USER_ADMINISTRATOR])
+    assert call(sim, "PATCH", f"/users/{ADELE.id}", {"accountEnabled": False})[0] == 204
+    sim.assign_role(ADELE.id, EXCHANGE_ADMINISTRATOR)
+    assert_error(
+        call(sim, "PATCH", f"/users/{ADELE.id}", {"accountEnabled": True}),
+        403,
+        "Authorization_RequestDenied",
+    )
+    # A user with no role at all is within reach of the application permission alone.
+    sim.set_app_roles([])
+    assert call(sim, "PATCH", f"/users/{BREAK_GLASS.id}", {"accountEnabled": False})[0] == 204
+
+
+@pytest.mark.parametrize("relation", ["member", "owner"])
+def test_members_and_owners_of_role_assignable_groups_need_a_privileged_app(
+    sim: SimulatedTenant, relation: str
+) -> None:
+    # Who can update sensitive attributes: "User (no admin role, but member or owner of a
+    # role-assignable group)" - only Privileged Authentication and Global Administrators.
+    group = "5b2a9c1d-7e3f-4a6b-8c0d-1e2f3a4b5c6d"
+    sim.add_group(group, "Tier 0 (role-assignable, no role yet)", role_assignable=True)
+    if relation == "member":
+        sim.add_group_member(group, ADELE.id)
+    else:
+        sim.add_group_owner(group, ADELE.id)
+    sim.set_app_roles([USER_ADMINISTRATOR])
+    assert_error(
+        call(sim, "PATCH", f"/users/{ADELE.id}", {"accountEnabled": False}),
+        403,
+        "Authorization_RequestDenied",
+    )
+    assert_error(
+        call(sim, "POST", f"/users/{ADELE.id}/revokeSignInSessions"),
+        403,
+        "Authorization_RequestDenied",
+    )
+    sim.set_app_roles([PRIVILEGED_AUTH_ADMIN])
     assert call(sim, "PATCH", f"/users/{ADELE.id}", {"accountEnabled": False})[0] == 204
 
 
@@ -365,8 +410,8 @@ def test_an_unknown_user_is_still_a_404(sim: SimulatedTenant) -> None:
 
 def test_store_refuses_a_zero_page_size() -> None:
     with pytest.raises(ValueError):
-        AccessStore([GLOBAL_ADMINISTRATOR], page_size=0)
-    store = AccessStore([GLOBAL_ADMINISTRATOR])
+        AccessStore(page_size=0)
+    store = AccessStore()
     with pytest.raises(AccessError) as caught:
         store.assignments("principalId eq 1")
     assert caught.value.status == 400
