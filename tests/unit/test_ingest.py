@@ -92,7 +92,7 @@ def test_graph_alert_keeps_unmapped_fields_in_extra() -> None:
 
     assert alert.extra["mitreTechniques"] == ["T1114.003"]
     assert alert.extra["detectionSource"] == "microsoftDefenderForCloudApps"
-    assert alert.extra["classification"] is None
+    assert alert.classification == ""  # null in the payload
     assert "evidence" not in alert.extra
     assert "title" not in alert.extra
 
@@ -324,7 +324,7 @@ BAD_INPUTS: list[tuple[str, object, str]] = [
     (
         "graph list of non-objects",
         {"value": ["da637551227677560813_-961444813", 7]},
-        "graph alert list: value[0] must be a JSON object, got string",
+        "list page: value[0] must be a JSON object, got string",
     ),
     (
         "graph alert missing id",
@@ -442,12 +442,15 @@ BAD_INPUTS: list[tuple[str, object, str]] = [
     ),
     (
         "sentinel entity not an object",
-        {"object": {"name": "3f6c1a2b", "properties": {"relatedEntities": [{}, 42]}}},
+        {
+            "objectSchemaType": "Incident",
+            "object": {"name": "3f6c1a2b", "properties": {"relatedEntities": [{}, 42]}},
+        },
         "sentinel incident '3f6c1a2b': relatedEntities[1] must be a JSON object, got number",
     ),
     (
         "sentinel incident without properties",
-        {"object": {"name": "3f6c1a2b"}},
+        {"objectSchemaType": "Incident", "object": {"name": "3f6c1a2b"}},
         "sentinel incident: object.properties must be a JSON object, got null",
     ),
     (
@@ -476,7 +479,7 @@ def test_bad_input_is_invalid_input_with_a_useful_message(payload: object, messa
 
 
 def test_unknown_shape_message_names_the_keys() -> None:
-    with pytest.raises(InvalidInput, match=r"got keys: 'alertId', 'user'$"):
+    with pytest.raises(InvalidInput, match=r"got keys: 'alertId', 'user'\); accepted: a Graph"):
         normalize({"user": ADELE_UPN, "alertId": "x"})
 
 
