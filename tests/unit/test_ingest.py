@@ -289,8 +289,10 @@ def test_documented_examples_normalize() -> None:
     sources = [alert.source for example in examples for alert in normalize(example)]
     assert sources == [
         AlertSource.GRAPH_ALERTS_V2,
+        AlertSource.GRAPH_ALERTS_V2,  # the incident's alert
         AlertSource.SENTINEL,
         AlertSource.SENTINEL,
+        AlertSource.SENTINEL,  # the SecurityAlert row
         AlertSource.GENERIC,
     ]
 
