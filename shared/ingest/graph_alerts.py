@@ -136,7 +136,8 @@ def incident_alerts(payload: object, label: str) -> list[Alert]:
         if alert.incident_id is None and incident_id is not None:
             update["incident_id"] = incident_id
         update.update(_inherit(alert, inherited))
-        result.append(alert.model_copy(update=update) if update else alert)
+        # Built again rather than copied, so the incident's values are validated (and capped).
+        result.append(build(Alert, where, **{**dict(alert), **update}) if update else alert)
     return result
 
 

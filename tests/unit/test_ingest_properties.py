@@ -237,3 +237,13 @@ def test_the_playbook_loader_gives_a_playbook_or_a_config_error(text: str) -> No
             assert str(error).startswith(f"playbook {path}")
             return
     assert playbook.rules
+
+
+def test_an_incident_id_its_alerts_inherit_is_capped_like_their_own() -> None:
+    incident = {
+        "@odata.type": "#microsoft.graph.security.incident",
+        "id": "9" * 40_000,
+        "alerts": [{"id": "da637551227677560813_-961444813", "evidence": []}],
+    }
+    with pytest.raises(InvalidInput, match="incident_id: String should have at most 256"):
+        normalize(incident)
