@@ -3,6 +3,7 @@ raises `InvalidInput` naming where the value sits, so bad payloads never leak ot
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -37,7 +38,10 @@ def scrub_text(text: str) -> str:
 def scrub(payload: Any) -> Any:
     """A copy of a decoded JSON value with lone surrogates replaced in every key and string,
     walked without recursion (payloads may nest deeper than Python's recursion limit). Values
-    that are not JSON types are kept as they are, for the normalizers to refuse by type."""
+    that are not JSON types are kept as they are, for the normalizers to refuse by type. A
+    payload without lone surrogates, the usual case, is returned as it is, uncopied."""
+    if not _has_lone_surrogate(payload):
+        return payload
     root: list[Any] = [None]
     stack: list[tuple[Any, Any, Any]] = [(payload, root, 0)]
     # Containers copied so far: Python callers may pass shared or cyclic structures.
@@ -62,6 +66,36 @@ def scrub(payload: Any) -> Any:
         else:
             parent[slot] = value
     return root[0]
+
+
+def _has_lone_surrogate(payload: Any) -> bool:
+    # Serializing in C finds one fastest: UTF-8 cannot encode a lone surrogate.
+    try:
+        json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    except (TypeError, ValueError, RecursionError):
+        # Not plain JSON (Python callers): walk it.
+        return _walk_has_lone_surrogate(payload)
+    return False
+
+
+def _walk_has_lone_surrogate(payload: Any) -> bool:
+    stack = [payload]
+    seen: set[int] = set()
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if not value.isascii() and _LONE_SURROGATE.search(value):
+                return True
+        elif isinstance(value, dict | list) and id(value) not in seen:
+            seen.add(id(value))
+            if isinstance(value, dict):
+                stack.extend(key for key in value if isinstance(key, str))
+                stack.extend(value.values())
+            else:
+                stack.extend(value)
+    return False
 
 
 def type_name(value: object) -> str:
