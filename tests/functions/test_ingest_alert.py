@@ -187,6 +187,7 @@ CONTRACTS = Path(__file__).resolve().parents[1] / "contracts" / "alerts"
     ("contract", "recognized"),
     [
         ("graph_change_notification_collection", "a Graph change notification"),
+        ("sentinel_rest_alert_list", "a Sentinel REST API resource (kind 'SecurityAlert')"),
         ("sentinel_rest_incident_list", "a Sentinel REST API resource"),
         ("graph_incidents_list", "has no alerts: list incidents with $expand=alerts"),
     ],

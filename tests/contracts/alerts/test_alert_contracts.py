@@ -79,6 +79,7 @@ def test_incidents_without_their_alerts_are_refused_naming_the_query() -> None:
 @pytest.mark.parametrize(
     ("name", "recognized"),
     [
+        ("sentinel_rest_alert_list", "a Sentinel REST API resource (kind 'SecurityAlert')"),
         ("sentinel_rest_incident_list", "a Sentinel REST API resource"),
         ("graph_change_notification_collection", "a Graph change notification"),
     ],
