@@ -83,7 +83,7 @@ def is_graph_alert(payload: JsonObject) -> bool:
     declared = _odata_type(payload)
     if declared is not None and declared != ALERT_ODATA_TYPE:
         return False
-    return declared == ALERT_ODATA_TYPE or any(name in payload for name in ALERT_ONLY_FIELDS)
+    return declared == ALERT_ODATA_TYPE or not ALERT_ONLY_FIELDS.isdisjoint(payload.keys())
 
 
 def is_graph_incident(payload: JsonObject) -> bool:
@@ -91,9 +91,9 @@ def is_graph_incident(payload: JsonObject) -> bool:
     declared = _odata_type(payload)
     if declared is not None:
         return declared == INCIDENT_ODATA_TYPE
-    if any(name in payload for name in ALERT_ONLY_FIELDS):
+    if not ALERT_ONLY_FIELDS.isdisjoint(payload.keys()):
         return False
-    return any(name in payload for name in INCIDENT_ONLY_FIELDS) or (
+    return not INCIDENT_ONLY_FIELDS.isdisjoint(payload.keys()) or (
         "id" in payload and isinstance(payload.get("alerts"), list)
     )
 
