@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/storm.py
 	$(BIN)/python bench/notifications.py
+	$(BIN)/python bench/normalize.py
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

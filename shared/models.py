@@ -20,6 +20,10 @@ UPN_PATTERN = re.compile(r"^[A-Za-z0-9._%+'#$&*!~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-
 
 
 MAX_TEXT = 1000
+# Ids and versions from alerts are refused beyond this; ids cannot be cut without changing them.
+MAX_ID = 256
+# Entity identifiers (object ids, UPNs, addresses): far beyond any real one, refused beyond.
+MAX_ENTITY_ID = 1024
 
 
 def utcnow() -> datetime:
@@ -75,14 +79,21 @@ class Entity(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     kind: EntityKind
-    user_id: str | None = None
-    upn: str | None = None
-    address: str | None = None
-    mailbox: str | None = None
+    user_id: str | None = Field(None, max_length=MAX_ENTITY_ID)
+    upn: str | None = Field(None, max_length=MAX_ENTITY_ID)
+    address: str | None = Field(None, max_length=MAX_ENTITY_ID)
+    mailbox: str | None = Field(None, max_length=MAX_ENTITY_ID)
     display_name: str | None = None
     roles: tuple[str, ...] = ()
     verdict: str | None = None
     raw_type: str | None = None
+
+    _short_texts = field_validator("display_name", "verdict", "raw_type", mode="before")(
+        lambda v: _capped(v)
+    )
+    _short_roles = field_validator("roles", mode="before")(
+        lambda v: tuple(_capped(role) for role in v) if isinstance(v, list | tuple) else v
+    )
 
 
 class Alert(BaseModel):
@@ -93,20 +104,23 @@ class Alert(BaseModel):
     """
 
     source: AlertSource
-    alert_id: str = Field(min_length=1, max_length=256)
-    version: str = ""
+    alert_id: str = Field(min_length=1, max_length=MAX_ID)
+    version: str = Field("", max_length=MAX_ID)
     title: str = ""
     severity: Severity = Severity.UNKNOWN
     category: str = ""
     status: str = ""
+    classification: str = ""
     provider: str = ""
-    incident_id: str | None = None
+    incident_id: str | None = Field(None, max_length=MAX_ID)
     created_at: datetime | None = None
     updated_at: datetime | None = None
     entities: list[Entity] = Field(default_factory=list)
     extra: dict[str, Any] = Field(default_factory=dict, repr=False)
 
-    _short_title = field_validator("title", mode="before")(lambda v: _capped(v))
+    _short_texts = field_validator(
+        "title", "category", "status", "classification", "provider", mode="before"
+    )(lambda v: _capped(v))
 
     @property
     def key(self) -> str:

@@ -94,6 +94,11 @@ class Rule(BaseModel):
     sources: list[AlertSource] = Field(default_factory=list)
     entities: EntitySelector = Field(default_factory=EntitySelector)
     actions: list[ActionSpec] = Field(min_length=1)
+    include_closed: bool = Field(
+        False,
+        strict=True,
+        description="Also act on closed or resolved alerts and false or benign positives.",
+    )
 
     _normalize = field_validator("categories")(_lower_all)
 
@@ -123,6 +128,8 @@ class Playbook(BaseModel):
             return cls.model_validate(data)
         except OSError as exc:
             raise ConfigError(f"playbook {path}: cannot read: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"playbook {path}: not UTF-8 at byte {exc.start}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"playbook {path}: invalid TOML: {exc}") from None
         except ValidationError as exc:
@@ -245,6 +252,29 @@ class Guards:
 
 MAX_ACTIONS_PER_ALERT = 500
 
+# Statuses of a closed alert or incident (Graph alerts_v2 and incidents: resolved; Sentinel
+# incidents: Closed; Sentinel alerts: Resolved, Dismissed) and classifications of benign ones
+# (Graph: falsePositive, informationalExpectedActivity; Sentinel: FalsePositive, BenignPositive).
+CLOSED_STATUSES = frozenset({"resolved", "closed", "dismissed"})
+BENIGN_CLASSIFICATIONS = frozenset(
+    {"falsepositive", "benignpositive", "informationalexpectedactivity"}
+)
+
+
+def closed_reason(alert: Alert) -> str | None:
+    """Why an alert is no longer one to act on by default, or None."""
+    if alert.status.strip().lower() in CLOSED_STATUSES:
+        return (
+            f"alert status is {alert.status}: closed alerts plan nothing (rule may include_closed)"
+        )
+    if alert.classification.strip().lower() in BENIGN_CLASSIFICATIONS:
+        return (
+            f"alert is classified {alert.classification}: benign alerts plan nothing "
+            "(rule may include_closed)"
+        )
+    return None
+
+
 # Actions that take access away; protected identities are shielded from them.
 PROTECTED_KINDS = frozenset({ActionKind.DISABLE_ACCOUNT, ActionKind.REVOKE_SESSIONS})
 
@@ -259,8 +289,12 @@ class Policy:
     def plan(self, alert: Alert) -> Plan:
         plan = Plan(alert)
         seen: set[str] = set()
+        closed = closed_reason(alert)
         for rule in self.playbook.rules:
             if not rule.matches(alert):
+                continue
+            if closed and not rule.include_closed:
+                plan.skipped.append(Skipped(rule.name, alert.key, closed))
                 continue
             for spec in rule.actions:
                 if spec.kind.targets_breakglass:

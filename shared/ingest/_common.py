@@ -3,6 +3,7 @@ raises `InvalidInput` naming where the value sits, so bad payloads never leak ot
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -20,6 +21,81 @@ M = TypeVar("M", bound=BaseModel)
 _EXCESS_FRACTION = re.compile(r"(\.\d{6})\d+")
 _PREVIEW_CHARS = 60
 _MAX_ERRORS_SHOWN = 3
+# A lone UTF-16 surrogate is valid in JSON ("\\ud800") but cannot be encoded as UTF-8, which
+# every store and queue the responder writes to needs; it is replaced like any undecodable text.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
+
+
+def scrub_text(text: str) -> str:
+    """A text with every lone surrogate replaced by U+FFFD (valid pairs are already combined by
+    the JSON decoder, so any surrogate left in a Python string is a lone one)."""
+    if text.isascii():
+        return text
+    return _LONE_SURROGATE.sub(REPLACEMENT, text)
+
+
+def scrub(payload: Any) -> Any:
+    """A copy of a decoded JSON value with lone surrogates replaced in every key and string,
+    walked without recursion (payloads may nest deeper than Python's recursion limit). Values
+    that are not JSON types are kept as they are, for the normalizers to refuse by type. A
+    payload without lone surrogates, the usual case, is returned as it is, uncopied."""
+    if not _has_lone_surrogate(payload):
+        return payload
+    root: list[Any] = [None]
+    stack: list[tuple[Any, Any, Any]] = [(payload, root, 0)]
+    # Containers copied so far: Python callers may pass shared or cyclic structures.
+    copies: dict[int, Any] = {}
+    while stack:
+        value, parent, slot = stack.pop()
+        if isinstance(value, dict | list) and id(value) in copies:
+            parent[slot] = copies[id(value)]
+        elif isinstance(value, str):
+            parent[slot] = scrub_text(value)
+        elif isinstance(value, dict):
+            copy: dict[Any, Any] = {}
+            for key, item in value.items():
+                clean_key = scrub_text(key) if isinstance(key, str) else key
+                copy[clean_key] = None
+                stack.append((item, copy, clean_key))
+            parent[slot] = copies[id(value)] = copy
+        elif isinstance(value, list):
+            items: list[Any] = [None] * len(value)
+            stack.extend((item, items, index) for index, item in enumerate(value))
+            parent[slot] = copies[id(value)] = items
+        else:
+            parent[slot] = value
+    return root[0]
+
+
+def _has_lone_surrogate(payload: Any) -> bool:
+    # Serializing in C finds one fastest: UTF-8 cannot encode a lone surrogate.
+    try:
+        json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    except (TypeError, ValueError, RecursionError):
+        # Not plain JSON (Python callers): walk it.
+        return _walk_has_lone_surrogate(payload)
+    return False
+
+
+def _walk_has_lone_surrogate(payload: Any) -> bool:
+    stack = [payload]
+    seen: set[int] = set()
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if not value.isascii() and _LONE_SURROGATE.search(value):
+                return True
+        elif isinstance(value, dict | list) and id(value) not in seen:
+            seen.add(id(value))
+            if isinstance(value, dict):
+                stack.extend(key for key in value if isinstance(key, str))
+                stack.extend(value.values())
+            else:
+                stack.extend(value)
+    return False
 
 
 def type_name(value: object) -> str:

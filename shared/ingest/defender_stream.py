@@ -18,11 +18,12 @@ from shared.ingest._common import (
     identifier,
     lower_text,
     require_id,
+    scrub,
     severity,
     text,
     timestamp,
 )
-from shared.models import Alert, AlertSource, Entity, EntityKind
+from shared.models import MAX_ID, Alert, AlertSource, Entity, EntityKind
 
 ALERT_INFO = "AdvancedHunting-AlertInfo"
 ALERT_EVIDENCE = "AdvancedHunting-AlertEvidence"
@@ -71,9 +72,13 @@ class StreamBatch:
         if category not in (ALERT_INFO, ALERT_EVIDENCE):
             self.unknown_category += 1
             return
-        properties = _properties(record.get("properties"))
+        # Lone surrogates are replaced before a row is stored: they cannot be written as UTF-8.
+        properties = scrub(_properties(record.get("properties")))
         alert_id = properties.get("AlertId") if properties else None
         if properties is None or not isinstance(alert_id, str) or not alert_id.strip():
+            self.broken += 1
+            return
+        if len(alert_id) > MAX_ID:
             self.broken += 1
             return
         if len(json.dumps(properties)) > MAX_ROW_CHARS:
@@ -94,13 +99,14 @@ def _properties(value: object) -> JsonObject | None:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
     return value if isinstance(value, dict) else None
 
 
 def normalize_stream_alert(info: JsonObject, evidence: list[JsonObject], version: str) -> Alert:
     """One alert from its AlertInfo row and every AlertEvidence row seen for it."""
+    info, evidence = scrub(info), scrub(evidence)
     alert_id = require_id(info.get("AlertId"), "AlertInfo: AlertId")
     where = f"AlertInfo {alert_id[:60]!r}"
     return build(

@@ -10,7 +10,8 @@ A generic alert is a JSON object::
       "severity": "high",                       informational|low|medium|high, any case;
                                                 anything else is "unknown"
       "category": "InitialAccess",              optional strings: category, status,
-      "status": "new",                            provider, incident_id, version
+      "status": "new",                            classification, provider, incident_id,
+      "classification": "truePositive",           version
       "provider": "splunk",
       "incident_id": "4711",
       "version": "2024-05-01T10:00:00Z",        changes when the source updates the alert
@@ -38,7 +39,14 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from shared.errors import InvalidInput
-from shared.ingest._common import build, describe, parse_timestamp, preview, require_object
+from shared.ingest._common import (
+    build,
+    describe,
+    parse_timestamp,
+    preview,
+    require_object,
+    scrub,
+)
 from shared.models import Alert, AlertSource, Entity, EntityKind, Severity
 
 
@@ -72,6 +80,7 @@ class GenericAlert(BaseModel):
     severity: str = ""
     category: str = ""
     status: str = ""
+    classification: str = ""
     provider: str = ""
     incident_id: str | None = None
     version: str = ""
@@ -85,14 +94,20 @@ def is_generic(payload: dict[str, object]) -> bool:
 
 
 def normalize_generic(payload: object) -> Alert:
+    return generic_alert(scrub(payload))
+
+
+def generic_alert(payload: object) -> Alert:
+    """One (scrubbed) generic alert."""
     body = require_object(payload, "generic alert")
     try:
         alert = GenericAlert.model_validate(body)
     except ValidationError as error:
         raise InvalidInput(f"generic alert: {describe(error)}") from error
+    where = f"generic alert {preview(alert.id)}"
     return build(
         Alert,
-        f"generic alert {preview(alert.id)}",
+        where,
         source=AlertSource.GENERIC,
         alert_id=alert.id,
         version=alert.version,
@@ -100,18 +115,24 @@ def normalize_generic(payload: object) -> Alert:
         severity=Severity.parse(alert.severity),
         category=alert.category,
         status=alert.status,
+        classification=alert.classification,
         provider=alert.provider,
         incident_id=alert.incident_id,
         created_at=alert.created_at,
         updated_at=alert.updated_at,
-        entities=[_entity(entity) for entity in alert.entities],
+        entities=[
+            _entity(entity, f"{where}: entities[{index}]")
+            for index, entity in enumerate(alert.entities)
+        ],
         extra=dict(alert.model_extra or {}),
     )
 
 
-def _entity(entity: GenericEntity) -> Entity:
+def _entity(entity: GenericEntity, where: str) -> Entity:
     kind = _kind(entity.kind)
-    return Entity(
+    return build(
+        Entity,
+        where,
         kind=kind,
         user_id=entity.user_id,
         upn=entity.upn,

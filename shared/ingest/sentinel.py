@@ -1,5 +1,7 @@
 """Microsoft Sentinel payloads to `Alert`s: incidents (automation rule or Logic App incident
-trigger, `object.properties`) and alerts (Logic App alert trigger, `SystemAlertId`)."""
+trigger, `object.properties`), alerts (Logic App alert trigger, `SystemAlertId` with
+`AlertDisplayName` and `Severity`) and `SecurityAlert` table rows (a Log Analytics query or a
+data export, `SystemAlertId` with `AlertName`/`DisplayName` and `AlertSeverity`)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from shared.ingest._common import (
     preview,
     require_id,
     require_object,
+    scrub,
     severity,
     text,
     timestamp,
@@ -36,6 +39,7 @@ _INCIDENT_FIELDS = frozenset(
         "title",
         "severity",
         "status",
+        "classification",
         "providerName",
         "createdTimeUtc",
         "lastModifiedTimeUtc",
@@ -46,24 +50,51 @@ _ALERT_FIELDS = frozenset(
     {
         "SystemAlertId",
         "AlertDisplayName",
+        "AlertName",
+        "DisplayName",
         "Severity",
+        "AlertSeverity",
         "Status",
         "ProviderName",
         "TimeGenerated",
         "Entities",
     }
 )
+# The alert trigger names title and severity `AlertDisplayName`/`Severity`; a SecurityAlert row
+# (Log Analytics) `DisplayName`/`AlertName` and `AlertSeverity`. Either set is read, in order.
+_TITLE_FIELDS = ("AlertDisplayName", "DisplayName", "AlertName")
+_SEVERITY_FIELDS = ("Severity", "AlertSeverity")
+INCIDENT_RESOURCE_TYPE = "microsoft.securityinsights/incidents"
 
 
 def is_sentinel_alert(payload: JsonObject) -> bool:
+    """An alert trigger body or a SecurityAlert row: both carry the Sentinel-only SystemAlertId."""
     return "SystemAlertId" in payload
 
 
 def is_sentinel_incident(payload: JsonObject) -> bool:
-    return isinstance(payload.get("object"), dict)
+    """An incident trigger body: the incident resource in `object`, declared by the envelope's
+    `objectSchemaType`, the resource's type or id, or an incident's properties."""
+    incident = payload.get("object")
+    if not isinstance(incident, dict):
+        return False
+    schema = payload.get("objectSchemaType")
+    if isinstance(schema, str) and schema.lower() == "incident":
+        return True
+    for name in ("type", "id"):
+        value = incident.get(name)
+        if isinstance(value, str) and INCIDENT_RESOURCE_TYPE in value.lower():
+            return True
+    properties = incident.get("properties")
+    return isinstance(properties, dict) and "incidentNumber" in properties
 
 
 def normalize_sentinel(payload: object) -> Alert:
+    return sentinel_alert(scrub(payload))
+
+
+def sentinel_alert(payload: object) -> Alert:
+    """One (scrubbed) Sentinel incident trigger, alert trigger or SecurityAlert row."""
     body = require_object(payload, "sentinel payload")
     if is_sentinel_alert(body):
         return _alert(body)
@@ -91,6 +122,7 @@ def _incident(body: JsonObject) -> Alert:
         title=text(properties.get("title"), f"{where}: title"),
         severity=severity(properties.get("severity")),
         status=text(properties.get("status"), f"{where}: status"),
+        classification=text(properties.get("classification"), f"{where}: classification"),
         provider=text(properties.get("providerName"), f"{where}: providerName"),
         incident_id=identifier(properties.get("incidentNumber"), f"{where}: incidentNumber"),
         created_at=timestamp(properties.get("createdTimeUtc"), f"{where}: createdTimeUtc"),
@@ -138,14 +170,31 @@ def _alert(body: JsonObject) -> Alert:
         source=AlertSource.SENTINEL,
         alert_id=alert_id,
         version=generated or "",
-        title=text(body.get("AlertDisplayName"), f"{where}: AlertDisplayName"),
-        severity=severity(body.get("Severity")),
+        title=_first_text(body, _TITLE_FIELDS, where),
+        severity=severity(_first(body, _SEVERITY_FIELDS)),
         status=text(body.get("Status"), f"{where}: Status"),
         provider=text(body.get("ProviderName"), f"{where}: ProviderName"),
         created_at=timestamp(generated, f"{where}: TimeGenerated"),
         entities=_alert_entities(body.get("Entities"), f"{where}: Entities"),
         extra={key: value for key, value in body.items() if key not in _ALERT_FIELDS},
     )
+
+
+def _first(body: JsonObject, names: tuple[str, ...]) -> object:
+    """The first of `names` the body has with a non-empty value."""
+    for name in names:
+        value = body.get(name)
+        if value not in (None, ""):
+            return value
+    return None
+
+
+def _first_text(body: JsonObject, names: tuple[str, ...], where: str) -> str:
+    for name in names:
+        value = text(body.get(name), f"{where}: {name}")
+        if value:
+            return value
+    return ""
 
 
 def _alert_entities(value: object, where: str) -> list[Entity]:

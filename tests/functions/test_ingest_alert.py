@@ -178,3 +178,93 @@ async def test_an_enormous_title_is_cut_not_refused_or_crashed_on(services: Cont
     [result] = json.loads(response.get_body())["alerts"]
     assert len(result["alert"]["title"]) == 1000
     assert len(await audit_events(services)) == 2
+
+
+CONTRACTS = Path(__file__).resolve().parents[1] / "contracts" / "alerts"
+
+
+@pytest.mark.parametrize(
+    ("contract", "recognized"),
+    [
+        ("graph_change_notification_collection", "a Graph change notification"),
+        ("sentinel_rest_alert_list", "a Sentinel REST API resource (kind 'SecurityAlert')"),
+        ("sentinel_rest_incident_list", "a Sentinel REST API resource"),
+        ("graph_incidents_list", "has no alerts: list incidents with $expand=alerts"),
+    ],
+)
+async def test_shapes_that_are_not_alerts_are_refused_naming_them_and_the_accepted_ones(
+    services: Container, contract: str, recognized: str
+) -> None:
+    response = await post(request((CONTRACTS / f"{contract}.json").read_bytes()))
+
+    assert response.status_code == 400
+    detail = problem(response)["detail"]
+    assert recognized in detail
+    if "has no alerts" not in detail:
+        assert "accepted: a Graph alerts_v2 alert or list page" in detail
+    assert await audit_events(services) == []
+    assert isinstance(services.queue, InMemoryActionQueue) and len(services.queue) == 0
+
+
+def _incident_with_adele() -> dict[str, Any]:
+    """Microsoft Learn's $expand=alerts example, its alert given a high severity and Adele's
+    account as compromised user evidence (the published example has device evidence only)."""
+    page = json.loads((CONTRACTS / "graph_incidents_expand_alerts.json").read_text())
+    alert = page["value"][0]["alerts"][0]
+    alert.update(severity="high", category="CredentialAccess")
+    alert["evidence"].append(
+        {
+            "@odata.type": "#microsoft.graph.security.userEvidence",
+            "roles": ["compromised"],
+            "verdict": "malicious",
+            "userAccount": {"azureAdUserId": ADELE.id, "userPrincipalName": None},
+        }
+    )
+    return dict(page)
+
+
+async def test_an_incident_with_its_alerts_is_unpacked_and_coalesces_with_the_poller(
+    services: Container,
+) -> None:
+    page = _incident_with_adele()
+    response = await post(request(json.dumps(page).encode()))
+
+    assert response.status_code == 202, response.get_body()[:300]
+    [result] = json.loads(response.get_body())["alerts"]
+    assert result["alert"]["alert_id"] == "da637551227677560813_-961444813"
+    assert {(a["kind"], a["target"]) for a in result["actions"]} == {
+        ("disable_account", ADELE.id),
+        ("revoke_sessions", ADELE.id),
+    }
+    # The poller reads the same alert from alerts_v2, updated since: its actions coalesce.
+    polled_alert = {**page["value"][0]["alerts"][0], "lastUpdateDateTime": "2021-05-03T08:00:00Z"}
+    [polled] = await services.intake.handle_payload(polled_alert)
+    assert not polled.duplicate_alert
+    assert polled.queued == [] and sorted(polled.coalesced) == sorted(result["queued"])
+
+
+async def test_a_security_alert_row_is_understood_and_plans_containment(
+    services: Container,
+) -> None:
+    row = json.loads((CONTRACTS / "security_alert_row_scheduled.json").read_text())
+    row["AlertSeverity"] = "High"
+    row["Entities"] = json.dumps([{"$id": "2", "Type": "account", "AadUserId": ADELE.id}])
+    response = await post(request(json.dumps({"value": [row]}).encode()))
+
+    assert response.status_code == 202, response.get_body()[:300]
+    [result] = json.loads(response.get_body())["alerts"]
+    assert result["alert"]["title"] == "Matches on commands seen in honeypot data"
+    assert result["alert"]["severity"] == "high"
+    assert {a["kind"] for a in result["actions"]} == {"disable_account", "revoke_sessions"}
+
+
+async def test_a_closed_sentinel_incident_plans_nothing_and_says_why(services: Container) -> None:
+    incident = json.loads((FIXTURES / "sentinel_incident.json").read_bytes())
+    incident["object"]["properties"].update(status="Closed", classification="FalsePositive")
+    response = await post(request(json.dumps(incident).encode()))
+
+    assert response.status_code == 202
+    [result] = json.loads(response.get_body())["alerts"]
+    assert result["actions"] == [] and result["queued"] == []
+    assert "alert status is Closed" in result["skipped"][0]["reason"]
+    assert await audit_events(services) == []

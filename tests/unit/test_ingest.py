@@ -92,7 +92,7 @@ def test_graph_alert_keeps_unmapped_fields_in_extra() -> None:
 
     assert alert.extra["mitreTechniques"] == ["T1114.003"]
     assert alert.extra["detectionSource"] == "microsoftDefenderForCloudApps"
-    assert alert.extra["classification"] is None
+    assert alert.classification == ""  # null in the payload
     assert "evidence" not in alert.extra
     assert "title" not in alert.extra
 
@@ -289,8 +289,10 @@ def test_documented_examples_normalize() -> None:
     sources = [alert.source for example in examples for alert in normalize(example)]
     assert sources == [
         AlertSource.GRAPH_ALERTS_V2,
+        AlertSource.GRAPH_ALERTS_V2,  # the incident's alert
         AlertSource.SENTINEL,
         AlertSource.SENTINEL,
+        AlertSource.SENTINEL,  # the SecurityAlert row
         AlertSource.GENERIC,
     ]
 
@@ -324,7 +326,7 @@ BAD_INPUTS: list[tuple[str, object, str]] = [
     (
         "graph list of non-objects",
         {"value": ["da637551227677560813_-961444813", 7]},
-        "graph alert list: value[0] must be a JSON object, got string",
+        "list page: value[0] must be a JSON object, got string",
     ),
     (
         "graph alert missing id",
@@ -442,12 +444,15 @@ BAD_INPUTS: list[tuple[str, object, str]] = [
     ),
     (
         "sentinel entity not an object",
-        {"object": {"name": "3f6c1a2b", "properties": {"relatedEntities": [{}, 42]}}},
+        {
+            "objectSchemaType": "Incident",
+            "object": {"name": "3f6c1a2b", "properties": {"relatedEntities": [{}, 42]}},
+        },
         "sentinel incident '3f6c1a2b': relatedEntities[1] must be a JSON object, got number",
     ),
     (
         "sentinel incident without properties",
-        {"object": {"name": "3f6c1a2b"}},
+        {"objectSchemaType": "Incident", "object": {"name": "3f6c1a2b"}},
         "sentinel incident: object.properties must be a JSON object, got null",
     ),
     (
@@ -476,7 +481,7 @@ def test_bad_input_is_invalid_input_with_a_useful_message(payload: object, messa
 
 
 def test_unknown_shape_message_names_the_keys() -> None:
-    with pytest.raises(InvalidInput, match=r"got keys: 'alertId', 'user'$"):
+    with pytest.raises(InvalidInput, match=r"got keys: 'alertId', 'user'\); accepted: a Graph"):
         normalize({"user": ADELE_UPN, "alertId": "x"})
 
 
