@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from typing import Any
 
@@ -10,6 +11,7 @@ from azure.core.credentials_async import AsyncTokenCredential
 from azure.identity.aio import ManagedIdentityCredential
 
 from shared.config import CredentialKind, Settings
+from shared.errors import ConfigError
 
 
 class StaticTokenCredential:
@@ -33,6 +35,13 @@ class StaticTokenCredential:
 
 def build_credential(settings: Settings) -> AsyncTokenCredential:
     if settings.credential is CredentialKind.SIMULATOR:
+        # The deployment package leaves the simulated tenant out (.funcignore): a fixed token
+        # has nothing to talk to there, so the setting is a mistake, not a fallback.
+        if importlib.util.find_spec("shared.simulator") is None:
+            raise ConfigError(
+                "RESPONDER_CREDENTIAL=simulator needs the simulated tenant (shared/simulator), "
+                "which this package does not contain; use managed_identity in Azure"
+            )
         assert settings.simulator_token is not None  # guaranteed by Settings validation
         return StaticTokenCredential(settings.simulator_token.get_secret_value())
     return ManagedIdentityCredential(client_id=settings.managed_identity_client_id)
