@@ -764,3 +764,50 @@ def test_the_api_registration_issues_v2_tokens_with_the_roles_the_code_checks() 
     assert principal.target == "Microsoft.Graph/servicePrincipals@v1.0"
     # The app accepts exactly this registration's tokens.
     assert "apiRegistration!.outputs.appId" in module_params("api")["authAudience"]
+
+
+# --- the docs match the infrastructure ----------------------------------------------------
+
+DOCS = ROOT / "docs"
+
+
+def test_permissions_doc_names_every_granted_permission_and_every_role_with_a_source() -> None:
+    text = (DOCS / "permissions.md").read_text()
+    for permission in granted_graph_permissions() | granted_permissions("EXCHANGE_PERMISSIONS"):
+        assert f"`{permission}`" in text, permission
+    role_names = re.findall(r"(?m)^var \w+RoleId = '[^']+' // (.+)$", bicep_raw("app/rbac.bicep"))
+    assert role_names
+    for name in role_names:
+        assert name.strip() in text, name
+    for role in ("Responder.Act", "Responder.Approve", "Audit.Read"):
+        assert f"`{role}`" in text
+    assert text.count("https://learn.microsoft.com/") >= 10
+    assert "New-ManagementRoleAssignment -App" not in (ROOT / "README.md").read_text()
+
+
+def bicep_raw(name: str) -> str:
+    return (INFRA / name).read_text()
+
+
+def test_the_readme_points_to_the_deployment_docs_and_every_example() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "## Deploy" in readme and "azd up --no-prompt" in readme
+    for doc in ("deploy.md", "permissions.md", "runbook.md", "runbook.de.md"):
+        assert f"(docs/{doc})" in readme
+        assert (DOCS / doc).is_file()
+    assert "(docs/examples/)" in readme
+
+
+def test_every_example_alert_is_accepted_and_plans_an_action() -> None:
+    from shared.config import PolicySettings
+    from shared.ingest import normalize
+    from shared.policy import Guards, Playbook, Policy
+
+    settings = PolicySettings.from_env({})
+    policy = Policy(Playbook.load(settings.playbook_path), Guards.from_settings(settings))
+    examples = sorted((DOCS / "examples").glob("*.json"))
+    assert len(examples) >= 3
+    for path in examples:
+        plans = [policy.plan(alert) for alert in normalize(json.loads(path.read_text()))]
+        decisions = {str(a.decision) for plan in plans for a in plan.actions}
+        assert "execute" in decisions, path.name
