@@ -39,6 +39,14 @@ def _lower_all(values: list[str]) -> list[str]:
     return [value.strip().lower() for value in values]
 
 
+# Ranges set aside for examples (RFC 5737, RFC 3849, RFC 9637). Python's ipaddress counts them
+# as private; saying so would send a newcomer looking for a network of theirs.
+DOCUMENTATION_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32", "3fff::/20")
+)
+
+
 class EntitySelector(BaseModel):
     """Which entities of a matching alert the actions apply to. An entity is selected when it
     has one of `roles` or its verdict is one of `verdicts`; with both lists empty, every entity
@@ -186,6 +194,10 @@ class Guards:
         the company or a partner, or is broader than the configured prefix."""
         network = parse_ip_target(target)
         address = network.network_address
+        for documentation in DOCUMENTATION_NETWORKS:
+            same_family = network.version == documentation.version
+            if same_family and network.subnet_of(documentation):  # type: ignore[arg-type]
+                return f"{network} is reserved for documentation ({documentation})"
         for flag in (
             "is_loopback",
             "is_link_local",
