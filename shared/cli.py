@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC
@@ -87,9 +88,19 @@ def _parser() -> argparse.ArgumentParser:
     check = breakglass_commands.add_parser("check", help="health check; audits nothing")
     check.add_argument("--json", action="store_true")
 
-    drill = commands.add_parser("drill", help="run a containment drill on a simulated tenant")
-    drill.add_argument("--scenario", default="compromised-account")
+    drill = commands.add_parser(
+        "drill",
+        help="run a containment drill on a simulated tenant",
+        formatter_class=_ScenarioListFormatter,
+        epilog=SCENARIO_LIST,
+    )
+    drill.add_argument(
+        "--scenario", default="compromised-account", help="which drill (listed below)"
+    )
     drill.add_argument("--json", action="store_true", help="print one JSON summary object")
+    drill.add_argument(
+        "--all", action="store_true", help="print the whole timeline, not its start and end"
+    )
 
     audit = commands.add_parser("audit", help="work with the audit trail")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
@@ -108,12 +119,37 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+SCENARIO_LIST = "scenarios:"
+
+
+class _ScenarioListFormatter(argparse.RawDescriptionHelpFormatter):
+    """Lists the drills, one line each, only when `drill --help` is shown: importing them loads
+    the simulated tenant, which no other command needs."""
+
+    def add_text(self, text: str | None) -> None:
+        if text == SCENARIO_LIST:
+            from drill.scenarios import SCENARIOS
+
+            rows = [
+                f"  {name:<20} {re.split(r'[;.] ', make().description)[0].rstrip('.')}"
+                for name, make in SCENARIOS.items()
+            ]
+            text = "\n".join([SCENARIO_LIST, *rows])
+        super().add_text(text)
+
+
 def _filter_arguments(parser: argparse.ArgumentParser) -> None:
     from shared.audit_query import AuditFilter
+    from shared.models import ActionKind, AuditEvent
 
+    choices = {
+        "kind": ", ".join(str(kind) for kind in ActionKind),
+        "outcome": ", ".join(str(event) for event in AuditEvent)
+        + " (action.X also as X, e.g. executed)",
+    }
     for name in AuditFilter.parameter_names():
         timed = name in AuditFilter.TIMES
-        parser.add_argument(f"--{name}", metavar="ISO" if timed else "X")
+        parser.add_argument(f"--{name}", metavar="ISO" if timed else "X", help=choices.get(name))
 
 
 def _print_json(value: Any) -> None:
@@ -243,7 +279,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
         _print_json(summary)
         return EXIT_OK if report.ok else EXIT_FAILED
     print("\ntimeline (ms since the first alert arrived)")
-    for line in report.timeline():
+    for line in report.timeline(whole=args.all):
         print(f"  {line}")
     print("\nchecks")
     for name, passed in report.checks.items():

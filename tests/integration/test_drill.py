@@ -27,8 +27,11 @@ def test_the_compromised_account_drill_contains_and_verifies(
     assert main(["drill", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["ok"] and summary["audit_verified"]
-    assert summary["actions_executed"] == 4 and summary["actions_refused"] == 3
-    assert summary["audit_records"] == 11 and summary["dead_letters"] == 0
+    # Executed: two disables, two revocations, and the attacker's address blocked; refused:
+    # both actions on the emergency access account.
+    assert summary["actions_executed"] == 5 and summary["actions_refused"] == 2
+    assert summary["audit_records"] == 12 and summary["dead_letters"] == 0
+    assert summary["checks"]["attacker address blocked at the mail edge"]
     assert all(summary["checks"].values())
     assert summary["time_to_contain_ms"] > 0
 
