@@ -126,6 +126,7 @@ class Playbook(BaseModel):
 
     @classmethod
     def load(cls, path: Path) -> Playbook:
+        data: dict[str, Any] = {}
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
             return cls.model_validate(data)
@@ -134,9 +135,30 @@ class Playbook(BaseModel):
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"playbook {path}: invalid TOML: {exc}") from None
         except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            where = ".".join(str(part) for part in first["loc"])
-            raise ConfigError(f"playbook {path}: {where}: {first['msg']}") from None
+            raise ConfigError(f"playbook {path}: {_playbook_errors(exc, data)}") from None
+
+
+def _playbook_errors(exc: ValidationError, data: dict[str, Any]) -> str:
+    """Every error in the file, each naming its rule by name and echoing the bad value."""
+    found = data.get("rules")
+    rules: list[Any] = found if isinstance(found, list) else []
+    problems = []
+    for error in exc.errors(include_url=False):
+        loc = list(error["loc"])
+        where = ""
+        if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
+            index = loc[1]
+            rule = rules[index] if index < len(rules) else None
+            name = rule.get("name") if isinstance(rule, dict) else None
+            where = f"rule {name!r}" if isinstance(name, str) else f"rule #{index + 1}"
+            loc = loc[2:]
+        path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+        where = (where + " " if where else "") + path.lstrip(".")
+        bad = error.get("input")
+        shown = f" (got {bad!r:.60})" if isinstance(bad, str | int | float | bool) else ""
+        problems.append(f"{where.strip() or 'file'}: {error['msg']}{shown}")
+    count = f"{len(problems)} errors: " if len(problems) > 1 else ""
+    return count + "; ".join(problems)
 
 
 @dataclass(frozen=True)

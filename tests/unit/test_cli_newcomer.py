@@ -4,6 +4,7 @@ and the outcome names `audit query` accepts."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +14,8 @@ from drill.scenarios import SCENARIOS
 from shared.audit import VerifyReport
 from shared.audit_query import AuditFilter
 from shared.cli import main
-from shared.errors import InvalidInput
+from shared.errors import ConfigError, InvalidInput
+from shared.policy import Playbook
 
 
 def test_drill_help_lists_every_scenario_on_one_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -63,3 +65,19 @@ def test_the_whole_timeline_is_shown_on_request() -> None:
     assert len(long.timeline()) == TIMELINE_ROWS + 1  # start, "... N more records ...", end
     whole = long.timeline(whole=True)
     assert len(whole) == TIMELINE_ROWS * 3 and whole[-1].endswith(f"mark {TIMELINE_ROWS * 3 - 1}")
+
+
+def test_a_playbook_error_names_each_rule_echoes_the_value_and_lists_every_error(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "playbook.toml"
+    path.write_text(
+        'version = 1\n[[rules]]\nname = "contain-users"\nactions = ["format_disk"]\n'
+        '[[rules]]\nname = "watch-admins"\nactions = ["disable_account"]\nsevrity = "high"\n'
+    )
+    with pytest.raises(ConfigError) as refused:
+        Playbook.load(path)
+    message = str(refused.value)
+    assert "2 errors" in message and "\n" not in message
+    assert "rule 'contain-users' actions[0].kind" in message and "(got 'format_disk')" in message
+    assert "rule 'watch-admins' sevrity" in message and "(got 'high')" in message
