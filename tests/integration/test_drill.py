@@ -43,7 +43,8 @@ def test_the_readable_drill_prints_a_timeline(
     assert main(["drill"]) == 0
     out = capsys.readouterr().out
     assert "timeline" in out and "executed" in out and "refused" in out
-    assert "audit chain verified: 11 records" in out and "result: PASS" in out
+    assert "audit chain verified: 12 records" in out and "result: PASS" in out
+    assert "[ok] attacker address blocked at the mail edge" in out
 
 
 def test_audit_verify_reads_the_configured_trail(
