@@ -8,9 +8,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from drill.context import DrillContext, Scenario
+from shared.actions.ip_blocks import exchange_range, is_managed
+from shared.ports import TransportRule
 from shared.simulator import SimulatedTenant, SimUser
 
 DOMAIN = "contoso.onmicrosoft.com"
+ATTACKER_ADDRESS = "185.220.101.77"
 
 
 def _user(uid: str, name: str, enabled: bool = True) -> SimUser:
@@ -89,7 +92,8 @@ def _compromised_alerts(now: datetime) -> list[dict[str, Any]]:
             now - timedelta(seconds=40),
             [
                 _user_evidence(ADELE, ["compromised"], "malicious"),
-                _ip_evidence("203.0.113.77"),
+                # A routable address (documentation ranges are refused), so the block runs.
+                _ip_evidence(ATTACKER_ADDRESS),
             ],
         ),
         _graph_alert(
@@ -145,10 +149,26 @@ SENTINEL_INCIDENT: dict[str, Any] = {
 }
 
 
+def _blocked_at_the_mail_edge(sim: SimulatedTenant, address: str) -> bool:
+    wanted = exchange_range(f"{address}/32")
+    for item in sim.transport_rules:
+        rule = TransportRule(
+            name=str(item["Name"]),
+            ranges=tuple(item.get("SenderIpRanges") or ()),
+            comments=str(item.get("Comments") or ""),
+        )
+        if is_managed(rule) and wanted in rule.ranges:
+            return True
+    return False
+
+
 def _tenant_checks(sim: SimulatedTenant) -> dict[str, bool]:
     adele, grady = sim.user(ADELE.id), sim.user(GRADY.id)
     guard, bystander = sim.user(BREAK_GLASS.id), sim.user(BYSTANDER.id)
     return {
+        "attacker address blocked at the mail edge": _blocked_at_the_mail_edge(
+            sim, ATTACKER_ADDRESS
+        ),
         "adele.vance disabled": not adele.account_enabled,
         "adele.vance sessions revoked": adele.revocations >= 1,
         "grady.archie disabled": not grady.account_enabled,

@@ -85,7 +85,7 @@ class DrillReport:
             "problems": self.problems,
         }
 
-    def timeline(self) -> list[str]:
+    def timeline(self, whole: bool = False) -> list[str]:
         rows = [(m.at, m.stage, m.text) for m in self.marks]
         for record in self.records:
             entry = record.entry
@@ -94,7 +94,7 @@ class DrillReport:
             rows.append((entry.at, stage, f"#{record.seq} {entry.kind} {entry.target} - {detail}"))
         rows.sort(key=lambda row: row[0])
         lines = [f"{self._ms(at):>9.1f} ms  {stage:<13} {text}" for at, stage, text in rows]
-        if len(lines) <= TIMELINE_ROWS:
+        if whole or len(lines) <= TIMELINE_ROWS:
             return lines
         # A storm has thousands of records: keep the start and the end, count the middle.
         half = TIMELINE_ROWS // 2

@@ -1,6 +1,8 @@
-// M365 Responder: one resource group holding the function app and everything it talks to.
-// Deployed by `azd provision`; Graph permissions are granted afterwards by
-// infra/grant-graph-permissions.sh, which Bicep cannot do for a managed identity.
+// M365 Responder: one resource group holding the function app and everything it talks to, and
+// the API's app registration in Microsoft Entra ID. Deployed by `azd provision` (`azd up`); the
+// preprovision hook generates the secrets, the postprovision hook grants the managed identity its
+// Graph and Exchange application permissions (infra/grant-graph-permissions.sh). docs/deploy.md
+// walks through it.
 targetScope = 'subscription'
 
 @minLength(1)
@@ -17,7 +19,7 @@ param environmentName string
 })
 param location string
 
-@description('Object id of the deploying user or principal, granted read access to the audit trail. Empty: nobody.')
+@description('Object id of the deploying user or principal: given the data roles the command line needs (audit, approvals) and made owner of the API registration. Empty: nobody.')
 param principalId string = ''
 
 @allowed([
@@ -56,7 +58,10 @@ param exchangeRuleMode string = 'Enforce'
 @description('NCRONTAB schedule of the sweep that lifts expired IP blocks, in UTC.')
 param ipBlockSweepSchedule string = '0 */5 * * * *'
 
-@description('Client id of the API registration (access tokens v2.0) whose app roles (Responder.Act, Responder.Approve, Audit.Read) engineers are assigned; empty leaves the HTTP API closed.')
+@description('Create the API\'s app registration (app roles Responder.Act, Responder.Approve, Audit.Read; v2.0 tokens; Azure CLI pre-authorized). Needs a deployer allowed to create applications (Application Developer or Cloud Application Administrator).')
+param createApiRegistration bool = true
+
+@description('Client id of an existing API registration, used only when createApiRegistration is false; empty leaves the HTTP API closed.')
 param authAudience string = ''
 
 @description('Object ids of privileged or role-assignable groups, comma-separated: a new member raises an alert.')
@@ -78,15 +83,20 @@ param subscriptionRenewSchedule string = '0 */30 * * * *'
 
 @secure()
 @minLength(32)
-@description('Shared secret the alert webhook expects in X-Responder-Key; stored in Key Vault only.')
+@description('Shared secret the alert webhook expects in X-Responder-Key; stored in Key Vault only. The preprovision hook generates it into the azd environment when absent.')
 param webhookSecret string
+
+@maxLength(8)
+@description('Appended to the Key Vault name. The preprovision hook generates it and the postdown hook replaces it, so `azd up` after `azd down` never meets the soft-deleted vault of the last deployment (purge protection keeps that name for 90 days).')
+param vaultSuffix string = ''
 
 @minValue(1)
 @maxValue(2000)
 @description('Deliveries of one action before Service Bus dead-letters it; the app audits the last one as failed.')
 param actionsMaxDeliveries int = 10
 
-@description('Longest an action may wait in the queue; it must outlast the longest scheduled revert.')
+@minLength(3)
+@description('Longest an action may wait in the queue (ISO 8601 duration); it must outlast the longest scheduled revert.')
 param actionsMessageTimeToLive string = 'P14D'
 
 @description('NCRONTAB schedule of the alerts_v2 poller, in UTC (Flex Consumption has no WEBSITE_TIME_ZONE).')
@@ -98,8 +108,16 @@ param alertPollLookbackMinutes int = 60
 
 @minValue(1024)
 @maxValue(33554432)
+@description('Largest accepted webhook body.')
 param maxBodyBytes int = 1048576
 
+@allowed([
+  'https://graph.microsoft.com/v1.0'
+  'https://graph.microsoft.us/v1.0'
+  'https://dod-graph.microsoft.us/v1.0'
+  'https://microsoftgraph.chinacloudapi.cn/v1.0'
+])
+@description('Microsoft Graph of the customer\'s cloud.')
 param graphBaseUrl string = 'https://graph.microsoft.com/v1.0'
 
 @allowed([
@@ -110,10 +128,31 @@ param graphBaseUrl string = 'https://graph.microsoft.com/v1.0'
 ])
 param storageSkuName string = 'Standard_LRS'
 
-@minValue(1)
-@maxValue(1000)
-@description('Upper bound of instances; it also bounds how hard the app can hit Graph throttling.')
+// Scale-out only helps until Graph and Exchange throttle. Graph limits requests per app and
+// tenant, Exchange's admin endpoint far more tightly, and every instance runs up to 16 actions at
+// once (host.json maxConcurrentCalls): 40 instances already make 640 concurrent callers into one
+// tenant. More instances would turn a storm into 429s and Retry-After waits, not into faster
+// containment; IP blocks are batched into one pass per storm anyway.
+@minValue(40)
+@maxValue(100)
+@description('Upper bound of instances, bounded by Graph and Exchange throttling (see main.bicep).')
 param maximumInstanceCount int = 40
+
+// Flex Consumption sizes: CPU and network are allocated in proportion to memory. The app peaks at
+// about 124 MiB (bench/storm.py, 10,104 alerts through one worker), but its cold start is CPU-bound
+// (msgraph-sdk loads about a thousand modules, about 1 s on two cores), so the 2,048 MB size's
+// share of CPU is the one worth paying for; 4,096 MB buys CPU the app cannot use between storms.
+@allowed([
+  2048
+  4096
+])
+@description('Memory of each instance in MB; CPU is allocated in proportion.')
+param instanceMemoryMB int = 2048
+
+@minValue(0)
+@maxValue(10)
+@description('Always-ready instances for the HTTP functions (alert webhook, API) and each Service Bus triggered function (execute_action, process_notification): containment never waits for a cold start. 0 turns them off (cheaper, seconds slower after idle).')
+param alwaysReadyInstances int = 1
 
 var abbrs = loadJsonContent('./abbreviations.json')
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
@@ -188,8 +227,21 @@ module keyVault 'app/keyvault.bicep' = {
   params: {
     location: location
     tags: tags
-    name: '${abbrs.keyVaultVaults}${resourceToken}'
+    // Unique per deployment: the token (subscription, environment, region) and the suffix the
+    // hooks renew after `azd down`, since a purge-protected vault keeps its name while deleted.
+    name: '${abbrs.keyVaultVaults}${resourceToken}${toLower(vaultSuffix)}'
     webhookSecret: webhookSecret
+  }
+}
+
+// The API's app registration: engineers and automation call the HTTP API with tokens for it.
+module apiRegistration 'app/apiregistration.bicep' = if (createApiRegistration) {
+  name: 'apiregistration'
+  scope: rg
+  params: {
+    uniqueName: 'm365-responder-${resourceToken}'
+    displayName: 'M365 Responder API (${environmentName})'
+    ownerId: principalId
   }
 }
 
@@ -228,6 +280,8 @@ module api 'app/api.bicep' = {
     name: functionAppName
     planName: '${abbrs.webServerFarms}${resourceToken}'
     maximumInstanceCount: maximumInstanceCount
+    instanceMemoryMB: instanceMemoryMB
+    alwaysReadyInstances: alwaysReadyInstances
     identityName: identity.outputs.name
     storageAccountName: storage.outputs.name
     deploymentStorageContainerName: storage.outputs.deploymentContainerName
@@ -252,7 +306,7 @@ module api 'app/api.bicep' = {
     exchangeRuleMode: exchangeRuleMode
     ipBlockSweepSchedule: ipBlockSweepSchedule
     authTenantId: tenant().tenantId
-    authAudience: authAudience
+    authAudience: createApiRegistration ? apiRegistration!.outputs.appId : authAudience
     notificationsQueueName: serviceBus.outputs.notificationsQueueName
     subscriptionRenewSchedule: subscriptionRenewSchedule
     notificationUrl: notificationUrl
@@ -279,3 +333,5 @@ output DEFENDER_EVENT_HUB string = eventHub.outputs.hubName
 output MANAGED_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
 output MANAGED_IDENTITY_CLIENT_ID string = identity.outputs.clientId
 output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.applicationInsightsName
+output AUTH_AUDIENCE string = createApiRegistration ? apiRegistration!.outputs.appId : authAudience
+output API_IDENTIFIER_URI string = createApiRegistration ? apiRegistration!.outputs.identifierUri : ''

@@ -110,6 +110,11 @@ class AuditFilter:
                 raise InvalidInput(f"{dimension} is longer than {MAX_VALUE_CHARS} characters")
             text = normalized(dimension, value)
             object.__setattr__(self, dimension.value, text or None)
+        if self.outcome is not None and "." not in self.outcome:
+            # `executed` for `action.executed`: the action outcomes are asked for most.
+            shorthand = f"action.{self.outcome}"
+            if shorthand in {str(event) for event in AuditEvent}:
+                object.__setattr__(self, "outcome", shorthand)
         _check_known("kind", self.kind, [str(kind) for kind in ActionKind])
         _check_known("outcome", self.outcome, [str(event) for event in AuditEvent])
         if self.since and self.until and self.since > self.until:

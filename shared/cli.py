@@ -3,7 +3,12 @@ drill, decide held actions, check the emergency accounts, verify, query and expo
 trail.
 
 Exit codes: 0 success, 1 a drill check or the audit verification failed, 2 bad input or
-settings (with a one-line reason on stderr).
+settings, or a service that cannot be reached or refuses the sign-in (with a one-line reason on
+stderr).
+
+Settings come from the environment and, with `--settings FILE`, from a local.settings.json
+file's `Values` (the file wins where both name a setting). `--credential` chooses the sign-in:
+`azure_cli` or `default` for an engineer on a laptop.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import argparse
 import asyncio
 import json
 import logging
+import os
+import re
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC
@@ -27,6 +34,7 @@ if TYPE_CHECKING:
     from shared.policy import Plan
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+CREDENTIALS = ("azure_cli", "default", "managed_identity", "simulator")
 FIGURES = (
     "time_to_contain_ms",
     "alerts_sent",
@@ -42,6 +50,18 @@ def _parser() -> argparse.ArgumentParser:
         prog="responder", description="M365 Responder: automated containment for Microsoft 365."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    parser.add_argument(
+        "--settings",
+        type=Path,
+        metavar="FILE",
+        help="read settings from this local.settings.json (its Values) as well as the environment",
+    )
+    parser.add_argument(
+        "--credential",
+        choices=CREDENTIALS,
+        help="sign-in for storage, Service Bus and Graph (default: RESPONDER_CREDENTIAL); "
+        "azure_cli uses `az login`, default tries DefaultAzureCredential's chain",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     plan = commands.add_parser("plan", help="show the actions an alert would cause; runs nothing")
@@ -68,9 +88,19 @@ def _parser() -> argparse.ArgumentParser:
     check = breakglass_commands.add_parser("check", help="health check; audits nothing")
     check.add_argument("--json", action="store_true")
 
-    drill = commands.add_parser("drill", help="run a containment drill on a simulated tenant")
-    drill.add_argument("--scenario", default="compromised-account")
+    drill = commands.add_parser(
+        "drill",
+        help="run a containment drill on a simulated tenant",
+        formatter_class=_ScenarioListFormatter,
+        epilog=SCENARIO_LIST,
+    )
+    drill.add_argument(
+        "--scenario", default="compromised-account", help="which drill (listed below)"
+    )
     drill.add_argument("--json", action="store_true", help="print one JSON summary object")
+    drill.add_argument(
+        "--all", action="store_true", help="print the whole timeline, not its start and end"
+    )
 
     audit = commands.add_parser("audit", help="work with the audit trail")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
@@ -89,12 +119,37 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+SCENARIO_LIST = "scenarios:"
+
+
+class _ScenarioListFormatter(argparse.RawDescriptionHelpFormatter):
+    """Lists the drills, one line each, only when `drill --help` is shown: importing them loads
+    the simulated tenant, which no other command needs."""
+
+    def add_text(self, text: str | None) -> None:
+        if text == SCENARIO_LIST:
+            from drill.scenarios import SCENARIOS
+
+            rows = [
+                f"  {name:<20} {re.split(r'[;.] ', make().description)[0].rstrip('.')}"
+                for name, make in SCENARIOS.items()
+            ]
+            text = "\n".join([SCENARIO_LIST, *rows])
+        super().add_text(text)
+
+
 def _filter_arguments(parser: argparse.ArgumentParser) -> None:
     from shared.audit_query import AuditFilter
+    from shared.models import ActionKind, AuditEvent
 
+    choices = {
+        "kind": ", ".join(str(kind) for kind in ActionKind),
+        "outcome": ", ".join(str(event) for event in AuditEvent)
+        + " (action.X also as X, e.g. executed)",
+    }
     for name in AuditFilter.parameter_names():
         timed = name in AuditFilter.TIMES
-        parser.add_argument(f"--{name}", metavar="ISO" if timed else "X")
+        parser.add_argument(f"--{name}", metavar="ISO" if timed else "X", help=choices.get(name))
 
 
 def _print_json(value: Any) -> None:
@@ -112,7 +167,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from shared.intake import plan_as_dict
     from shared.policy import Guards, Playbook, Policy
 
-    settings = PolicySettings.from_env()
+    settings = PolicySettings.from_env(_environ(args))
     try:
         payload = json.loads(args.alert.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -224,7 +279,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
         _print_json(summary)
         return EXIT_OK if report.ok else EXIT_FAILED
     print("\ntimeline (ms since the first alert arrived)")
-    for line in report.timeline():
+    for line in report.timeline(whole=args.all):
         print(f"  {line}")
     print("\nchecks")
     for name, passed in report.checks.items():
@@ -249,11 +304,51 @@ async def _with_services(
     from shared.config import Settings
     from shared.container import Container
 
-    services = Container(Settings.from_env())
+    services = Container(Settings.from_env(_environ(args)))
     try:
         return await work(services, args)
     finally:
         await services.close()
+
+
+def _environ(args: argparse.Namespace) -> dict[str, str]:
+    """The settings to read: the environment, a settings file's values over it, and the
+    credential chosen on the command line over both."""
+    from shared.config import settings_file_values
+
+    values = dict(os.environ)
+    if args.settings is not None:
+        values.update(settings_file_values(args.settings))
+    if args.credential is not None:
+        values["RESPONDER_CREDENTIAL"] = args.credential
+    return values
+
+
+def _unreachable(exc: BaseException) -> str | None:
+    """One line for a service that cannot be reached or refuses us; None for anything else."""
+    from azure.core.exceptions import (
+        ClientAuthenticationError,
+        HttpResponseError,
+        ServiceRequestError,
+        ServiceResponseError,
+    )
+
+    from shared.errors import ActionError
+
+    detail = " ".join(str(exc).split())[:300]
+    if isinstance(exc, ClientAuthenticationError):
+        return f"sign-in failed: {detail} (run `az login`, or choose --credential)"
+    if isinstance(exc, ServiceRequestError | ServiceResponseError):
+        return f"cannot reach storage or Service Bus: {detail}"
+    if isinstance(exc, HttpResponseError):
+        if exc.status_code == 403:
+            return f"access denied: {detail} (the data roles: docs/permissions.md)"
+        return f"the service answered {exc.status_code}: {detail}"
+    if isinstance(exc, ActionError):
+        return f"Graph or Exchange failed: {detail}"
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return f"cannot reach a service: {detail}"
+    return None
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -423,10 +518,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # The SDKs log every failed attempt; the one line below says what went wrong.
+        logging.getLogger("azure").setLevel(logging.CRITICAL)
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, InvalidInput) as exc:
         return _fail(str(exc))
+    except Exception as exc:
+        reason = _unreachable(exc)
+        if reason is None:
+            raise
+        return _fail(reason)
 
 
 if __name__ == "__main__":

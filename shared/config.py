@@ -7,6 +7,7 @@ setting; secrets are `SecretStr` so they never show up in a repr or a log line.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -37,6 +38,10 @@ class CredentialKind(StrEnum):
     """How the app authenticates to Graph: its managed identity in Azure, or the simulator."""
 
     MANAGED_IDENTITY = "managed_identity"
+    # An engineer's own sign-in, for the command line on a laptop: `az login`, or whatever
+    # DefaultAzureCredential finds (environment, workload identity, Azure CLI, azd, PowerShell).
+    AZURE_CLI = "azure_cli"
+    DEFAULT = "default"
     SIMULATOR = "simulator"
 
 
@@ -253,7 +258,10 @@ class Settings(PolicySettings):
     credential: CredentialKind = Field(
         CredentialKind.MANAGED_IDENTITY,
         alias="RESPONDER_CREDENTIAL",
-        description="managed_identity in Azure; simulator for the local simulated tenant.",
+        description=(
+            "managed_identity in Azure; azure_cli or default for an engineer's own sign-in "
+            "(command line); simulator for the local simulated tenant."
+        ),
     )
     managed_identity_client_id: str | None = Field(
         None,
@@ -528,6 +536,24 @@ class Settings(PolicySettings):
                 "RESPONDER_QUEUE=servicebus"
             )
         return self
+
+
+def settings_file_values(path: Path) -> dict[str, str]:
+    """The `Values` object of a local.settings.json file (the Functions Core Tools format), so
+    the command line reads the same settings as `func start`. Values must be strings."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read settings file {path}: {exc.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"settings file {path} is not valid JSON: {exc}") from None
+    values = document.get("Values") if isinstance(document, dict) else None
+    if not isinstance(values, dict):
+        raise ConfigError(f'settings file {path} has no "Values" object')
+    wrong = sorted(key for key, value in values.items() if not isinstance(value, str))
+    if wrong:
+        raise ConfigError(f"settings file {path}: {', '.join(wrong)} must be strings")
+    return dict(values)
 
 
 def _describe(exc: ValidationError) -> str:

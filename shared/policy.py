@@ -39,6 +39,14 @@ def _lower_all(values: list[str]) -> list[str]:
     return [value.strip().lower() for value in values]
 
 
+# Ranges set aside for examples (RFC 5737, RFC 3849, RFC 9637). Python's ipaddress counts them
+# as private; saying so would send a newcomer looking for a network of theirs.
+DOCUMENTATION_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32", "3fff::/20")
+)
+
+
 class EntitySelector(BaseModel):
     """Which entities of a matching alert the actions apply to. An entity is selected when it
     has one of `roles` or its verdict is one of `verdicts`; with both lists empty, every entity
@@ -123,6 +131,7 @@ class Playbook(BaseModel):
 
     @classmethod
     def load(cls, path: Path) -> Playbook:
+        data: dict[str, Any] = {}
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
             return cls.model_validate(data)
@@ -133,9 +142,30 @@ class Playbook(BaseModel):
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"playbook {path}: invalid TOML: {exc}") from None
         except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            where = ".".join(str(part) for part in first["loc"])
-            raise ConfigError(f"playbook {path}: {where}: {first['msg']}") from None
+            raise ConfigError(f"playbook {path}: {_playbook_errors(exc, data)}") from None
+
+
+def _playbook_errors(exc: ValidationError, data: dict[str, Any]) -> str:
+    """Every error in the file, each naming its rule by name and echoing the bad value."""
+    found = data.get("rules")
+    rules: list[Any] = found if isinstance(found, list) else []
+    problems = []
+    for error in exc.errors(include_url=False):
+        loc = list(error["loc"])
+        where = ""
+        if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
+            index = loc[1]
+            rule = rules[index] if index < len(rules) else None
+            name = rule.get("name") if isinstance(rule, dict) else None
+            where = f"rule {name!r}" if isinstance(name, str) else f"rule #{index + 1}"
+            loc = loc[2:]
+        path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+        where = (where + " " if where else "") + path.lstrip(".")
+        bad = error.get("input")
+        shown = f" (got {bad!r:.60})" if isinstance(bad, str | int | float | bool) else ""
+        problems.append(f"{where.strip() or 'file'}: {error['msg']}{shown}")
+    count = f"{len(problems)} errors: " if len(problems) > 1 else ""
+    return count + "; ".join(problems)
 
 
 @dataclass(frozen=True)
@@ -193,6 +223,10 @@ class Guards:
         the company or a partner, or is broader than the configured prefix."""
         network = parse_ip_target(target)
         address = network.network_address
+        for documentation in DOCUMENTATION_NETWORKS:
+            same_family = network.version == documentation.version
+            if same_family and network.subnet_of(documentation):  # type: ignore[arg-type]
+                return f"{network} is reserved for documentation ({documentation})"
         for flag in (
             "is_loopback",
             "is_link_local",

@@ -40,15 +40,30 @@ param watchAllUsers bool
 param eventHubFullyQualifiedNamespace string
 param defenderEventHubName string
 
+// Sizes and bounds are chosen and explained in main.bicep.
 @allowed([
   2048
   4096
 ])
 param instanceMemoryMB int = 2048
 
-@minValue(1)
-@maxValue(1000)
+@minValue(40)
+@maxValue(100)
 param maximumInstanceCount int = 40
+
+@minValue(0)
+@maxValue(10)
+param alwaysReadyInstances int = 1
+
+// Flex Consumption scales HTTP functions as one group (`http`) and every other trigger per
+// function (`function:<name>`): https://learn.microsoft.com/azure/azure-functions/flex-consumption-how-to#set-always-ready-instance-counts
+// Kept warm: the alert webhook and the API (http), and the two Service Bus triggers that execute
+// containment and process change notifications. Timers may start cold.
+var alwaysReadyGroups = [
+  'http'
+  'function:execute_action'
+  'function:process_notification'
+]
 
 // pyproject.toml pins the project to Python 3.11.
 param pythonVersion string = '3.11'
@@ -207,6 +222,12 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       scaleAndConcurrency: {
         instanceMemoryMB: instanceMemoryMB
         maximumInstanceCount: maximumInstanceCount
+        alwaysReady: [
+          for group in (alwaysReadyInstances > 0 ? alwaysReadyGroups : []): {
+            name: group
+            instanceCount: alwaysReadyInstances
+          }
+        ]
       }
       runtime: {
         name: 'python'

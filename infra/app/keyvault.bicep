@@ -21,6 +21,11 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
     }
     // Azure RBAC instead of access policies: one permission model for the whole deployment.
     enableRbacAuthorization: true
+    // Purge protection: a deleted vault (and the webhook secret in it) stays recoverable for the
+    // whole retention period and nobody, an attacker with Owner rights included, can purge it
+    // early. The price is that its name stays taken for those 90 days, also after `azd down`
+    // (whose --purge cannot purge it): main.bicep therefore makes the name unique per deployment
+    // with a suffix the azd hooks renew after `azd down`.
     enableSoftDelete: true
     softDeleteRetentionInDays: 90
     enablePurgeProtection: true

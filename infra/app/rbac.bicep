@@ -3,7 +3,7 @@
 // account level, since that would let the app rewrite its own audit trail.
 param managedIdentityPrincipalId string
 
-@description('The deploying principal; it may read the audit trail and nothing more. Empty: no grant.')
+@description('The deploying principal: it gets exactly the data roles the command line\'s audit and approval commands need. Empty: no grant.')
 param principalId string = ''
 
 @allowed([
@@ -29,7 +29,6 @@ param applicationInsightsName string
 // Built-in role ids: https://learn.microsoft.com/azure/role-based-access-control/built-in-roles
 var storageBlobDataOwnerRoleId = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b' // Storage Blob Data Owner
 var storageTableDataContributorRoleId = '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3' // Storage Table Data Contributor
-var storageTableDataReaderRoleId = '76199698-9eea-4c19-bc75-cec21354c6b6' // Storage Table Data Reader
 var serviceBusDataSenderRoleId = '69a216fc-b8fb-44d8-bc22-1f3c2cd27a39' // Azure Service Bus Data Sender
 var serviceBusDataReceiverRoleId = '4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0' // Azure Service Bus Data Receiver
 var eventHubsDataReceiverRoleId = 'a638d3c7-ab3a-418d-83e6-5f17a39d4fde' // Azure Event Hubs Data Receiver
@@ -231,12 +230,47 @@ resource telemetryPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01'
   }
 }
 
-// The deployer can verify the audit chain, never alter it.
-resource auditTableReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(principalId)) {
-  name: guid(storage::tableService::auditTable.id, principalId, storageTableDataReaderRoleId)
+// The deployer's data roles: what `responder audit verify|query|export|reindex` and
+// `responder approvals list|approve|reject` need from a laptop (--credential azure_cli), nothing
+// more. Like the app, the deployer can append to the audit trail (an approval is audited) but
+// never change or delete a record; the index is derived data (reindex rewrites it); approvals,
+// the ledger and the block registry live in the state table; an approval queues its action.
+// Breakglass checks and `plan --tenant` read Graph with the engineer's own directory rights.
+resource deployerAuditAppender 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(principalId)) {
+  name: guid(storage::tableService::auditTable.id, principalId, auditAppenderRole.name)
   scope: storage::tableService::auditTable
   properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageTableDataReaderRoleId)
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', auditAppenderRole.name)
+    principalId: principalId
+    principalType: principalType
+  }
+}
+
+resource deployerAuditIndexContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(principalId)) {
+  name: guid(storage::tableService::auditIndexTable.id, principalId, storageTableDataContributorRoleId)
+  scope: storage::tableService::auditIndexTable
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageTableDataContributorRoleId)
+    principalId: principalId
+    principalType: principalType
+  }
+}
+
+resource deployerStateContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(principalId)) {
+  name: guid(storage::tableService::stateTable.id, principalId, storageTableDataContributorRoleId)
+  scope: storage::tableService::stateTable
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageTableDataContributorRoleId)
+    principalId: principalId
+    principalType: principalType
+  }
+}
+
+resource deployerActionsSender 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(principalId)) {
+  name: guid(serviceBus::actionsQueue.id, principalId, serviceBusDataSenderRoleId)
+  scope: serviceBus::actionsQueue
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', serviceBusDataSenderRoleId)
     principalId: principalId
     principalType: principalType
   }

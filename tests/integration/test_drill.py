@@ -27,8 +27,11 @@ def test_the_compromised_account_drill_contains_and_verifies(
     assert main(["drill", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["ok"] and summary["audit_verified"]
-    assert summary["actions_executed"] == 4 and summary["actions_refused"] == 3
-    assert summary["audit_records"] == 11 and summary["dead_letters"] == 0
+    # Executed: two disables, two revocations, and the attacker's address blocked; refused:
+    # both actions on the emergency access account.
+    assert summary["actions_executed"] == 5 and summary["actions_refused"] == 2
+    assert summary["audit_records"] == 12 and summary["dead_letters"] == 0
+    assert summary["checks"]["attacker address blocked at the mail edge"]
     assert all(summary["checks"].values())
     assert summary["time_to_contain_ms"] > 0
 
@@ -40,7 +43,8 @@ def test_the_readable_drill_prints_a_timeline(
     assert main(["drill"]) == 0
     out = capsys.readouterr().out
     assert "timeline" in out and "executed" in out and "refused" in out
-    assert "audit chain verified: 11 records" in out and "result: PASS" in out
+    assert "audit chain verified: 12 records" in out and "result: PASS" in out
+    assert "[ok] attacker address blocked at the mail edge" in out
 
 
 def test_audit_verify_reads_the_configured_trail(

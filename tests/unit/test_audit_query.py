@@ -174,7 +174,7 @@ def test_filters_parse_query_string_values() -> None:
         ({"target": "x" * 257}, "target is longer than 256 characters"),
         ({"since": "2" * 300}, "since is longer than 256 characters"),
         ({"kind": "format_disk"}, "unknown kind 'format_disk'"),
-        ({"outcome": "executed"}, "unknown outcome 'executed'"),
+        ({"outcome": "succeeded"}, "unknown outcome 'succeeded'"),
     ],
 )
 def test_bad_filters_are_refused_with_a_clear_message(params: dict[str, str], message: str) -> None:

@@ -279,12 +279,41 @@ def test_audit_role_can_read_and_insert_but_never_change_or_delete() -> None:
     assert not re.search(r"delete|update|write|\*", permissions, re.IGNORECASE)
 
 
-def test_audit_table_is_append_only_for_the_app_and_read_only_for_the_deployer() -> None:
+def test_audit_table_is_append_only_for_the_app_and_the_deployer() -> None:
     audit_scope = f"storage::tableService::{audit_table_symbol()}"
-    on_audit = {a.role for a in role_assignments() if a.scope == audit_scope}
-    assert on_audit == {"auditAppenderRole", STORAGE_TABLE_DATA_READER}
+    on_audit = {(a.role, a.name_args[1]) for a in role_assignments() if a.scope == audit_scope}
+    assert on_audit == {
+        ("auditAppenderRole", "managedIdentityPrincipalId"),
+        ("auditAppenderRole", "principalId"),
+    }
     elsewhere = {a.scope for a in role_assignments() if a.role == "auditAppenderRole"}
     assert elsewhere == {audit_scope}
+
+
+def test_the_deployer_gets_exactly_what_the_command_lines_audit_and_approvals_need() -> None:
+    roles = string_vars("app/rbac.bicep")
+    deployer = {(a.scope, a.role) for a in role_assignments() if a.name_args[1] == "principalId"}
+    assert deployer == {
+        # audit verify/query/export read the chain; an approval appends its record
+        (f"storage::tableService::{audit_table_symbol()}", "auditAppenderRole"),
+        # filtered queries read the index; appends and `audit reindex` write it
+        ("storage::tableService::auditIndexTable", STORAGE_TABLE_DATA_CONTRIBUTOR),
+        # approvals and the action ledger live in the state table
+        ("storage::tableService::stateTable", STORAGE_TABLE_DATA_CONTRIBUTOR),
+        # an approved action is queued
+        ("serviceBus::actionsQueue", roles["serviceBusDataSenderRoleId"]),
+    }
+    conditional = set(
+        re.findall(
+            r"(?m)^resource\s+(\w+)\s+'Microsoft\.Authorization/roleAssignments@[^']+'\s*=\s*"
+            r"if\s*\(!empty\(principalId\)\)",
+            bicep("app/rbac.bicep"),
+        )
+    )
+    deployer_symbols = {a.symbol for a in role_assignments() if a.name_args[1] == "principalId"}
+    assert deployer_symbols == conditional, "a deployer grant must be skipped without principalId"
+    # Nothing can use a reader role any more: the command line appends when it approves.
+    assert STORAGE_TABLE_DATA_READER not in bicep("app/rbac.bicep")
 
 
 def test_no_table_role_reaches_beyond_a_single_table() -> None:
@@ -487,3 +516,298 @@ def test_grant_script_is_strict_and_looks_up_role_ids_at_run_time() -> None:
     assert "/appRoleAssignments" in script
     resource_apps = ["00000003-0000-0000-c000-000000000000", "00000002-0000-0ff1-ce00-000000000000"]
     assert GUID.findall(script) == resource_apps, "only the resource apps' well-known ids"
+
+
+# --- azd up --no-prompt: parameters, names, hooks ----------------------------------------
+
+# Variables azd itself puts into every environment (azd env new / azd provision).
+AZD_PROVIDED = {"AZURE_ENV_NAME", "AZURE_LOCATION", "AZURE_PRINCIPAL_ID"}
+HOOKS = ROOT / "infra" / "hooks"
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: str
+    default: str | None
+    decorators: str
+
+
+def bicep_params(name: str) -> dict[str, Param]:
+    """Every `param` of a Bicep file with its decorators and default (comments stripped)."""
+    lines = bicep(name).splitlines()
+    statement = re.compile(
+        r"^(param|var|resource|module|output|targetScope|extension|import)\b|^\}\s*$"
+    )
+    found: dict[str, Param] = {}
+    for i, line in enumerate(lines):
+        if not (m := re.match(r"^param\s+(\w+)\s+(\w+)(?:\s*=\s*(.+))?$", line)):
+            continue
+        start = i
+        while start > 0 and lines[start - 1].strip() and not statement.match(lines[start - 1]):
+            start -= 1
+        found[m[1]] = Param(m[1], m[2], m[3], "\n".join(lines[start:i]))
+    return found
+
+
+def parameter_values() -> dict[str, str]:
+    values = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    return {name: entry["value"] for name, entry in values.items()}
+
+
+def test_every_parameter_of_main_is_mapped_for_no_prompt() -> None:
+    params, values = bicep_params("main.bicep"), parameter_values()
+    assert set(values) == set(params), "azd prompts for a parameter the file does not map"
+    hook_sets = set(re.findall(r"azd env set (\w+)", (HOOKS / "preprovision.sh").read_text()))
+    for name, param in params.items():
+        ref = re.fullmatch(r"\$\{(\w+)(?:=([^}]*))?\}", values[name])
+        assert ref, f"{name}: {values[name]!r} is not a ${{VAR}} or ${{VAR=default}} reference"
+        variable, fallback = ref[1], ref[2]
+        if param.default is None:
+            # Required: azd or the preprovision hook must provide it, or azd would prompt.
+            assert variable in AZD_PROVIDED | hook_sets, f"{name}: nothing sets {variable}"
+        elif fallback is not None:
+            literal = param.default.strip().strip("'")
+            assert fallback == literal, f"{name}: the file's default {fallback!r} != {literal!r}"
+
+
+def test_secrets_are_secure_validated_and_generated_by_the_hooks() -> None:
+    params = bicep_params("main.bicep")
+    secret = params["webhookSecret"]
+    assert "@secure()" in secret.decorators and "@minLength(32)" in secret.decorators
+    assert secret.default is None
+    for name in ("notificationUrl", "lifecycleNotificationUrl"):
+        assert "@secure()" in params[name].decorators
+    assert parameter_values()["webhookSecret"] == "${RESPONDER_WEBHOOK_SECRET}"
+    for hook in ("preprovision.sh", "preprovision.ps1"):
+        text = (HOOKS / hook).read_text()
+        assert "RESPONDER_WEBHOOK_SECRET" in text and "RESPONDER_VAULT_SUFFIX" in text
+
+
+def test_choices_and_bounds_are_validated_in_bicep() -> None:
+    params = bicep_params("main.bicep")
+    for name in (
+        "principalType",
+        "breakglassRestingState",
+        "exchangeRuleMode",
+        "storageSkuName",
+        "graphBaseUrl",
+        "instanceMemoryMB",
+    ):
+        assert "@allowed(" in params[name].decorators, name
+    for name in (
+        "actionsMaxDeliveries",
+        "alertPollLookbackMinutes",
+        "maxBodyBytes",
+        "maximumInstanceCount",
+        "alwaysReadyInstances",
+    ):
+        assert "@minValue(" in params[name].decorators and "@maxValue(" in params[name].decorators
+    for name in ("environmentName", "location", "actionsMessageTimeToLive"):
+        assert "@minLength(" in params[name].decorators, name
+
+
+def test_names_are_unique_per_deployment_and_the_vault_survives_azd_down() -> None:
+    main = bicep("main.bicep")
+    assert re.search(
+        r"var resourceToken = toLower\(uniqueString\(subscription\(\)\.id, environmentName, "
+        r"location\)\)",
+        main,
+    )
+    vault_name = module_params("keyVault")["name"]
+    assert "${resourceToken}" in vault_name and "vaultSuffix" in vault_name
+    assert "@maxLength(8)" in bicep_params("main.bicep")["vaultSuffix"].decorators
+    # 'kv-' + 13 characters of token + up to 8 of suffix: within Key Vault's 24.
+    assert len("kv-") + 13 + 8 <= 24
+    vault = entries(block(declaration("app/keyvault.bicep", "vault").body, "properties"))
+    assert vault["enablePurgeProtection"] == "true"
+    postdown = (HOOKS / "postdown.sh").read_text()
+    assert "azd env set RESPONDER_VAULT_SUFFIX" in postdown
+    assert "RESPONDER_VAULT_SUFFIX" in (HOOKS / "postdown.ps1").read_text()
+    for decl in declarations("main.bicep"):
+        if decl.keyword == "module":
+            fields = entries(block(decl.body, "params"))
+            if "name" in fields:
+                value = fields["name"]
+                definition = re.search(rf"(?m)^var {re.escape(value)} = (.*)$", main)
+                assert "resourceToken" in (definition[1] if definition else value), decl.symbol
+
+
+def test_azure_yaml_runs_every_hook_on_posix_and_windows() -> None:
+    text = (ROOT / "azure.yaml").read_text()
+    for event in ("preprovision", "postprovision", "postdown"):
+        section = re.search(rf"(?m)^  {event}:\n((?:    .*\n|\s*#.*\n)+)", text)
+        assert section, f"azure.yaml has no {event} hook"
+        runs = dict(
+            re.findall(r"(?m)^    (posix|windows):\n      shell: \w+\n      run: (\S+)", section[1])
+        )
+        assert set(runs) == {"posix", "windows"}, event
+        for script in runs.values():
+            assert (ROOT / script).is_file(), script
+    postprovision = (HOOKS / "postprovision.sh").read_text()
+    assert "grant-graph-permissions.sh" in postprovision
+    assert "grant-graph-permissions.sh" in (HOOKS / "postprovision.ps1").read_text()
+
+
+def test_every_module_parameter_exists_and_every_required_one_is_passed() -> None:
+    for decl in declarations("main.bicep"):
+        if decl.keyword != "module":
+            continue
+        target = bicep_params(decl.target)
+        passed = set(entries(block(decl.body, "params")))
+        assert passed - set(target) == set(), f"{decl.symbol} passes unknown parameters"
+        required = {name for name, p in target.items() if p.default is None}
+        assert required - passed == set(), f"{decl.symbol} misses required parameters"
+
+
+def test_every_role_id_carries_a_comment_naming_the_role() -> None:
+    known = {
+        STORAGE_BLOB_DATA_OWNER: "Storage Blob Data Owner",
+        STORAGE_TABLE_DATA_CONTRIBUTOR: "Storage Table Data Contributor",
+        "69a216fc-b8fb-44d8-bc22-1f3c2cd27a39": "Azure Service Bus Data Sender",
+        "4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0": "Azure Service Bus Data Receiver",
+        "a638d3c7-ab3a-418d-83e6-5f17a39d4fde": "Azure Event Hubs Data Receiver",
+        "4633458b-17de-408a-b874-0445c86b69e6": "Key Vault Secrets User",
+        "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",
+        # Well-known application ids rather than roles.
+        "04b07795-8ddb-461a-bbee-02f9e1bf7b46": "Azure CLI",
+    }
+    seen = 0
+    for path in sorted(INFRA.rglob("*.bicep")):
+        for line in path.read_text().splitlines():
+            for guid in GUID.findall(line.lower()):
+                seen += 1
+                comment = line.split("//", 1)[1].strip() if "//" in line else ""
+                if not comment:  # the comment may sit on the line above
+                    lines = path.read_text().splitlines()
+                    above = lines[lines.index(line) - 1].strip()
+                    comment = above.removeprefix("//").strip() if above.startswith("//") else ""
+                assert guid in known, f"{path.name}: unknown id {guid}"
+                assert known[guid] in comment, (
+                    f"{path.name}: {guid} lacks the comment {known[guid]!r}"
+                )
+    assert seen >= 8
+
+
+def service_bus_functions() -> set[str]:
+    found = set()
+    for path in sorted((ROOT / "functions").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.AsyncFunctionDef | ast.FunctionDef):
+                for deco in node.decorator_list:
+                    if (
+                        isinstance(deco, ast.Call)
+                        and isinstance(deco.func, ast.Attribute)
+                        and deco.func.attr == "service_bus_queue_trigger"
+                    ):
+                        found.add(node.name)
+    return found
+
+
+def test_http_and_every_service_bus_trigger_are_kept_warm() -> None:
+    api = bicep("app/api.bicep")
+    groups = re.search(r"(?m)^var alwaysReadyGroups = \[\n(.*?)^\]", api, re.DOTALL)
+    assert groups
+    assert set(strings(groups[1])) == {"http"} | {f"function:{n}" for n in service_bus_functions()}
+    assert service_bus_functions() == {"execute_action", "process_notification"}
+    scale = block(
+        block(declaration("app/api.bicep", "functionApp").body, "functionAppConfig"),
+        "scaleAndConcurrency",
+    )
+    assert "instanceCount: alwaysReadyInstances" in scale
+    assert "name: group" in scale
+    assert bicep_params("main.bicep")["alwaysReadyInstances"].default == "1"
+    assert module_params("api")["alwaysReadyInstances"] == "alwaysReadyInstances"
+    assert module_params("api")["instanceMemoryMB"] == "instanceMemoryMB"
+
+
+def test_scale_out_is_bounded_the_same_in_main_and_the_app() -> None:
+    main, app = bicep_params("main.bicep"), bicep_params("app/api.bicep")
+    for name in ("maximumInstanceCount", "instanceMemoryMB", "alwaysReadyInstances"):
+        assert main[name].decorators.split() == app[name].decorators.split() or (
+            re.sub(r"@description\(.*\)", "", main[name].decorators).split()
+            == re.sub(r"@description\(.*\)", "", app[name].decorators).split()
+        ), name
+    assert "@maxValue(100)" in main["maximumInstanceCount"].decorators
+    raw = (INFRA / "main.bicep").read_text()
+    assert "throttl" in raw[: raw.index("param maximumInstanceCount")].split("\n\n")[-1]
+    assert "CPU" in raw[: raw.index("param instanceMemoryMB")].split("\n\n")[-1]
+
+
+# --- the API's app registration -----------------------------------------------------------
+
+
+def test_the_api_registration_issues_v2_tokens_with_the_roles_the_code_checks() -> None:
+    from shared.identity import ROLE_ACT, ROLE_APPROVE, ROLE_AUDIT_READ
+
+    registration = bicep("app/apiregistration.bicep")
+    assert re.search(r"(?m)^extension microsoftGraphV1$", registration)
+    config = json.loads((INFRA / "bicepconfig.json").read_text())
+    assert config["extensions"]["microsoftGraphV1"].startswith(
+        "br:mcr.microsoft.com/bicep/extensions/microsoftgraph/v1.0:"
+    )
+    app = declaration("app/apiregistration.bicep", "app")
+    assert app.target == "Microsoft.Graph/applications@v1.0"
+    api = block(app.body, "api")
+    assert entries(api)["requestedAccessTokenVersion"] == "2"
+    role_list = re.search(r"(?m)^var appRoles = \[\n(.*?)^\]", registration, re.DOTALL)
+    assert role_list
+    roles = set(re.findall(r"value: '([\w.]+)'", role_list[1]))
+    assert roles == {ROLE_ACT, ROLE_APPROVE, ROLE_AUDIT_READ}
+    preauthorized = block(api, "preAuthorizedApplications")
+    assert "appId: azureCliAppId" in preauthorized and "delegatedPermissionIds" in preauthorized
+    assert "var azureCliAppId = '04b07795-8ddb-461a-bbee-02f9e1bf7b46'" in registration
+    uris = block(declaration("app/apiregistration.bicep", "appIdentifier").body, "identifierUris")
+    assert strings(uris) == ["api://${app.appId}"]
+    principal = declaration("app/apiregistration.bicep", "servicePrincipal")
+    assert principal.target == "Microsoft.Graph/servicePrincipals@v1.0"
+    # The app accepts exactly this registration's tokens.
+    assert "apiRegistration!.outputs.appId" in module_params("api")["authAudience"]
+
+
+# --- the docs match the infrastructure ----------------------------------------------------
+
+DOCS = ROOT / "docs"
+
+
+def test_permissions_doc_names_every_granted_permission_and_every_role_with_a_source() -> None:
+    text = (DOCS / "permissions.md").read_text()
+    for permission in granted_graph_permissions() | granted_permissions("EXCHANGE_PERMISSIONS"):
+        assert f"`{permission}`" in text, permission
+    role_names = re.findall(r"(?m)^var \w+RoleId = '[^']+' // (.+)$", bicep_raw("app/rbac.bicep"))
+    assert role_names
+    for name in role_names:
+        assert name.strip() in text, name
+    for role in ("Responder.Act", "Responder.Approve", "Audit.Read"):
+        assert f"`{role}`" in text
+    assert text.count("https://learn.microsoft.com/") >= 10
+    assert "New-ManagementRoleAssignment -App" not in (ROOT / "README.md").read_text()
+
+
+def bicep_raw(name: str) -> str:
+    return (INFRA / name).read_text()
+
+
+def test_the_readme_points_to_the_deployment_docs_and_every_example() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "## Deploy" in readme and "azd up --no-prompt" in readme
+    for doc in ("deploy.md", "permissions.md", "runbook.md", "runbook.de.md"):
+        assert f"(docs/{doc})" in readme
+        assert (DOCS / doc).is_file()
+    assert "(docs/examples/)" in readme
+
+
+def test_every_example_alert_is_accepted_and_plans_an_action() -> None:
+    from shared.config import PolicySettings
+    from shared.ingest import normalize
+    from shared.policy import Guards, Playbook, Policy
+
+    settings = PolicySettings.from_env({})
+    policy = Policy(Playbook.load(settings.playbook_path), Guards.from_settings(settings))
+    examples = sorted((DOCS / "examples").glob("*.json"))
+    assert len(examples) >= 3
+    for path in examples:
+        plans = [policy.plan(alert) for alert in normalize(json.loads(path.read_text()))]
+        decisions = {str(a.decision) for plan in plans for a in plan.actions}
+        assert "execute" in decisions, path.name

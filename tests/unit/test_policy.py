@@ -180,7 +180,12 @@ def test_victim_addresses_are_not_blocked() -> None:
         ("100.64.0.1", "not publicly routable"),
         ("185.220.0.0/16", "broader than /24"),
         ("2a0b::/32", "broader than /48"),
-        ("203.0.113.5", "private"),
+        ("203.0.113.5", "reserved for documentation (203.0.113.0/24)"),
+        ("198.51.100.0/24", "reserved for documentation (198.51.100.0/24)"),
+        ("192.0.2.77", "reserved for documentation (192.0.2.0/24)"),
+        ("2001:db8::1", "reserved for documentation (2001:db8::/32)"),
+        ("3fff::/48", "reserved for documentation (3fff::/20)"),
+        ("203.0.0.0/16", "broader than /24"),
         ("52.96.10.20", "allow-listed"),
     ],
 )
