@@ -395,3 +395,31 @@ async def test_a_name_claim_that_is_not_a_non_empty_string_is_passed_over(
 ) -> None:
     token = bearer(extra_claims={"upn": odd, "preferred_username": "adele@contoso.com"})
     assert (await validator.principal(token)).name == "adele@contoso.com"
+
+
+@pytest.mark.parametrize("oid", ["", 123])
+async def test_an_object_id_that_is_not_a_non_empty_string_is_refused(
+    validator: TokenValidator, oid: object
+) -> None:
+    refused = await refusal(validator, bearer(extra_claims={"oid": oid}))
+    assert (refused.status, refused.detail) == (401, "the token's oid claim is malformed")
+
+
+async def test_a_roles_claim_that_is_not_a_list_of_strings_is_refused(
+    validator: TokenValidator,
+) -> None:
+    refused = await refusal(validator, bearer(extra_claims={"roles": "Responder.Act"}))
+    assert (refused.status, refused.detail) == (401, "the token's roles claim is malformed")
+
+
+async def test_an_app_named_only_by_appid_is_named_so(validator: TokenValidator) -> None:
+    token = bearer(upn=None, app_id=CLIENT_APP, extra_claims={"azp": None, "appid": "v1-app"})
+    assert (await validator.principal(token)).name == "v1-app"
+
+
+async def test_an_app_token_naming_no_client_is_refused(validator: TokenValidator) -> None:
+    refused = await refusal(validator, bearer(upn=None, extra_claims={"azp": None}))
+    assert (refused.status, refused.detail) == (
+        401,
+        "the token does not name its client application",
+    )
