@@ -236,8 +236,10 @@ async def test_a_decision_at_or_after_the_expiry_expires_the_action(late: timede
         410,
         "the approval window has passed; the action expired",
     )
+    assert str(refused.value) == refused.value.detail
     assert desk.queue.sent == []
-    assert desk.store.rows["act-1"].state is ApprovalState.EXPIRED
+    row = desk.store.rows["act-1"]
+    assert (row.state, row.decided_by) == (ApprovalState.EXPIRED, "expiry")
     assert desk.entries() == [
         (
             AuditEvent.ACTION_EXPIRED,
