@@ -288,3 +288,12 @@ async def test_a_writer_that_lost_a_race_continues_after_the_winners_records() -
     record = await mine.append(entry(4))
     assert (record.seq, record.prev_hash) == (4, store.records[3].hash)
     assert (await AuditChain(store).verify()).ok
+
+
+async def test_text_that_is_not_unicode_is_refused_and_nothing_is_written() -> None:
+    """A lone surrogate has no UTF-8 encoding, so it has no hash: docs/audit.md."""
+    store = await chain_of(2)
+    with pytest.raises(ValueError):
+        await AuditChain(store).append(entry(3, result={"title": "x\ud800y"}))
+    assert sorted(store.records) == [1, 2]
+    assert (await AuditChain(store).verify()).ok
