@@ -33,7 +33,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "mutants" / "work"
-COPIED = ("shared", "functions", "drill", "tests", "function_app.py", "pyproject.toml")
+COPIED = ("shared", "functions", "drill", "tests", "docs", "function_app.py", "pyproject.toml")
 
 
 @dataclass(frozen=True)
