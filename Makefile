@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install drill test lint typecheck unit bench clean browser
+.PHONY: install drill test lint typecheck unit bench mutation clean browser
 
 $(STAMP): requirements.lock.txt requirements.txt requirements-dev.txt pyproject.toml package-lock.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,5 +41,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/notifications.py
 	$(BIN)/python bench/normalize.py
 
+# Mutation testing of the safety and evidence core, module by module against the tests that
+# cover it; prints the score per module (docs/testing.md). Takes minutes: not part of `make test`.
+mutation: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-tools.txt
+	$(BIN)/python bench/mutation.py --max-children 2
+
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache mutants

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 
 import pytest
 
-from shared.audit import GENESIS_HASH, MAX_BODY_CHARS, AuditChain, entry_body, record_hash
-from shared.models import Actor, AuditEntry, AuditEvent
+from shared.audit import (
+    GENESIS_HASH,
+    MAX_APPEND_ATTEMPTS,
+    MAX_BODY_CHARS,
+    AuditChain,
+    canonical_json,
+    chain_entry,
+    entry_body,
+    record_hash,
+)
+from shared.errors import TransientError
+from shared.models import Actor, AuditEntry, AuditEvent, AuditRecord
+from shared.ports import AppendConflict
 from tests.fakes import MemoryAuditStore
 
 
@@ -115,3 +128,172 @@ async def test_verify_detects_stored_text_that_is_not_the_canonical_content() ->
     store.records[2] = original.model_copy(update={"body": padded, "hash": rehashed})
     report = await AuditChain(store).verify()
     assert report.first_broken_seq == 2
+
+
+# the verification report, word for word (the CLI and GET /api/audit/verify show it) ---------
+
+
+async def chain_of(n: int) -> MemoryAuditStore:
+    store = MemoryAuditStore()
+    await AuditChain(store).append_all([entry(k) for k in range(1, n + 1)])
+    return store
+
+
+async def test_a_verified_chain_reports_its_head() -> None:
+    store = await chain_of(3)
+    report = await AuditChain(store).verify()
+    assert report.as_dict() == {
+        "verified": True,
+        "records_checked": 3,
+        "head_seq": 3,
+        "head_hash": store.records[3].hash,
+        "first_broken_seq": None,
+        "problem": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("removed", "broken_at", "problem"),
+    [
+        ((3, 4), 3, "records 3..4 are missing"),
+        ((1,), 1, "records 1..1 are missing"),
+        ((1, 2), 1, "records 1..2 are missing"),
+    ],
+)
+async def test_missing_records_are_named(
+    removed: tuple[int, ...], broken_at: int, problem: str
+) -> None:
+    store = await chain_of(6)
+    for seq in removed:
+        del store.records[seq]
+    report = await AuditChain(store).verify()
+    assert report.as_dict() == {
+        "verified": False,
+        "records_checked": 6 - len(removed),
+        "head_seq": 6,
+        "head_hash": store.records[6].hash,
+        "first_broken_seq": broken_at,
+        "problem": problem,
+    }
+
+
+async def test_the_lowest_broken_record_is_reported_and_every_problem_is_worded() -> None:
+    store = await chain_of(6)
+    for seq in (5, 2):
+        changed = store.records[seq].entry.model_copy(update={"reason": "edited"})
+        store.records[seq] = store.records[seq].model_copy(update={"entry": changed})
+    report = await AuditChain(store).verify()
+    assert (report.first_broken_seq, report.problem) == (
+        2,
+        "record 2 content does not match its hash",
+    )
+    assert report.records_checked == 6 and report.head_seq == 6
+
+
+async def test_a_broken_link_names_both_records() -> None:
+    store = await chain_of(4)
+    record = store.records[4]
+    store.records[4] = record.model_copy(
+        update={"prev_hash": "f" * 64, "hash": record_hash(4, "f" * 64, record.body)}
+    )
+    report = await AuditChain(store).verify()
+    assert (report.first_broken_seq, report.problem) == (4, "record 4 does not link to record 3")
+
+
+async def test_a_chain_that_does_not_start_from_the_genesis_hash_is_broken() -> None:
+    store = MemoryAuditStore()
+    first = chain_entry(1, "a" * 64, entry(1))
+    store.records[1] = first
+    store.records[2] = chain_entry(2, first.hash, entry(2))
+    report = await AuditChain(store).verify()
+    assert (report.first_broken_seq, report.problem) == (
+        1,
+        "record 1 does not start from the genesis hash",
+    )
+
+
+async def test_a_chain_starting_at_a_later_number_is_missing_its_beginning() -> None:
+    store = MemoryAuditStore()
+    store.records[3] = chain_entry(3, GENESIS_HASH, entry(3))
+    report = await AuditChain(store).verify()
+    assert (report.first_broken_seq, report.problem) == (1, "records 1..2 are missing")
+
+
+# the oversized-result boundary ---------------------------------------------------------------
+
+
+def padded(total: int) -> AuditEntry:
+    """An entry whose canonical text is exactly `total` characters long."""
+    base = entry(1, result={"pad": ""})
+    short = len(canonical_json(base.model_dump(mode="json")))
+    return entry(1, result={"pad": "y" * (total - short)})
+
+
+def test_a_body_of_exactly_the_limit_is_kept_whole() -> None:
+    whole = padded(MAX_BODY_CHARS)
+    assert entry_body(whole) == canonical_json(whole.model_dump(mode="json"))
+
+
+def test_one_character_over_the_limit_keeps_only_the_digest_of_the_result() -> None:
+    over = padded(MAX_BODY_CHARS + 1)
+    body = json.loads(entry_body(over))
+    result = canonical_json(over.result)
+    assert body["result"] == {
+        "truncated": True,
+        "chars": len(result),
+        "sha256": hashlib.sha256(result.encode()).hexdigest(),
+    }
+    assert body["reason"] == over.reason and body["target"] == over.target
+
+
+# listeners and write races -------------------------------------------------------------------
+
+
+async def test_listeners_hear_each_append_once_and_cannot_fail_it() -> None:
+    heard: list[list[int]] = []
+
+    async def broken(records: list[AuditRecord]) -> None:
+        raise RuntimeError("index table down")
+
+    async def listener(records: list[AuditRecord]) -> None:
+        heard.append([r.seq for r in records])
+
+    chain = AuditChain(MemoryAuditStore(), listeners=[broken, listener])
+    await chain.append_all([entry(1), entry(2)])
+    await chain.append(entry(3))
+    await chain.append_all([])
+    assert heard == [[1, 2], [3]]
+
+
+class AlwaysTaken(MemoryAuditStore):
+    attempts = 0
+
+    async def insert_all(self, records: list[AuditRecord]) -> None:
+        self.attempts += 1
+        raise AppendConflict("sequence taken")
+
+
+async def test_a_writer_that_keeps_losing_gives_up_with_a_transient_error() -> None:
+    store = AlwaysTaken()
+    with pytest.raises(TransientError, match="conflicted 50 times in a row"):
+        await AuditChain(store).append(entry(1))
+    assert store.attempts == MAX_APPEND_ATTEMPTS
+
+
+async def test_a_writer_that_lost_a_race_continues_after_the_winners_records() -> None:
+    store = MemoryAuditStore()
+    mine, theirs = AuditChain(store), AuditChain(store)
+    await mine.append(entry(1))
+    await theirs.append_all([entry(2), entry(3)])
+    record = await mine.append(entry(4))
+    assert (record.seq, record.prev_hash) == (4, store.records[3].hash)
+    assert (await AuditChain(store).verify()).ok
+
+
+async def test_text_that_is_not_unicode_is_refused_and_nothing_is_written() -> None:
+    """A lone surrogate has no UTF-8 encoding, so it has no hash: docs/audit.md."""
+    store = await chain_of(2)
+    with pytest.raises(ValueError):
+        await AuditChain(store).append(entry(3, result={"title": "x\ud800y"}))
+    assert sorted(store.records) == [1, 2]
+    assert (await AuditChain(store).verify()).ok

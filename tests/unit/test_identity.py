@@ -360,3 +360,78 @@ async def test_odd_claims_in_a_validly_signed_token_give_a_principal_or_auth_err
     else:
         assert principal.name and principal.object_id
         event(f"accepted as {principal.kind}")
+
+
+# Who is an engineer (approvals and privileged actions depend on it) ----------------------------
+
+
+async def test_idtyp_user_makes_an_engineer_even_without_scopes(
+    validator: TokenValidator,
+) -> None:
+    token = bearer(extra_claims={"idtyp": "user", "scp": None})
+    principal = await validator.principal(token)
+    assert (principal.kind, principal.name) == ("engineer", DEFAULT_UPN)
+
+
+async def test_idtyp_app_makes_an_app_even_with_a_user_name(validator: TokenValidator) -> None:
+    token = bearer(app_id=CLIENT_APP, extra_claims={"idtyp": "app"})
+    principal = await validator.principal(token)
+    assert (principal.kind, principal.name) == ("app", CLIENT_APP)
+
+
+async def test_an_unknown_idtyp_is_refused(validator: TokenValidator) -> None:
+    refused = await refusal(validator, bearer(extra_claims={"idtyp": "device"}))
+    assert (refused.status, refused.detail) == (401, "the token type (idtyp) is not supported")
+
+
+@pytest.mark.parametrize("kept", ["upn", "preferred_username"])
+async def test_without_idtyp_a_user_name_claim_alone_makes_an_engineer(
+    validator: TokenValidator, kept: str
+) -> None:
+    removed = {"scp": None, "upn": None, "preferred_username": None}
+    principal = await validator.principal(bearer(extra_claims={**removed, kept: DEFAULT_UPN}))
+    assert (principal.kind, principal.name) == ("engineer", DEFAULT_UPN)
+
+
+async def test_without_idtyp_scopes_alone_make_an_engineer_who_must_have_a_name(
+    validator: TokenValidator,
+) -> None:
+    token = bearer(extra_claims={"upn": None, "preferred_username": None})
+    refused = await refusal(validator, token)
+    assert refused.detail == "the token carries no user name (upn or preferred_username)"
+
+
+@pytest.mark.parametrize("odd", [123, "", True, ["x"]])
+async def test_a_name_claim_that_is_not_a_non_empty_string_is_passed_over(
+    validator: TokenValidator, odd: object
+) -> None:
+    token = bearer(extra_claims={"upn": odd, "preferred_username": "adele@contoso.com"})
+    assert (await validator.principal(token)).name == "adele@contoso.com"
+
+
+@pytest.mark.parametrize("oid", ["", 123])
+async def test_an_object_id_that_is_not_a_non_empty_string_is_refused(
+    validator: TokenValidator, oid: object
+) -> None:
+    refused = await refusal(validator, bearer(extra_claims={"oid": oid}))
+    assert (refused.status, refused.detail) == (401, "the token's oid claim is malformed")
+
+
+async def test_a_roles_claim_that_is_not_a_list_of_strings_is_refused(
+    validator: TokenValidator,
+) -> None:
+    refused = await refusal(validator, bearer(extra_claims={"roles": "Responder.Act"}))
+    assert (refused.status, refused.detail) == (401, "the token's roles claim is malformed")
+
+
+async def test_an_app_named_only_by_appid_is_named_so(validator: TokenValidator) -> None:
+    token = bearer(upn=None, app_id=CLIENT_APP, extra_claims={"azp": None, "appid": "v1-app"})
+    assert (await validator.principal(token)).name == "v1-app"
+
+
+async def test_an_app_token_naming_no_client_is_refused(validator: TokenValidator) -> None:
+    refused = await refusal(validator, bearer(upn=None, extra_claims={"azp": None}))
+    assert (refused.status, refused.detail) == (
+        401,
+        "the token does not name its client application",
+    )

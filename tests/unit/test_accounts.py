@@ -1,0 +1,414 @@
+"""Account containment against an in-memory directory: what each executor reads, writes and
+reports, and the lockout guards (protected identities, privileged roles, the Global
+Administrator minimum) as they run at execution time."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from shared.actions import accounts
+from shared.actions.accounts import (
+    GA_LEASE,
+    AccountActions,
+    LockoutLimits,
+    explain_denied,
+    role_names,
+)
+from shared.config import PRIVILEGED_ROLES, PolicySettings
+from shared.errors import PermanentError, TransientError
+from shared.models import ActionKind, ActionOutcome, ActionRequest, Actor, OutcomeStatus
+from shared.policy import Guards
+from shared.ports import GLOBAL_ADMINISTRATOR
+from tests.memory_tenant import MemoryDirectory, MemoryLeases, MemoryRoles
+
+ADELE = "5b2f3d0e-1c4a-4e8b-9f6d-2a7c8e1b4d01"
+ADELE_UPN = "adele.vance@contoso.onmicrosoft.com"
+VIP = "0f9a6c3d-7e21-4b58-8d4f-1c3e5a7b9d20"
+VIP_UPN = "ceo@contoso.onmicrosoft.com"
+BREAKGLASS = "1b1b1b1b-0000-4000-8000-000000000001"
+BREAKGLASS_UPN = "bg-01@contoso.onmicrosoft.com"
+GA_1 = "9a000000-0000-4000-8000-000000000001"
+GA_2 = "9a000000-0000-4000-8000-000000000002"
+GA_3 = "9a000000-0000-4000-8000-000000000003"
+SECURITY_ADMIN = "194ae4cb-b126-40b2-bd5b-6091b380977d"
+APPROVED = {"allow_privileged": True, "approved_by": "grace@contoso.com"}
+
+
+class Tenant:
+    def __init__(self, min_global_admins: int = 2, **settings: Any) -> None:
+        self.directory = MemoryDirectory()
+        self.roles = MemoryRoles()
+        self.leases = MemoryLeases()
+        self.directory.add(ADELE, ADELE_UPN)
+        self.directory.add(VIP, VIP_UPN)
+        self.directory.add(BREAKGLASS, BREAKGLASS_UPN, enabled=False)
+        values = {"RESPONDER_PROTECTED_IDENTITIES": VIP, "BREAKGLASS_ACCOUNTS": BREAKGLASS}
+        self.guards = Guards.from_settings(PolicySettings.model_validate(values | settings))
+        limits = LockoutLimits(frozenset(PRIVILEGED_ROLES), min_global_admins)
+        self.actions = AccountActions(self.directory, self.roles, self.guards, limits, self.leases)
+
+    def global_admins(self, *enabled: bool) -> list[str]:
+        ids = [f"9a000000-0000-4000-8000-00000000000{n + 1}" for n in range(len(enabled))]
+        for user_id, on in zip(ids, enabled, strict=True):
+            self.directory.add(user_id, f"ga{user_id[-1]}@contoso.onmicrosoft.com", on)
+        self.roles.assign(GLOBAL_ADMINISTRATOR, *ids)
+        return ids
+
+    async def run(self, kind: ActionKind, target: str, **fields: Any) -> ActionOutcome:
+        return await self.actions.run(request(kind, target, **fields))
+
+
+def request(kind: ActionKind, target: str, **fields: Any) -> ActionRequest:
+    return ActionRequest(
+        id=f"act-{kind}-{target}", kind=kind, target=target, reason="test", **fields
+    )
+
+
+def guard(outcome: ActionOutcome, name: str) -> tuple[bool, str]:
+    [check] = [c for c in outcome.guards if c.guard == name]
+    return check.passed, check.detail
+
+
+# what each executor does ---------------------------------------------------------------------
+
+
+async def test_disable_reads_writes_and_reports_before_after_and_guards() -> None:
+    tenant = Tenant()
+    outcome = await tenant.run(ActionKind.DISABLE_ACCOUNT, ADELE)
+    assert outcome.status is OutcomeStatus.EXECUTED
+    assert tenant.directory.writes == [("accountEnabled", ADELE, False)]
+    assert outcome.before["accountEnabled"] is True and outcome.after["accountEnabled"] is False
+    assert outcome.before["userPrincipalName"] == ADELE_UPN
+    assert outcome.calls == [f'PATCH /users/{ADELE} {{"accountEnabled": false}}']
+    assert outcome.request_ids == ["req-1"]
+    assert [(c.guard, c.passed) for c in outcome.guards] == [
+        ("protected_identity", True),
+        ("global_admin_minimum", True),
+        ("privileged_role", True),
+    ]
+    assert outcome.error is None
+
+
+async def test_a_user_named_by_upn_is_written_by_object_id() -> None:
+    tenant = Tenant()
+    outcome = await tenant.run(ActionKind.DISABLE_ACCOUNT, ADELE_UPN.upper())
+    assert tenant.directory.writes == [("accountEnabled", ADELE, False)]
+    assert outcome.calls == [f'PATCH /users/{ADELE} {{"accountEnabled": false}}']
+
+
+async def test_an_already_disabled_account_is_not_written_again() -> None:
+    tenant = Tenant()
+    tenant.directory.add(ADELE, ADELE_UPN, enabled=False)
+    outcome = await tenant.run(ActionKind.DISABLE_ACCOUNT, ADELE)
+    assert outcome.status is OutcomeStatus.ALREADY_DONE
+    assert tenant.directory.writes == []
+    assert outcome.before == outcome.after and outcome.before["accountEnabled"] is False
+    assert guard(outcome, "protected_identity") == (True, "")
+
+
+async def test_enable_turns_a_disabled_account_back_on() -> None:
+    tenant = Tenant()
+    tenant.directory.add(ADELE, ADELE_UPN, enabled=False)
+    outcome = await tenant.run(ActionKind.ENABLE_ACCOUNT, ADELE)
+    assert outcome.status is OutcomeStatus.EXECUTED
+    assert tenant.directory.writes == [("accountEnabled", ADELE, True)]
+    assert outcome.calls == [f'PATCH /users/{ADELE} {{"accountEnabled": true}}']
+    assert [(c.guard, c.passed) for c in outcome.guards] == [("emergency_access", True)]
+    assert tenant.leases.acquired == []
+
+
+async def test_enabling_an_enabled_account_changes_nothing() -> None:
+    tenant = Tenant()
+    outcome = await tenant.run(ActionKind.ENABLE_ACCOUNT, ADELE)
+    assert outcome.status is OutcomeStatus.ALREADY_DONE and tenant.directory.writes == []
+
+
+async def test_revoke_signs_the_user_out_every_time_it_runs() -> None:
+    tenant = Tenant()
+    first = await tenant.run(ActionKind.REVOKE_SESSIONS, ADELE)
+    second = await tenant.run(ActionKind.REVOKE_SESSIONS, ADELE)
+    assert [first.status, second.status] == [OutcomeStatus.EXECUTED] * 2
+    assert tenant.directory.writes == [("revokeSignInSessions", ADELE, None)] * 2
+    assert first.calls == [f"POST /users/{ADELE}/revokeSignInSessions"]
+    assert first.before["signInSessionsValidFromDateTime"] is None
+    assert first.after["signInSessionsValidFromDateTime"] is not None
+    assert first.after["accountEnabled"] is True
+    assert [c.guard for c in first.guards] == ["protected_identity"]
+
+
+async def test_revoking_a_disabled_users_sessions_still_revokes() -> None:
+    tenant = Tenant()
+    tenant.directory.add(ADELE, ADELE_UPN, enabled=False)
+    outcome = await tenant.run(ActionKind.REVOKE_SESSIONS, ADELE)
+    assert outcome.status is OutcomeStatus.EXECUTED
+    assert tenant.directory.writes == [("revokeSignInSessions", ADELE, None)]
+
+
+# dry run -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "enabled", "call"),
+    [
+        (ActionKind.DISABLE_ACCOUNT, True, f'PATCH /users/{ADELE} {{"accountEnabled": false}}'),
+        (ActionKind.ENABLE_ACCOUNT, False, f'PATCH /users/{ADELE} {{"accountEnabled": true}}'),
+        (ActionKind.REVOKE_SESSIONS, True, f"POST /users/{ADELE}/revokeSignInSessions"),
+    ],
+)
+async def test_dry_run_writes_nothing_and_reports_state_call_and_guards(
+    kind: ActionKind, enabled: bool, call: str
+) -> None:
+    tenant = Tenant()
+    tenant.directory.add(ADELE, ADELE_UPN, enabled=enabled)
+    outcome = await tenant.run(kind, ADELE, dry_run=True)
+    assert outcome.status is OutcomeStatus.DRY_RUN
+    assert tenant.directory.writes == [] and tenant.leases.acquired == []
+    assert outcome.before == tenant.directory.users[ADELE].as_dict()
+    assert outcome.before["accountEnabled"] is enabled
+    assert outcome.after == {} and outcome.request_ids == []
+    assert outcome.calls == [call]
+    assert outcome.guards and all(c.passed for c in outcome.guards)
+
+
+async def test_dry_run_of_a_global_admin_disable_reports_the_minimum_without_the_lease() -> None:
+    tenant = Tenant()
+    tenant.global_admins(True, True)
+    tenant.leases.held[GA_LEASE] = "someone-else"
+    outcome = await tenant.run(ActionKind.DISABLE_ACCOUNT, GA_1, dry_run=True)
+    assert outcome.status is OutcomeStatus.REFUSED
+    assert guard(outcome, "global_admin_minimum")[0] is False
+    assert tenant.directory.writes == [] and tenant.leases.acquired == []
+
+
+# protected identities ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", [ActionKind.DISABLE_ACCOUNT, ActionKind.REVOKE_SESSIONS])
+@pytest.mark.parametrize("named_as", [VIP, VIP_UPN, VIP_UPN.upper()])
+async def test_a_protected_identity_is_refused_however_the_request_names_it(
+    kind: ActionKind, named_as: str
+) -> None:
+    tenant = Tenant()
+    outcome = await tenant.run(kind, named_as)
+    assert outcome.status is OutcomeStatus.REFUSED
+    assert tenant.directory.writes == []
+    passed, detail = guard(outcome, "protected_identity")
+    assert not passed and "is a protected identity" in detail
+    assert outcome.error == detail
+    assert outcome.before["id"] == VIP
+
+
+async def test_a_protection_configured_by_upn_holds_for_a_request_by_object_id() -> None:
+    tenant = Tenant(RESPONDER_PROTECTED_IDENTITIES=VIP_UPN.upper())
+    outcome = await tenant.run(ActionKind.DISABLE_ACCOUNT, VIP)
+    assert outcome.status is OutcomeStatus.REFUSED and tenant.directory.writes == []
+
+
+@pytest.mark.parametrize("named_as", [BREAKGLASS, BREAKGLASS_UPN])
+async def test_enable_account_never_opens_an_emergency_account(named_as: str) -> None:
+    tenant = Tenant()
+    outcome = await tenant.run(ActionKind.ENABLE_ACCOUNT, named_as)
+    assert outcome.status is OutcomeStatus.REFUSED and tenant.directory.writes == []
+    passed, detail = guard(outcome, "emergency_access")
+    assert not passed and "activate_breakglass" in detail
+
+
+async def test_an_emergency_account_may_still_be_signed_out_of_nothing_and_is_protected() -> None:
+    tenant = Tenant()
+    outcome = await tenant.run(ActionKind.DISABLE_ACCOUNT, BREAKGLASS_UPN)
+    assert outcome.status is OutcomeStatus.REFUSED
+
+
+# privileged roles ----------------------------------------------------------------------------
+
+
+async def test_an_automatic_rule_never_disables_a_privileged_role_holder() -> None:
+    tenant = Tenant()
+    tenant.roles.assign(SECURITY_ADMIN, ADELE)
+    outcome = await tenant.run(ActionKind.DISABLE_ACCOUNT, ADELE)
+    assert outcome.status is OutcomeStatus.REFUSED and tenant.directory.writes == []
+    passed, detail = guard(outcome, "privileged_role")
+    assert not passed
+    assert detail == (
+        "holds privileged roles (Security Administrator); the rule does not allow disabling them"
+    )
+    assert outcome.error == detail
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"params": {"allow_privileged": True}},
+        {"requested_by": Actor(kind="engineer", name="ada@contoso.com")},
+    ],
+)
+async def test_an_allowed_privileged_disable_waits_for_an_engineers_approval(
+    fields: dict[str, Any],
+) -> None:
+    tenant = Tenant()
+    tenant.roles.assign(SECURITY_ADMIN, ADELE)
+    outcome = await tenant.run(ActionKind.DISABLE_ACCOUNT, ADELE, **fields)
+    assert outcome.status is OutcomeStatus.HELD and tenant.directory.writes == []
+    assert guard(outcome, "privileged_role") == (True, "holds Security Administrator")
+    assert guard(outcome, "approval") == (
+        False,
+        "holds privileged roles (Security Administrator): waits for an engineer's approval",
+    )
+
+
+async def test_an_approved_privileged_disable_runs() -> None:
+    tenant = Tenant()
+    tenant.roles.assign(SECURITY_ADMIN, ADELE)
+    params = APPROVED
+    outcome = await tenant.run(ActionKind.DISABLE_ACCOUNT, ADELE, params=params)
+    assert outcome.status is OutcomeStatus.EXECUTED
+    assert tenant.directory.writes == [("accountEnabled", ADELE, False)]
+    assert guard(outcome, "approval") == (True, "by grace@contoso.com")
+
+
+async def test_roles_outside_the_privileged_list_do_not_hold_a_disable() -> None:
+    tenant = Tenant()
+    tenant.roles.assign("88d8e3e3-8f55-4a1e-953a-9b9898b8876b", ADELE)  # Directory Readers
+    outcome = await tenant.run(ActionKind.DISABLE_ACCOUNT, ADELE)
+    assert outcome.status is OutcomeStatus.EXECUTED
+    assert guard(outcome, "privileged_role") == (True, "")
+
+
+# the Global Administrator minimum ------------------------------------------------------------
+
+
+async def test_a_global_admin_is_not_disabled_when_only_the_minimum_is_enabled() -> None:
+    tenant = Tenant(min_global_admins=2)
+    tenant.global_admins(True, True, False)
+    params = APPROVED
+    outcome = await tenant.run(ActionKind.DISABLE_ACCOUNT, GA_1, params=params)
+    assert outcome.status is OutcomeStatus.REFUSED and tenant.directory.writes == []
+    assert guard(outcome, "global_admin_minimum") == (
+        False,
+        "2 enabled Global Administrators; at least 2 must stay enabled",
+    )
+    assert outcome.error == guard(outcome, "global_admin_minimum")[1]
+
+
+async def test_a_global_admin_above_the_minimum_is_disabled_after_approval() -> None:
+    tenant = Tenant(min_global_admins=2)
+    tenant.global_admins(True, True, True)
+    params = APPROVED
+    outcome = await tenant.run(ActionKind.DISABLE_ACCOUNT, GA_1, params=params)
+    assert outcome.status is OutcomeStatus.EXECUTED
+    assert guard(outcome, "global_admin_minimum") == (
+        True,
+        "3 enabled Global Administrators; at least 2 must stay enabled",
+    )
+    assert guard(outcome, "privileged_role") == (True, "holds Global Administrator")
+    assert tenant.leases.acquired == [(GA_LEASE, f"act-disable_account-{GA_1}")]
+    assert tenant.leases.held == {}
+
+
+async def test_groups_and_service_principals_holding_the_role_do_not_count() -> None:
+    tenant = Tenant(min_global_admins=2)
+    tenant.global_admins(True, True, True)
+    tenant.roles.assign(GLOBAL_ADMINISTRATOR, "7e000000-0000-4000-8000-00000000000a")
+    params = APPROVED
+    outcome = await tenant.run(ActionKind.DISABLE_ACCOUNT, GA_1, params=params)
+    assert guard(outcome, "global_admin_minimum")[1].startswith("3 enabled")
+
+
+async def test_a_directory_error_while_counting_is_not_taken_for_a_missing_user() -> None:
+    tenant = Tenant(min_global_admins=1)
+    tenant.global_admins(True, True)
+    broken = tenant.directory.get_user
+
+    async def flaky(user: str) -> Any:
+        if user == GA_2:
+            raise PermanentError("Forbidden", status=403)
+        return await broken(user)
+
+    tenant.directory.get_user = flaky  # type: ignore[method-assign]
+    with pytest.raises(PermanentError, match="Forbidden"):
+        await tenant.run(ActionKind.DISABLE_ACCOUNT, GA_1, params=APPROVED)
+    assert tenant.directory.writes == []
+    assert tenant.leases.held == {}
+
+
+async def test_the_global_admin_minimum_holds_under_concurrent_disables() -> None:
+    """Three enabled Global Administrators, at least two must stay: of two disables running at
+    once, exactly one may succeed. Without the lease both would count three."""
+    tenant = Tenant(min_global_admins=2)
+    tenant.global_admins(True, True, True)
+    params = APPROVED
+    outcomes = await asyncio.gather(
+        tenant.run(ActionKind.DISABLE_ACCOUNT, GA_1, params=params),
+        tenant.run(ActionKind.DISABLE_ACCOUNT, GA_2, params=params),
+    )
+    assert sorted(o.status for o in outcomes) == [OutcomeStatus.EXECUTED, OutcomeStatus.REFUSED]
+    enabled = [u for u in (GA_1, GA_2, GA_3) if tenant.directory.users[u].account_enabled]
+    assert len(enabled) == 2
+    assert tenant.leases.held == {}
+
+
+async def test_a_disable_of_someone_else_never_waits_for_the_global_admin_lease() -> None:
+    tenant = Tenant()
+    tenant.leases.held[GA_LEASE] = "a-long-running-disable"
+    outcome = await tenant.run(ActionKind.DISABLE_ACCOUNT, ADELE)
+    assert outcome.status is OutcomeStatus.EXECUTED and tenant.leases.acquired == []
+
+
+async def test_a_lease_held_too_long_elsewhere_is_a_transient_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(accounts, "LEASE_WAIT_S", -1.0)
+    tenant = Tenant(min_global_admins=1)
+    tenant.global_admins(True, True)
+    tenant.leases.held[GA_LEASE] = "a-long-running-disable"
+    with pytest.raises(TransientError, match="another Global Administrator disable"):
+        await tenant.run(ActionKind.DISABLE_ACCOUNT, GA_1, params=APPROVED)
+    assert tenant.directory.writes == []
+    assert tenant.leases.held == {GA_LEASE: "a-long-running-disable"}
+
+
+async def test_the_lease_is_given_back_when_the_write_fails() -> None:
+    tenant = Tenant(min_global_admins=1)
+    tenant.global_admins(True, True)
+    tenant.directory.fail_writes = PermanentError("Bad request", status=400)
+    with pytest.raises(PermanentError):
+        await tenant.run(ActionKind.DISABLE_ACCOUNT, GA_1, params=APPROVED)
+    assert tenant.leases.held == {}
+
+
+# a write Graph refuses -----------------------------------------------------------------------
+
+
+async def test_a_403_on_an_admins_account_names_the_role_the_app_lacks() -> None:
+    tenant = Tenant(min_global_admins=1)
+    tenant.global_admins(True, True)
+    tenant.directory.fail_writes = PermanentError(
+        "Insufficient privileges", status=403, request_id="req-9"
+    )
+    with pytest.raises(PermanentError) as raised:
+        await tenant.run(ActionKind.DISABLE_ACCOUNT, GA_1, params=APPROVED)
+    error = raised.value
+    assert (error.status, error.request_id) == (403, "req-9")
+    assert str(error) == (
+        "Insufficient privileges - the app's identity lacks the directory role to change this "
+        "account: accounts holding admin roles (Global Administrator) need the app to hold "
+        "Privileged Authentication Administrator (or Global Administrator)"
+    )
+
+
+async def test_other_refusals_pass_through_unchanged() -> None:
+    tenant = Tenant()
+    refused = PermanentError("Bad request", status=400)
+    tenant.directory.fail_writes = refused
+    with pytest.raises(PermanentError) as raised:
+        await tenant.run(ActionKind.REVOKE_SESSIONS, ADELE)
+    assert raised.value is refused
+    assert explain_denied(refused, []) is refused
+
+
+def test_role_names_reads_known_roles_by_name_and_keeps_unknown_ids() -> None:
+    assert role_names([]) == "none"
+    assert role_names([SECURITY_ADMIN, "x-1"]) == "Security Administrator, x-1"

@@ -1,0 +1,150 @@
+"""The published hash format (docs/audit.md): known-answer vectors, checked against the product
+and against an independent verifier written from the document alone."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.audit import GENESIS_HASH, AuditChain, canonical_json, chain_entry, entry_body
+from shared.audit_query import export_jsonl
+from shared.models import Actor, AuditEntry, AuditEvent
+from tests import independent_verifier as auditor
+from tests.fakes import MemoryAuditStore
+
+ROOT = Path(__file__).resolve().parents[2]
+VECTORS: list[dict[str, Any]] = json.loads(
+    (ROOT / "tests/fixtures/audit/vectors.json").read_text(encoding="utf-8")
+)["vectors"]
+DOC = (ROOT / "docs/audit.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=lambda v: f"seq{v['seq']}")
+def test_the_product_computes_every_known_answer(vector: dict[str, Any]) -> None:
+    entry = AuditEntry.model_validate(vector["entry"])
+    assert entry_body(entry) == vector["canonical"]
+    record = chain_entry(vector["seq"], vector["prev_hash"], entry)
+    assert (record.body, record.hash) == (vector["canonical"], vector["hash"])
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=lambda v: f"seq{v['seq']}")
+def test_the_independent_verifier_computes_every_known_answer(vector: dict[str, Any]) -> None:
+    body = auditor.body_of(vector["entry"])
+    assert body == vector["canonical"]
+    assert auditor.record_hash(vector["seq"], vector["prev_hash"], body) == vector["hash"]
+
+
+def test_the_vectors_form_a_chain_from_the_genesis_hash() -> None:
+    assert VECTORS[0]["prev_hash"] == GENESIS_HASH == auditor.GENESIS
+    for older, newer in zip(VECTORS, VECTORS[1:], strict=False):
+        assert (newer["seq"], newer["prev_hash"]) == (older["seq"] + 1, older["hash"])
+
+
+def test_the_document_publishes_the_same_vectors() -> None:
+    for vector in VECTORS:
+        assert f"`{vector['hash']}`" in DOC
+        assert vector["prev_hash"] in DOC
+        # the canonical text verbatim (for the oversized entry: its slim form)
+        assert vector["canonical"] in DOC
+
+
+async def test_the_vector_entries_chained_by_the_product_give_the_vector_hashes() -> None:
+    store = MemoryAuditStore()
+    records = await AuditChain(store).append_all(
+        [AuditEntry.model_validate(v["entry"]) for v in VECTORS]
+    )
+    assert [r.hash for r in records] == [v["hash"] for v in VECTORS]
+
+
+def test_canonical_text_is_sorted_compact_and_unescaped() -> None:
+    # Code point order puts U+FF01 before U+1F6A8 (UTF-16 order would not).
+    value = {"b": 1, "a": [True, None], "ü": "€\x7f", "🚨": 0, "！": 0.5}
+    text = '{"a":[true,null],"b":1,"ü":"€\x7f","！":0.5,"🚨":0}'
+    assert canonical_json(value) == text == auditor.canonical(value)
+
+
+def entries() -> list[AuditEntry]:
+    plain = [
+        AuditEntry(
+            event=AuditEvent.ACTION_EXECUTED,
+            actor=Actor(),
+            action_id=f"act-{n}",
+            kind="disable_account",
+            target="adele.vance@contoso.onmicrosoft.com",
+            reason=f"drill {n}: Übung – 訓練",
+            result={"before": {"accountEnabled": True}, "n": n, "ratio": n / 8},
+        )
+        for n in range(1, 6)
+    ]
+    huge = AuditEntry(
+        event=AuditEvent.ACTION_EXECUTED,
+        actor=Actor(kind="engineer", name="jürgen@contoso.de"),
+        result={"before": {"blob": "ß" * 40_000}},
+    )
+    return [*[AuditEntry.model_validate(v["entry"]) for v in VECTORS], *plain, huge]
+
+
+async def exported(store: MemoryAuditStore) -> str:
+    """The trail as the product exports it (`responder audit export --format jsonl`)."""
+    return "".join([line async for line in export_jsonl(store.newest_first())])
+
+
+async def test_an_exported_trail_verifies_with_the_independent_verifier() -> None:
+    store = MemoryAuditStore()
+    records = await AuditChain(store).append_all(entries())
+    verdict = auditor.verify_jsonl(await exported(store))
+    assert verdict.first_broken is None, verdict.problem
+    assert (verdict.records, verdict.head_hash) == (len(records), records[-1].hash)
+
+
+def edit(text: str, seq: int, change: Any) -> str:
+    lines = [json.loads(line) for line in text.splitlines()]
+    for line in lines:
+        if line["seq"] == seq:
+            change(line)
+    return "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("seq", "change", "problem"),
+    [
+        (4, lambda line: line["entry"].update(target="someone.else@contoso.com"), "content"),
+        (2, lambda line: line["entry"]["result"].update(sha256="0" * 64), "content"),
+        (6, lambda line: line["entry"].update(reason=line["entry"]["reason"] + " "), "content"),
+        (5, lambda line: line.update(prev_hash="f" * 64), "link"),
+        (1, lambda line: line["entry"]["actor"].update(kind="engineer"), "content"),
+    ],
+)
+async def test_the_independent_verifier_finds_a_changed_record(
+    seq: int, change: Any, problem: str
+) -> None:
+    store = MemoryAuditStore()
+    await AuditChain(store).append_all(entries())
+    verdict = auditor.verify_jsonl(edit(await exported(store), seq, change))
+    assert verdict.first_broken == seq
+    assert problem in (verdict.problem or "")
+
+
+async def test_the_independent_verifier_finds_a_removed_record() -> None:
+    store = MemoryAuditStore()
+    await AuditChain(store).append_all(entries())
+    lines = (await exported(store)).splitlines(keepends=True)
+    removed = [line for line in lines if json.loads(line)["seq"] != 3]
+    verdict = auditor.verify_jsonl("".join(removed))
+    assert verdict.first_broken == 3 and "missing" in (verdict.problem or "")
+
+
+async def test_the_oversized_result_is_stored_as_its_digest_which_the_auditor_recomputes() -> None:
+    huge = entries()[-1]
+    [record] = await AuditChain(MemoryAuditStore()).append_all([huge])
+    result = auditor.canonical({"before": {"blob": "ß" * 40_000}})
+    assert record.entry.result == {
+        "truncated": True,
+        "chars": 40_000 + len('{"before":{"blob":""}}'),
+        "sha256": hashlib.sha256(result.encode()).hexdigest(),
+    }
+    assert record.body == auditor.body_of(huge.model_dump(mode="json"))
