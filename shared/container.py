@@ -35,6 +35,7 @@ from shared.adapters.state_table import (
     TableLeases,
 )
 from shared.adapters.table_service import ensure_tables, table_service
+from shared.adapters.token_grants import TokenGrants, explain_refusals
 from shared.adapters.watch_table import (
     TableNotificationClaims,
     TableSnapshots,
@@ -51,6 +52,7 @@ from shared.identity import TokenValidator
 from shared.intake import AlertIntake, BlastRadius
 from shared.manual import ManualActions
 from shared.models import utcnow
+from shared.permissions import EXCHANGE_AUDIENCE, GRAPH_AUDIENCE
 from shared.policy import Guards, Playbook, Policy
 from shared.poller import AlertPoller
 from shared.ports import ActionQueue
@@ -139,16 +141,23 @@ class Container:
         return build_graph_client(self.settings, self.credential)
 
     @cached_property
+    def token_grants(self) -> TokenGrants:
+        """What the app's own tokens say it holds."""
+        return TokenGrants(self.credential)
+
+    @cached_property
     def graph(self) -> GraphDirectory:
         from shared.adapters.graph import GraphDirectory
 
-        return GraphDirectory(self.graph_client)
+        return explain_refusals(
+            GraphDirectory(self.graph_client), self.token_grants, GRAPH_AUDIENCE
+        )
 
     @cached_property
     def graph_watch(self) -> GraphWatch:
         from shared.adapters.graph_subscriptions import GraphWatch
 
-        return GraphWatch(self.graph_client)
+        return explain_refusals(GraphWatch(self.graph_client), self.token_grants, GRAPH_AUDIENCE)
 
     @cached_property
     def notification_gate(self) -> NotificationGate:
@@ -206,12 +215,13 @@ class Container:
         """The Exchange admin client; None when EXCHANGE_TENANT is not set (no IP blocks)."""
         if self.settings.exchange_tenant is None:
             return None
-        return ExchangeAdmin(
+        admin = ExchangeAdmin(
             str(self.settings.exchange_base_url),
             self.settings.exchange_tenant,
             self.credential,
             self.settings.graph_timeout_s,
         )
+        return explain_refusals(admin, self.token_grants, EXCHANGE_AUDIENCE)
 
     @cached_property
     def blocklist(self) -> IpBlocklist | None:

@@ -41,3 +41,8 @@ class TransientError(ActionError):
 
 class PermanentError(ActionError):
     """Retrying cannot help (403, 404, bad request): audited as failed, not retried."""
+
+
+class MissingPermission(PermanentError):
+    """Refused because the app's token lacks an application permission (or the Exchange role
+    the operation needs); the message names it. Fixed by a grant, never by a retry."""

@@ -66,7 +66,7 @@ class Manifest:
         return tuple(p for p in self.permissions if p.audience == audience)
 
     def needed(self, features: Iterable[Feature], audience: str | None = None) -> list[Permission]:
-        wanted = set(features) | {"always"}
+        wanted: set[Feature] = {*features, "always"}
         return [
             p
             for p in self.permissions

@@ -135,6 +135,10 @@ class AccessStore:
         with self._lock:
             self._app_roles = {r.lower() for r in role_ids}
 
+    def app_roles(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._app_roles)
+
     def check_account_write(self, user_id: str, group_ids: Iterable[str] = ()) -> None:
         """403, as Entra answers, when the target holds a privileged role (itself, or through
         one of the role-assignable `group_ids` it belongs to) and the app holds no role that
