@@ -394,6 +394,11 @@ class Settings(PolicySettings):
         alias="APPROVAL_SWEEP_SCHEDULE",
         description="NCRONTAB schedule of the sweep that expires unanswered approvals.",
     )
+    readiness_schedule: str = Field(
+        "0 0 6 * * *",
+        alias="READINESS_SCHEDULE",
+        description="NCRONTAB schedule of the daily readiness check (audits what fails).",
+    )
     webhook_secret: SecretStr | None = Field(
         None,
         alias="RESPONDER_WEBHOOK_SECRET",

@@ -27,6 +27,7 @@ from shared.adapters.notification_queue import (
     ServiceBusNotificationQueue,
 )
 from shared.adapters.queue import InMemoryActionQueue, ServiceBusActionQueue
+from shared.adapters.readiness_probes import AzureProbes, QueuePeek
 from shared.adapters.state_table import (
     StateTable,
     TableActivations,
@@ -56,6 +57,7 @@ from shared.permissions import EXCHANGE_AUDIENCE, GRAPH_AUDIENCE
 from shared.policy import Guards, Playbook, Policy
 from shared.poller import AlertPoller
 from shared.ports import ActionQueue
+from shared.readiness import Readiness
 from shared.watch.changes import ActiveIncident, ChangeProcessor
 from shared.watch.gate import NotificationGate
 from shared.watch.ports import NotificationQueue
@@ -93,7 +95,8 @@ class Container:
         self.notification_claims = TableNotificationClaims(state_table)
         self.stream_rows = TableStreamRows(state_table)
         self.guards = Guards.from_settings(settings)
-        self.policy = Policy(Playbook.load(settings.playbook_path), self.guards)
+        self.playbook = Playbook.load(settings.playbook_path)
+        self.policy = Policy(self.playbook, self.guards)
         self._prepared = False
 
     def _cursor_key(self) -> bytes:
@@ -314,6 +317,39 @@ class Container:
     @cached_property
     def sweeper(self) -> IpBlockSweeper:
         return IpBlockSweeper(self.blocks, self.queue)
+
+    @cached_property
+    def readiness(self) -> Readiness:
+        settings = self.settings
+        peek = None
+        if settings.queue is not QueueKind.MEMORY:
+            assert settings.service_bus_namespace is not None  # checked by Settings
+            peek = QueuePeek(
+                settings.service_bus_namespace,
+                [settings.actions_queue, settings.notifications_queue],
+                self.credential,
+            )
+        probes = AzureProbes(
+            self.tables,
+            [settings.audit_table, settings.state_table, settings.audit_index_table],
+            settings.audit_table,
+            peek,
+        )
+        return Readiness(
+            settings=settings,
+            playbook=self.playbook,
+            claims=self.token_grants,
+            azure=probes,
+            emergency=self.emergency,
+            subscriptions=self.subscription_store,
+            graph_subscriptions=self.graph_watch,
+            desired=desired_subscriptions(
+                settings.watched_users, settings.watched_groups, settings.watch_all_users
+            ),
+            exchange=self.exchange,
+            jwks_keys=self.jwks.published if self.jwks else None,
+            clock=self.clock,
+        )
 
     @cached_property
     def poller(self) -> AlertPoller:
