@@ -48,9 +48,10 @@ class ReadinessDrill(Scenario):
             sim.add_user(user)
             sim.assign_role(user.id, GLOBAL_ADMINISTRATOR)
         sim.add_ca_policy("Require MFA for everyone", exclude_users=[u.id for u in EMERGENCY])
-        for permission in FORGOTTEN:
-            sim.revoke_grant(permission)
         sim.set_exchange_roles([])
+
+    def grants(self, deployed: frozenset[str]) -> frozenset[str]:
+        return deployed - set(FORGOTTEN)
 
     async def drive(self, ctx: DrillContext) -> None:
         ctx.mark("timer", "check_readiness fires (READINESS_SCHEDULE)")

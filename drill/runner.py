@@ -138,10 +138,11 @@ def deployment_grants(settings: Settings) -> frozenset[str]:
 
 async def run_scenario(scenario: Scenario) -> DrillReport:
     with SimulatedTenant() as sim, Azurite() as azurite:
-        settings = drill_settings(sim, azurite, scenario)
-        # The drill's identity holds exactly what the deployment would grant it.
-        sim.set_grants(deployment_grants(settings))
         scenario.prepare(sim, utcnow())
+        settings = drill_settings(sim, azurite, scenario)
+        # The drill's identity holds exactly what the deployment would grant it (less what a
+        # scenario leaves out on purpose).
+        sim.set_grants(scenario.grants(deployment_grants(settings)))
         clock = DrillClock()
         services = container.Container(settings, clock)
         container.install(services)

@@ -263,7 +263,9 @@ class Settings(PolicySettings):
     simulator_token: SecretStr | None = Field(
         None,
         alias="SIMULATOR_TOKEN",
-        description="Bearer token the simulated tenant accepts (credential=simulator only).",
+        description=(
+            "Client secret of the simulated tenant's token endpoint (credential=simulator only)."
+        ),
     )
     queue: QueueKind = Field(
         QueueKind.SERVICE_BUS,
