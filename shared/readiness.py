@@ -117,7 +117,8 @@ class Readiness:
             self._directory_role,
             self._subscriptions,
             self._emergency,
-            self._storage_and_queue,
+            self._tables,
+            self._queue,
             self._audit_insert_only,
             self._api_registration,
             self._settings,
@@ -126,7 +127,7 @@ class Readiness:
             try:
                 report.checks += await step()
             except Exception as exc:  # noqa: BLE001 - one broken probe must not hide the rest
-                name = step.__name__.strip("_").replace("_", " ")
+                name = _STEP_NAMES.get(step.__name__, step.__name__.strip("_").replace("_", " "))
                 logger.warning("readiness: %s failed: %s", name, exc)
                 report.checks.append(
                     Check(
@@ -338,10 +339,11 @@ class Readiness:
             for f in findings
         ]
 
-    async def _storage_and_queue(self) -> list[Check]:
-        tables = await self.azure.tables_reachable()
-        queue = await self.azure.queue_reachable()
-        return [Check("tables reachable", True, tables), Check("queue reachable", True, queue)]
+    async def _tables(self) -> list[Check]:
+        return [Check("tables reachable", True, await self.azure.tables_reachable())]
+
+    async def _queue(self) -> list[Check]:
+        return [Check("queue reachable", True, await self.azure.queue_reachable())]
 
     async def _audit_insert_only(self) -> list[Check]:
         refused, detail = await self.azure.audit_update_refused()
@@ -412,6 +414,17 @@ class Readiness:
                 "azd env set <SETTING> <value>; azd provision" if missing else "",
             )
         ]
+
+
+# A step that raises is reported under the name its passing line has.
+_STEP_NAMES = {
+    "_tables": "tables reachable",
+    "_queue": "queue reachable",
+    "_audit_insert_only": "audit table insert-only",
+    "_api_registration": "API app registration",
+    "_emergency": "emergency access",
+    "_subscriptions": "change notification subscriptions",
+}
 
 
 def _short(exc: Exception) -> str:

@@ -253,3 +253,18 @@ async def test_the_probe_passes_where_the_update_is_refused() -> None:
     refused, detail = await probes.audit_update_refused()
     assert refused and detail.startswith("update refused: 403")
     assert [e["PartitionKey"] for e in table.created] == ["readiness-probe"]
+
+
+async def test_tables_that_cannot_be_read_fail_under_their_own_names(
+    tenant: SimulatedTenant, azurite: Azurite
+) -> None:
+    settings = settings_for(tenant, azurite, **readiness_settings(tenant, azurite))
+    built = Container(settings)  # not prepared: its tables were never created
+    try:
+        report = await built.readiness.run()
+    finally:
+        await built.close()
+    failures = failed(report)
+    assert "could not be checked: ResourceNotFoundError" in failures["tables reachable"].detail
+    assert "could not be checked" in failures["audit table insert-only"].detail
+    assert "Graph permission User.Read.All" not in failures
