@@ -111,6 +111,11 @@ class Scenario(ABC):
         """Settings beside the drill's defaults (protected identities, allow-lists)."""
         return {}
 
+    def grants(self, deployed: frozenset[str]) -> frozenset[str]:
+        """The application permissions the drill's identity holds, given what the deployment
+        grants (shared/permissions.json for the scenario's settings)."""
+        return deployed
+
     @abstractmethod
     def prepare(self, sim: SimulatedTenant, now: datetime) -> None:
         """Seed the simulated tenant."""

@@ -17,11 +17,14 @@ from shared import container
 from shared.audit import VerifyReport
 from shared.config import Settings
 from shared.models import ActionKind, AuditEvent, AuditRecord, utcnow
+from shared.permissions import EXCHANGE_AUDIENCE, GRAPH_AUDIENCE, features_of, manifest
+from shared.policy import Playbook
 from shared.simulator import SimulatedTenant
 
 CONTAINED = {AuditEvent.ACTION_EXECUTED, AuditEvent.ACTION_ALREADY_DONE}
 REVERTS = {str(ActionKind.ENABLE_ACCOUNT), str(ActionKind.UNBLOCK_IP)}
 TIMELINE_ROWS = 40
+DRILL_API_CLIENT_ID = "7d0b3c52-1f6e-4a8d-9b2c-5e4f3a2b1c0d"
 
 
 @dataclass
@@ -117,15 +120,31 @@ def drill_settings(sim: SimulatedTenant, azurite: Azurite, scenario: Scenario) -
         "GRAPH_RETRY_DELAY_SECONDS": 0.5,
         "EXCHANGE_BASE_URL": sim.exchange_base_url,
         "EXCHANGE_TENANT": sim.default_domain,
+        # The API's registration: a v2.0 client id, the tenant's issuer and signing keys.
+        "AUTH_AUDIENCE": DRILL_API_CLIENT_ID,
+        "AUTH_ISSUER": sim.issuer,
+        "AUTH_JWKS_URL": sim.jwks_url,
     }
     return Settings.model_validate({**values, **scenario.settings()})
+
+
+def deployment_grants(settings: Settings) -> frozenset[str]:
+    """What infra/grant-graph-permissions.sh grants for the features these settings use."""
+    features = features_of(settings, Playbook.load(settings.playbook_path))
+    return manifest().grants(features, GRAPH_AUDIENCE) | manifest().grants(
+        features, EXCHANGE_AUDIENCE
+    )
 
 
 async def run_scenario(scenario: Scenario) -> DrillReport:
     with SimulatedTenant() as sim, Azurite() as azurite:
         scenario.prepare(sim, utcnow())
+        settings = drill_settings(sim, azurite, scenario)
+        # The drill's identity holds exactly what the deployment would grant it (less what a
+        # scenario leaves out on purpose).
+        sim.set_grants(scenario.grants(deployment_grants(settings)))
         clock = DrillClock()
-        services = container.Container(drill_settings(sim, azurite, scenario), clock)
+        services = container.Container(settings, clock)
         container.install(services)
         try:
             await services.prepare()

@@ -266,6 +266,40 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/readiness": {
+                "get": {
+                    "operationId": "readiness",
+                    "summary": "The readiness checklist against the live tenant, read with the "
+                    "app's own identity; writes nothing to the tenant (role Responder.Act)",
+                    "security": secured,
+                    "responses": {
+                        "200": _json(
+                            "The checklist; `ok` is false when any check fails",
+                            {
+                                "type": "object",
+                                "required": ["ok", "checks"],
+                                "properties": {
+                                    "ok": {"type": "boolean"},
+                                    "checks": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "required": ["name", "passed", "detail", "fix"],
+                                            "properties": {
+                                                "name": {"type": "string"},
+                                                "passed": {"type": "boolean"},
+                                                "detail": {"type": "string"},
+                                                "fix": {"type": "string"},
+                                            },
+                                        },
+                                    },
+                                },
+                            },
+                        ),
+                        **_problems(401, 403, 503),
+                    },
+                }
+            },
             "/health": {
                 "get": {
                     "operationId": "health",

@@ -9,44 +9,32 @@
 # Administrator). It is idempotent: permissions already granted are skipped.
 #
 # Usage:
-#   infra/grant-graph-permissions.sh [--check] [--with-signin-block] [--with-breakglass]
-#                                    [MANAGED_IDENTITY_PRINCIPAL_ID]
+#   infra/grant-graph-permissions.sh [--check] [--with-breakglass] [--with-signin-block]
+#                                    [--with-watched-groups] [MANAGED_IDENTITY_PRINCIPAL_ID]
 #
-#   --check              only report; exit 1 if a permission is missing, grant nothing.
-#   --with-signin-block  also grant the Conditional Access write permission that playbooks with
-#                        `signin_block = true` need (named locations).
-#   --with-breakglass    also grant it for activate_breakglass / deactivate_breakglass, which
-#                        add and remove the emergency accounts' policy exclusions.
+#   --check                only report; exit 1 if a permission is missing, grant nothing.
+#   --with-breakglass      also grant what emergency access needs (BREAKGLASS_ACCOUNTS set):
+#                          the Conditional Access write permission for the policy exclusions.
+#   --with-signin-block    also grant what playbooks with `signin_block = true` need (the same
+#                          permission, for named locations).
+#   --with-watched-groups  also grant Group.Read.All, which Graph requires for change
+#                          notification subscriptions on groups (WATCHED_GROUPS set).
 #   Policy.ReadWrite.ConditionalAccess can rewrite every CA policy of the tenant, so it is
 #   granted only on request.
 #   The principal id defaults to $MANAGED_IDENTITY_PRINCIPAL_ID, then to the azd environment's
 #   MANAGED_IDENTITY_PRINCIPAL_ID output.
 #
-# Acting on accounts that hold admin roles needs an Entra role for the identity as well, and
-# Exchange.ManageAsApp needs an Exchange role for the app that holds transport rule management;
-# see the README.
+# What is granted comes from shared/permissions.json, the manifest the simulated tenant and
+# `responder doctor` read too. Acting on accounts that hold admin roles needs an Entra role for
+# the identity as well, and Exchange.ManageAsApp needs an Exchange role for the app that holds
+# transport rule management; see the README (`responder doctor` checks both).
 set -euo pipefail
 
 readonly GRAPH_APP_ID="00000003-0000-0000-c000-000000000000"
 readonly EXCHANGE_APP_ID="00000002-0000-0ff1-ce00-000000000000"
 readonly GRAPH="https://graph.microsoft.com/v1.0"
-
-# One permission per line; tests/unit/test_infra.py compares this list with the adapter's docstrings.
-readonly GRAPH_PERMISSIONS=(
-  User.Read.All
-  GroupMember.Read.All
-  User.EnableDisableAccount.All
-  User.RevokeSessions.All
-  SecurityAlert.Read.All
-  Policy.Read.All
-  RoleManagement.Read.Directory
-)
-readonly CONDITIONAL_ACCESS_WRITE_PERMISSIONS=(
-  Policy.ReadWrite.ConditionalAccess
-)
-readonly EXCHANGE_PERMISSIONS=(
-  Exchange.ManageAsApp
-)
+MANIFEST="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/shared/permissions.json"
+readonly MANIFEST
 
 die() {
   echo "grant-graph-permissions: $*" >&2
@@ -54,15 +42,35 @@ die() {
 }
 
 check_only=false
-ca_write=false
+features=(always)
 while [[ "${1:-}" == --* ]]; do
   case "$1" in
     --check) check_only=true ;;
-    --with-signin-block | --with-breakglass) ca_write=true ;;
+    --with-breakglass) features+=(breakglass) ;;
+    --with-signin-block) features+=(signin_block) ;;
+    --with-watched-groups) features+=(watched_groups) ;;
     *) die "unknown option $1" ;;
   esac
   shift
 done
+
+# permissions_of APP_ID: the manifest's permissions of that resource app for the chosen
+# features, one per line.
+permissions_of() {
+  python3 - "$MANIFEST" "$1" "${features[@]}" <<'PY'
+import json
+import sys
+
+manifest, app_id, *features = sys.argv[1:]
+with open(manifest, encoding="utf-8") as source:
+    resources = json.load(source)["resources"]
+for resource in resources:
+    if resource["app_id"] == app_id:
+        for permission in resource["permissions"]:
+            if set(permission["features"]) & set(features):
+                print(permission["name"])
+PY
+}
 
 principal_id="${1:-${MANAGED_IDENTITY_PRINCIPAL_ID:-}}"
 if [[ -z "$principal_id" ]] && command -v azd >/dev/null 2>&1; then
@@ -128,11 +136,14 @@ grant() {
   done <<<"$assigned"
 }
 
-if [[ "$ca_write" == true ]]; then
-  grant "$GRAPH_APP_ID" "${GRAPH_PERMISSIONS[@]}" "${CONDITIONAL_ACCESS_WRITE_PERMISSIONS[@]}"
-else
-  grant "$GRAPH_APP_ID" "${GRAPH_PERMISSIONS[@]}"
-fi
-grant "$EXCHANGE_APP_ID" "${EXCHANGE_PERMISSIONS[@]}"
+[[ -r "$MANIFEST" ]] || die "cannot read the permission manifest $MANIFEST"
+command -v python3 >/dev/null 2>&1 || die "python3 is required to read the manifest"
+mapfile -t graph_permissions < <(permissions_of "$GRAPH_APP_ID")
+mapfile -t exchange_permissions < <(permissions_of "$EXCHANGE_APP_ID")
+((${#graph_permissions[@]} > 0 && ${#exchange_permissions[@]} > 0)) ||
+  die "the manifest names no permissions for Graph or Exchange"
+
+grant "$GRAPH_APP_ID" "${graph_permissions[@]}"
+grant "$EXCHANGE_APP_ID" "${exchange_permissions[@]}"
 
 exit "$missing"

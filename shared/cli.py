@@ -1,10 +1,10 @@
 """The `responder` command: plan an alert (offline, or rehearsed against the tenant), run a
-drill, decide held actions, check the emergency accounts, verify, query and export the audit
-trail.
+drill, decide held actions, check the emergency accounts, check readiness against the tenant
+(`doctor`), verify, query and export the audit trail.
 
-Exit codes: 0 success, 1 a drill check or the audit verification failed, 2 bad input or
-settings, or a service that cannot be reached or refuses the sign-in (with a one-line reason on
-stderr).
+Exit codes: 0 success, 1 a drill check, a readiness check or the audit verification failed,
+2 bad input or settings, or a service that cannot be reached or refuses the sign-in (with a
+one-line reason on stderr).
 
 Settings come from the environment and, with `--settings FILE`, from a local.settings.json
 file's `Values` (the file wins where both name a setting). `--credential` chooses the sign-in:
@@ -87,6 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     breakglass_commands = breakglass.add_subparsers(dest="breakglass_command", required=True)
     check = breakglass_commands.add_parser("check", help="health check; audits nothing")
     check.add_argument("--json", action="store_true")
+
+    doctor = commands.add_parser(
+        "doctor",
+        help="readiness checklist against the live tenant (reads only); exit 1 when a check fails",
+    )
+    doctor.add_argument("--json", action="store_true", help="print one JSON object")
 
     drill = commands.add_parser(
         "drill",
@@ -261,6 +267,20 @@ async def _breakglass_check(services: Container, args: argparse.Namespace) -> in
     for finding in [] if args.json else findings:
         print(f"  [PROBLEM] {finding.account}: {finding.problem}")
     return EXIT_FAILED if findings else EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    return asyncio.run(_with_services(_doctor, args))
+
+
+async def _doctor(services: Container, args: argparse.Namespace) -> int:
+    report = await services.readiness.run()
+    if args.json:
+        _print_json(report.as_dict())
+    else:
+        for line in report.lines():
+            print(line)
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def cmd_drill(args: argparse.Namespace) -> int:
@@ -509,6 +529,7 @@ COMMANDS = {
     "audit": cmd_audit,
     "approvals": cmd_approvals,
     "breakglass": cmd_breakglass,
+    "doctor": cmd_doctor,
 }
 
 

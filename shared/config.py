@@ -271,7 +271,9 @@ class Settings(PolicySettings):
     simulator_token: SecretStr | None = Field(
         None,
         alias="SIMULATOR_TOKEN",
-        description="Bearer token the simulated tenant accepts (credential=simulator only).",
+        description=(
+            "Client secret of the simulated tenant's token endpoint (credential=simulator only)."
+        ),
     )
     queue: QueueKind = Field(
         QueueKind.SERVICE_BUS,
@@ -401,6 +403,11 @@ class Settings(PolicySettings):
         "0 */5 * * * *",
         alias="APPROVAL_SWEEP_SCHEDULE",
         description="NCRONTAB schedule of the sweep that expires unanswered approvals.",
+    )
+    readiness_schedule: str = Field(
+        "0 0 6 * * *",
+        alias="READINESS_SCHEDULE",
+        description="NCRONTAB schedule of the daily readiness check (audits what fails).",
     )
     webhook_secret: SecretStr | None = Field(
         None,

@@ -27,6 +27,7 @@ from shared.adapters.notification_queue import (
     ServiceBusNotificationQueue,
 )
 from shared.adapters.queue import InMemoryActionQueue, ServiceBusActionQueue
+from shared.adapters.readiness_probes import AzureProbes, QueuePeek
 from shared.adapters.state_table import (
     StateTable,
     TableActivations,
@@ -35,6 +36,7 @@ from shared.adapters.state_table import (
     TableLeases,
 )
 from shared.adapters.table_service import ensure_tables, table_service
+from shared.adapters.token_grants import TokenGrants, explain_refusals
 from shared.adapters.watch_table import (
     TableNotificationClaims,
     TableSnapshots,
@@ -51,9 +53,11 @@ from shared.identity import TokenValidator
 from shared.intake import AlertIntake, BlastRadius
 from shared.manual import ManualActions
 from shared.models import utcnow
+from shared.permissions import EXCHANGE_AUDIENCE, GRAPH_AUDIENCE
 from shared.policy import Guards, Playbook, Policy
 from shared.poller import AlertPoller
 from shared.ports import ActionQueue
+from shared.readiness import Readiness
 from shared.watch.changes import ActiveIncident, ChangeProcessor
 from shared.watch.gate import NotificationGate
 from shared.watch.ports import NotificationQueue
@@ -91,7 +95,8 @@ class Container:
         self.notification_claims = TableNotificationClaims(state_table)
         self.stream_rows = TableStreamRows(state_table)
         self.guards = Guards.from_settings(settings)
-        self.policy = Policy(Playbook.load(settings.playbook_path), self.guards)
+        self.playbook = Playbook.load(settings.playbook_path)
+        self.policy = Policy(self.playbook, self.guards)
         self._prepared = False
 
     def _cursor_key(self) -> bytes:
@@ -139,16 +144,23 @@ class Container:
         return build_graph_client(self.settings, self.credential)
 
     @cached_property
+    def token_grants(self) -> TokenGrants:
+        """What the app's own tokens say it holds."""
+        return TokenGrants(self.credential)
+
+    @cached_property
     def graph(self) -> GraphDirectory:
         from shared.adapters.graph import GraphDirectory
 
-        return GraphDirectory(self.graph_client)
+        return explain_refusals(
+            GraphDirectory(self.graph_client), self.token_grants, GRAPH_AUDIENCE
+        )
 
     @cached_property
     def graph_watch(self) -> GraphWatch:
         from shared.adapters.graph_subscriptions import GraphWatch
 
-        return GraphWatch(self.graph_client)
+        return explain_refusals(GraphWatch(self.graph_client), self.token_grants, GRAPH_AUDIENCE)
 
     @cached_property
     def notification_gate(self) -> NotificationGate:
@@ -207,12 +219,13 @@ class Container:
         """The Exchange admin client; None when EXCHANGE_TENANT is not set (no IP blocks)."""
         if self.settings.exchange_tenant is None:
             return None
-        return ExchangeAdmin(
+        admin = ExchangeAdmin(
             str(self.settings.exchange_base_url),
             self.settings.exchange_tenant,
             self.credential,
             self.settings.graph_timeout_s,
         )
+        return explain_refusals(admin, self.token_grants, EXCHANGE_AUDIENCE)
 
     @cached_property
     def blocklist(self) -> IpBlocklist | None:
@@ -305,6 +318,39 @@ class Container:
     @cached_property
     def sweeper(self) -> IpBlockSweeper:
         return IpBlockSweeper(self.blocks, self.queue)
+
+    @cached_property
+    def readiness(self) -> Readiness:
+        settings = self.settings
+        peek = None
+        if settings.queue is not QueueKind.MEMORY:
+            assert settings.service_bus_namespace is not None  # checked by Settings
+            peek = QueuePeek(
+                settings.service_bus_namespace,
+                [settings.actions_queue, settings.notifications_queue],
+                self.credential,
+            )
+        probes = AzureProbes(
+            self.tables,
+            [settings.audit_table, settings.state_table, settings.audit_index_table],
+            settings.audit_table,
+            peek,
+        )
+        return Readiness(
+            settings=settings,
+            playbook=self.playbook,
+            claims=self.token_grants,
+            azure=probes,
+            emergency=self.emergency,
+            subscriptions=self.subscription_store,
+            graph_subscriptions=self.graph_watch,
+            desired=desired_subscriptions(
+                settings.watched_users, settings.watched_groups, settings.watch_all_users
+            ),
+            exchange=self.exchange,
+            jwks_keys=self.jwks.published if self.jwks else None,
+            clock=self.clock,
+        )
 
     @cached_property
     def poller(self) -> AlertPoller:

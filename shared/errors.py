@@ -46,3 +46,8 @@ class PermanentError(ActionError):
 class NotFoundError(PermanentError):
     """What the action names does not exist (for Exchange: the cmdlet's exception says so,
     whatever the HTTP status). Callers that can tell "already gone" from a failure use it."""
+
+
+class MissingPermission(PermanentError):
+    """Refused because the app's token lacks an application permission (or the Exchange role
+    the operation needs); the message names it. Fixed by a grant, never by a retry."""

@@ -148,6 +148,7 @@ var appSettings = {
   // Timers of the guards (binding expressions need the setting even at its default).
   BREAKGLASS_HEALTH_SCHEDULE: '0 0 * * * *'
   APPROVAL_SWEEP_SCHEDULE: '0 */5 * * * *'
+  READINESS_SCHEDULE: '0 0 6 * * *'
 
   // IP blocks: Exchange Online transport rules in this tenant, and their expiry sweep.
   EXCHANGE_TENANT: exchangeTenant

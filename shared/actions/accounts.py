@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from shared.config import PRIVILEGED_ROLES
-from shared.errors import PermanentError, TransientError
+from shared.errors import MissingPermission, PermanentError, TransientError
 from shared.models import (
     ActionKind,
     ActionOutcome,
@@ -197,8 +197,8 @@ class AccountActions:
 
 def explain_denied(exc: PermanentError, held_roles: list[str]) -> PermanentError:
     """A Graph 403 on an account write, with the role the app is missing named."""
-    if exc.status != 403:
-        return exc
+    if exc.status != 403 or isinstance(exc, MissingPermission):
+        return exc  # a missing application permission is named already
     needed = PRIVILEGED_ROLES[PRIVILEGED_AUTHENTICATION_ADMINISTRATOR]
     message = (
         f"{exc} - the app's identity lacks the directory role to change this account: "

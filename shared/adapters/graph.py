@@ -280,7 +280,14 @@ class GraphDirectory:
         """The role-assignable groups a user belongs to (they cannot nest, so membership
         is direct)."""
         builder = self._client.users.by_user_id(user_id).transitive_member_of.graph_group
-        groups = await _every_page(builder, builder.get(), f"list the groups of {user_id}")
+        what = f"list the groups of {user_id}"
+        groups = await _every_page(builder, builder.get(), what)
+        if any(g.id and g.is_assignable_to_role is None for g in groups):
+            # Without a group permission Graph lists the groups with their ids only: taking
+            # that for "not role-assignable" would hide roles held through them.
+            raise PermanentError(
+                f"{what}: Graph returned the groups without their properties", status=403
+            )
         return [g.id for g in groups if g.id and g.is_assignable_to_role]
 
     async def _role_assignments(self, expression: str) -> list[RoleAssignment]:

@@ -68,6 +68,10 @@ class JwksKeys:
             raise TransientError("the token signing keys could not be fetched")
         raise AuthError(401, "unknown signing key")
 
+    async def published(self) -> int:
+        """How many RSA signing keys the endpoint publishes now (a fresh read, for readiness)."""
+        return len(await self._fetch())
+
     async def close(self) -> None:
         await self._client.aclose()
 

@@ -154,6 +154,10 @@ class AccessStore:
         with self._lock:
             self._app_roles = {r.lower() for r in role_ids}
 
+    def app_roles(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._app_roles)
+
     def check_account_write(
         self,
         user_id: str,

@@ -14,13 +14,16 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import jwt
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from jwt.algorithms import RSAAlgorithm
 
+from shared.permissions import EXCHANGE_AUDIENCE, GRAPH_AUDIENCE
+from shared.simulator.permissions import PermissionDenied
 from shared.simulator.state import JsonObject
 
 DEFAULT_UPN = "oncall@contoso.onmicrosoft.com"
@@ -158,3 +161,158 @@ def _signing_input(header: JsonObject, claims: JsonObject) -> str:
 
 def _b64url(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+EXCHANGE_ADMINISTRATOR = "29232cdf-9323-42fd-ade2-1d097af3e4de"
+GLOBAL_ADMINISTRATOR = "62e90394-69f5-4237-9190-012177145e10"
+TRANSPORT_RULES_ROLE = "Transport Rules"
+# Exchange permissions live on the Exchange resource; every other grant is a Graph one.
+EXCHANGE_PERMISSIONS = frozenset({"Exchange.ManageAsApp"})
+TOKEN_LIFETIME_S = 3599
+
+
+class TokenError(Exception):
+    """A refused token request, answered as the identity platform does (RFC 6749 errors)."""
+
+    def __init__(self, status: int, error: str, description: str) -> None:
+        super().__init__(description)
+        self.status = status
+        self.error = error
+        self.description = description
+
+    def body(self) -> JsonObject:
+        return {"error": self.error, "error_description": self.description}
+
+
+class AppIdentity:
+    """The responder's own identity in the simulated tenant: its client secret, the
+    application permissions granted to it (app role assignments), its Exchange management
+    roles, and the access tokens the identity platform issues for it.
+
+    A token carries the grants of its audience as `roles` and the app's directory roles as
+    `wids`, like Entra's app-only tokens, fixed when it is issued: a grant removed later takes
+    effect with the next token. The client secret is also accepted as a bearer token, standing
+    for a fresh token of the audience called; test helpers that speak raw HTTP use it, the
+    product never does (its simulator credential asks the token endpoint).
+    """
+
+    def __init__(
+        self,
+        secret: str,
+        issuer: TokenIssuer,
+        issuer_url: Callable[[], str],
+        directory_roles: Callable[[], frozenset[str]],
+        grants: Iterable[str],
+        app_id: str = DEFAULT_APP_ID,
+    ) -> None:
+        self._secret = secret
+        self._issuer = issuer
+        self._issuer_url = issuer_url
+        self._directory_roles = directory_roles
+        self.app_id = app_id
+        self._lock = threading.Lock()
+        self._grants = set(grants)
+        self._exchange_roles = {TRANSPORT_RULES_ROLE}
+
+    # What the tenant has granted
+
+    def grants(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._grants)
+
+    def set_grants(self, names: Iterable[str]) -> None:
+        with self._lock:
+            self._grants = set(names)
+
+    def set_exchange_roles(self, names: Iterable[str]) -> None:
+        with self._lock:
+            self._exchange_roles = set(names)
+
+    def exchange_roles(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._exchange_roles)
+
+    def granted_on(self, audience: str) -> list[str]:
+        on_exchange = audience.rstrip("/") == EXCHANGE_AUDIENCE
+        return sorted(g for g in self.grants() if (g in EXCHANGE_PERMISSIONS) == on_exchange)
+
+    # Tokens
+
+    def mint(self, audience: str) -> str:
+        """An app-only access token for `audience` with the grants held now."""
+        return self._issuer.issue(
+            issuer=self._issuer_url(),
+            audience=audience,
+            roles=self.granted_on(audience),
+            upn=None,
+            app_id=self.app_id,
+            expires_in=TOKEN_LIFETIME_S,
+            extra_claims={"wids": sorted(self._directory_roles()) or None},
+        )
+
+    def token_response(self, form: Mapping[str, str]) -> JsonObject:
+        """The client credentials grant: `scope` is `{audience}/.default`."""
+        if form.get("grant_type") != "client_credentials":
+            raise TokenError(
+                400,
+                "unsupported_grant_type",
+                "AADSTS70003: The app requested an unsupported grant type.",
+            )
+        presented = form.get("client_secret", "")
+        if not hmac.compare_digest(presented.encode(), self._secret.encode()):
+            raise TokenError(
+                401, "invalid_client", "AADSTS7000215: Invalid client secret provided."
+            )
+        scope = form.get("scope", "")
+        audience = scope.removesuffix("/.default")
+        if audience == scope or audience not in (GRAPH_AUDIENCE, EXCHANGE_AUDIENCE):
+            raise TokenError(
+                400,
+                "invalid_scope",
+                f"AADSTS1002012: The provided value for scope {scope} is not valid. Client "
+                "credential flows must have a scope value with /.default suffixed to the "
+                "resource identifier.",
+            )
+        return {
+            "token_type": "Bearer",
+            "expires_in": TOKEN_LIFETIME_S,
+            "ext_expires_in": TOKEN_LIFETIME_S,
+            "access_token": self.mint(audience),
+        }
+
+    def roles_of(self, bearer: str, audience: str) -> frozenset[str] | None:
+        """The `roles` of a valid token for `audience`; None for anything else."""
+        if hmac.compare_digest(bearer.encode(), self._secret.encode()):
+            return frozenset(self.granted_on(audience))
+        try:
+            claims = jwt.decode(
+                bearer,
+                key=self._issuer.public_key,
+                algorithms=["RS256"],
+                audience=audience,
+                issuer=self._issuer_url(),
+                options={"require": ["exp", "aud", "iss"]},
+            )
+        except jwt.PyJWTError:
+            return None
+        roles = claims.get("roles", [])
+        return (
+            frozenset(r for r in roles if isinstance(r, str)) if isinstance(roles, list) else None
+        )
+
+    # Exchange authorization
+
+    def admit_cmdlet(self, roles: frozenset[str], cmdlet: str | None) -> None:
+        """Exchange's admin endpoint serves an app only with `Exchange.ManageAsApp` in its
+        token, and runs a cmdlet only if one of the app's Exchange roles covers it."""
+        if "Exchange.ManageAsApp" not in roles:
+            raise PermissionDenied(401, "Unauthorized", "Access is denied.")
+        if cmdlet is None or not cmdlet.endswith("-TransportRule"):
+            return
+        directory = self._directory_roles()
+        if TRANSPORT_RULES_ROLE in self.exchange_roles() or directory & {
+            EXCHANGE_ADMINISTRATOR,
+            GLOBAL_ADMINISTRATOR,
+        }:
+            return
+        raise PermissionDenied(401, "Unauthorized", f"User is not allowed to call {cmdlet}")

@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
+from shared.permissions import EXCHANGE_AUDIENCE, FEATURES, GRAPH_AUDIENCE, manifest
 from shared.simulator.access import AccessError, AccessStore
 from shared.simulator.exchange import (
     NOT_FOUND,
@@ -34,8 +35,14 @@ from shared.simulator.exchange import (
     TransportRuleStore,
     parse_invocation,
 )
-from shared.simulator.identity import DEFAULT_UPN, TokenIssuer
+from shared.simulator.identity import DEFAULT_UPN, AppIdentity, TokenError, TokenIssuer
 from shared.simulator.named_locations import NamedLocationError, NamedLocationStore
+from shared.simulator.permissions import (
+    PermissionDenied,
+    check,
+    limit_memberships,
+    requirement,
+)
 from shared.simulator.state import (
     Fault,
     JsonObject,
@@ -491,10 +498,16 @@ class _GraphServer(ThreadingHTTPServer):
         subscriptions: SubscriptionStore,
         tenant_names: tuple[str, ...],
         token_issuer: TokenIssuer,
+        app: AppIdentity,
     ) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.state = state
         self.token = token
+        self.app = app
+        self.subscription_store = subscriptions
+        # A single-tenant stand-in: its token endpoint answers under the tenant's names and
+        # under "organizations".
+        self.token_tenants = (*tenant_names, "organizations")
         self.rules = rules
         self.tenant_names = tenant_names
         self.token_issuer = token_issuer
@@ -505,6 +518,15 @@ class _GraphServer(ThreadingHTTPServer):
         self.stopping = threading.Event()
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
+
+    def subscription_resource(self, subscription_id: str) -> str | None:
+        """The resource a live subscription watches; None if there is none (the handler then
+        answers 404)."""
+        try:
+            resource = self.subscription_store.get(subscription_id).get("resource")
+        except SubscriptionError:
+            return None
+        return resource if isinstance(resource, str) else None
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._connections_lock:
@@ -579,16 +601,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, server: _GraphServer) -> _Reply:
         parts = urlsplit(self.path)
+        if self.command == "POST" and _token_tenant(parts.path) in server.token_tenants:
+            # The identity platform stands apart from Graph: not logged, no faults.
+            return self._issue_token(server)
         relative = _relative_path(parts.path)
         logged_path = unquote(relative if relative is not None else parts.path)
         server.state.record_request(self.command, logged_path)
         body = self._read_body()
         # Like Entra's, the signing keys are public.
         serves_keys = self.command == "GET" and _jwks_tenant(parts.path) in server.tenant_names
-        if not serves_keys:
-            self._authenticate(server.token)
         tenant = _exchange_tenant(parts.path)
         headers = dict(self.headers.items())
+        roles: frozenset[str] = frozenset()
+        if not serves_keys:
+            roles = self._authenticate(server, EXCHANGE_AUDIENCE if tenant else GRAPH_AUDIENCE)
         cmdlet = _record_invocation(server.rules, body, headers) if tenant is not None else None
         fault = server.state.take_fault(self.command, logged_path, cmdlet)
         if fault is not None:
@@ -596,6 +622,10 @@ class _Handler(BaseHTTPRequestHandler):
         if serves_keys:
             return _Reply(200, server.token_issuer.jwks())
         if tenant is not None and self.command == "POST":
+            try:
+                server.app.admit_cmdlet(roles, cmdlet)
+            except PermissionDenied as error:
+                raise _GraphError(error.status, error.code, error.message) from None
             query = dict(parse_qsl(parts.query, keep_blank_values=True))
             return _Reply(200, server.exchange_api.invoke(tenant, query, body, headers))
         if relative is None:
@@ -605,7 +635,21 @@ class _Handler(BaseHTTPRequestHandler):
         # Split before decoding so an encoded '/' inside an id stays part of that segment.
         segments = [unquote(segment) for segment in relative.split("/") if segment]
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
-        return server.api.handle(self.command, segments, query, body)
+        need = requirement(self.command, segments, _maybe_json(body), server.subscription_resource)
+        try:
+            check(need, roles)
+        except PermissionDenied as error:
+            raise _GraphError(error.status, error.code, error.message) from None
+        reply = server.api.handle(self.command, segments, query, body)
+        limited = limit_memberships(self.command, segments, reply.body, roles)
+        return reply if limited is reply.body else _Reply(reply.status, limited, reply.headers)
+
+    def _issue_token(self, server: _GraphServer) -> _Reply:
+        form = dict(parse_qsl(self._read_body().decode("utf-8", "replace")))
+        try:
+            return _Reply(200, server.app.token_response(form))
+        except TokenError as error:
+            return _Reply(error.status, error.body())
 
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -618,12 +662,19 @@ class _Handler(BaseHTTPRequestHandler):
             raise _GraphError(400, "BadRequest", f"Invalid Content-Length: {length!r}.")
         return self.rfile.read(int(length))
 
-    def _authenticate(self, token: str) -> None:
+    def _authenticate(self, server: _GraphServer, audience: str) -> frozenset[str]:
+        """The application permissions (`roles`) of the request's token for `audience`."""
         scheme, _, credential = self.headers.get("Authorization", "").partition(" ")
         if not credential:
             raise _GraphError(401, "InvalidAuthenticationToken", "Access token is empty.")
-        if scheme.lower() != "bearer" or credential.strip() != token:
+        roles = (
+            server.app.roles_of(credential.strip(), audience)
+            if scheme.lower() == "bearer"
+            else None
+        )
+        if roles is None:
             raise _GraphError(401, "InvalidAuthenticationToken", "Access token validation failure.")
+        return roles
 
     def _apply(self, fault: Fault, stopping: threading.Event) -> None:
         if fault.delay_s:
@@ -693,6 +744,22 @@ def _exchange_tenant(path: str) -> str | None:
     return None
 
 
+def _token_tenant(path: str) -> str | None:
+    """The decoded `{tenant}` of `/{tenant}/oauth2/v2.0/token`, else None."""
+    match path.split("/"):
+        case ["", tenant, "oauth2", "v2.0", "token"] if tenant:
+            return unquote(tenant)
+    return None
+
+
+def _maybe_json(body: bytes) -> JsonObject | None:
+    try:
+        parsed = json.loads(body) if body else None
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
 def _jwks_tenant(path: str) -> str | None:
     """The decoded `{tenant}` of `/{tenant}/discovery/v2.0/keys`, else None."""
     match path.split("/"):
@@ -737,6 +804,7 @@ class SimulatedTenant:
         default_domain: str = "contoso.onmicrosoft.com",
         named_location_writes_per_second: float | None = 1.0,
         page_size: int = DEFAULT_PAGE_SIZE,
+        grants: Iterable[str] | None = None,
     ) -> None:
         self._token = token
         self._tenant_id = tenant_id
@@ -747,6 +815,13 @@ class SimulatedTenant:
         self._access = AccessStore(page_size)
         self._token_issuer = TokenIssuer(tenant_id)
         self._subscriptions = SubscriptionStore(tenant_id)
+        self._app = AppIdentity(
+            token,
+            self._token_issuer,
+            lambda: self.issuer,
+            self._access.app_roles,
+            every_grant() if grants is None else grants,
+        )
         self._server: _GraphServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -794,6 +869,7 @@ class SimulatedTenant:
             self._subscriptions,
             (self._tenant_id, self._default_domain),
             self._token_issuer,
+            self._app,
         )
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -857,6 +933,37 @@ class SimulatedTenant:
     def role_assignments(self) -> list[JsonObject]:
         """Copies of every active role assignment, as Graph lists them."""
         return self._access.assignments()
+
+    @property
+    def grants(self) -> frozenset[str]:
+        """The application permissions granted to the responder's app (Graph and Exchange)."""
+        return self._app.grants()
+
+    def set_grants(self, names: Iterable[str]) -> None:
+        """Grant exactly `names`, as app role assignments; tokens issued from now on carry
+        them (one already issued keeps what it had)."""
+        self._app.set_grants(names)
+
+    def revoke_grant(self, name: str) -> None:
+        """Remove one application permission; KeyError if it is not granted."""
+        held = set(self._app.grants())
+        held.remove(name)
+        self._app.set_grants(held)
+
+    def set_exchange_roles(self, names: Iterable[str]) -> None:
+        """The Exchange management roles assigned to the app (default: "Transport Rules");
+        without one covering transport rules (or Exchange Administrator among the app's
+        directory roles) the transport rule cmdlets are refused."""
+        self._app.set_exchange_roles(names)
+
+    @property
+    def token_url(self) -> str:
+        """The identity platform's token endpoint (client credentials grant)."""
+        return f"{self._running().exchange_base_url}/{self._tenant_id}/oauth2/v2.0/token"
+
+    def app_token(self, audience: str = GRAPH_AUDIENCE) -> str:
+        """An access token of the app for `audience`, with the grants held now."""
+        return self._app.mint(audience)
 
     def set_app_roles(self, role_ids: Iterable[str]) -> None:
         """The directory roles the responder's app holds (default: Privileged Authentication
@@ -1180,3 +1287,10 @@ class SimulatedTenant:
             algorithm=algorithm,
             extra_claims=extra_claims,
         )
+
+
+def every_grant() -> frozenset[str]:
+    """What a deployment with every feature grants: the simulator's default."""
+    return manifest().grants(FEATURES, GRAPH_AUDIENCE) | manifest().grants(
+        FEATURES, EXCHANGE_AUDIENCE
+    )

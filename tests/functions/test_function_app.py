@@ -34,6 +34,8 @@ EXPECTED = {
     "process_notification",
     "renew_subscriptions",
     "ingest_defender_stream",
+    "readiness",
+    "check_readiness",
 }
 
 

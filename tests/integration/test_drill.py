@@ -97,3 +97,15 @@ async def test_the_tamper_drill_detects_through_change_notifications(
     assert summary["webhook_answers"] == [202, 202, 202, 403]
     raised = [r for r in report.records if r.entry.event is AuditEvent.ALERT_RAISED]
     assert len(raised) == 2
+
+
+def test_the_readiness_drill_shows_each_missing_grant_with_its_fix(
+    azurite: Azurite, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(ENV_ENDPOINT, azurite.endpoint)
+    assert main(["drill", "--scenario", "readiness"]) == 0
+    out = capsys.readouterr().out
+    assert "FAIL  Graph permission User.RevokeSessions.All" in out
+    assert "fix: infra/grant-graph-permissions.sh --with-breakglass" in out
+    assert 'New-ManagementRoleAssignment -App <object id> -Role "Transport Rules"' in out
+    assert "result: PASS" in out

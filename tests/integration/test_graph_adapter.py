@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from shared.adapters.credentials import build_credential
+from shared.adapters.credentials import StaticTokenCredential, build_credential
 from shared.adapters.graph import GraphDirectory, build_graph_client
 from shared.config import Settings
 from shared.errors import PermanentError, TransientError
@@ -93,6 +93,17 @@ async def test_a_slow_graph_times_out_as_transient(sim: SimulatedTenant) -> None
 
 
 async def test_a_wrong_token_is_permanent(sim: SimulatedTenant) -> None:
-    graph = await _graph(sim, SIMULATOR_TOKEN="not-the-token")
+    settings = Settings.model_validate(
+        {
+            "RESPONDER_TABLES_CONNECTION": "UseDevelopmentStorage=true",
+            "GRAPH_BASE_URL": sim.base_url,
+            "RESPONDER_CREDENTIAL": "simulator",
+            "SIMULATOR_TOKEN": sim.token,
+            "RESPONDER_QUEUE": "memory",
+            "GRAPH_MAX_RETRIES": 0,
+        }
+    )
+    # A token Graph does not accept (the simulator credential would refuse to get one).
+    graph = GraphDirectory(build_graph_client(settings, StaticTokenCredential("not-the-token")))
     with pytest.raises(PermanentError, match="401"):
         await graph.get_user(ADELE.id)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import ast
 import json
 import re
+import subprocess
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 from shared.config import Settings
+from shared.permissions import EXCHANGE_AUDIENCE, GRAPH_AUDIENCE, manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
@@ -477,37 +479,114 @@ def documented_graph_permissions() -> set[str]:
     return set(re.findall(r"Permission: ([A-Za-z]+(?:\.[A-Za-z]+)*)", docstrings))
 
 
-def granted_permissions(array: str) -> set[str]:
-    script = (INFRA / "grant-graph-permissions.sh").read_text()
-    match = re.search(rf"(?m)^readonly {array}=\(\n(.*?)^\)", script, re.DOTALL)
-    assert match, f"the script has no {array} array"
-    lines = (line.split("#")[0].strip() for line in match[1].splitlines())
-    return {line for line in lines if line}
+FAKE_AZ = """#!/usr/bin/env python3
+import os, sys
+args = sys.argv[1:]
+uri = args[args.index("--uri") + 1]
+method = args[args.index("--method") + 1]
+body = args[args.index("--body") + 1] if "--body" in args else ""
+with open(os.environ["AZ_LOG"], "a") as log:
+    log.write(method + " " + uri + " " + body + "\\n")
+if method == "POST":
+    sys.exit(0)
+if "(appId=" in uri:
+    print("sp-" + uri.split("'")[1])
+elif uri.endswith("$select=appRoles"):
+    for name in os.environ["AZ_ROLES"].split(","):
+        print(name + "\\trole-" + name)
+else:
+    pass  # no app role assignments yet
+"""
 
 
-def granted_graph_permissions() -> set[str]:
-    return granted_permissions("GRAPH_PERMISSIONS") | granted_permissions(
-        "CONDITIONAL_ACCESS_WRITE_PERMISSIONS"
+def run_grant_script(tmp_path: Path, *flags: str) -> tuple[int, list[str], str]:
+    """Run the grant script against a fake `az` that knows every permission of the manifest;
+    the permissions it granted, by name."""
+    az = tmp_path / "az"
+    az.write_text(FAKE_AZ)
+    az.chmod(0o755)
+    log = tmp_path / "az.log"
+    log.write_text("")
+    names = [p.name for p in manifest().permissions]
+    env = {
+        "PATH": f"{tmp_path}:/usr/bin:/bin",
+        "AZ_LOG": str(log),
+        "AZ_ROLES": ",".join(names),
+    }
+    done = subprocess.run(
+        ["bash", str(INFRA / "grant-graph-permissions.sh"), *flags, PRINCIPAL],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
+    granted = re.findall(r'"appRoleId": "role-([^"]+)"', log.read_text())
+    return done.returncode, granted, done.stderr
+
+
+PRINCIPAL = "11111111-2222-3333-4444-555555555555"
+
+
+def test_grant_script_grants_what_the_manifest_lists_for_the_chosen_features(
+    tmp_path: Path,
+) -> None:
+    plain = manifest().grants(["always"], GRAPH_AUDIENCE) | {"Exchange.ManageAsApp"}
+    code, granted, stderr = run_grant_script(tmp_path)
+    assert code == 0, stderr
+    assert set(granted) == plain and len(granted) == len(plain)
+    assert "Policy.ReadWrite.ConditionalAccess" not in granted
+    assert "Group.Read.All" not in granted
+
+    code, granted, _ = run_grant_script(tmp_path, "--with-watched-groups")
+    assert code == 0 and set(granted) == plain | {"Group.Read.All"}
+    for flag in ("--with-breakglass", "--with-signin-block"):
+        code, granted, _ = run_grant_script(tmp_path, flag)
+        assert code == 0 and set(granted) == plain | {"Policy.ReadWrite.ConditionalAccess"}
+
+
+def test_grant_script_check_mode_grants_nothing_and_fails_on_missing(tmp_path: Path) -> None:
+    code, granted, _ = run_grant_script(tmp_path, "--check")
+    assert code == 1 and granted == []
+
+
+def test_grant_script_refuses_unknown_options(tmp_path: Path) -> None:
+    code, granted, stderr = run_grant_script(tmp_path, "--with-everything")
+    assert code == 2 and granted == [] and "unknown option" in stderr
+
+
+def test_group_subscriptions_get_group_read_all_per_the_subscription_table() -> None:
+    permission = manifest().permission("Group.Read.All")
+    assert permission.features == ("watched_groups",)
+    assert "GraphWatch.create" in permission.used_by
 
 
 def test_conditional_access_write_is_granted_only_on_request() -> None:
-    assert "Policy.ReadWrite.ConditionalAccess" not in granted_permissions("GRAPH_PERMISSIONS")
-    assert granted_permissions("CONDITIONAL_ACCESS_WRITE_PERMISSIONS") == {
-        "Policy.ReadWrite.ConditionalAccess"
-    }
+    write = manifest().permission("Policy.ReadWrite.ConditionalAccess")
+    assert "always" not in write.features
+    assert set(write.features) == {"breakglass", "signin_block"}
 
 
-def test_script_grants_the_exchange_permission_the_adapter_documents() -> None:
+def test_manifest_covers_every_permission_the_adapters_document() -> None:
+    documented = documented_graph_permissions()
+    assert documented, "no `Permission: X` phrase found in the Graph adapter's docstrings"
+    assert documented <= {p.name for p in manifest().for_audience(GRAPH_AUDIENCE)}
     adapter = (ROOT / "shared" / "adapters" / "exchange.py").read_text()
-    assert granted_permissions("EXCHANGE_PERMISSIONS") == {"Exchange.ManageAsApp"}
+    assert {p.name for p in manifest().for_audience(EXCHANGE_AUDIENCE)} == {"Exchange.ManageAsApp"}
     assert "`Exchange.ManageAsApp`" in adapter
 
 
-def test_script_grants_exactly_the_graph_permissions_the_adapter_documents() -> None:
-    documented = documented_graph_permissions()
-    assert documented, "no `Permission: X` phrase found in the Graph adapter's docstrings"
-    assert granted_graph_permissions() == documented
+def test_every_operation_the_manifest_names_exists_in_the_adapters() -> None:
+    methods: set[str] = set()
+    for name in (*GRAPH_ADAPTERS, "exchange.py"):
+        tree = ast.parse((ROOT / "shared" / "adapters" / name).read_text())
+        for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+            methods |= {
+                f"{cls.name}.{f.name}"
+                for f in cls.body
+                if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)
+            }
+    named = {op for p in manifest().permissions for op in p.used_by}
+    assert named and named <= methods
 
 
 def test_grant_script_is_strict_and_looks_up_role_ids_at_run_time() -> None:
@@ -773,7 +852,7 @@ DOCS = ROOT / "docs"
 
 def test_permissions_doc_names_every_granted_permission_and_every_role_with_a_source() -> None:
     text = (DOCS / "permissions.md").read_text()
-    for permission in granted_graph_permissions() | granted_permissions("EXCHANGE_PERMISSIONS"):
+    for permission in {p.name for p in manifest().permissions}:
         assert f"`{permission}`" in text, permission
     role_names = re.findall(r"(?m)^var \w+RoleId = '[^']+' // (.+)$", bicep_raw("app/rbac.bicep"))
     assert role_names

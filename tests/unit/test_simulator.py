@@ -131,6 +131,8 @@ def test_unknown_user_is_404_on_every_user_route(sim: SimulatedTenant) -> None:
 
 def test_patch_updates_the_account(sim: SimulatedTenant) -> None:
     patch = b'{"accountEnabled": false, "displayName": "Alice (contained)"}'
+    # Properties beyond accountEnabled need User.ReadWrite.All, which the responder never holds.
+    sim.set_grants(sim.grants | {"User.ReadWrite.All"})
 
     status, _, body = call(sim, "PATCH", f"/users/{ALICE.id}", patch)
 

@@ -330,7 +330,9 @@ def test_admin_accounts_need_a_privileged_app(sim: SimulatedTenant) -> None:
         assert message == "Insufficient privileges to complete the operation."
     assert sim.user(ADELE.id).account_enabled
     assert sim.user(ADELE.id).sign_in_sessions_revoked_at is None
-    # Renaming is not an account write, and non-admins stay within reach.
+    # Renaming is not an account write (it needs User.ReadWrite.All, not an admin role),
+    # and non-admins stay within reach.
+    sim.set_grants(sim.grants | {"User.ReadWrite.All"})
     assert call(sim, "PATCH", user, {"displayName": "Adele V."})[0] == 204
     assert call(sim, "PATCH", f"/users/{BREAK_GLASS.id}", {"accountEnabled": False})[0] == 204
 
