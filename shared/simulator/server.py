@@ -860,6 +860,11 @@ class SimulatedTenant:
     def start(self) -> None:
         if self._thread is not None:
             raise RuntimeError("a simulated tenant can only be started once")
+        # Make the signing key now, beside the caller's setup, rather than inside the first
+        # token request, where it would slow the first Graph or Exchange call of a run.
+        threading.Thread(
+            target=lambda: self._token_issuer.kid, name="simulated-tenant-key", daemon=True
+        ).start()
         self._server = _GraphServer(
             self._state,
             self._token,
