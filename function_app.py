@@ -11,6 +11,7 @@ from functions import (
     defender_stream,
     emergency,
     notifications,
+    reconcile,
 )
 
 app = func.FunctionApp()
@@ -22,3 +23,4 @@ app.register_functions(api.bp)
 app.register_functions(audit_ui.bp)
 app.register_functions(notifications.bp)
 app.register_functions(defender_stream.bp)
+app.register_functions(reconcile.bp)

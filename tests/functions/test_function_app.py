@@ -34,6 +34,7 @@ EXPECTED = {
     "process_notification",
     "renew_subscriptions",
     "ingest_defender_stream",
+    "reconcile_actions",
 }
 
 
