@@ -149,7 +149,6 @@ class OutcomeStatus(StrEnum):
     HELD = "held"
     REJECTED = "rejected"
     EXPIRED = "expired"
-    ABANDONED = "abandoned"
 
 
 class Actor(BaseModel):
@@ -322,7 +321,6 @@ class AuditEvent(StrEnum):
     ACTION_APPROVED = "action.approved"
     ACTION_REJECTED = "action.rejected"
     ACTION_EXPIRED = "action.expired"
-    ACTION_ABANDONED = "action.abandoned"
     ALERT_RAISED = "alert.raised"
     NOTIFICATION_REJECTED = "notification.rejected"
     SUBSCRIPTION_RECREATED = "subscription.recreated"

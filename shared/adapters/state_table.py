@@ -273,11 +273,6 @@ class TableBlockRegistry:
             return request
         raise TransientError(f"block registry entry {action.target} kept changing")
 
-    async def release(self, action: ActionRequest) -> None:
-        entry = await self.get(action.target)
-        if entry is not None and entry.block.id == action.id and entry.state == BlockState.PENDING:
-            await self.update(entry, BlockState.FAILED)
-
     async def get(self, network: str) -> BlockEntry | None:
         try:
             return _block_entry(await self._table.get_entity(BLOCKS, _network_key(network)))
