@@ -8,6 +8,7 @@ from functions import (
     api,
     audit_ui,
     blocks,
+    cleanup,
     defender_stream,
     emergency,
     notifications,
@@ -24,3 +25,4 @@ app.register_functions(audit_ui.bp)
 app.register_functions(notifications.bp)
 app.register_functions(defender_stream.bp)
 app.register_functions(reconcile.bp)
+app.register_functions(cleanup.bp)

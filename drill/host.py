@@ -31,6 +31,7 @@ class MovableClock(Protocol):
 
     def advance(self, delta: timedelta) -> None: ...
 
+
 HOST_JSON = Path(__file__).resolve().parents[1] / "host.json"
 MAX_CONCURRENT_CALLS = int(
     json.loads(HOST_JSON.read_text())["extensions"]["serviceBus"]["maxConcurrentCalls"]

@@ -324,6 +324,18 @@ class Settings(PolicySettings):
         le=30 * 24 * 60,
         description="Age at which an action still open raises an alert.raised record.",
     )
+    state_ttl_days: int = Field(
+        30,
+        alias="STATE_TTL_DAYS",
+        ge=2,
+        le=3650,
+        description="Time to live of closed working-state rows (never of the audit trail).",
+    )
+    cleanup_schedule: str = Field(
+        "0 30 3 * * *",
+        alias="CLEANUP_SCHEDULE",
+        description="NCRONTAB schedule of the state clean-up.",
+    )
     reconcile_schedule: str = Field(
         "0 */1 * * * *",
         alias="RECONCILE_SCHEDULE",

@@ -28,6 +28,7 @@ from shared.adapters.notification_queue import (
     ServiceBusNotificationQueue,
 )
 from shared.adapters.queue import InMemoryActionQueue, ServiceBusActionQueue
+from shared.adapters.state_retention import TableStateRetention
 from shared.adapters.state_table import (
     StateTable,
     TableActivations,
@@ -45,6 +46,7 @@ from shared.adapters.watch_table import (
 from shared.approvals import Approvals
 from shared.audit import AuditChain
 from shared.audit_query import AuditQuery
+from shared.cleanup import StateCleanup
 from shared.config import QueueKind, Settings
 from shared.defender_stream import DefenderStream
 from shared.emergency import EmergencyMonitor
@@ -83,6 +85,7 @@ class Container:
         self.approval_store = TableApprovals(state_table)
         self.activations = TableActivations(state_table)
         self.leases = TableLeases(state_table)
+        self.retention = TableStateRetention(state_table)
         self.audit_index = AuditIndexTable(self.tables.get_table_client(settings.audit_index_table))
         self.audit_query = AuditQuery(self.audit_store, self.audit_index, self._cursor_key())
         self.chain = AuditChain(self.audit_store, listeners=[self.audit_query.index_records])
@@ -296,6 +299,15 @@ class Container:
                 base_delay_s=self.settings.retry_base_s,
                 max_delay_s=self.settings.retry_max_s,
             ),
+            self.clock,
+        )
+
+    @cached_property
+    def cleanup(self) -> StateCleanup:
+        return StateCleanup(
+            self.retention,
+            timedelta(days=self.settings.state_ttl_days),
+            timedelta(minutes=self.settings.disable_window_minutes),
             self.clock,
         )
 

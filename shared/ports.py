@@ -459,3 +459,13 @@ class Leases(Protocol):
     async def release(self, name: str, holder: str) -> None:
         """Give the lease back if `holder` still holds it."""
         ...
+
+
+class StateRetention(Protocol):
+    """Deletes working-state rows past their time to live; never audit records."""
+
+    async def purge(self, before: datetime, budget_before: datetime) -> dict[str, int]:
+        """Delete the rows nothing depends on any more that were last written before
+        `before`, and disable-budget entries older than `budget_before`; how many of each
+        kind."""
+        ...

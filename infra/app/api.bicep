@@ -122,6 +122,9 @@ var appSettings = {
   ACTIONS_RESEND_AFTER_SECONDS: '120'
   ACTIONS_STUCK_MINUTES: '90'
   RECONCILE_SCHEDULE: '0 */1 * * * *'
+  // Time to live of closed working-state rows (never the audit trail), and its daily timer.
+  STATE_TTL_DAYS: '30'
+  CLEANUP_SCHEDULE: '0 30 3 * * *'
 
   // Alert intake.
   ALERT_POLL_SCHEDULE: alertPollSchedule

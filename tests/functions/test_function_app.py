@@ -35,6 +35,7 @@ EXPECTED = {
     "renew_subscriptions",
     "ingest_defender_stream",
     "reconcile_actions",
+    "clean_up_state",
 }
 
 
