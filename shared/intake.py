@@ -151,11 +151,7 @@ class AlertIntake:
                 result.coalesced.append(planned.id)
                 earlier = await self._blocks.get(planned.target)
                 if earlier is not None and earlier.state == BlockState.PENDING:
-                    action = earlier.block
-                    if await self._outbox.claim(action, claim_seq):
-                        fresh.append(action)
-                    else:
-                        await self._unsent(action.id, unsent)
+                    await self._resume(earlier.block, claim_seq, fresh, unsent)
                 continue
             result.actions.append(action)
             if await self._outbox.claim(action, claim_seq):
@@ -166,6 +162,23 @@ class AlertIntake:
         handed_on = [*fresh, *(e.request for e in unsent if e.request is not None)]
         result.queued = [a.id for a in handed_on if a.decision in QUEUED_DECISIONS]
         return result
+
+    async def _resume(
+        self,
+        block: ActionRequest,
+        claim_seq: int,
+        fresh: list[ActionRequest],
+        unsent: list[LedgerEntry],
+    ) -> None:
+        """A pending block whose claim is missing (a crash between reserving and claiming)
+        is claimed now; one whose claim never reached the queue is sent."""
+        entry = await self._ledger.get(block.id)
+        if entry is None:
+            if await self._outbox.claim(block, claim_seq):
+                fresh.append(block)
+        elif entry.open and not entry.sent and entry.request is not None:
+            if all(e.action_id != block.id for e in unsent):
+                unsent.append(entry)
 
     async def _unsent(self, action_id: str, unsent: list[LedgerEntry]) -> bool:
         """Collect the earlier claim of `action_id` if it never reached the queue."""

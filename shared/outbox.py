@@ -7,6 +7,7 @@ Bus duplicate detection and the executor's ledger make a second send harmless)."
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -79,17 +80,20 @@ class Outbox:
         actions = [*fresh, *earlier]
         await self._queue.send([a for a in actions if a.decision in QUEUED_DECISIONS])
         held_until = self.clock() + self._approval_ttl
-        for action in actions:
-            if action.decision is Decision.REFUSED:
-                await self._ledger.finish(action, OutcomeStatus.REFUSED, seqs[action.id])
-            elif action.decision is Decision.NEEDS_APPROVAL:
-                if await self._approvals.get(action.id) is None:
-                    await self._approvals.hold(action, held_until)
-                await self._ledger.finish(action, OutcomeStatus.HELD, seqs[action.id])
-            else:
-                await self._ledger.mark_sent(action.id)
+        await asyncio.gather(*(self._hand_on(a, seqs[a.id], held_until) for a in actions))
         if earlier:
             logger.warning("%s claimed actions that never reached the queue sent now", len(earlier))
+
+    async def _hand_on(self, action: ActionRequest, seq: int, held_until: datetime) -> None:
+        """Close a refused claim, hold one that needs approval, mark a queued one sent."""
+        if action.decision is Decision.REFUSED:
+            await self._ledger.finish(action, OutcomeStatus.REFUSED, seq)
+        elif action.decision is Decision.NEEDS_APPROVAL:
+            if await self._approvals.get(action.id) is None:
+                await self._approvals.hold(action, held_until)
+            await self._ledger.finish(action, OutcomeStatus.HELD, seq)
+        else:
+            await self._ledger.mark_sent(action.id)
 
     async def _audited(self, unsent: list[LedgerEntry]) -> dict[str, int]:
         """The decision records the unsent claims already have: action id -> seq."""

@@ -472,12 +472,16 @@ class IpBlocklist:
 
     async def _advance(self, applied: list[Applied], entries: list[BlockEntry]) -> None:
         by_network = {e.network: e for e in entries}
-        for item in applied:
-            entry = by_network[item.action.target]
-            if item.action.kind is ActionKind.BLOCK_IP:
-                await self._registry.update(entry, BlockState.BLOCKED, expires_at=item.expires_at)
-            else:
-                await self._registry.update(entry, BlockState.UNBLOCKED)
+        await asyncio.gather(
+            *(
+                self._registry.update(
+                    by_network[item.action.target], BlockState.BLOCKED, expires_at=item.expires_at
+                )
+                if item.action.kind is ActionKind.BLOCK_IP
+                else self._registry.update(by_network[item.action.target], BlockState.UNBLOCKED)
+                for item in applied
+            )
+        )
 
 
 def _executed(

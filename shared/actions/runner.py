@@ -81,11 +81,21 @@ class RetryPolicy:
         """`Retry-After` when the service sent one (a little later, so that the workers
         woken by one throttling answer do not all return at once); otherwise exponential
         backoff with jitter."""
-        retry_after = exc.retry_after if isinstance(exc, TransientError) else None
+        retry_after = _retry_after(exc)
         if retry_after is not None:
             return timedelta(seconds=max(retry_after, 0.0) * random.uniform(1.0, 1.1))
         ceiling = min(self.max_delay_s, self.base_delay_s * 2 ** min(retry, 30))
         return timedelta(seconds=random.uniform(ceiling / 2, ceiling))
+
+
+def _retry_after(exc: BaseException | None) -> float | None:
+    """The `Retry-After` of the throttling behind `exc`, however deeply it is wrapped."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, TransientError) and exc.retry_after is not None:
+            return exc.retry_after
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
 
 
 class ActionRunner:
@@ -311,8 +321,12 @@ class ActionRunner:
             for item in applied:
                 if item.action.kind.targets_ip and not item.action.dry_run:
                     await self._blocklist.settle(item.action, item.outcome)
-        for item in applied:
-            await self._ledger.finish(item.action, item.outcome.status, seqs[item.action.id])
+        await asyncio.gather(
+            *(
+                self._ledger.finish(item.action, item.outcome.status, seqs[item.action.id])
+                for item in applied
+            )
+        )
 
     async def reject_message(self, message_id: str, problems: int) -> None:
         """A queue message that is no valid action: audited as failed, never retried."""
