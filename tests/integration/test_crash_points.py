@@ -31,7 +31,7 @@ from shared.errors import TransientError
 from shared.models import AuditEntry, OutcomeStatus
 from shared.ports import BlockState
 from shared.simulator import Fault, SimulatedTenant
-from tests.conftest import ADELE, WEBHOOK_SECRET, installed, settings_for
+from tests.conftest import ADELE, BREAK_GLASS, WEBHOOK_SECRET, installed, settings_for
 
 pytestmark = pytest.mark.integration
 
@@ -468,3 +468,46 @@ async def test_an_action_stuck_open_raises_one_alert_and_is_sent_again(
     assert sorted(str(e.kind) for e in alerts) == ["disable_account", "revoke_sessions"]
     await deliver_all(services, faults, clock)
     await assert_contained(services, sim)
+
+
+async def test_killed_between_reserving_a_block_and_claiming_it_the_next_alert_claims_it(
+    services: Container, faults: Faults, sim: SimulatedTenant, clock: DrillClock
+) -> None:
+    faults.kill_before("StateTable.claim", lambda action, *a: action.kind == "block_ip")
+    with pytest.raises(Killed):
+        await services.intake.handle_payload(attack("mx-1"))
+    faults.revive()
+    entry = await services.blocks.get(f"{ATTACKER}/32")
+    assert entry is not None and entry.state == BlockState.PENDING
+
+    # Another alert names the address: it coalesces into the pending block, whose claim
+    # never happened, so the block is claimed and sent now.
+    [later] = await services.intake.handle_payload(attack("mx-2"))
+    assert later.queued == [entry.block.id]
+    await deliver_all(services, faults, clock, until=timedelta(hours=1))
+    assert [r for rule in sim.transport_rules for r in rule["SenderIpRanges"] or ()] == [ATTACKER]
+    assert await outcomes(services) == {"block_ip": ["action.executed"]}
+    await assert_one_outcome_per_action(services)
+
+
+async def test_a_refusal_interrupted_before_its_ledger_update_is_closed_not_repeated(
+    services: Container, faults: Faults, sim: SimulatedTenant
+) -> None:
+    alert = {
+        **compromised(),
+        "entities": [{"kind": "user", "user_id": BREAK_GLASS.id, "roles": ["compromised"]}],
+    }
+    faults.kill_before(
+        "StateTable.finish", lambda action, status, seq: status == OutcomeStatus.REFUSED
+    )
+    with pytest.raises(Killed):
+        await services.intake.handle_payload(alert)
+    faults.revive()
+    await services.intake.handle_payload(alert)
+
+    refusals = [e for e in await trail(services) if e.event == "action.refused"]
+    assert sorted(str(e.kind) for e in refusals) == ["disable_account", "revoke_sessions"]
+    for refusal in refusals:
+        row = await services.state.get(refusal.action_id or "")
+        assert row is not None and row.state == "refused"
+    assert sim.user(BREAK_GLASS.id).account_enabled
