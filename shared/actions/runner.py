@@ -136,8 +136,7 @@ class ActionRunner:
 
     async def _attempt(self, action: ActionRequest) -> ActionOutcome | None:
         entry = await self._ledger.get(action.id)
-        if _closed(entry, action):
-            assert entry is not None
+        if entry is not None and entry.ended(action):
             logger.info("action %s already ended (%s); delivery ignored", action.id, entry.state)
             return None
         if entry is not None and entry.record_from:

@@ -511,3 +511,23 @@ async def test_a_refusal_interrupted_before_its_ledger_update_is_closed_not_repe
         row = await services.state.get(refusal.action_id or "")
         assert row is not None and row.state == "refused"
     assert sim.user(BREAK_GLASS.id).account_enabled
+
+
+async def test_the_reconciler_moves_on_a_block_left_pending_after_its_outcome_was_recorded(
+    services: Container, faults: Faults, sim: SimulatedTenant, clock: DrillClock
+) -> None:
+    await services.intake.handle_payload(attack())
+    await deliver_all(services, faults, clock, until=timedelta(minutes=5))
+    blocked = await services.blocks.get(f"{ATTACKER}/32")
+    assert blocked is not None and blocked.state == BlockState.BLOCKED
+    # The registry as a worker that died after closing the ledger (the previous order of
+    # writes) left it: pending, although the outcome is audited and the ledger closed.
+    assert await services.blocks.update(blocked, BlockState.PENDING)
+
+    clock.advance(timedelta(seconds=services.settings.resend_after_s + 1))
+    report = await services.reconciler.run()
+    assert report.blocks_settled == 1 and report.resent == 0
+    entry = await services.blocks.get(f"{ATTACKER}/32")
+    assert entry is not None and entry.state == BlockState.BLOCKED
+    assert entry.expires_at == blocked.expires_at
+    assert await outcomes(services) == {"block_ip": ["action.executed"]}
