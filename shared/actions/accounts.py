@@ -80,12 +80,14 @@ class AccountActions:
         self._limits = limits
         self._leases = leases
 
-    async def run(self, action: ActionRequest) -> ActionOutcome:
+    async def run(self, action: ActionRequest, intent: Intent | None = None) -> ActionOutcome:
+        """Run `action`. `intent` is the write an earlier delivery recorded in the ledger
+        before it made it, if any."""
         user = await self._directory.get_user(action.target)
         checks = self._protected(action, user)
         if checks and not checks[-1].passed:
             return _stopped(OutcomeStatus.REFUSED, user, checks)
-        confirmed = await self._confirmed(action, user, checks)
+        confirmed = _confirmed(action, user, checks, intent)
         if confirmed is not None:
             return confirmed
         if action.kind is ActionKind.REVOKE_SESSIONS:
@@ -115,25 +117,9 @@ class AccountActions:
         the write this action intended shows in the tenant."""
         if action.dry_run:
             return None
-        user = await self._directory.get_user(action.target)
-        return await self._confirmed(action, user, [])
-
-    async def _confirmed(
-        self, action: ActionRequest, user: UserState, checks: list[GuardCheck]
-    ) -> ActionOutcome | None:
-        """The outcome of an earlier delivery's write whose response was lost: the ledger
-        holds its intent, and the tenant shows its effect."""
         entry = await self._ledger.get(action.id)
-        intent = entry.intent if entry is not None else None
-        if intent is None or not _took_effect(action, intent, user):
-            return None
-        return ActionOutcome(
-            status=OutcomeStatus.EXECUTED,
-            before=intent.before,
-            after={**user.as_dict(), "note": CONFIRMED},
-            calls=[intent.call],
-            guards=checks,
-        )
+        user = await self._directory.get_user(action.target)
+        return _confirmed(action, user, [], entry.intent if entry is not None else None)
 
     @asynccontextmanager
     async def _lease(self, holder: str) -> AsyncIterator[None]:
@@ -236,6 +222,22 @@ class AccountActions:
         passed = enabled > minimum
         detail = f"{enabled} enabled Global Administrators; at least {minimum} must stay enabled"
         return GuardCheck(guard="global_admin_minimum", passed=passed, detail=detail)
+
+
+def _confirmed(
+    action: ActionRequest, user: UserState, checks: list[GuardCheck], intent: Intent | None
+) -> ActionOutcome | None:
+    """The outcome of an earlier delivery's write whose response was lost: the ledger holds
+    its intent, and the tenant shows its effect."""
+    if intent is None or not _took_effect(action, intent, user):
+        return None
+    return ActionOutcome(
+        status=OutcomeStatus.EXECUTED,
+        before=intent.before,
+        after={**user.as_dict(), "note": CONFIRMED},
+        calls=[intent.call],
+        guards=checks,
+    )
 
 
 def _took_effect(action: ActionRequest, intent: Intent, user: UserState) -> bool:

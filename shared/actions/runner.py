@@ -147,7 +147,7 @@ class ActionRunner:
             logger.warning("action %s was not approved after all; delivery ignored", action.id)
             return None
         try:
-            applied = await self._execute(action)
+            applied = await self._execute(action, entry)
         except PermanentError as exc:
             applied = await self._failed(action, exc, "not retried")
             await self._record(applied)
@@ -202,18 +202,22 @@ class ActionRunner:
             raise RecordingFailed(f"closing {action.id} failed") from exc
         return outcome
 
-    async def _execute(self, action: ActionRequest) -> list[Applied]:
-        """Run the executor and audit what it did (IP passes audit before the registry moves)."""
+    async def _execute(self, action: ActionRequest, entry: LedgerEntry | None) -> list[Applied]:
+        """Run the executor and audit what it did (IP passes audit before the registry moves).
+        `entry` is the action's ledger row as this delivery read it: a delivery has its
+        action to itself (peek-lock), so it stands for the row when the outcome is recorded;
+        a pass over the blocklist records other actions too, and reads theirs."""
+        known = {action.id: entry}
         if action.kind.targets_breakglass:
             applied = [await self._emergency_run(action)]
-            await self._record(applied)
+            await self._record(applied, known=known)
             return applied
         if not action.kind.targets_ip:
-            outcome = await self._accounts.run(action)
+            outcome = await self._accounts.run(action, entry.intent if entry else None)
             if outcome.status is OutcomeStatus.HELD:
                 await self._holds.hold(action, outcome.error or "waits for approval")
             applied = [Applied(action, outcome)]
-            await self._record(applied)
+            await self._record(applied, known=known)
             return applied
         blocklist = self._require_blocklist()
         if action.dry_run:
@@ -275,7 +279,12 @@ class ActionRunner:
             return None
         return Applied(action, outcome) if outcome is not None else None
 
-    async def _record(self, applied: list[Applied], settle: Settle | None = None) -> None:
+    async def _record(
+        self,
+        applied: list[Applied],
+        settle: Settle | None = None,
+        known: dict[str, LedgerEntry | None] | None = None,
+    ) -> None:
         """Audit every outcome (one batch) that is not audited yet, schedule the expiry of
         temporary blocks, let `settle` move the registry on, close the ledger rows.
 
@@ -283,7 +292,7 @@ class ActionRunner:
         is skipped, and one whose row says an earlier attempt began recording is looked up
         in the trail before anything is appended. Any failure here is a `RecordingFailed`."""
         try:
-            entries = await asyncio.gather(*(self._ledger.get(a.action.id) for a in applied))
+            entries = await asyncio.gather(*(self._entry(a.action.id, known) for a in applied))
             live = [a for a, e in zip(applied, entries, strict=True) if not _closed(e, a.action)]
             begun = {e.action_id: e.record_from for e in entries if e and e.record_from}
             found = {}
@@ -303,6 +312,13 @@ class ActionRunner:
             await self._complete(live, seqs, settle)
         except Exception as exc:
             raise RecordingFailed(f"recording {len(applied)} outcomes failed") from exc
+
+    async def _entry(
+        self, action_id: str, known: dict[str, LedgerEntry | None] | None
+    ) -> LedgerEntry | None:
+        if known is not None and action_id in known:
+            return known[action_id]
+        return await self._ledger.get(action_id)
 
     async def _complete(
         self, applied: list[Applied], seqs: dict[str, int], settle: Settle | None
