@@ -7,12 +7,12 @@ Bus duplicate detection and the executor's ledger make a second send harmless)."
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from shared.audit import AuditChain
+from shared.concurrency import gather_bounded
 from shared.models import (
     ActionRequest,
     AuditEntry,
@@ -80,7 +80,7 @@ class Outbox:
         actions = [*fresh, *earlier]
         await self._queue.send([a for a in actions if a.decision in QUEUED_DECISIONS])
         held_until = self.clock() + self._approval_ttl
-        await asyncio.gather(*(self._hand_on(a, seqs[a.id], held_until) for a in actions))
+        await gather_bounded(self._hand_on(a, seqs[a.id], held_until) for a in actions)
         if earlier:
             logger.warning("%s claimed actions that never reached the queue sent now", len(earlier))
 

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from shared.concurrency import gather_bounded
 from shared.errors import PermanentError, TransientError
 from shared.models import ActionKind, ActionOutcome, ActionRequest, Actor, OutcomeStatus
 from shared.ports import (
@@ -472,15 +473,13 @@ class IpBlocklist:
 
     async def _advance(self, applied: list[Applied], entries: list[BlockEntry]) -> None:
         by_network = {e.network: e for e in entries}
-        await asyncio.gather(
-            *(
-                self._registry.update(
-                    by_network[item.action.target], BlockState.BLOCKED, expires_at=item.expires_at
-                )
-                if item.action.kind is ActionKind.BLOCK_IP
-                else self._registry.update(by_network[item.action.target], BlockState.UNBLOCKED)
-                for item in applied
+        await gather_bounded(
+            self._registry.update(
+                by_network[item.action.target], BlockState.BLOCKED, expires_at=item.expires_at
             )
+            if item.action.kind is ActionKind.BLOCK_IP
+            else self._registry.update(by_network[item.action.target], BlockState.UNBLOCKED)
+            for item in applied
         )
 
 

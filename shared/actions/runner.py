@@ -9,7 +9,6 @@ passed; only then is the failure recorded.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from shared.actions.accounts import AccountActions
 from shared.actions.breakglass import EmergencyAccess, expiry_deactivation
 from shared.actions.ip_blocks import Applied, IpBlocklist, Settle, expiry_unblock
 from shared.audit import AuditChain
+from shared.concurrency import gather_bounded
 from shared.errors import PermanentError, TransientError
 from shared.models import (
     ActionKind,
@@ -292,7 +292,7 @@ class ActionRunner:
         is skipped, and one whose row says an earlier attempt began recording is looked up
         in the trail before anything is appended. Any failure here is a `RecordingFailed`."""
         try:
-            entries = await asyncio.gather(*(self._entry(a.action.id, known) for a in applied))
+            entries = await gather_bounded(self._entry(a.action.id, known) for a in applied)
             live = [a for a, e in zip(applied, entries, strict=True) if not _closed(e, a.action)]
             begun = {e.action_id: e.record_from for e in entries if e and e.record_from}
             found = {}
@@ -301,8 +301,8 @@ class ActionRunner:
                 found = await self._chain.find(ids, OUTCOME_RECORDS, min(begun.values()))
             fresh = [a for a in live if a.action.id not in found]
             head = await self._chain.head_seq()
-            await asyncio.gather(
-                *(self._ledger.recording(a.action, head) for a in fresh if a.action.id not in begun)
+            await gather_bounded(
+                self._ledger.recording(a.action, head) for a in fresh if a.action.id not in begun
             )
             records = await self._chain.append_all(
                 [outcome_entry(a.action, a.outcome) for a in fresh]
@@ -336,11 +336,9 @@ class ActionRunner:
             for item in applied:
                 if item.action.kind.targets_ip and not item.action.dry_run:
                     await self._blocklist.settle(item.action, item.outcome)
-        await asyncio.gather(
-            *(
-                self._ledger.finish(item.action, item.outcome.status, seqs[item.action.id])
-                for item in applied
-            )
+        await gather_bounded(
+            self._ledger.finish(item.action, item.outcome.status, seqs[item.action.id])
+            for item in applied
         )
 
     async def reject_message(self, message_id: str, problems: int) -> None:
