@@ -8,10 +8,12 @@ from functions import (
     api,
     audit_ui,
     blocks,
+    cleanup,
     defender_stream,
     emergency,
     notifications,
     readiness,
+    reconcile,
 )
 
 app = func.FunctionApp()
@@ -24,3 +26,5 @@ app.register_functions(audit_ui.bp)
 app.register_functions(notifications.bp)
 app.register_functions(defender_stream.bp)
 app.register_functions(readiness.bp)
+app.register_functions(reconcile.bp)
+app.register_functions(cleanup.bp)

@@ -9,9 +9,10 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable, Coroutine
+from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import azure.functions as func
 from azure.functions.decorators.function_app import Function
@@ -23,6 +24,14 @@ from shared.adapters.queue import Delivery, InMemoryQueue
 logger = logging.getLogger(__name__)
 
 Handler = Callable[..., Coroutine[Any, Any, Any]]
+
+
+class MovableClock(Protocol):
+    def __call__(self) -> datetime: ...
+
+    def advance(self, delta: timedelta) -> None: ...
+
+
 HOST_JSON = Path(__file__).resolve().parents[1] / "host.json"
 MAX_CONCURRENT_CALLS = int(
     json.loads(HOST_JSON.read_text())["extensions"]["serviceBus"]["maxConcurrentCalls"]
@@ -77,6 +86,25 @@ class LocalHost:
                 return deliveries
             deliveries += len(batch)
             await asyncio.gather(*(self._deliver(queue, d, function) for d in batch))
+
+    async def pump_through_time(
+        self,
+        queue: InMemoryQueue,
+        clock: MovableClock,
+        function: str = "execute_action",
+        until: timedelta = timedelta(days=1),
+    ) -> int:
+        """Deliver queued messages, and whenever the queue is empty move `clock` to the next
+        scheduled message (retries after backoff, expiries) and go on, up to `until` ahead;
+        returns deliveries made."""
+        deadline = clock() + until
+        deliveries = await self.pump(queue, function)
+        while queue.scheduled and queue.scheduled[0][0] <= deadline:
+            due = queue.scheduled[0][0]
+            if due > clock():
+                clock.advance(due - clock())
+            deliveries += await self.pump(queue, function)
+        return deliveries
 
     async def _deliver(self, queue: InMemoryQueue, delivery: Delivery, function: str) -> None:
         message = ServiceBusMessage(

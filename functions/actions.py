@@ -1,5 +1,6 @@
-"""The action executor: a Service Bus queue trigger. Raising abandons the message so Service
-Bus redelivers it; returning completes it."""
+"""The action executor: a Service Bus queue trigger. Returning completes the message (an action
+that met an infrastructure error was put back on the queue, scheduled for later); raising
+abandons it, so Service Bus redelivers it and, after the max delivery count, dead-letters it."""
 
 from __future__ import annotations
 
@@ -26,4 +27,4 @@ async def execute_action(message: func.ServiceBusMessage) -> None:
     except ValidationError as exc:
         await services.runner.reject_message(message.message_id, exc.error_count())
         return
-    await services.runner.run(action, message.delivery_count or 1)
+    await services.runner.run(action)

@@ -117,6 +117,29 @@ class AuditChain:
         await self._notify(records)
         return records
 
+    async def head_seq(self) -> int:
+        """The sequence number of the newest record this writer knows of (0: none). May lag
+        behind other writers: a lower bound, never ahead of the chain."""
+        head = self._head or await self._store.head()
+        return head.seq if head else 0
+
+    async def record(self, seq: int) -> AuditRecord | None:
+        return await self._store.get(seq)
+
+    async def find(
+        self, action_ids: set[str], events: frozenset[str], after_seq: int
+    ) -> dict[str, AuditRecord]:
+        """The newest record of each of `action_ids` with one of `events`, among the records
+        after `after_seq` (read newest first, down to it)."""
+        found: dict[str, AuditRecord] = {}
+        async for record in self._store.newest_first():
+            if record.seq <= after_seq or len(found) == len(action_ids):
+                break
+            entry = record.entry
+            if entry.action_id in action_ids and entry.event in events:
+                found.setdefault(entry.action_id, record)
+        return found
+
     async def _notify(self, records: list[AuditRecord]) -> None:
         if not records:
             return

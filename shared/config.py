@@ -296,7 +296,60 @@ class Settings(PolicySettings):
         alias="ACTIONS_MAX_DELIVERIES",
         ge=1,
         le=2000,
-        description="The queue's max delivery count: the last attempt audits a transient failure.",
+        description="The queue's max delivery count, after which a message is dead-lettered.",
+    )
+    give_up_minutes: int = Field(
+        60,
+        alias="ACTIONS_GIVE_UP_MINUTES",
+        ge=1,
+        le=7 * 24 * 60,
+        description="How long an action meeting infrastructure errors is retried before its "
+        "failure is recorded.",
+    )
+    retry_base_s: float = Field(
+        5.0,
+        alias="ACTIONS_RETRY_BASE_SECONDS",
+        gt=0,
+        le=3600,
+        description="First delay of the exponential backoff when no Retry-After is given.",
+    )
+    retry_max_s: float = Field(
+        300.0,
+        alias="ACTIONS_RETRY_MAX_SECONDS",
+        gt=0,
+        le=3600,
+        description="Longest delay of that backoff.",
+    )
+    resend_after_s: int = Field(
+        120,
+        alias="ACTIONS_RESEND_AFTER_SECONDS",
+        ge=10,
+        le=24 * 3600,
+        description="Age at which the reconciler sends a claim that never reached the queue.",
+    )
+    stuck_minutes: int = Field(
+        90,
+        alias="ACTIONS_STUCK_MINUTES",
+        ge=1,
+        le=30 * 24 * 60,
+        description="Age at which an action still open raises an alert.raised record.",
+    )
+    state_ttl_days: int = Field(
+        30,
+        alias="STATE_TTL_DAYS",
+        ge=2,
+        le=3650,
+        description="Time to live of closed working-state rows (never of the audit trail).",
+    )
+    cleanup_schedule: str = Field(
+        "0 30 3 * * *",
+        alias="CLEANUP_SCHEDULE",
+        description="NCRONTAB schedule of the state clean-up.",
+    )
+    reconcile_schedule: str = Field(
+        "0 */1 * * * *",
+        alias="RECONCILE_SCHEDULE",
+        description="NCRONTAB schedule of the action reconciler.",
     )
     alert_poll_schedule: str = Field(
         "0 */1 * * * *",

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 from shared.actions.accounts import AccountActions, LockoutLimits
 from shared.actions.breakglass import EmergencyAccess, EmergencyAccounts
 from shared.actions.ip_blocks import IpBlocklist, IpBlockSweeper
-from shared.actions.runner import ActionRunner, Holds
+from shared.actions.reconciler import ActionReconciler, ReconcileLimits
+from shared.actions.runner import ActionRunner, Holds, RetryPolicy
 from shared.adapters.audit_index_table import AuditIndexTable
 from shared.adapters.audit_table import AuditTable
 from shared.adapters.credentials import build_credential
@@ -28,6 +29,7 @@ from shared.adapters.notification_queue import (
 )
 from shared.adapters.queue import InMemoryActionQueue, ServiceBusActionQueue
 from shared.adapters.readiness_probes import AzureProbes, QueuePeek
+from shared.adapters.state_retention import TableStateRetention
 from shared.adapters.state_table import (
     StateTable,
     TableActivations,
@@ -46,6 +48,7 @@ from shared.adapters.watch_table import (
 from shared.approvals import Approvals
 from shared.audit import AuditChain
 from shared.audit_query import AuditQuery
+from shared.cleanup import StateCleanup
 from shared.config import QueueKind, Settings
 from shared.defender_stream import DefenderStream
 from shared.emergency import EmergencyMonitor
@@ -53,6 +56,7 @@ from shared.identity import TokenValidator
 from shared.intake import AlertIntake, BlastRadius
 from shared.manual import ManualActions
 from shared.models import utcnow
+from shared.outbox import Outbox
 from shared.permissions import EXCHANGE_AUDIENCE, GRAPH_AUDIENCE
 from shared.policy import Guards, Playbook, Policy
 from shared.poller import AlertPoller
@@ -85,6 +89,7 @@ class Container:
         self.approval_store = TableApprovals(state_table)
         self.activations = TableActivations(state_table)
         self.leases = TableLeases(state_table)
+        self.retention = TableStateRetention(state_table)
         self.audit_index = AuditIndexTable(self.tables.get_table_client(settings.audit_index_table))
         self.audit_query = AuditQuery(self.audit_store, self.audit_index, self._cursor_key())
         self.chain = AuditChain(self.audit_store, listeners=[self.audit_query.index_records])
@@ -241,20 +246,28 @@ class Container:
         )
 
     @cached_property
+    def outbox(self) -> Outbox:
+        return Outbox(
+            self.chain,
+            self.state,
+            self.queue,
+            self.approval_store,
+            timedelta(minutes=self.settings.approval_ttl_minutes),
+            self.clock,
+        )
+
+    @cached_property
     def intake(self) -> AlertIntake:
         return AlertIntake(
             self.policy,
-            self.chain,
+            self.outbox,
             self.state,
             self.state,
-            self.queue,
             self.blocks,
             BlastRadius(
                 budget=self.approval_store,
-                approvals=self.approval_store,
                 disables=self.settings.disable_budget,
                 window=timedelta(minutes=self.settings.disable_window_minutes),
-                approval_ttl=timedelta(minutes=self.settings.approval_ttl_minutes),
                 clock=self.clock,
             ),
         )
@@ -269,7 +282,7 @@ class Container:
             privileged_roles=frozenset(self.settings.privileged_roles),
             min_global_admins=self.settings.min_global_admins,
         )
-        return AccountActions(self.graph, self.graph, self.guards, limits, self.leases)
+        return AccountActions(self.graph, self.graph, self.guards, limits, self.leases, self.state)
 
     @cached_property
     def emergency(self) -> EmergencyAccess:
@@ -295,7 +308,39 @@ class Container:
             self.queue,
             self.blocklist,
             Holds(self.approval_store, approval_ttl, self.clock),
-            self.settings.max_deliveries,
+            RetryPolicy(
+                give_up_after=timedelta(minutes=self.settings.give_up_minutes),
+                base_delay_s=self.settings.retry_base_s,
+                max_delay_s=self.settings.retry_max_s,
+            ),
+            self.clock,
+        )
+
+    @cached_property
+    def cleanup(self) -> StateCleanup:
+        return StateCleanup(
+            self.retention,
+            timedelta(days=self.settings.state_ttl_days),
+            timedelta(minutes=self.settings.disable_window_minutes),
+            self.clock,
+        )
+
+    @cached_property
+    def reconciler(self) -> ActionReconciler:
+        return ActionReconciler(
+            self.outbox,
+            self.state,
+            self.blocks,
+            self.queue,
+            self.runner,
+            self.blocklist,
+            self.chain,
+            ReconcileLimits(
+                resend_after=timedelta(seconds=self.settings.resend_after_s),
+                give_up_after=timedelta(minutes=self.settings.give_up_minutes),
+                stuck_after=timedelta(minutes=self.settings.stuck_minutes),
+            ),
+            self.clock,
         )
 
     @cached_property

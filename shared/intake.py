@@ -9,26 +9,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from shared.audit import AuditChain
 from shared.ingest import normalize
-from shared.models import (
-    ActionKind,
-    ActionRequest,
-    Alert,
-    AuditEntry,
-    AuditEvent,
-    Decision,
-    OutcomeStatus,
-    action_entry,
-)
+from shared.models import ActionKind, ActionRequest, Alert, Decision
+from shared.outbox import QUEUED_DECISIONS, Outbox
 from shared.policy import Plan, Policy
 from shared.ports import (
     ActionLedger,
-    ActionQueue,
     AlertCheckpoint,
-    ApprovalStore,
     BlockRegistry,
+    BlockState,
     DisableBudget,
+    LedgerEntry,
 )
 
 logger = logging.getLogger(__name__)
@@ -80,28 +71,13 @@ def plan_as_dict(plan: Plan) -> dict[str, Any]:
     }
 
 
-QUEUED_DECISIONS = frozenset({Decision.EXECUTE, Decision.DRY_RUN})
-DECISION_EVENTS = {
-    Decision.REFUSED: AuditEvent.ACTION_REFUSED,
-    Decision.NEEDS_APPROVAL: AuditEvent.ACTION_HELD,
-}
-
-
-def decision_entry(action: ActionRequest) -> AuditEntry:
-    event = DECISION_EVENTS.get(action.decision, AuditEvent.ACTION_PLANNED)
-    return action_entry(action, event, {"decision": str(action.decision)})
-
-
 @dataclass(frozen=True)
 class BlastRadius:
-    """The budget of automatic account disables per rolling window, and how long an action
-    held beyond it waits for an engineer."""
+    """The budget of automatic account disables per rolling window."""
 
     budget: DisableBudget
-    approvals: ApprovalStore
     disables: int
     window: timedelta
-    approval_ttl: timedelta
     clock: Callable[[], datetime]
 
     async def check(self, action: ActionRequest) -> ActionRequest:
@@ -126,20 +102,18 @@ class AlertIntake:
     def __init__(
         self,
         policy: Policy,
-        chain: AuditChain,
+        outbox: Outbox,
         ledger: ActionLedger,
         checkpoint: AlertCheckpoint,
-        queue: ActionQueue,
         blocks: BlockRegistry,
         blast_radius: BlastRadius,
     ) -> None:
         self._policy = policy
+        self._outbox = outbox
+        self._ledger = ledger
         self._blocks = blocks
         self._blast_radius = blast_radius
-        self._chain = chain
-        self._ledger = ledger
         self._checkpoint = checkpoint
-        self._queue = queue
 
     async def handle_payload(self, payload: object) -> list[IntakeResult]:
         """Normalize any supported alert shape (raises InvalidInput) and handle each alert."""
@@ -161,35 +135,59 @@ class AlertIntake:
         """Claim, audit and queue decided action requests, from an alert or an engineer.
 
         Requests whose id was claimed before, and blocks of networks already pending or
-        blocked, coalesce into the earlier request."""
+        blocked, coalesce into the earlier request; when that one never reached the queue it
+        is sent now. Any failure propagates (the sender retries): the claims stay, and the
+        next delivery or the reconciler sends them."""
         result = Submitted()
         fresh: list[ActionRequest] = []
-        reserved: list[ActionRequest] = []
+        unsent: list[LedgerEntry] = []
+        claim_seq = await self._outbox.claim_seq()
         for decided in actions:
             planned = await self._blast_radius.check(decided)
             action = await self._reserve(planned)
             if action is None:
+                # The network is pending or blocked: this request joins that generation.
                 result.actions.append(planned)
                 result.coalesced.append(planned.id)
+                earlier = await self._blocks.get(planned.target)
+                if earlier is not None and earlier.state == BlockState.PENDING:
+                    await self._resume(earlier.block, claim_seq, fresh, unsent)
                 continue
             result.actions.append(action)
-            if action is not planned:
-                reserved.append(action)
-            if await self._ledger.claim(action):
+            if await self._outbox.claim(action, claim_seq):
                 fresh.append(action)
-            else:
+            elif not await self._unsent(action.id, unsent):
                 result.coalesced.append(action.id)
-        try:
-            await self._commit(fresh)
-        except BaseException:
-            # Nothing is lost: release the claims so a retry plans them again.
-            for action in fresh:
-                await self._ledger.release(action.id)
-            for action in reserved:
-                await self._blocks.release(action)
-            raise
-        result.queued = [a.id for a in fresh if a.decision in QUEUED_DECISIONS]
+        await self._outbox.commit(fresh, unsent)
+        handed_on = [*fresh, *(e.request for e in unsent if e.request is not None)]
+        result.queued = [a.id for a in handed_on if a.decision in QUEUED_DECISIONS]
         return result
+
+    async def _resume(
+        self,
+        block: ActionRequest,
+        claim_seq: int,
+        fresh: list[ActionRequest],
+        unsent: list[LedgerEntry],
+    ) -> None:
+        """A pending block whose claim is missing (a crash between reserving and claiming)
+        is claimed now; one whose claim never reached the queue is sent."""
+        entry = await self._ledger.get(block.id)
+        if entry is None:
+            if await self._outbox.claim(block, claim_seq):
+                fresh.append(block)
+        elif entry.open and not entry.sent and entry.request is not None:
+            if all(e.action_id != block.id for e in unsent):
+                unsent.append(entry)
+
+    async def _unsent(self, action_id: str, unsent: list[LedgerEntry]) -> bool:
+        """Collect the earlier claim of `action_id` if it never reached the queue."""
+        entry = await self._ledger.get(action_id)
+        if entry is None or not entry.open or entry.sent or entry.request is None:
+            return False
+        if all(e.action_id != action_id for e in unsent):
+            unsent.append(entry)
+        return True
 
     async def _reserve(self, action: ActionRequest) -> ActionRequest | None:
         """IP blocks go through the block registry: a network already pending or blocked
@@ -197,15 +195,3 @@ class AlertIntake:
         if action.kind is not ActionKind.BLOCK_IP or action.decision is not Decision.EXECUTE:
             return action
         return await self._blocks.reserve(action)
-
-    async def _commit(self, actions: list[ActionRequest]) -> None:
-        if not actions:
-            return
-        records = await self._chain.append_all([decision_entry(a) for a in actions])
-        await self._queue.send([a for a in actions if a.decision in QUEUED_DECISIONS])
-        held_until = self._blast_radius.clock() + self._blast_radius.approval_ttl
-        for action, record in zip(actions, records, strict=True):
-            if action.decision is Decision.REFUSED:
-                await self._ledger.finish(action, OutcomeStatus.REFUSED, record.seq)
-            elif action.decision is Decision.NEEDS_APPROVAL:
-                await self._blast_radius.approvals.hold(action, held_until)

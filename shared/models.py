@@ -256,6 +256,10 @@ class ActionRequest(BaseModel):
     requested_by: Actor = Field(default_factory=Actor)
     dry_run: bool = False
     requested_at: datetime = Field(default_factory=utcnow)
+    # Set when an infrastructure error put the action back on the queue: the how-many-th
+    # retry this message is, and since when it has been retried (give-up is by elapsed time).
+    retry: int = Field(0, ge=0)
+    retrying_since: datetime | None = None
 
     _short_reason = field_validator("reason", mode="before")(lambda v: _capped(v))
 
@@ -271,8 +275,18 @@ class ActionRequest(BaseModel):
     def message_id(self) -> str:
         """The queue message id. The action id, except for the approved run of a held action:
         a guard may hold an action its first delivery carried, and the queue's duplicate
-        detection would drop a second message under the same id."""
-        return f"{self.id}-approved" if "approved_by" in self.params else self.id
+        detection would drop a second message under the same id. A retry after an
+        infrastructure error gets an id per retry: the same retry scheduled twice (a crash
+        between scheduling it and completing the message) is dropped as a duplicate."""
+        base = f"{self.id}-approved" if "approved_by" in self.params else self.id
+        return f"{base}-retry-{self.retry}" if self.retry else base
+
+    def retried(self, since: datetime) -> ActionRequest:
+        """This request as its next retry, retried since `since` unless it was already
+        retried since earlier."""
+        return self.model_copy(
+            update={"retry": self.retry + 1, "retrying_since": self.retrying_since or since}
+        )
 
     def for_generation(self, generation: int) -> ActionRequest:
         """This request as the `generation`-th block of its target: one id per generation, so

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -110,28 +110,82 @@ LEDGER_QUEUED = "queued"
 
 
 @dataclass(frozen=True)
+class Intent:
+    """A tenant write the executor was about to make, recorded before it made it: a later
+    delivery that finds the tenant already in the wanted state knows the write was its own
+    (the response was lost), not someone else's."""
+
+    call: str
+    before: dict[str, Any]
+    at: datetime
+
+
+@dataclass(frozen=True)
 class LedgerEntry:
+    """One action's row: its state (`queued` while open, then how it ended), the request as
+    claimed, whether it reached the queue, and the marks that make a redelivery after a crash
+    finish the action instead of repeating it."""
+
     action_id: str
     state: str
     kind: str
     target: str
     audit_seq: int | None = None
+    request: ActionRequest | None = None
+    claimed_at: datetime | None = None
+    sent: bool = True
+    # The audit head when intake claimed the row: its decision record comes after it.
+    claim_seq: int = 0
+    # The audit head before the executor first tried to append the outcome (0: not yet).
+    record_from: int = 0
+    intent: Intent | None = None
+    alerted: bool = False
+
+    @property
+    def open(self) -> bool:
+        return self.state == LEDGER_QUEUED
+
+    def ended(self, action: ActionRequest) -> bool:
+        """Whether `action` has ended: the approved run of a held action has not."""
+        if self.open:
+            return False
+        return not (self.state == OutcomeStatus.HELD and "approved_by" in action.params)
 
 
 class ActionLedger(Protocol):
-    """One row per action id: claims a request once, remembers how it ended."""
+    """One row per action id: claims a request once (the intake's outbox), remembers whether
+    it was sent, what the executor was about to write, and how it ended."""
 
-    async def claim(self, action: ActionRequest) -> bool:
-        """Record the action as queued; False when the id was claimed before."""
+    async def claim(self, action: ActionRequest, at: datetime, claim_seq: int) -> bool:
+        """Record the action as claimed but not yet sent; False when the id was claimed
+        before."""
         ...
 
-    async def release(self, action_id: str) -> None: ...
+    async def mark_sent(self, action_id: str) -> None: ...
 
     async def get(self, action_id: str) -> LedgerEntry | None: ...
+
+    async def intend(self, action: ActionRequest, call: str, before: dict[str, Any]) -> None:
+        """Record the write about to be made (before it is made)."""
+        ...
+
+    async def recording(self, action: ActionRequest, from_seq: int) -> None:
+        """Note that the outcome is about to be appended after audit record `from_seq`."""
+        ...
 
     async def finish(
         self, action: ActionRequest, status: OutcomeStatus, audit_seq: int
     ) -> None: ...
+
+    async def unsent(self, claimed_before: datetime) -> list[LedgerEntry]:
+        """Open rows claimed before `claimed_before` that never reached the queue."""
+        ...
+
+    async def stuck(self, claimed_before: datetime) -> list[LedgerEntry]:
+        """Open rows claimed before `claimed_before` not yet alerted on."""
+        ...
+
+    async def mark_alerted(self, action_id: str) -> None: ...
 
 
 class AlertCheckpoint(Protocol):
@@ -146,13 +200,32 @@ class AlertCheckpoint(Protocol):
     async def mark_handled(self, alert_key: str, version: str) -> None: ...
 
 
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message the queue gave up on after its max delivery count."""
+
+    message_id: str
+    body: bytes
+    reason: str = ""
+    enqueued_at: datetime | None = None
+
+
+DeadLetterHandler = Callable[[DeadLetter], Awaitable[bool]]
+
+
 class ActionQueue(Protocol):
     """Where planned actions wait for the executor."""
 
     async def send(self, actions: list[ActionRequest]) -> None: ...
 
     async def schedule(self, actions: list[ActionRequest], at: datetime) -> None:
-        """Deliver `actions` not before `at` (temporary containment reverting itself)."""
+        """Deliver `actions` not before `at` (temporary containment reverting itself, a retry
+        after an infrastructure error)."""
+        ...
+
+    async def drain_dead_letters(self, handler: DeadLetterHandler, max_count: int) -> int:
+        """Hand up to `max_count` dead-lettered messages to `handler`: each it returns True
+        for leaves the dead-letter queue, the others stay there. How many were handed over."""
         ...
 
 
@@ -224,10 +297,6 @@ class BlockRegistry(Protocol):
         """Register a block request as the network's next generation and return it with the
         generation's action id; None while the network is already pending or blocked (the
         request coalesces into that one)."""
-        ...
-
-    async def release(self, action: ActionRequest) -> None:
-        """Undo a reservation whose request could not be queued."""
         ...
 
     async def entries(self, *states: str) -> list[BlockEntry]: ...
@@ -394,4 +463,14 @@ class Leases(Protocol):
 
     async def release(self, name: str, holder: str) -> None:
         """Give the lease back if `holder` still holds it."""
+        ...
+
+
+class StateRetention(Protocol):
+    """Deletes working-state rows past their time to live; never audit records."""
+
+    async def purge(self, before: datetime, budget_before: datetime) -> dict[str, int]:
+        """Delete the rows nothing depends on any more that were last written before
+        `before`, and disable-budget entries older than `budget_before`; how many of each
+        kind."""
         ...

@@ -130,6 +130,16 @@ var appSettings = {
   ServiceBusConnection__clientId: identity.properties.clientId
   ACTIONS_QUEUE: actionsQueueName
   ACTIONS_MAX_DELIVERIES: string(actionsMaxDeliveries)
+  // Retries after infrastructure errors, given up by elapsed time; the reconciler's timer.
+  ACTIONS_GIVE_UP_MINUTES: '60'
+  ACTIONS_RETRY_BASE_SECONDS: '5'
+  ACTIONS_RETRY_MAX_SECONDS: '300'
+  ACTIONS_RESEND_AFTER_SECONDS: '120'
+  ACTIONS_STUCK_MINUTES: '90'
+  RECONCILE_SCHEDULE: '0 */1 * * * *'
+  // Time to live of closed working-state rows (never the audit trail), and its daily timer.
+  STATE_TTL_DAYS: '30'
+  CLEANUP_SCHEDULE: '0 30 3 * * *'
 
   // Alert intake.
   ALERT_POLL_SCHEDULE: alertPollSchedule

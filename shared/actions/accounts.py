@@ -33,12 +33,22 @@ from shared.models import (
     OutcomeStatus,
 )
 from shared.policy import PROTECTED_KINDS, Guards
-from shared.ports import GLOBAL_ADMINISTRATOR, Directory, DirectoryRoles, Leases, UserState
+from shared.ports import (
+    GLOBAL_ADMINISTRATOR,
+    ActionLedger,
+    Directory,
+    DirectoryRoles,
+    Intent,
+    Leases,
+    UserState,
+)
 
 PRIVILEGED_AUTHENTICATION_ADMINISTRATOR = "7be44c8a-adaf-4e2a-84d6-ab2649e08a13"
 GA_LEASE = "global-admin-disables"
 LEASE_TTL = timedelta(minutes=2)
 LEASE_WAIT_S = 20.0
+CONFIRMED = "confirmed: the write of an earlier delivery took effect; its response was lost"
+SESSIONS = "signInSessionsValidFromDateTime"
 
 
 def role_names(role_ids: list[str]) -> str:
@@ -61,18 +71,25 @@ class AccountActions:
         guards: Guards,
         limits: LockoutLimits,
         leases: Leases,
+        ledger: ActionLedger,
     ) -> None:
+        self._ledger = ledger
         self._directory = directory
         self._roles = roles
         self._guards = guards
         self._limits = limits
         self._leases = leases
 
-    async def run(self, action: ActionRequest) -> ActionOutcome:
+    async def run(self, action: ActionRequest, intent: Intent | None = None) -> ActionOutcome:
+        """Run `action`. `intent` is the write an earlier delivery recorded in the ledger
+        before it made it, if any."""
         user = await self._directory.get_user(action.target)
         checks = self._protected(action, user)
         if checks and not checks[-1].passed:
             return _stopped(OutcomeStatus.REFUSED, user, checks)
+        confirmed = _confirmed(action, user, checks, intent)
+        if confirmed is not None:
+            return confirmed
         if action.kind is ActionKind.REVOKE_SESSIONS:
             call = f"POST /users/{user.id}/revokeSignInSessions"
         else:
@@ -94,6 +111,15 @@ class AccountActions:
                 async with self._lease(action.id):
                     return await self._write(action, user, checks, call, held_roles)
         return await self._write(action, user, checks, call, held_roles)
+
+    async def confirm(self, action: ActionRequest) -> ActionOutcome | None:
+        """Before `action` is recorded as failed: re-read the user; the executed outcome if
+        the write this action intended shows in the tenant."""
+        if action.dry_run:
+            return None
+        entry = await self._ledger.get(action.id)
+        user = await self._directory.get_user(action.target)
+        return _confirmed(action, user, [], entry.intent if entry is not None else None)
 
     @asynccontextmanager
     async def _lease(self, holder: str) -> AsyncIterator[None]:
@@ -125,6 +151,9 @@ class AccountActions:
             return ActionOutcome(
                 status=OutcomeStatus.DRY_RUN, before=user.as_dict(), calls=[call], guards=checks
             )
+        # The intent goes to the ledger first: if the response is lost, the next delivery
+        # knows the write it finds in the tenant was this action's.
+        await self._ledger.intend(action, call, user.as_dict())
         try:
             if action.kind is ActionKind.REVOKE_SESSIONS:
                 request_id = await self._directory.revoke_sign_in_sessions(user.id)
@@ -193,6 +222,29 @@ class AccountActions:
         passed = enabled > minimum
         detail = f"{enabled} enabled Global Administrators; at least {minimum} must stay enabled"
         return GuardCheck(guard="global_admin_minimum", passed=passed, detail=detail)
+
+
+def _confirmed(
+    action: ActionRequest, user: UserState, checks: list[GuardCheck], intent: Intent | None
+) -> ActionOutcome | None:
+    """The outcome of an earlier delivery's write whose response was lost: the ledger holds
+    its intent, and the tenant shows its effect."""
+    if intent is None or not _took_effect(action, intent, user):
+        return None
+    return ActionOutcome(
+        status=OutcomeStatus.EXECUTED,
+        before=intent.before,
+        after={**user.as_dict(), "note": CONFIRMED},
+        calls=[intent.call],
+        guards=checks,
+    )
+
+
+def _took_effect(action: ActionRequest, intent: Intent, user: UserState) -> bool:
+    if action.kind is ActionKind.REVOKE_SESSIONS:
+        return bool(user.as_dict()[SESSIONS] != intent.before.get(SESSIONS))
+    wanted = action.kind is ActionKind.ENABLE_ACCOUNT
+    return user.account_enabled is wanted and intent.before.get("accountEnabled") is not wanted
 
 
 def explain_denied(exc: PermanentError, held_roles: list[str]) -> PermanentError:

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from shared.concurrency import gather_bounded
 from shared.errors import NotFoundError, PermanentError, TransientError
 from shared.models import ActionKind, ActionOutcome, ActionRequest, Actor, OutcomeStatus
 from shared.ports import (
@@ -189,7 +190,9 @@ class Applied:
     follow_up: ActionRequest | None = None  # runs at expires_at (default: the unblock)
 
 
-Recorder = Callable[[list[Applied]], Awaitable[None]]
+Settle = Callable[[], Awaitable[None]]
+# Audits outcomes, then runs `settle` (the registry moves on), then closes their ledger rows.
+Recorder = Callable[[list[Applied], Settle | None], Awaitable[None]]
 
 
 class IpBlocklist:
@@ -246,7 +249,7 @@ class IpBlocklist:
                 before={"blocked": bool(entry and entry.state == BlockState.BLOCKED)},
                 error=f"superseded by generation {entry.generation}" if stale and entry else None,
             )
-            await record([Applied(action, nothing)])
+            await record([Applied(action, nothing)], None)
             return [*applied, Applied(action, nothing)]
         if entry.state == BlockState.BLOCKED:
             if not await self._registry.update(entry, BlockState.UNBLOCKING, unblock=action):
@@ -257,22 +260,63 @@ class IpBlocklist:
         ):
             # Another unblock request was already lifting this network.
             done = ActionOutcome(status=OutcomeStatus.ALREADY_DONE, after={"blocked": False})
-            await record([Applied(action, done)])
+            await record([Applied(action, done)], None)
             applied.append(Applied(action, done))
         return applied
 
-    async def abandon(self, action: ActionRequest) -> None:
-        """A request failed for good: a block returns to failed (a later alert may try again),
-        an unblock leaves the network blocked."""
+    async def settle(self, action: ActionRequest, outcome: ActionOutcome) -> None:
+        """Move the registry on after `action`'s outcome was audited, unless it moved on
+        already: an executed block becomes blocked (until the expiry the outcome names), an
+        executed unblock unblocked; a failed block returns to failed (a later alert may try
+        again), a failed unblock leaves the network blocked."""
         entry = await self._registry.get(action.target)
         if entry is None:
             return
+        executed = outcome.status is OutcomeStatus.EXECUTED
         if action.kind is ActionKind.BLOCK_IP:
-            if entry.block.id == action.id and entry.state == BlockState.PENDING:
+            if entry.block.id != action.id or entry.state != BlockState.PENDING:
+                return
+            if executed:
+                expires = outcome.after.get("expires_at")
+                expires_at = datetime.fromisoformat(expires) if expires else None
+                await self._registry.update(entry, BlockState.BLOCKED, expires_at=expires_at)
+            elif outcome.status is OutcomeStatus.FAILED:
                 await self._registry.update(entry, BlockState.FAILED)
-        elif entry.unblock is not None and entry.unblock.id == action.id:
-            if entry.state == BlockState.UNBLOCKING:
+            return
+        if entry.unblock is None or entry.unblock.id != action.id:
+            return
+        if entry.state == BlockState.UNBLOCKING:
+            if executed:
+                await self._registry.update(entry, BlockState.UNBLOCKED)
+            elif outcome.status is OutcomeStatus.FAILED:
                 await self._registry.update(entry, BlockState.BLOCKED)
+
+    async def confirm(self, action: ActionRequest) -> Applied | None:
+        """Before a request is recorded as failed: read the rules, and if they show what it
+        asked for (an earlier attempt's write landed, its response did not), its executed
+        outcome, confirmed by that read."""
+        entry = await self._registry.get(action.target)
+        rule_range = _canonical(exchange_range(action.target))
+        present = any(
+            _canonical(rng) == rule_range
+            for rule in await self._rules.list_rules()
+            if is_managed(rule)
+            for rng in rule.ranges
+        )
+        note = "confirmed by reading the transport rules after an error"
+        if action.kind is ActionKind.BLOCK_IP and present:
+            if entry is None or entry.block.id != action.id:
+                return None
+            ttl = action.params.get("ttl_minutes")
+            expires = self._clock() + timedelta(minutes=int(ttl)) if ttl else None
+            after = {"blocked": True, "expires_at": expires, "note": note}
+            return Applied(action, _executed({"blocked": False}, after, [], []), expires)
+        if action.kind is ActionKind.UNBLOCK_IP and not present and entry is not None:
+            if entry.unblock is None or entry.unblock.id != action.id:
+                return None
+            after = {"blocked": False, "note": note}
+            return Applied(action, _executed({"blocked": True}, after, [], []))
+        return None
 
     async def flush(self, record: Recorder) -> list[Applied]:
         """Apply every pending block and unblock to the transport rules, in one pass, and
@@ -303,8 +347,7 @@ class IpBlocklist:
                 {e.network for e in signin if e.state == BlockState.UNBLOCKING},
             )
             applied = self._outcomes(moving, placed, calls, self._rules.take_warnings())
-            await record(applied)
-            await self._advance(applied, moving)
+            await record(applied, lambda: self._advance(applied, moving))
             return applied
 
     async def _apply(
@@ -444,12 +487,14 @@ class IpBlocklist:
 
     async def _advance(self, applied: list[Applied], entries: list[BlockEntry]) -> None:
         by_network = {e.network: e for e in entries}
-        for item in applied:
-            entry = by_network[item.action.target]
-            if item.action.kind is ActionKind.BLOCK_IP:
-                await self._registry.update(entry, BlockState.BLOCKED, expires_at=item.expires_at)
-            else:
-                await self._registry.update(entry, BlockState.UNBLOCKED)
+        await gather_bounded(
+            self._registry.update(
+                by_network[item.action.target], BlockState.BLOCKED, expires_at=item.expires_at
+            )
+            if item.action.kind is ActionKind.BLOCK_IP
+            else self._registry.update(by_network[item.action.target], BlockState.UNBLOCKED)
+            for item in applied
+        )
 
 
 def _executed(

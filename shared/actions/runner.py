@@ -1,21 +1,25 @@
-"""Runs one queued action: skips deliveries of actions that already ended, dispatches to the
-executor, audits the outcome and records it in the ledger.
+"""Runs one queued action: skips deliveries of actions that already ended, finishes one whose
+outcome an earlier delivery audited before it died, dispatches to the executor, audits the
+outcome once and records it in the ledger.
 
-Permanent errors are audited as failed. Anything else propagates so the queue redelivers the
-message, except on the last allowed delivery, where the failure is audited instead of vanishing
-into the dead-letter queue.
+Permanent errors are audited as failed, after the tenant is re-read. Infrastructure errors put
+the action back on the queue with backoff (Retry-After when given) until the give-up time has
+passed; only then is the failure recorded.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from shared.actions.accounts import AccountActions
-from shared.actions.breakglass import EmergencyAccess
-from shared.actions.ip_blocks import Applied, IpBlocklist, expiry_unblock
+from shared.actions.breakglass import EmergencyAccess, expiry_deactivation
+from shared.actions.ip_blocks import Applied, IpBlocklist, Settle, expiry_unblock
 from shared.audit import AuditChain
+from shared.concurrency import gather_bounded
 from shared.errors import PermanentError, TransientError
 from shared.models import (
     ActionKind,
@@ -28,7 +32,7 @@ from shared.models import (
     OutcomeStatus,
     action_entry,
 )
-from shared.ports import LEDGER_QUEUED, ActionLedger, ActionQueue, ApprovalState, ApprovalStore
+from shared.ports import ActionLedger, ActionQueue, ApprovalState, ApprovalStore, LedgerEntry
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +65,39 @@ class Holds:
         return approval is not None and approval.state is ApprovalState.APPROVED
 
 
+OUTCOME_RECORDS = frozenset(str(AuditEvent.for_outcome(status)) for status in OutcomeStatus)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When an action that met an infrastructure error runs again, and when it is given up:
+    by the time since it was first put back on the queue, never by a count of deliveries."""
+
+    give_up_after: timedelta
+    base_delay_s: float
+    max_delay_s: float
+
+    def delay(self, retry: int, exc: BaseException) -> timedelta:
+        """`Retry-After` when the service sent one (a little later, so that the workers
+        woken by one throttling answer do not all return at once); otherwise exponential
+        backoff with jitter."""
+        retry_after = _retry_after(exc)
+        if retry_after is not None:
+            return timedelta(seconds=max(retry_after, 0.0) * random.uniform(1.0, 1.1))
+        ceiling = min(self.max_delay_s, self.base_delay_s * 2 ** min(retry, 30))
+        return timedelta(seconds=random.uniform(ceiling / 2, ceiling))
+
+
+def _retry_after(exc: BaseException | None) -> float | None:
+    """The `Retry-After` of the throttling behind `exc`, however deeply it is wrapped."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, TransientError) and exc.retry_after is not None:
+            return exc.retry_after
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
 class ActionRunner:
     def __init__(
         self,
@@ -71,7 +108,8 @@ class ActionRunner:
         queue: ActionQueue,
         blocklist: IpBlocklist | None,
         holds: Holds,
-        max_deliveries: int,
+        retry: RetryPolicy,
+        clock: Callable[[], datetime],
     ) -> None:
         self._accounts = accounts
         self._emergency = emergency
@@ -80,55 +118,106 @@ class ActionRunner:
         self._queue = queue
         self._blocklist = blocklist
         self._holds = holds
-        self._max_deliveries = max_deliveries
+        self._retry = retry
+        self._clock = clock
 
-    async def run(self, action: ActionRequest, delivery_count: int) -> ActionOutcome | None:
-        """Execute `action` once. None means another delivery or a batch already ended it."""
+    async def run(self, action: ActionRequest) -> ActionOutcome | None:
+        """Execute `action` once. None means another delivery or a batch already ended it,
+        or it was put back on the queue to run later.
+
+        Infrastructure errors (storage, the queue, throttling, anything not permanent) put
+        the action back on the queue with backoff; once it has been retried for the give-up
+        time, its failure is recorded. If even that cannot be recorded, the error propagates
+        and the message ends in the dead-letter queue, which the reconciler drains."""
+        try:
+            return await self._attempt(action)
+        except Exception as exc:
+            return await self._later(action, exc)
+
+    async def _attempt(self, action: ActionRequest) -> ActionOutcome | None:
         entry = await self._ledger.get(action.id)
-        approved = (
-            entry is not None
-            and entry.state == OutcomeStatus.HELD
-            and ("approved_by" in action.params)
-        )
-        if entry is not None and entry.state != LEDGER_QUEUED and not approved:
+        if entry is not None and entry.ended(action):
             logger.info("action %s already ended (%s); delivery ignored", action.id, entry.state)
             return None
+        if entry is not None and entry.record_from:
+            recovered = await self._recover(action, entry.record_from)
+            if recovered is not None:
+                return recovered
         if "approved_by" in action.params and not await self._holds.approved(action):
             logger.warning("action %s was not approved after all; delivery ignored", action.id)
             return None
         try:
-            applied = await self._execute(action)
-        except RecordingFailed:
-            # The action ran but its audit did not land: never report it as failed; the
-            # redelivery finds the ledger still queued and records it then.
-            raise
-        except Exception as exc:
-            permanent = isinstance(exc, PermanentError)
-            if not permanent and delivery_count < self._max_deliveries:
-                logger.warning(
-                    "action %s attempt %s failed (%s); redelivery follows",
-                    action.id,
-                    delivery_count,
-                    type(exc).__name__,
-                )
-                raise
-            note = "not retried" if permanent else f"gave up after {delivery_count} deliveries"
-            applied = await self._failed(action, exc, note)
+            applied = await self._execute(action, entry)
+        except PermanentError as exc:
+            applied = await self._failed(action, exc, "not retried")
             await self._record(applied)
         return next((a.outcome for a in applied if a.action.id == action.id), None)
 
-    async def _execute(self, action: ActionRequest) -> list[Applied]:
-        """Run the executor and audit what it did (IP passes audit before the registry moves)."""
+    async def _later(self, action: ActionRequest, exc: Exception) -> ActionOutcome | None:
+        now = self._clock()
+        since = action.retrying_since or now
+        if now - since >= self._retry.give_up_after:
+            minutes = int((now - since).total_seconds() // 60)
+            applied = await self._failed(action, exc, f"gave up after {minutes} minutes")
+            await self._record(applied)
+            return next((a.outcome for a in applied if a.action.id == action.id), None)
+        delay = self._retry.delay(action.retry, exc)
+        await self._queue.schedule([action.retried(now)], now + delay)
+        logger.warning(
+            "action %s attempt %s failed (%s); runs again in %.1f s",
+            action.id,
+            action.retry + 1,
+            type(exc.__cause__ or exc).__name__,
+            delay.total_seconds(),
+        )
+        return None
+
+    async def give_up(self, action: ActionRequest, reason: str) -> ActionOutcome | None:
+        """Record the end of an action the queue gave up on (the reconciler, for a dead
+        letter past its give-up time): executed if the tenant shows it, failed otherwise.
+        None when it had ended already."""
+        entry = await self._ledger.get(action.id)
+        if _closed(entry, action):
+            return None
+        if entry is not None and entry.record_from:
+            recovered = await self._recover(action, entry.record_from)
+            if recovered is not None:
+                return recovered
+        applied = await self._failed(action, RuntimeError(reason), "dead-lettered")
+        await self._record(applied)
+        return applied[0].outcome
+
+    async def _recover(self, action: ActionRequest, record_from: int) -> ActionOutcome | None:
+        """An earlier delivery audited this action's outcome and died before closing its
+        ledger row: finish what it left undone instead of running the action again."""
+        found = await self._chain.find({action.id}, OUTCOME_RECORDS, record_from)
+        record = found.get(action.id)
+        if record is None:
+            return None
+        outcome = ActionOutcome.model_validate(record.entry.result)
+        logger.warning("action %s: outcome found in audit record %s", action.id, record.seq)
+        try:
+            await self._complete([_recorded(action, outcome)], {action.id: record.seq}, None)
+        except Exception as exc:
+            raise RecordingFailed(f"closing {action.id} failed") from exc
+        return outcome
+
+    async def _execute(self, action: ActionRequest, entry: LedgerEntry | None) -> list[Applied]:
+        """Run the executor and audit what it did (IP passes audit before the registry moves).
+        `entry` is the action's ledger row as this delivery read it: a delivery has its
+        action to itself (peek-lock), so it stands for the row when the outcome is recorded;
+        a pass over the blocklist records other actions too, and reads theirs."""
+        known = {action.id: entry}
         if action.kind.targets_breakglass:
             applied = [await self._emergency_run(action)]
-            await self._record(applied)
+            await self._record(applied, known=known)
             return applied
         if not action.kind.targets_ip:
-            outcome = await self._accounts.run(action)
+            outcome = await self._accounts.run(action, entry.intent if entry else None)
             if outcome.status is OutcomeStatus.HELD:
                 await self._holds.hold(action, outcome.error or "waits for approval")
             applied = [Applied(action, outcome)]
-            await self._record(applied)
+            await self._record(applied, known=known)
             return applied
         blocklist = self._require_blocklist()
         if action.dry_run:
@@ -164,8 +253,12 @@ class ActionRunner:
         return self._blocklist
 
     async def _failed(self, action: ActionRequest, exc: Exception, note: str) -> list[Applied]:
-        if action.kind.targets_ip and self._blocklist is not None and not action.dry_run:
-            await self._blocklist.abandon(action)
+        """The outcome of an action about to be recorded as failed, after re-reading the
+        tenant: if it shows the write this action intended, the action is recorded as
+        executed (confirmed), not failed."""
+        confirmed = await self._confirm(action)
+        if confirmed is not None:
+            return [confirmed]
         request_id = exc.request_id if isinstance(exc, TransientError | PermanentError) else None
         outcome = ActionOutcome(
             status=OutcomeStatus.FAILED,
@@ -174,23 +267,79 @@ class ActionRunner:
         )
         return [Applied(action, outcome)]
 
-    async def _record(self, applied: list[Applied]) -> None:
-        """Audit every outcome (one batch), close their ledger entries, schedule the expiry of
-        temporary blocks. Any failure here is a `RecordingFailed`."""
+    async def _confirm(self, action: ActionRequest) -> Applied | None:
+        if action.dry_run or action.kind.targets_breakglass:
+            return None
         try:
-            records = await self._chain.append_all(
-                [outcome_entry(a.action, a.outcome) for a in applied]
+            if action.kind.targets_ip:
+                return await self._require_blocklist().confirm(action)
+            outcome = await self._accounts.confirm(action)
+        except Exception as exc:
+            logger.warning("action %s: the tenant could not be re-read (%s)", action.id, exc)
+            return None
+        return Applied(action, outcome) if outcome is not None else None
+
+    async def _record(
+        self,
+        applied: list[Applied],
+        settle: Settle | None = None,
+        known: dict[str, LedgerEntry | None] | None = None,
+    ) -> None:
+        """Audit every outcome (one batch) that is not audited yet, schedule the expiry of
+        temporary blocks, let `settle` move the registry on, close the ledger rows.
+
+        Exactly one outcome record per action: an action whose ledger row is closed already
+        is skipped, and one whose row says an earlier attempt began recording is looked up
+        in the trail before anything is appended. Any failure here is a `RecordingFailed`."""
+        try:
+            entries = await gather_bounded(self._entry(a.action.id, known) for a in applied)
+            live = [a for a, e in zip(applied, entries, strict=True) if not _closed(e, a.action)]
+            begun = {e.action_id: e.record_from for e in entries if e and e.record_from}
+            found = {}
+            if begun:
+                ids = {a.action.id for a in live} & set(begun)
+                found = await self._chain.find(ids, OUTCOME_RECORDS, min(begun.values()))
+            fresh = [a for a in live if a.action.id not in found]
+            head = await self._chain.head_seq()
+            await gather_bounded(
+                self._ledger.recording(a.action, head) for a in fresh if a.action.id not in begun
             )
-            # Follow-ups before the ledger: once an action is finished, a redelivery is
-            # ignored, so a failed schedule must leave it queued. Their ids are deterministic.
-            for item in applied:
-                if item.expires_at is not None:
-                    follow_up = item.follow_up or expiry_unblock(item.action)
-                    await self._queue.schedule([follow_up], item.expires_at)
-            for item, record in zip(applied, records, strict=True):
-                await self._ledger.finish(item.action, item.outcome.status, record.seq)
+            records = await self._chain.append_all(
+                [outcome_entry(a.action, a.outcome) for a in fresh]
+            )
+            seqs = {action_id: record.seq for action_id, record in found.items()}
+            seqs.update({a.action.id: r.seq for a, r in zip(fresh, records, strict=True)})
+            await self._complete(live, seqs, settle)
         except Exception as exc:
             raise RecordingFailed(f"recording {len(applied)} outcomes failed") from exc
+
+    async def _entry(
+        self, action_id: str, known: dict[str, LedgerEntry | None] | None
+    ) -> LedgerEntry | None:
+        if known is not None and action_id in known:
+            return known[action_id]
+        return await self._ledger.get(action_id)
+
+    async def _complete(
+        self, applied: list[Applied], seqs: dict[str, int], settle: Settle | None
+    ) -> None:
+        """After the audit: follow-ups, the registry, then the ledger. Follow-ups before the
+        ledger: once an action is closed a redelivery is ignored, so a failed schedule must
+        leave it open. Their ids are deterministic."""
+        for item in applied:
+            if item.expires_at is not None:
+                follow_up = item.follow_up or expiry_unblock(item.action)
+                await self._queue.schedule([follow_up], item.expires_at)
+        if settle is not None:
+            await settle()
+        elif self._blocklist is not None:
+            for item in applied:
+                if item.action.kind.targets_ip and not item.action.dry_run:
+                    await self._blocklist.settle(item.action, item.outcome)
+        await gather_bounded(
+            self._ledger.finish(item.action, item.outcome.status, seqs[item.action.id])
+            for item in applied
+        )
 
     async def reject_message(self, message_id: str, problems: int) -> None:
         """A queue message that is no valid action: audited as failed, never retried."""
@@ -204,6 +353,21 @@ class ActionRunner:
                 result={"status": "failed", "error": f"{problems} validation errors"},
             )
         )
+
+
+def _closed(entry: LedgerEntry | None, action: ActionRequest) -> bool:
+    return entry is not None and entry.ended(action)
+
+
+def _recorded(action: ActionRequest, outcome: ActionOutcome) -> Applied:
+    """What an audited outcome implies still to do (its expiry's follow-up)."""
+    expires = outcome.after.get("expires_at")
+    if outcome.status is not OutcomeStatus.EXECUTED or not expires:
+        return Applied(action, outcome)
+    expires_at = datetime.fromisoformat(str(expires))
+    if action.kind is ActionKind.ACTIVATE_BREAKGLASS:
+        return Applied(action, outcome, expires_at, expiry_deactivation(action, expires_at))
+    return Applied(action, outcome, expires_at)
 
 
 def outcome_entry(action: ActionRequest, outcome: ActionOutcome) -> AuditEntry:

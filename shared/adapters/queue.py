@@ -3,7 +3,10 @@ semantics (deduplication by message id, peek-lock, redelivery, dead-lettering) l
 
 The message id is the deterministic action id, so Service Bus duplicate detection drops a
 repeated request, and the executor's ledger makes a redelivered one harmless.
-Least privilege: the `Azure Service Bus Data Sender` role on the queue.
+Messages the queue gave up on (max delivery count) wait in its dead-letter queue, which the
+action reconciler drains. Least privilege: the `Azure Service Bus Data Sender` role on the
+queue, and `Azure Service Bus Data Receiver` (which the trigger needs anyway) to read its
+dead-letter queue.
 """
 
 from __future__ import annotations
@@ -14,19 +17,23 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from azure.core.credentials_async import AsyncTokenCredential
-from azure.servicebus import ServiceBusMessage
+from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient, ServiceBusSender
 from azure.servicebus.exceptions import MessageSizeExceededError
 
 from shared.models import ActionRequest, utcnow
+from shared.ports import DeadLetter, DeadLetterHandler
 
 logger = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/json"
 # Service Bus duplicate detection's default window (the queue in infra/ uses the same).
 DUPLICATE_WINDOW = timedelta(minutes=10)
+# How long one drain waits for the first dead-lettered message.
+DEAD_LETTER_WAIT_S = 5.0
 
 
 def to_service_bus_message(action: ActionRequest) -> ServiceBusMessage:
@@ -73,6 +80,29 @@ class ServiceBusQueue:
         await self._client.close()
 
 
+def dead_letter_of(message: ServiceBusReceivedMessage) -> DeadLetter:
+    return DeadLetter(
+        message_id=str(message.message_id or ""),
+        body=b"".join(message.body),
+        reason=str(message.dead_letter_reason or ""),
+        enqueued_at=message.enqueued_time_utc,
+    )
+
+
+class DeadLetterReceiver(Protocol):
+    """What the dead-letter drain uses of azure.servicebus.aio.ServiceBusReceiver."""
+
+    async def receive_messages(
+        self, max_message_count: int | None, max_wait_time: float | None
+    ) -> list[ServiceBusReceivedMessage]: ...
+
+    async def complete_message(self, message: ServiceBusReceivedMessage) -> None: ...
+
+    async def abandon_message(self, message: ServiceBusReceivedMessage) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 class ServiceBusActionQueue(ServiceBusQueue):
     """`ActionQueue` on a Service Bus queue."""
 
@@ -84,6 +114,34 @@ class ServiceBusActionQueue(ServiceBusQueue):
             return
         sender = self._get_sender()
         await sender.schedule_messages([to_service_bus_message(a) for a in actions], at)
+
+    def _dead_letter_receiver(self) -> DeadLetterReceiver:
+        receiver: DeadLetterReceiver = self._client.get_queue_receiver(
+            self._queue_name, sub_queue=ServiceBusSubQueue.DEAD_LETTER
+        )
+        return receiver
+
+    async def drain_dead_letters(self, handler: DeadLetterHandler, max_count: int) -> int:
+        """Peek-lock up to `max_count` dead-lettered messages; complete those `handler`
+        took care of, abandon the rest (they stay in the dead-letter queue)."""
+        receiver = self._dead_letter_receiver()
+        try:
+            messages = await receiver.receive_messages(
+                max_message_count=max_count, max_wait_time=DEAD_LETTER_WAIT_S
+            )
+            for message in messages:
+                try:
+                    handled = await handler(dead_letter_of(message))
+                except Exception:
+                    logger.exception("dead-lettered message %s not handled", message.message_id)
+                    handled = False
+                if handled:
+                    await receiver.complete_message(message)
+                else:
+                    await receiver.abandon_message(message)
+            return len(messages)
+        finally:
+            await receiver.close()
 
 
 @dataclass
@@ -162,6 +220,22 @@ class InMemoryQueue:
             return
         delivery.delivery_count += 1
         self._pending.append(delivery)
+
+    async def drain_dead_letters(self, handler: DeadLetterHandler, max_count: int) -> int:
+        """Hand dead-lettered messages to `handler`; those it took care of leave."""
+        taken, self.dead_letters = self.dead_letters[:max_count], self.dead_letters[max_count:]
+        kept = []
+        for delivery in taken:
+            letter = DeadLetter(delivery.message_id, delivery.body, "MaxDeliveryCountExceeded")
+            try:
+                handled = await handler(letter)
+            except Exception:
+                logger.exception("dead-lettered message %s not handled", delivery.message_id)
+                handled = False
+            if not handled:
+                kept.append(delivery)
+        self.dead_letters = kept + self.dead_letters
+        return len(taken)
 
 
 class InMemoryActionQueue(InMemoryQueue):

@@ -29,6 +29,7 @@ from shared.ports import (
     ApprovalState,
     BlockEntry,
     BlockState,
+    Intent,
     LedgerEntry,
 )
 
@@ -78,7 +79,7 @@ class StateTable:
             }
         )
 
-    async def claim(self, action: ActionRequest) -> bool:
+    async def claim(self, action: ActionRequest, at: datetime, claim_seq: int) -> bool:
         try:
             await self._table.create_entity(
                 {
@@ -87,41 +88,114 @@ class StateTable:
                     "State": LEDGER_QUEUED,
                     "Kind": str(action.kind),
                     "Target": action.target,
+                    "Request": action.model_dump_json(),
+                    "ClaimedAt": at,
+                    "Sent": False,
+                    "ClaimSeq": claim_seq,
+                    "Alerted": False,
                 }
             )
         except ResourceExistsError:
             return False
         return True
 
-    async def release(self, action_id: str) -> None:
-        await self._table.delete_entity(ACTIONS, action_id)
+    async def mark_sent(self, action_id: str) -> None:
+        # Only the flag: the executor may have finished the action already.
+        await self._merge(action_id, {"Sent": True})
 
     async def get(self, action_id: str) -> LedgerEntry | None:
         try:
             entity = await self._table.get_entity(ACTIONS, action_id)
         except ResourceNotFoundError:
             return None
-        return LedgerEntry(
-            action_id=action_id,
-            state=entity["State"],
-            kind=entity["Kind"],
-            target=entity["Target"],
-            audit_seq=entity.get("AuditSeq"),
+        return _ledger_entry(entity)
+
+    async def intend(self, action: ActionRequest, call: str, before: dict[str, Any]) -> None:
+        await self._upsert(
+            action,
+            {
+                "IntentCall": call,
+                "IntentBefore": json.dumps(before, default=str),
+                "IntentAt": datetime.now(UTC),
+            },
         )
+
+    async def recording(self, action: ActionRequest, from_seq: int) -> None:
+        await self._upsert(action, {"RecordFrom": from_seq})
 
     async def finish(self, action: ActionRequest, status: OutcomeStatus, audit_seq: int) -> None:
         # Scheduled reverts reach the executor without a claim, so this may create the row.
+        await self._upsert(action, {"State": str(status), "AuditSeq": audit_seq, "RecordFrom": 0})
+
+    async def unsent(self, claimed_before: datetime) -> list[LedgerEntry]:
+        query = (
+            f"PartitionKey eq '{ACTIONS}' and State eq '{LEDGER_QUEUED}' and Sent eq false "
+            "and ClaimedAt lt @before"
+        )
+        return await self._query(query, claimed_before)
+
+    async def stuck(self, claimed_before: datetime) -> list[LedgerEntry]:
+        query = (
+            f"PartitionKey eq '{ACTIONS}' and State eq '{LEDGER_QUEUED}' "
+            "and ClaimedAt lt @before and Alerted eq false"
+        )
+        return await self._query(query, claimed_before)
+
+    async def mark_alerted(self, action_id: str) -> None:
+        await self._merge(action_id, {"Alerted": True})
+
+    async def _query(self, query: str, before: datetime) -> list[LedgerEntry]:
+        entities = self._table.query_entities(query, parameters={"before": before})
+        return [_ledger_entry(entity) async for entity in entities]
+
+    async def _merge(self, action_id: str, values: dict[str, Any]) -> None:
+        try:
+            await self._table.update_entity(
+                {"PartitionKey": ACTIONS, "RowKey": action_id, **values}, mode=UpdateMode.MERGE
+            )
+        except ResourceNotFoundError:
+            return
+
+    async def _upsert(self, action: ActionRequest, values: dict[str, Any]) -> None:
         await self._table.upsert_entity(
             {
                 "PartitionKey": ACTIONS,
                 "RowKey": action.id,
-                "State": str(status),
                 "Kind": str(action.kind),
                 "Target": action.target,
-                "AuditSeq": audit_seq,
+                **values,
             },
             mode=UpdateMode.MERGE,
         )
+
+
+def _ledger_entry(entity: Any) -> LedgerEntry:
+    request = entity.get("Request")
+    call = entity.get("IntentCall")
+    claimed_at = entity.get("ClaimedAt")
+    return LedgerEntry(
+        action_id=entity["RowKey"],
+        # A row only the executor wrote (a scheduled revert in progress) is open.
+        state=entity.get("State") or LEDGER_QUEUED,
+        kind=entity["Kind"],
+        target=entity["Target"],
+        audit_seq=entity.get("AuditSeq"),
+        request=ActionRequest.model_validate_json(request) if request else None,
+        claimed_at=claimed_at if isinstance(claimed_at, datetime) else None,
+        sent=entity.get("Sent") is not False,
+        claim_seq=int(entity.get("ClaimSeq") or 0),
+        record_from=int(entity.get("RecordFrom") or 0),
+        intent=(
+            Intent(
+                call=call,
+                before=json.loads(entity.get("IntentBefore") or "{}"),
+                at=entity["IntentAt"],
+            )
+            if call
+            else None
+        ),
+        alerted=bool(entity.get("Alerted")),
+    )
 
 
 BLOCKS = "ipblock"
@@ -198,11 +272,6 @@ class TableBlockRegistry:
                 continue
             return request
         raise TransientError(f"block registry entry {action.target} kept changing")
-
-    async def release(self, action: ActionRequest) -> None:
-        entry = await self.get(action.target)
-        if entry is not None and entry.block.id == action.id and entry.state == BlockState.PENDING:
-            await self.update(entry, BlockState.FAILED)
 
     async def get(self, network: str) -> BlockEntry | None:
         try:

@@ -4,11 +4,13 @@ semantics: effects on the simulated tenant, retries, permanent failures, and the
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from drill.azurite import Azurite
+from drill.context import DrillClock
 from drill.host import LocalHost
 from shared.adapters.queue import InMemoryActionQueue
 from shared.container import Container
@@ -69,10 +71,10 @@ async def test_an_already_disabled_account_is_not_patched_again(
         kind=ActionKind.DISABLE_ACCOUNT,
         target=ADELE.id,
     )
-    await services.runner.run(action, delivery_count=1)
+    await services.runner.run(action)
     sim.reset_requests()
     repeat = action.model_copy(update={"id": "act-" + "0" * 32})
-    outcome = await services.runner.run(repeat, delivery_count=1)
+    outcome = await services.runner.run(repeat)
     assert outcome is not None and outcome.status == "already_done"
     assert [method for method, _ in sim.requests] == ["GET"]
 
@@ -91,15 +93,29 @@ async def test_a_redelivered_message_of_a_finished_action_changes_nothing(
     assert await events(services) == before
 
 
+@pytest.fixture
+def clock() -> DrillClock:
+    return DrillClock()
+
+
+@pytest.fixture
+async def timed(
+    sim: SimulatedTenant, azurite: Azurite, clock: DrillClock
+) -> AsyncIterator[Container]:
+    """A container on a clock the test moves, so retries scheduled for later come due."""
+    async with installed(settings_for(sim, azurite), clock) as built:
+        yield built
+
+
 async def test_a_throttling_storm_is_retried_until_it_passes_and_runs_once(
-    services: Container, sim: SimulatedTenant
+    timed: Container, sim: SimulatedTenant, clock: DrillClock
 ) -> None:
-    await services.intake.handle_payload(compromised(ADELE.user_principal_name))
+    await timed.intake.handle_payload(compromised(ADELE.user_principal_name))
     sim.add_fault(Fault(path_pattern=r"^/users/", status=429, retry_after="1", times=3))
-    queue = queue_of(services)
-    await LocalHost().pump(queue)
+    queue = queue_of(timed)
+    await LocalHost().pump_through_time(queue, clock)
     assert not sim.user(ADELE.id).account_enabled and sim.user(ADELE.id).revocations == 1
-    audit = await events(services)
+    audit = await events(timed)
     assert audit.count(("action.executed", "disable_account")) == 1
     assert audit.count(("action.executed", "revoke_sessions")) == 1
     assert not [e for e in audit if e[0] == "action.failed"]
@@ -107,21 +123,26 @@ async def test_a_throttling_storm_is_retried_until_it_passes_and_runs_once(
 
 
 @pytest.fixture
-async def impatient(sim: SimulatedTenant, azurite: Azurite) -> AsyncIterator[Container]:
-    """A container whose Graph client does not retry inside one delivery."""
-    async with installed(settings_for(sim, azurite, GRAPH_MAX_RETRIES=0)) as built:
+async def impatient(
+    sim: SimulatedTenant, azurite: Azurite, clock: DrillClock
+) -> AsyncIterator[Container]:
+    """A container whose Graph client does not retry inside one delivery, on a movable clock."""
+    async with installed(settings_for(sim, azurite, GRAPH_MAX_RETRIES=0), clock) as built:
         yield built
 
 
-async def test_a_storm_that_outlasts_every_delivery_is_audited_as_failed_once(
-    impatient: Container, sim: SimulatedTenant
+async def test_a_storm_that_outlasts_the_give_up_time_is_audited_as_failed_once(
+    impatient: Container, sim: SimulatedTenant, clock: DrillClock
 ) -> None:
     await impatient.intake.handle_payload(compromised(ADELE.user_principal_name))
     sim.add_fault(Fault(path_pattern=r"^/users/", status=503, times=None))
     queue = queue_of(impatient)
-    deliveries = await LocalHost().pump(queue)
-    max_deliveries = impatient.settings.max_deliveries
-    assert deliveries == 2 * max_deliveries
+    start = clock()
+    deliveries = await LocalHost().pump_through_time(queue, clock)
+    # Retried with backoff, not burnt: more deliveries than the queue's max delivery count,
+    # spread over the give-up time.
+    assert deliveries > 2 * impatient.settings.max_deliveries
+    assert clock() - start >= timedelta(minutes=impatient.settings.give_up_minutes)
     audit = await events(impatient)
     failed = [e for e in audit if e[0] == "action.failed"]
     assert sorted(failed) == [

@@ -36,6 +36,8 @@ EXPECTED = {
     "ingest_defender_stream",
     "readiness",
     "check_readiness",
+    "reconcile_actions",
+    "clean_up_state",
 }
 
 

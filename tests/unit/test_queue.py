@@ -3,7 +3,10 @@ semantics that stand in for Service Bus locally."""
 
 from __future__ import annotations
 
-from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch
+from datetime import UTC, datetime, timedelta
+
+from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch, ServiceBusReceivedMessage
+from azure.servicebus._pyamqp.message import Message, Properties
 
 from shared.adapters.credentials import StaticTokenCredential
 from shared.adapters.queue import (
@@ -12,6 +15,7 @@ from shared.adapters.queue import (
     to_service_bus_message,
 )
 from shared.models import ActionKind, ActionRequest
+from shared.ports import DeadLetter
 
 TARGET = "5b2f3d0e-1c4a-4e8b-9f6d-2a7c8e1b4d01"
 
@@ -97,3 +101,94 @@ async def test_the_service_bus_queue_sends_one_batch_of_real_messages() -> None:
     assert all(isinstance(m, ServiceBusMessage) for m in sender.sent[0])
     await queue.close()
     assert sender.closed
+
+
+class DeadLetterReceiver:
+    """Stands in for the dead-letter receiver of azure.servicebus.aio: hands out real
+    ServiceBusReceivedMessage objects (built from AMQP messages as the SDK builds them) and
+    records how each was settled."""
+
+    def __init__(self, messages: list[ServiceBusReceivedMessage]) -> None:
+        self.messages = messages
+        self.completed: list[str] = []
+        self.abandoned: list[str] = []
+        self.closed = False
+
+    async def receive_messages(
+        self, max_message_count: int | None, max_wait_time: float | None
+    ) -> list[ServiceBusReceivedMessage]:
+        batch = self.messages[: max_message_count or 1]
+        self.messages = self.messages[len(batch) :]
+        return batch
+
+    async def complete_message(self, message: ServiceBusReceivedMessage) -> None:
+        self.completed.append(str(message.message_id))
+
+    async def abandon_message(self, message: ServiceBusReceivedMessage) -> None:
+        self.abandoned.append(str(message.message_id))
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def dead_lettered(request: ActionRequest) -> ServiceBusReceivedMessage:
+    amqp = Message(
+        data=[request.model_dump_json().encode()],
+        properties=Properties(message_id=request.message_id, content_type="application/json"),
+        application_properties={
+            b"DeadLetterReason": b"MaxDeliveryCountExceeded",
+            b"DeadLetterErrorDescription": b"Message could not be consumed after 10 attempts.",
+        },
+        message_annotations={b"x-opt-enqueued-time": 1_764_500_000_000},
+    )
+    return ServiceBusReceivedMessage(amqp, receiver=object())
+
+
+async def test_the_service_bus_queue_drains_its_dead_letters_and_keeps_the_unhandled() -> None:
+    queue = ServiceBusActionQueue(
+        "sb-test.servicebus.windows.net", "actions", StaticTokenCredential("t")
+    )
+    first, second = action(), action("graph_alerts_v2:a-2")
+    receiver = DeadLetterReceiver([dead_lettered(first), dead_lettered(second)])
+    queue._dead_letter_receiver = lambda: receiver  # type: ignore[method-assign]
+    seen: list[DeadLetter] = []
+
+    async def handler(letter: DeadLetter) -> bool:
+        seen.append(letter)
+        if letter.message_id == second.id:
+            raise ConnectionError("table service unreachable")
+        return True
+
+    assert await queue.drain_dead_letters(handler, max_count=10) == 2
+    assert [ActionRequest.model_validate_json(s.body) for s in seen] == [first, second]
+    assert seen[0].reason == "MaxDeliveryCountExceeded"
+    assert seen[0].enqueued_at is not None and seen[0].enqueued_at.year == 2025
+    assert receiver.completed == [first.id] and receiver.abandoned == [second.id]
+    assert receiver.closed
+    await queue.close()
+
+
+async def test_the_in_memory_queue_drains_its_dead_letters_and_keeps_the_unhandled() -> None:
+    queue = InMemoryActionQueue(max_delivery_count=1)
+    await queue.send([action(), action("graph_alerts_v2:a-2")])
+    while (delivery := queue.receive()) is not None:
+        queue.abandon(delivery)
+    kept = action("graph_alerts_v2:a-2").id
+
+    async def handler(letter: DeadLetter) -> bool:
+        return letter.message_id != kept
+
+    assert await queue.drain_dead_letters(handler, max_count=10) == 2
+    assert [d.message_id for d in queue.dead_letters] == [kept]
+
+
+def test_a_retry_gets_a_message_id_of_its_own_and_keeps_when_retrying_began() -> None:
+    request = action()
+    began = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    first = request.retried(began)
+    second = first.retried(began + timedelta(minutes=5))
+    assert (first.message_id, second.message_id) == (
+        f"{request.id}-retry-1",
+        f"{request.id}-retry-2",
+    )
+    assert second.retrying_since == began and second.id == request.id

@@ -1,0 +1,23 @@
+"""The action reconciler (timer): sends claims that never reached the queue, settles blocks the
+registry left pending, re-drives or records dead-lettered actions, and raises an alert for
+actions stuck open."""
+
+from __future__ import annotations
+
+import logging
+
+import azure.functions as func
+
+from shared import container
+
+logger = logging.getLogger(__name__)
+
+bp = func.Blueprint()  # type: ignore[no-untyped-call]
+
+
+@bp.timer_trigger(arg_name="timer", schedule="%RECONCILE_SCHEDULE%", run_on_startup=False)
+async def reconcile_actions(timer: func.TimerRequest) -> None:
+    services = await container.current()
+    report = await services.reconciler.run()
+    if any(report.as_dict().values()):
+        logger.warning("action reconciler: %s", report.as_dict())

@@ -1,0 +1,104 @@
+"""The intake's outbox: an action is claimed in the ledger with its request before anything
+else happens, then its decision is audited and it is handed on (queued, held for approval, or
+closed as refused), and only then marked sent. A claim that never got that far — the worker
+died, storage or Service Bus failed in between — is finished later from the ledger row, by
+the next delivery of the same alert or by the reconciler, under the same message id (Service
+Bus duplicate detection and the executor's ledger make a second send harmless)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from shared.audit import AuditChain
+from shared.concurrency import gather_bounded
+from shared.models import (
+    ActionRequest,
+    AuditEntry,
+    AuditEvent,
+    Decision,
+    OutcomeStatus,
+    action_entry,
+)
+from shared.ports import ActionLedger, ActionQueue, ApprovalStore, LedgerEntry
+
+logger = logging.getLogger(__name__)
+
+QUEUED_DECISIONS = frozenset({Decision.EXECUTE, Decision.DRY_RUN})
+DECISION_EVENTS = {
+    Decision.REFUSED: AuditEvent.ACTION_REFUSED,
+    Decision.NEEDS_APPROVAL: AuditEvent.ACTION_HELD,
+}
+DECISION_RECORDS = frozenset(
+    str(e) for e in (AuditEvent.ACTION_PLANNED, AuditEvent.ACTION_REFUSED, AuditEvent.ACTION_HELD)
+)
+
+
+def decision_entry(action: ActionRequest) -> AuditEntry:
+    event = DECISION_EVENTS.get(action.decision, AuditEvent.ACTION_PLANNED)
+    return action_entry(action, event, {"decision": str(action.decision)})
+
+
+class Outbox:
+    def __init__(
+        self,
+        chain: AuditChain,
+        ledger: ActionLedger,
+        queue: ActionQueue,
+        approvals: ApprovalStore,
+        approval_ttl: timedelta,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._chain = chain
+        self._ledger = ledger
+        self._queue = queue
+        self._approvals = approvals
+        self._approval_ttl = approval_ttl
+        self.clock = clock
+
+    async def claim_seq(self) -> int:
+        """Where the audit trail stands before claims are made (the decision records of the
+        claims come after it)."""
+        return await self._chain.head_seq()
+
+    async def claim(self, action: ActionRequest, claim_seq: int) -> bool:
+        return await self._ledger.claim(action, self.clock(), claim_seq)
+
+    async def commit(self, fresh: list[ActionRequest], unsent: list[LedgerEntry]) -> None:
+        """Audit the decisions of the claims made just now (`fresh`) and of earlier claims
+        that never reached the queue (`unsent`, audited only if their record is missing),
+        then hand every one of them on."""
+        if not fresh and not unsent:
+            return
+        earlier = [e.request for e in unsent if e.request is not None]
+        audited = await self._audited(unsent)
+        missing = [a for a in earlier if a.id not in audited]
+        records = await self._chain.append_all([decision_entry(a) for a in [*fresh, *missing]])
+        seqs = {a.id: r.seq for a, r in zip([*fresh, *missing], records, strict=True)}
+        seqs.update(audited)
+        actions = [*fresh, *earlier]
+        await self._queue.send([a for a in actions if a.decision in QUEUED_DECISIONS])
+        held_until = self.clock() + self._approval_ttl
+        await gather_bounded(self._hand_on(a, seqs[a.id], held_until) for a in actions)
+        if earlier:
+            logger.warning("%s claimed actions that never reached the queue sent now", len(earlier))
+
+    async def _hand_on(self, action: ActionRequest, seq: int, held_until: datetime) -> None:
+        """Close a refused claim, hold one that needs approval, mark a queued one sent."""
+        if action.decision is Decision.REFUSED:
+            await self._ledger.finish(action, OutcomeStatus.REFUSED, seq)
+        elif action.decision is Decision.NEEDS_APPROVAL:
+            if await self._approvals.get(action.id) is None:
+                await self._approvals.hold(action, held_until)
+            await self._ledger.finish(action, OutcomeStatus.HELD, seq)
+        else:
+            await self._ledger.mark_sent(action.id)
+
+    async def _audited(self, unsent: list[LedgerEntry]) -> dict[str, int]:
+        """The decision records the unsent claims already have: action id -> seq."""
+        if not unsent:
+            return {}
+        after = min(e.claim_seq for e in unsent)
+        found = await self._chain.find({e.action_id for e in unsent}, DECISION_RECORDS, after)
+        return {action_id: record.seq for action_id, record in found.items()}

@@ -1,0 +1,533 @@
+"""Nothing is lost under fire: a worker killed at each step between two writes, storage and
+Service Bus outages, lost Graph responses and Exchange throttling all end with every action
+contained or recorded, with exactly one outcome record each.
+
+The real Azurite-backed adapters and the simulated tenant, with the in-memory queue. A kill is
+a `Killed` (a BaseException, like the host stopping the worker) raised from a wrapped port;
+from then on every call of that worker raises it too, so no clean-up code gets to run, as in a
+real crash. The message's lock then expires and the queue delivers it again.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from azure.core.exceptions import ServiceRequestError
+from azure.functions.servicebus import ServiceBusMessage
+
+from drill.azurite import Azurite
+from drill.context import DrillClock
+from drill.host import LocalHost
+from functions.http import KEY_HEADER
+from shared.adapters.queue import InMemoryActionQueue
+from shared.container import Container
+from shared.errors import TransientError
+from shared.models import AuditEntry, OutcomeStatus
+from shared.ports import BlockState
+from shared.simulator import Fault, SimulatedTenant
+from tests.conftest import ADELE, BREAK_GLASS, WEBHOOK_SECRET, installed, settings_for
+
+pytestmark = pytest.mark.integration
+
+ATTACKER = "185.220.101.47"
+OUTCOMES = {f"action.{status}" for status in OutcomeStatus}
+
+
+class Killed(BaseException):
+    """The worker died here."""
+
+
+@dataclass
+class Kill:
+    at: str
+    when: Callable[..., bool]
+    after: bool
+
+
+class Faults:
+    """Wraps the container's storage and queue ports. `kill_before`/`kill_after` stop the
+    worker at one call; `storage_down` and `queue_down` make calls fail the way an unreachable
+    Table service or Service Bus does."""
+
+    STORAGE = ("state", "blocks", "approval_store", "audit_store")
+
+    def __init__(self, services: Container) -> None:
+        self.dead = False
+        self.storage_down = False
+        self.queue_down = False
+        self.kills: list[Kill] = []
+        for name in self.STORAGE:
+            self._wrap(getattr(services, name), storage=True)
+        self._wrap(services.queue, storage=False)
+
+    def kill_before(self, at: str, when: Callable[..., bool] = lambda *a, **k: True) -> None:
+        self.kills.append(Kill(at, when, after=False))
+
+    def kill_after(self, at: str, when: Callable[..., bool] = lambda *a, **k: True) -> None:
+        self.kills.append(Kill(at, when, after=True))
+
+    def revive(self) -> None:
+        """A new worker takes over (the kill happened once)."""
+        self.dead = False
+
+    def _wrap(self, port: object, storage: bool) -> None:
+        for name, method in inspect.getmembers(port, inspect.iscoroutinefunction):
+            if not name.startswith("_"):
+                setattr(port, name, self._wrapped(f"{type(port).__name__}.{name}", method, storage))
+
+    def _wrapped(self, label: str, method: Any, storage: bool) -> Any:
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if self.dead:
+                raise Killed(label)
+            if storage and self.storage_down:
+                raise ServiceRequestError(f"{label}: connection refused")
+            if not storage and self.queue_down:
+                raise ConnectionError(f"{label}: Service Bus unreachable")
+            self._maybe_kill(label, args, kwargs, after=False)
+            result = await method(*args, **kwargs)
+            self._maybe_kill(label, args, kwargs, after=True)
+            return result
+
+        return call
+
+    def _maybe_kill(self, label: str, args: Any, kwargs: Any, after: bool) -> None:
+        for kill in self.kills:
+            if kill.at == label and kill.after is after and kill.when(*args, **kwargs):
+                self.kills.remove(kill)
+                self.dead = True
+                raise Killed(label)
+
+
+@pytest.fixture
+def clock() -> DrillClock:
+    return DrillClock()
+
+
+@pytest.fixture
+async def services(
+    sim: SimulatedTenant, azurite: Azurite, clock: DrillClock
+) -> AsyncIterator[Container]:
+    settings = settings_for(sim, azurite, IP_BLOCK_BATCH_SECONDS=0)
+    async with installed(settings, clock) as built:
+        yield built
+
+
+@pytest.fixture
+def faults(services: Container) -> Faults:
+    return Faults(services)
+
+
+def compromised(alert_id: str = "soc-7") -> dict[str, Any]:
+    return {
+        "id": alert_id,
+        "title": "Token theft",
+        "severity": "high",
+        "category": "CredentialAccess",
+        "entities": [{"kind": "user", "upn": ADELE.user_principal_name, "roles": ["compromised"]}],
+    }
+
+
+def attack(alert_id: str = "mx-1") -> dict[str, Any]:
+    return {
+        "id": alert_id,
+        "title": "Forged SMTP submissions flooding Exchange Online",
+        "severity": "high",
+        "category": "Impact",
+        "entities": [{"kind": "ip", "address": ATTACKER, "roles": ["attacker"]}],
+    }
+
+
+def queue_of(services: Container) -> InMemoryActionQueue:
+    assert isinstance(services.queue, InMemoryActionQueue)
+    return services.queue
+
+
+async def deliver_all(
+    services: Container,
+    faults: Faults,
+    clock: DrillClock,
+    until: timedelta = timedelta(hours=2),
+    before_each: Callable[[], None] = lambda: None,
+) -> int:
+    """Play the Functions host: deliver every message, moving the clock to the next scheduled
+    one when nothing is due. A killed delivery's lock expires and it comes back."""
+    queue = queue_of(services)
+    execute = LocalHost().functions["execute_action"]
+    deadline = clock() + until
+    deliveries = 0
+    while True:
+        delivery = queue.receive()
+        if delivery is None:
+            if not queue.scheduled or queue.scheduled[0][0] > deadline:
+                return deliveries
+            clock.advance(max(queue.scheduled[0][0] - clock(), timedelta()))
+            continue
+        before_each()
+        deliveries += 1
+        message = ServiceBusMessage(
+            body=delivery.body,
+            message_id=delivery.message_id,
+            content_type=delivery.content_type,
+            delivery_count=delivery.delivery_count,
+            application_properties={},
+            user_properties={},
+        )
+        try:
+            await execute(message)
+        except Killed:
+            faults.revive()
+            queue.abandon(delivery)
+        except Exception:
+            queue.abandon(delivery)
+
+
+async def trail(services: Container) -> list[AuditEntry]:
+    return [r.entry async for r in services.audit_store.newest_first()][::-1]
+
+
+async def outcomes(services: Container) -> dict[str, list[str]]:
+    """kind -> the outcome events recorded for actions of that kind, oldest first."""
+    found: dict[str, list[str]] = {}
+    for entry in await trail(services):
+        if str(entry.event) in OUTCOMES and entry.kind:
+            found.setdefault(entry.kind, []).append(str(entry.event))
+    return found
+
+
+async def assert_one_outcome_per_action(services: Container) -> None:
+    entries = await trail(services)
+    planned = Counter(e.action_id for e in entries if e.event == "action.planned")
+    ended = Counter(e.action_id for e in entries if str(e.event) in OUTCOMES)
+    assert set(planned.values()) == {1}, f"planned more than once: {planned}"
+    assert ended == Counter(dict.fromkeys(planned, 1)), f"outcome records: {ended}"
+
+
+async def assert_contained(services: Container, sim: SimulatedTenant) -> None:
+    adele = sim.user(ADELE.id)
+    assert not adele.account_enabled, "the account was never disabled"
+    assert adele.revocations == 1, f"sessions revoked {adele.revocations} times"
+    assert await outcomes(services) == {
+        "disable_account": ["action.executed"],
+        "revoke_sessions": ["action.executed"],
+    }
+    await assert_one_outcome_per_action(services)
+    assert (await services.chain.verify()).ok
+
+
+# Intake ----------------------------------------------------------------------------------------
+
+
+async def test_killed_between_claim_and_send_the_next_delivery_of_the_alert_sends(
+    services: Container, faults: Faults, sim: SimulatedTenant, clock: DrillClock
+) -> None:
+    faults.kill_before("InMemoryActionQueue.send")
+    with pytest.raises(Killed):
+        await services.intake.handle_payload(compromised())
+    faults.revive()
+
+    # Defender / the Logic App delivers the alert again: it must not coalesce into claims
+    # that never reached the queue.
+    [again] = await services.intake.handle_payload(compromised())
+    assert len(again.queued) == 2
+    await deliver_all(services, faults, clock)
+    await assert_contained(services, sim)
+
+
+async def test_killed_between_claim_and_send_the_reconciler_sends(
+    services: Container, faults: Faults, sim: SimulatedTenant, clock: DrillClock
+) -> None:
+    faults.kill_before("InMemoryActionQueue.send")
+    with pytest.raises(Killed):
+        await services.intake.handle_payload(compromised())
+    faults.revive()
+
+    early = await services.reconciler.run()
+    assert early.resent == 0, "a claim being sent right now is left alone"
+    clock.advance(timedelta(seconds=services.settings.resend_after_s + 1))
+    report = await services.reconciler.run()
+    assert report.resent == 2
+    await deliver_all(services, faults, clock)
+    await assert_contained(services, sim)
+
+
+async def test_storage_failing_during_the_intake_commit_answers_5xx_and_loses_nothing(
+    services: Container, faults: Faults, sim: SimulatedTenant, clock: DrillClock
+) -> None:
+    once = [1]
+
+    def outage(*args: Any, **kwargs: Any) -> bool:
+        if once:
+            once.pop()
+            faults.storage_down = True
+        return False
+
+    # Storage becomes unreachable right after the first claim landed.
+    faults.kill_after("StateTable.claim", outage)
+    host = LocalHost()
+    headers = {KEY_HEADER: WEBHOOK_SECRET}
+    with pytest.raises(ServiceRequestError):
+        # The Functions host answers 500: the sender retries.
+        await host.post_json("ingest_alert", "alerts", compromised(), headers)
+    faults.storage_down = False
+
+    response = await host.post_json("ingest_alert", "alerts", compromised(), headers)
+    assert response.status_code == 202
+    await deliver_all(services, faults, clock)
+    await assert_contained(services, sim)
+
+
+# Executor --------------------------------------------------------------------------------------
+
+
+def appends(event: str, kind: str) -> Callable[..., bool]:
+    def matches(records: Any, *args: Any, **kwargs: Any) -> bool:
+        return any(r.entry.event == event and r.entry.kind == kind for r in records)
+
+    return matches
+
+
+async def test_killed_between_the_tenant_write_and_its_audit(
+    services: Container, faults: Faults, sim: SimulatedTenant, clock: DrillClock
+) -> None:
+    await services.intake.handle_payload(compromised())
+    faults.kill_before("AuditTable.insert_all", appends("action.executed", "disable_account"))
+    await deliver_all(services, faults, clock)
+    assert faults.kills == [], "the kill happened"
+    # The redelivery finds the account disabled by the killed delivery: executed
+    # (confirmed), not already_done.
+    await assert_contained(services, sim)
+    [disable] = [
+        e
+        for e in await trail(services)
+        if e.event == "action.executed" and e.kind == "disable_account"
+    ]
+    assert disable.result["before"]["accountEnabled"] is True
+    assert "confirmed" in disable.result["after"]["note"]
+
+
+async def test_killed_between_the_audit_and_the_ledger_update(
+    services: Container, faults: Faults, sim: SimulatedTenant, clock: DrillClock
+) -> None:
+    await services.intake.handle_payload(compromised())
+    faults.kill_before(
+        "StateTable.finish", lambda action, status, seq: action.kind == "disable_account"
+    )
+    await deliver_all(services, faults, clock)
+    assert faults.kills == [], "the kill happened"
+    await assert_contained(services, sim)
+    for entry in await trail(services):
+        row = await services.state.get(entry.action_id or "")
+        assert row is not None and row.state == "executed"
+
+
+async def test_killed_after_the_audit_before_the_block_registry_moves(
+    services: Container, faults: Faults, sim: SimulatedTenant, clock: DrillClock
+) -> None:
+    [result] = await services.intake.handle_payload(attack())
+    [block_id] = result.queued
+    faults.kill_before(
+        "TableBlockRegistry.update", lambda entry, state, **kw: state == BlockState.BLOCKED
+    )
+    await deliver_all(services, faults, clock, until=timedelta(hours=1))
+    assert faults.kills == [], "the kill happened"
+
+    entry = await services.blocks.get(f"{ATTACKER}/32")
+    assert entry is not None and entry.state == BlockState.BLOCKED
+    assert entry.expires_at is not None, "the block's expiry was kept"
+    assert [m for _, m in queue_of(services).scheduled], "its unblock is scheduled"
+    assert await outcomes(services) == {"block_ip": ["action.executed"]}
+    await assert_one_outcome_per_action(services)
+    ledger = await services.state.get(block_id)
+    assert ledger is not None and ledger.state == "executed"
+
+
+async def test_a_lost_graph_response_on_disable_is_recorded_as_executed(
+    services: Container, sim: SimulatedTenant, faults: Faults, clock: DrillClock
+) -> None:
+    graph = services.graph
+    write = graph.set_account_enabled
+    lost = [1]
+
+    async def response_lost(user_id: str, enabled: bool) -> str | None:
+        request_id = await write(user_id, enabled)
+        if lost:
+            lost.pop()
+            raise TransientError("the connection dropped before the response arrived")
+        return request_id
+
+    graph.set_account_enabled = response_lost  # type: ignore[method-assign]
+    await services.intake.handle_payload(compromised())
+    await deliver_all(services, faults, clock)
+    assert lost == []
+    await assert_contained(services, sim)
+    patches = [p for m, p in sim.requests if m == "PATCH" and ADELE.id in p]
+    assert len(patches) == 1, "the account was written once"
+
+
+async def test_a_lost_response_on_revoke_does_not_revoke_twice(
+    services: Container, sim: SimulatedTenant, faults: Faults, clock: DrillClock
+) -> None:
+    graph = services.graph
+    revoke = graph.revoke_sign_in_sessions
+    lost = [1]
+
+    async def response_lost(user_id: str) -> str | None:
+        request_id = await revoke(user_id)
+        if lost:
+            lost.pop()
+            raise TransientError("the connection dropped before the response arrived")
+        return request_id
+
+    graph.revoke_sign_in_sessions = response_lost  # type: ignore[method-assign]
+    await services.intake.handle_payload(compromised())
+    await deliver_all(services, faults, clock)
+    assert lost == []
+    await assert_contained(services, sim)
+
+
+# Outages and throttling ------------------------------------------------------------------------
+
+
+async def test_exchange_throttling_retries_after_the_storm_and_ends_blocked(
+    services: Container, sim: SimulatedTenant, faults: Faults, clock: DrillClock
+) -> None:
+    """Exchange answers 429 (Retry-After: 30) for 10 seconds: the block must wait it out,
+    not burn its deliveries in two seconds and be recorded as failed."""
+    sim.add_fault(Fault(status=429, retry_after="30", cmdlet="New-TransportRule", times=None))
+    start = clock()
+
+    def storm_passes() -> None:
+        if clock() - start >= timedelta(seconds=10):
+            sim.clear_faults()
+
+    await services.intake.handle_payload(attack())
+    await deliver_all(services, faults, clock, until=timedelta(hours=1), before_each=storm_passes)
+    assert [r for rule in sim.transport_rules for r in rule["SenderIpRanges"] or ()] == [ATTACKER]
+    assert await outcomes(services) == {"block_ip": ["action.executed"]}
+    assert queue_of(services).dead_letters == []
+
+
+async def test_a_dead_lettered_action_is_re_driven_once_storage_is_back(
+    services: Container, sim: SimulatedTenant, faults: Faults, clock: DrillClock
+) -> None:
+    await services.intake.handle_payload(compromised())
+    # Storage and Service Bus both unreachable: nothing can be recorded or rescheduled, so
+    # the messages burn their deliveries and end in the dead-letter queue.
+    faults.storage_down = faults.queue_down = True
+    await deliver_all(services, faults, clock)
+    assert len(queue_of(services).dead_letters) == 2
+    faults.storage_down = faults.queue_down = False
+
+    report = await services.reconciler.run()
+    assert report.redriven == 2 and queue_of(services).dead_letters == []
+    await deliver_all(services, faults, clock)
+    await assert_contained(services, sim)
+
+
+async def test_a_dead_letter_past_its_give_up_time_is_recorded_after_reading_the_tenant(
+    services: Container, sim: SimulatedTenant, faults: Faults, clock: DrillClock
+) -> None:
+    await services.intake.handle_payload(compromised())
+    sim.add_fault(Fault(method="POST", path_pattern="revokeSignInSessions", times=None))
+    faults.queue_down = True  # no retry can be scheduled: the messages are dead-lettered
+    await deliver_all(services, faults, clock)
+    faults.queue_down = False
+    assert queue_of(services).dead_letters
+
+    clock.advance(timedelta(minutes=services.settings.give_up_minutes + 1))
+    sim.clear_faults()
+    report = await services.reconciler.run()
+    assert (report.dead_letters, report.given_up, report.redriven) == (1, 1, 0)
+    found = await outcomes(services)
+    assert found["revoke_sessions"] == ["action.failed"]
+    [failure] = [e for e in await trail(services) if e.event == "action.failed"]
+    assert "dead-lettered" in failure.result["error"]
+    assert sim.user(ADELE.id).revocations == 0
+    await assert_one_outcome_per_action(services)
+
+
+async def test_an_action_stuck_open_raises_one_alert_and_is_sent_again(
+    services: Container, sim: SimulatedTenant, faults: Faults, clock: DrillClock
+) -> None:
+    await services.intake.handle_payload(compromised())
+    queue = queue_of(services)
+    while queue.receive() is not None:
+        pass  # the messages are lost
+
+    clock.advance(timedelta(minutes=services.settings.stuck_minutes + 1))
+    first = await services.reconciler.run()
+    second = await services.reconciler.run()
+    assert (first.alerts, second.alerts) == (2, 0)
+    alerts = [e for e in await trail(services) if e.event == "alert.raised"]
+    assert sorted(str(e.kind) for e in alerts) == ["disable_account", "revoke_sessions"]
+    await deliver_all(services, faults, clock)
+    await assert_contained(services, sim)
+
+
+async def test_killed_between_reserving_a_block_and_claiming_it_the_next_alert_claims_it(
+    services: Container, faults: Faults, sim: SimulatedTenant, clock: DrillClock
+) -> None:
+    faults.kill_before("StateTable.claim", lambda action, *a: action.kind == "block_ip")
+    with pytest.raises(Killed):
+        await services.intake.handle_payload(attack("mx-1"))
+    faults.revive()
+    entry = await services.blocks.get(f"{ATTACKER}/32")
+    assert entry is not None and entry.state == BlockState.PENDING
+
+    # Another alert names the address: it coalesces into the pending block, whose claim
+    # never happened, so the block is claimed and sent now.
+    [later] = await services.intake.handle_payload(attack("mx-2"))
+    assert later.queued == [entry.block.id]
+    await deliver_all(services, faults, clock, until=timedelta(hours=1))
+    assert [r for rule in sim.transport_rules for r in rule["SenderIpRanges"] or ()] == [ATTACKER]
+    assert await outcomes(services) == {"block_ip": ["action.executed"]}
+    await assert_one_outcome_per_action(services)
+
+
+async def test_a_refusal_interrupted_before_its_ledger_update_is_closed_not_repeated(
+    services: Container, faults: Faults, sim: SimulatedTenant
+) -> None:
+    alert = {
+        **compromised(),
+        "entities": [{"kind": "user", "user_id": BREAK_GLASS.id, "roles": ["compromised"]}],
+    }
+    faults.kill_before(
+        "StateTable.finish", lambda action, status, seq: status == OutcomeStatus.REFUSED
+    )
+    with pytest.raises(Killed):
+        await services.intake.handle_payload(alert)
+    faults.revive()
+    await services.intake.handle_payload(alert)
+
+    refusals = [e for e in await trail(services) if e.event == "action.refused"]
+    assert sorted(str(e.kind) for e in refusals) == ["disable_account", "revoke_sessions"]
+    for refusal in refusals:
+        row = await services.state.get(refusal.action_id or "")
+        assert row is not None and row.state == "refused"
+    assert sim.user(BREAK_GLASS.id).account_enabled
+
+
+async def test_the_reconciler_moves_on_a_block_left_pending_after_its_outcome_was_recorded(
+    services: Container, faults: Faults, sim: SimulatedTenant, clock: DrillClock
+) -> None:
+    await services.intake.handle_payload(attack())
+    await deliver_all(services, faults, clock, until=timedelta(minutes=5))
+    blocked = await services.blocks.get(f"{ATTACKER}/32")
+    assert blocked is not None and blocked.state == BlockState.BLOCKED
+    # The registry as a worker that died after closing the ledger (the previous order of
+    # writes) left it: pending, although the outcome is audited and the ledger closed.
+    assert await services.blocks.update(blocked, BlockState.PENDING)
+
+    clock.advance(timedelta(seconds=services.settings.resend_after_s + 1))
+    report = await services.reconciler.run()
+    assert report.blocks_settled == 1 and report.resent == 0
+    entry = await services.blocks.get(f"{ATTACKER}/32")
+    assert entry is not None and entry.state == BlockState.BLOCKED
+    assert entry.expires_at == blocked.expires_at
+    assert await outcomes(services) == {"block_ip": ["action.executed"]}

@@ -1,0 +1,97 @@
+"""State clean-up on Azurite: rows past their time to live go, rows that hold current state
+stay, and the audit trail is never touched."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+
+from drill.azurite import Azurite
+from drill.context import DrillClock
+from drill.host import LocalHost
+from shared.container import Container
+from shared.models import ActionKind, ActionRequest, Actor, AuditEntry, AuditEvent, OutcomeStatus
+from shared.ports import ApprovalState
+from shared.simulator import SimulatedTenant
+from tests.conftest import ADELE, BREAK_GLASS, installed, settings_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def clock() -> DrillClock:
+    return DrillClock()
+
+
+@pytest.fixture
+async def services(
+    sim: SimulatedTenant, azurite: Azurite, clock: DrillClock
+) -> AsyncIterator[Container]:
+    async with installed(settings_for(sim, azurite), clock) as built:
+        yield built
+
+
+def request(origin: str, target: str = ADELE.id) -> ActionRequest:
+    return ActionRequest(
+        id=ActionRequest.derive_id(ActionKind.DISABLE_ACCOUNT, target, origin),
+        kind=ActionKind.DISABLE_ACCOUNT,
+        target=target,
+    )
+
+
+async def test_expired_state_rows_go_current_ones_and_the_audit_trail_stay(
+    services: Container, clock: DrillClock
+) -> None:
+    closed, open_, held = request("a-1"), request("a-2"), request("a-3")
+    for action in (closed, open_, held):
+        assert await services.state.claim(action, clock(), 0)
+    await services.state.finish(closed, OutcomeStatus.EXECUTED, 1)
+    await services.state.finish(held, OutcomeStatus.HELD, 2)
+    await services.state.mark_handled("generic:a-1", "v1")
+    settled, pending = request("b-1", BREAK_GLASS.id), request("b-2", BREAK_GLASS.id)
+    for action in (settled, pending):
+        await services.approval_store.hold(action, clock() + timedelta(hours=4))
+    approval = await services.approval_store.get(settled.id)
+    assert approval is not None
+    assert await services.approval_store.settle(approval, ApprovalState.REJECTED, "ada")
+    await services.approval_store.spend(ADELE.id, clock())
+    assert await services.notification_claims.claim("subscription-1:change-1")
+    await services.stream_rows.put_info("da-1", {"AlertId": "da-1"})
+    await services.stream_rows.add_evidence([{"AlertId": "da-1", "EntityType": "User"}])
+    await services.chain.append(
+        AuditEntry(event=AuditEvent.ALERT_RAISED, actor=Actor(), reason="kept for ever")
+    )
+    audit_before = [r.seq async for r in services.audit_store.newest_first()]
+    assert audit_before == [1]
+
+    fresh = await services.cleanup.run()
+    assert set(fresh.values()) == {0}, "nothing is deleted before its time"
+
+    clock.advance(timedelta(days=services.settings.state_ttl_days + 1))
+    await LocalHost().fire_timer("clean_up_state")
+
+    assert await services.state.get(closed.id) is None
+    open_row, held_row = await services.state.get(open_.id), await services.state.get(held.id)
+    assert open_row is not None and open_row.open, "an open action stays"
+    assert held_row is not None, "an action waiting for approval stays"
+    assert not await services.state.is_handled("generic:a-1", "v1")
+    assert await services.approval_store.get(settled.id) is None
+    assert await services.approval_store.get(pending.id) is not None, "pending approvals stay"
+    assert await services.approval_store.spent(clock() - timedelta(days=365)) == 0
+    assert await services.notification_claims.claim("subscription-1:change-1")
+    assert await services.stream_rows.info("da-1") is None
+    assert await services.stream_rows.evidence("da-1") == []
+    assert [r.seq async for r in services.audit_store.newest_first()] == audit_before
+
+
+async def test_the_budget_keeps_the_entries_of_its_window(
+    services: Container, clock: DrillClock
+) -> None:
+    window = timedelta(minutes=services.settings.disable_window_minutes)
+    await services.approval_store.spend(ADELE.id, clock() - window - timedelta(minutes=1))
+    await services.approval_store.spend(BREAK_GLASS.id, clock())
+    deleted = await services.cleanup.run()
+    assert deleted["budget"] == 1
+    assert await services.approval_store.spent(clock() - timedelta(days=365)) == 1
