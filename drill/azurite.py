@@ -54,11 +54,12 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout_s: float
 
 class Azurite:
     """Context manager: `AZURITE_TABLE_ENDPOINT` (if set) names a running Azurite to use;
-    otherwise a private instance starts and stops with the context, in memory or, with
-    `persistent=True`, on disk in a temporary directory."""
+    otherwise a private instance starts and stops with the context, in memory. With
+    `persistent=True` a private instance always starts, on disk in a temporary directory."""
 
     def __init__(self, persistent: bool = False) -> None:
-        self.endpoint = os.environ.get(ENV_ENDPOINT, "")
+        # A persistent one is always our own: only then can it go down and come back.
+        self.endpoint = "" if persistent else os.environ.get(ENV_ENDPOINT, "")
         self.persistent = persistent
         self._process: subprocess.Popen[bytes] | None = None
         self._workdir: tempfile.TemporaryDirectory[str] | None = None

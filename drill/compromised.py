@@ -28,7 +28,7 @@ BREAK_GLASS = _user("0f9a6c3d-7e21-4b58-8d4f-1c3e5a7b9d20", "bg-emergency-01")
 BYSTANDER = _user("2d4f6b8a-9c1e-4a3b-8e5d-7f0a2c4e6b31", "megan.bowen")
 
 
-def _user_evidence(user: SimUser, roles: list[str], verdict: str) -> dict[str, Any]:
+def user_evidence(user: SimUser, roles: list[str], verdict: str) -> dict[str, Any]:
     return {
         "@odata.type": "#microsoft.graph.security.userEvidence",
         "createdDateTime": None,
@@ -58,7 +58,7 @@ def _ip_evidence(address: str) -> dict[str, Any]:
     }
 
 
-def _graph_alert(
+def graph_alert(
     alert_id: str, title: str, updated: datetime, evidence: list[dict[str, Any]]
 ) -> dict[str, Any]:
     stamp = updated.strftime("%Y-%m-%dT%H:%M:%S.%f") + "0Z"
@@ -83,20 +83,20 @@ def _graph_alert(
 
 def _compromised_alerts(now: datetime) -> list[dict[str, Any]]:
     return [
-        _graph_alert(
+        graph_alert(
             "da637551227677560813_-961444813",
             "Password spray followed by a successful sign-in",
             now - timedelta(seconds=40),
             [
-                _user_evidence(ADELE, ["compromised"], "malicious"),
+                user_evidence(ADELE, ["compromised"], "malicious"),
                 _ip_evidence("203.0.113.77"),
             ],
         ),
-        _graph_alert(
+        graph_alert(
             "da637551227677560813_-961444999",
             "Suspicious sign-in to an emergency access account",
             now - timedelta(seconds=20),
-            [_user_evidence(BREAK_GLASS, ["compromised"], "suspicious")],
+            [user_evidence(BREAK_GLASS, ["compromised"], "suspicious")],
         ),
     ]
 

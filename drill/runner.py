@@ -122,7 +122,7 @@ def drill_settings(sim: SimulatedTenant, azurite: Azurite, scenario: Scenario) -
 
 
 async def run_scenario(scenario: Scenario) -> DrillReport:
-    with SimulatedTenant() as sim, Azurite() as azurite:
+    with SimulatedTenant() as sim, Azurite(persistent=scenario.persistent_storage) as azurite:
         scenario.prepare(sim, utcnow())
         clock = DrillClock()
         services = container.Container(drill_settings(sim, azurite, scenario), clock)
@@ -131,7 +131,9 @@ async def run_scenario(scenario: Scenario) -> DrillReport:
             await services.prepare()
             secret = services.settings.webhook_secret
             assert secret is not None
-            ctx = DrillContext(sim, services, LocalHost(), clock, secret.get_secret_value())
+            ctx = DrillContext(
+                sim, services, LocalHost(), clock, secret.get_secret_value(), azurite=azurite
+            )
             return await _run(scenario, ctx)
         finally:
             container.install(None)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
+from drill.chaos import ChaosDrill
 from drill.compromised import CompromisedAccount
 from drill.context import Scenario
 from drill.exchange_dos import ExchangeDos
@@ -15,4 +16,9 @@ SCENARIOS: dict[str, Callable[[], Scenario]] = {
     ExchangeDos.name: ExchangeDos,
     Lockout.name: Lockout,
     Tamper.name: Tamper,
+    ChaosDrill.name: ChaosDrill,
+}
+# Scenarios that take options (`responder drill --set NAME=VALUE`).
+WITH_OPTIONS: dict[str, Callable[[Mapping[str, str]], Scenario]] = {
+    ChaosDrill.name: ChaosDrill.from_options,
 }
