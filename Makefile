@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install drill test lint typecheck unit bench clean browser
+.PHONY: install drill test lint typecheck unit bench clean browser fuzz
 
 $(STAMP): requirements.lock.txt requirements.txt requirements-dev.txt pyproject.toml package-lock.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,14 @@ browser:
 
 test: browser lint typecheck
 	$(BIN)/pytest -q
+
+# Schemathesis against the app's OpenAPI document and hypothesis against its webhooks, the
+# functions served over loopback (a few minutes; FUZZ_EXAMPLES per operation).
+FUZZ_EXAMPLES ?= 1000
+fuzz: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-tools.txt
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q fuzz
+	FUZZ_BODY_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q tests/integration/test_fuzz_http.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/latency.py
