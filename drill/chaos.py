@@ -139,6 +139,19 @@ class ChaosOptions:
     max_settle_s: float = 300.0
     seed: int = 11
 
+    def __post_init__(self) -> None:
+        needed = 6 if self.drop_one_message else 5 if self.crash_points else 1
+        if self.users < needed:
+            raise ValueError(f"chaos option users must be at least {needed} here")
+        if self.dos_alerts < 2 or self.addresses < 1:
+            raise ValueError("chaos options dos_alerts and addresses must be at least 2 and 1")
+        if not (0 <= self.throttle_rate < 1 and 0 <= self.timeout_rate < 1 - self.throttle_rate):
+            raise ValueError("chaos rates must be at least 0 and add up to less than 1")
+        if min(self.outage_s, self.outage_at_s, self.lock_s, self.sender_retry_scale) < 0:
+            raise ValueError("chaos times must not be negative")
+        if self.timer_period_s <= 0:
+            raise ValueError("chaos option timer_period_s must be positive")
+
     @classmethod
     def parse(cls, options: Mapping[str, str]) -> ChaosOptions:
         known = {f.name: f for f in dataclasses.fields(cls)}
@@ -689,8 +702,8 @@ class ChaosDrill(Scenario):
         self.expected: dict[str, Expected] = {}
         self.polled_ids: list[str] = []
         self.webhook: list[tuple[str, dict[str, Any]]] = []
-        self._build_feed(rng)
         self.victims = self.users[:5]
+        self._build_feed(rng)
         self.dropped_victim = self.users[5] if o.drop_one_message and o.users > 5 else None
         first_block = self.attackers[0]
         self.points = crash_points(self.victims, network_key(first_block)) if o.crash_points else []
@@ -730,17 +743,23 @@ class ChaosDrill(Scenario):
             self.expected[alert_id] = Expected(alert_id, self._block_actions(names))
             self.polled_ids.append(alert_id)
         posts: list[tuple[str, dict[str, Any]]] = []
+        early: set[str] = set()
         for number, user in enumerate(self.posted_users):
             incident = sentinel_incident(user, number)
             alert_id = f"sentinel:{incident['object']['name']}"
             self.expected[alert_id] = Expected(alert_id, self._user_actions(user))
             posts.append((alert_id, incident))
+            if user in self.users[:6]:
+                early.add(alert_id)
         for n, names in self.posted_dos:
             alert_id = f"dos:{n}"
             self.expected[alert_id] = Expected(alert_id, self._block_actions(names))
             posts.append((alert_id, webhook_alert(n, names)))
         self.expected["protected"] = Expected("protected", frozenset())
         rng.shuffle(posts)
+        # The crash points' victims come first, so their alerts (and the sender's first retry)
+        # arrive before storage goes down, and the outage does not hide what a crash did.
+        posts.sort(key=lambda post: post[0] not in early)
         # Senders deliver some alerts twice (a Sentinel automation rule firing again, a
         # gateway repeating itself): every 10th alert comes once more, later.
         repeats = posts[::10]

@@ -143,6 +143,10 @@ def test_the_drill_is_registered_and_takes_options(capsys: pytest.CaptureFixture
         ChaosOptions.parse({"colour": "red"})
     with pytest.raises(ValueError, match="takes a int"):
         ChaosOptions.parse({"users": "many"})
+    with pytest.raises(ValueError, match="at least 5"):
+        ChaosOptions.parse({"users": "3"})
+    with pytest.raises(ValueError, match="add up to less than 1"):
+        ChaosOptions.parse({"throttle_rate": "0.9", "timeout_rate": "0.2"})
     assert main(["drill", "--scenario", "chaos", "--set", "users=x"]) == 2
     assert main(["drill", "--scenario", "exchange-dos", "--set", "users=3"]) == 2
     assert "takes no options" in capsys.readouterr().err

@@ -217,3 +217,42 @@ def test_raw_bodies_content_types_and_validation_tokens_are_refused_cleanly(
     params = {} if token is None or route == "alerts" else {"validationToken": token}
     response = app.http.post(f"/api/{route}", content=raw, headers=headers, params=params)
     assert not problems_of(response)
+
+
+API_ROUTES = [
+    ("POST", "/api/actions"),
+    ("GET", "/api/actions/act-00000000000000000000000000000000"),
+    ("POST", "/api/actions/act-00000000000000000000000000000000/approve"),
+    ("POST", "/api/actions/act-00000000000000000000000000000000/reject"),
+    ("GET", "/api/audit"),
+    ("GET", "/api/audit/export"),
+    ("GET", "/api/audit/verify"),
+]
+printable = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=60)
+
+
+@FUZZ
+@given(
+    route=st.sampled_from(API_ROUTES),
+    forged=st.sampled_from(["garbage", "none", "HS256", "expired", "audience", "issuer", "app"]),
+    garbage=printable,
+)
+def test_a_bad_token_is_a_clean_401_or_403_on_every_api_route(
+    app: Served, route: tuple[str, str], forged: str, garbage: str
+) -> None:
+    sim, audience = app.sim, "api://m365-responder"
+    tokens = {
+        "garbage": garbage,
+        "none": sim.issue_token(audience=audience, roles=["Audit.Read"], algorithm="none"),
+        "HS256": sim.issue_token(audience=audience, roles=["Audit.Read"], algorithm="HS256"),
+        "expired": sim.issue_token(audience=audience, roles=["Audit.Read"], expires_in=-3600),
+        "audience": sim.issue_token(audience="api://other", roles=["Audit.Read"]),
+        "issuer": sim.issue_token(audience=audience, issuer="https://evil.example/v2.0"),
+        "app": sim.issue_token(audience=audience, upn=None, app_id="c0ffee"),
+    }
+    method, path = route
+    bearer = f"Bearer {tokens[forged]}".strip()  # a header value cannot end in a space
+    headers = {"Authorization": bearer, "Content-Type": "application/json"}
+    response = app.http.request(method, path, headers=headers, content=b"{}")
+    assert response.status_code in (401, 403), (forged, method, path, response.status_code)
+    assert not problems_of(response)
