@@ -24,7 +24,8 @@ Meanwhile:
 The report counts alerts in; actions planned, executed, failed and lost (lost: the alert was
 accepted or polled, yet the action has no outcome record and the tenant does not show its
 effect); duplicate tenant writes from the simulator's write log; outcome records per action; and
-the chain verification. Any loss or duplicate fails the drill.
+the chain verification. Any loss or duplicate fails the drill. The crash machinery is in
+drill/crashes.py, the host that plays the Functions host under it in drill/chaos_host.py.
 """
 
 from __future__ import annotations
@@ -33,26 +34,24 @@ import asyncio
 import copy
 import dataclasses
 import functools
-import inspect
-import ipaddress
-import json
-import logging
 import random
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import azure.functions as func
-from azure.core.exceptions import ServiceRequestError
-from azure.functions.servicebus import ServiceBusMessage
-from azure.functions.timer import TimerRequest
-
+from drill.chaos_host import ChaosHost, SenderLog
 from drill.compromised import DOMAIN, SENTINEL_INCIDENT, graph_alert, user_evidence
 from drill.context import DrillContext, Scenario
+from drill.crashes import (
+    Saboteur,
+    crash_points,
+    dropped_message,
+    network_key,
+    wrap_container,
+)
 from drill.exchange_dos import (
     FOREIGN_RULE,
     JUNK,
@@ -62,21 +61,11 @@ from drill.exchange_dos import (
     webhook_alert,
 )
 from drill.exchange_dos import graph_alert as dos_graph_alert
-from drill.host import MAX_CONCURRENT_CALLS, LocalHost, registered_functions
-from functions.http import KEY_HEADER
-from shared.actions.ip_blocks import exchange_range, is_managed
-from shared.adapters.queue import Delivery, InMemoryQueue
-from shared.models import ActionKind, ActionRequest, AuditEntry, AuditRecord
-from shared.ports import BlockEntry, TransportRule
+from shared.actions.ip_blocks import is_managed
+from shared.models import ActionKind, AuditRecord
+from shared.ports import TransportRule
 from shared.simulator import Fault, SimulatedTenant, SimUser
 
-logger = logging.getLogger(__name__)
-
-# Azure Logic Apps' default retry policy: up to 4 retries at exponentially growing intervals
-# scaled by 7.5 s and capped between 5 and 45 s, on 408, 429, 5xx and no answer
-# (https://learn.microsoft.com/azure/logic-apps/logic-apps-exception-handling).
-SENDER_RETRIES_S = (7.5, 15.0, 30.0, 45.0)
-SENDER_RETRY_STATUSES = frozenset({408, 429})
 # Audit events that do not end an action; every other `action.*` event is an outcome.
 NOT_OUTCOMES = frozenset({"action.planned", "action.held", "action.approved"})
 USER_KINDS = frozenset({str(ActionKind.DISABLE_ACCOUNT), str(ActionKind.REVOKE_SESSIONS)})
@@ -90,26 +79,6 @@ BYSTANDER = SimUser(
     user_principal_name=f"megan.bowen@{DOMAIN}",
     display_name="Megan Bowen",
 )
-
-
-class WorkerKilled(BaseException):  # noqa: N818 - it is an event, not an error
-    """The worker process died at a crash point."""
-
-
-@dataclass
-class Invocation:
-    """One function invocation: whether its worker died, or its storage went away."""
-
-    function: str
-    killed: bool = False
-    storage_down: bool = False
-
-
-_INVOCATION: ContextVar[Invocation | None] = ContextVar("chaos_invocation", default=None)
-
-
-def storage_error() -> ServiceRequestError:
-    return ServiceRequestError("storage is unreachable (chaos drill)")
 
 
 # --- options ---------------------------------------------------------------------------------
@@ -174,456 +143,6 @@ class ChaosOptions:
     @property
     def feed_duration_s(self) -> float:
         return self.feed_s or self.outage_s + 40.0
-
-
-# --- crash points ----------------------------------------------------------------------------
-
-
-@dataclass
-class CrashPoint:
-    """Where the worker dies: `method` on any wrapped port, `when` before or after the call, for
-    the calls `matches` picks. `effect` "kill" kills the worker, "storage" makes this and every
-    later storage call of the invocation fail, "drop" swallows the call (a message that never
-    arrives). Each fires once."""
-
-    name: str
-    description: str
-    method: str
-    when: str
-    matches: Callable[[tuple[Any, ...], Any], bool]
-    target: str
-    effect: str = "kill"
-    fired: int = 0
-
-
-def _action_in(args: tuple[Any, ...]) -> ActionRequest | None:
-    for arg in args:
-        if isinstance(arg, ActionRequest):
-            return arg
-        if isinstance(arg, list) and arg and isinstance(arg[0], ActionRequest):
-            return arg[0]
-    return None
-
-
-def _actions_in(args: tuple[Any, ...]) -> list[ActionRequest]:
-    for arg in args:
-        if isinstance(arg, ActionRequest):
-            return [arg]
-        if isinstance(arg, list) and arg and isinstance(arg[0], ActionRequest):
-            return list(arg)
-    return []
-
-
-def _entries_in(args: tuple[Any, ...]) -> list[AuditEntry]:
-    for arg in args:
-        if isinstance(arg, AuditEntry):
-            return [arg]
-        if isinstance(arg, list) and arg and isinstance(arg[0], AuditEntry):
-            return list(arg)
-    return []
-
-
-def _names(user: SimUser) -> set[str]:
-    return {user.id.lower(), user.user_principal_name.lower()}
-
-
-def network_key(target: str) -> str:
-    """An address or network as Exchange writes it (no /32), for comparing targets."""
-    return exchange_range(str(ipaddress.ip_network(target.strip(), strict=False)))
-
-
-def crash_points(victims: list[SimUser], network: str) -> list[CrashPoint]:
-    """The crash points of issue 11, each on a target of its own."""
-    claim, write, audit, commit = victims[:4]
-    disable = str(ActionKind.DISABLE_ACCOUNT)
-
-    def claimed(args: tuple[Any, ...], result: Any) -> bool:
-        action = _action_in(args)
-        return (
-            result is True
-            and action is not None
-            and str(action.kind) == disable
-            and action.target.lower() in _names(claim)
-        )
-
-    def written(args: tuple[Any, ...], result: Any) -> bool:
-        return len(args) >= 2 and str(args[0]).lower() in _names(write) and args[1] is False
-
-    def audited(args: tuple[Any, ...], result: Any) -> bool:
-        return any(
-            e.kind == disable
-            and str(e.event) in ("action.executed", "action.already_done")
-            and (e.target or "").lower() in _names(audit)
-            for e in _entries_in(args)
-        )
-
-    def registry_moves(args: tuple[Any, ...], result: Any) -> bool:
-        entry = args[0] if args else None
-        return (
-            isinstance(entry, BlockEntry)
-            and len(args) >= 2
-            and str(args[1]) == "blocked"
-            and network_key(entry.network) == network
-        )
-
-    def committing(args: tuple[Any, ...], result: Any) -> bool:
-        return any(
-            e.kind == disable
-            and str(e.event) == "action.planned"
-            and (e.target or "").lower() in _names(commit)
-            for e in _entries_in(args)
-        )
-
-    return [
-        CrashPoint(
-            "claim_then_crash",
-            "killed between the ledger claim and the send to the queue",
-            "claim",
-            "after",
-            claimed,
-            claim.id,
-        ),
-        CrashPoint(
-            "tenant_write_then_crash",
-            "killed between the tenant write (disable) and its audit",
-            "set_account_enabled",
-            "after",
-            written,
-            write.id,
-        ),
-        CrashPoint(
-            "audit_then_crash",
-            "killed between the outcome's audit and the ledger update",
-            "append_all",
-            "after",
-            audited,
-            audit.id,
-        ),
-        CrashPoint(
-            "audit_then_crash_before_registry",
-            "killed after a block's audit, before the block registry moves",
-            "update",
-            "before",
-            registry_moves,
-            network,
-        ),
-        CrashPoint(
-            "storage_fails_in_intake_commit",
-            "storage fails while intake commits (audit of the plan, and all after it)",
-            "append_all",
-            "before",
-            committing,
-            commit.id,
-            effect="storage",
-        ),
-    ]
-
-
-def dropped_message(victim: SimUser) -> CrashPoint:
-    """A deliberate loss: the victim's disable never reaches the queue, though the send
-    returns. Tests use it to check that the report counts a loss it knows of."""
-
-    def sending(args: tuple[Any, ...], result: Any) -> bool:
-        return any(
-            str(a.kind) == str(ActionKind.DISABLE_ACCOUNT) and a.target.lower() in _names(victim)
-            for a in _actions_in(args)
-        )
-
-    return CrashPoint(
-        "dropped_message",
-        "the disable's queue message is dropped on the way (deliberate loss)",
-        "send",
-        "before",
-        sending,
-        victim.id,
-        effect="drop",
-    )
-
-
-class Saboteur:
-    """The crash points, and the wrapping of a container's ports and adapters."""
-
-    def __init__(self, points: list[CrashPoint]) -> None:
-        self.points = points
-
-    def wrap(self, name: str, port: Any, kind: str) -> PortProxy:
-        return PortProxy(name, port, kind, self)
-
-    def due(self, method: str, when: str, args: tuple[Any, ...], result: Any) -> CrashPoint | None:
-        for point in self.points:
-            if point.fired or point.method != method or point.when != when:
-                continue
-            try:
-                if point.matches(args, result):
-                    point.fired += 1
-                    return point
-            except Exception:  # a predicate that does not fit a changed port never fires
-                logger.debug("crash point %s did not fit %s", point.name, method, exc_info=True)
-        return None
-
-
-def _strike(point: CrashPoint, invocation: Invocation | None) -> None:
-    logger.warning("chaos: %s (%s)", point.description, point.target)
-    if point.effect == "storage":
-        if invocation is not None:
-            invocation.storage_down = True
-        raise storage_error()
-    if invocation is not None:
-        invocation.killed = True
-    raise WorkerKilled(point.name)
-
-
-class PortProxy:
-    """Stands in for one port or adapter: every coroutine method first checks whether the
-    invocation is dead (or its storage down), and the crash points fire around the call."""
-
-    def __init__(self, name: str, target: Any, kind: str, chaos: Saboteur) -> None:
-        self._name = name
-        self._target = target
-        self._kind = kind
-        self._chaos = chaos
-
-    def __getattr__(self, attr: str) -> Any:
-        value = getattr(self._target, attr)
-        if not inspect.iscoroutinefunction(value):
-            return value
-        chaos, kind = self._chaos, self._kind
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            invocation = _INVOCATION.get()
-            if invocation is not None and invocation.killed:
-                raise WorkerKilled(f"{attr} after the worker died")
-            if invocation is not None and invocation.storage_down and kind == "storage":
-                raise storage_error()
-            point = chaos.due(attr, "before", args, None)
-            if point is not None and point.effect == "drop":
-                keep = [a for a in _actions_in(args) if not point.matches((a,), None)]
-                logger.warning("chaos: %s (%s)", point.description, point.target)
-                return await value(keep, *args[1:], **kwargs)
-            if point is not None:
-                _strike(point, invocation)
-            result = await value(*args, **kwargs)
-            point = chaos.due(attr, "after", args, result)
-            if point is not None:
-                _strike(point, invocation)
-            return result
-
-        return call
-
-
-PORT_KINDS = {
-    "shared.adapters.state_table": "storage",
-    "shared.adapters.audit_table": "storage",
-    "shared.adapters.audit_index_table": "storage",
-    "shared.adapters.watch_table": "storage",
-    "shared.adapters.queue": "bus",
-    "shared.adapters.notification_queue": "bus",
-}
-
-
-def wrap_container(services: Any, chaos: Saboteur) -> dict[str, str]:
-    """Wrap every port and adapter the container holds (found at run time, so new ones are
-    wrapped too), the audit chain, and the Graph and Exchange clients. Must run before any
-    service is built from them. Returns what was wrapped, by kind."""
-    wrapped: dict[str, str] = {}
-    for name, value in list(vars(services).items()):
-        module = type(value).__module__
-        kind = PORT_KINDS.get(module)
-        if kind is None and module.startswith("shared.adapters.") and "table" in module:
-            kind = "storage"  # a table adapter added since
-        if kind is None:
-            continue
-        setattr(services, name, chaos.wrap(name, value, kind))
-        wrapped[name] = kind
-    services.chain = chaos.wrap("chain", services.chain, "storage")
-    wrapped["chain"] = "storage"
-    for name in ("graph", "exchange"):
-        adapter = getattr(services, name)
-        if adapter is not None:
-            services.__dict__[name] = chaos.wrap(name, adapter, "tenant")
-            wrapped[name] = "tenant"
-    return wrapped
-
-
-# --- the host under chaos --------------------------------------------------------------------
-
-
-@dataclass
-class SenderLog:
-    """What the alert senders saw."""
-
-    posts: int = 0
-    accepted: set[str] = field(default_factory=set)
-    given_up: set[str] = field(default_factory=set)
-    refused: set[str] = field(default_factory=set)
-    statuses: Counter[str] = field(default_factory=Counter)
-
-
-class ChaosHost:
-    """Invokes the app's functions as the Functions host does, each invocation in a task of its
-    own, so a worker killed in one does not take the drill down."""
-
-    def __init__(self, queue: InMemoryQueue, options: ChaosOptions) -> None:
-        self.functions = LocalHost().functions
-        self.queue = queue
-        self.options = options
-        self.deliveries = 0
-        self.kills: Counter[str] = Counter()
-        self.failures: Counter[str] = Counter()
-        self.timers_fired: Counter[str] = Counter()
-        self.dead_letters_handled = 0
-        self._in_flight: set[asyncio.Task[None]] = set()
-        self._relocks: set[asyncio.Task[None]] = set()
-        registered = registered_functions()
-        self.timers = sorted(
-            name
-            for name, fn in registered.items()
-            if getattr(fn.get_trigger(), "type", None) == "timerTrigger"
-        )
-        self.dead_letter_handlers = sorted(
-            name
-            for name, fn in registered.items()
-            if getattr(fn.get_trigger(), "type", None) == "serviceBusTrigger"
-            and "deadletter" in str(getattr(fn.get_trigger(), "queue_name", "")).lower()
-        )
-
-    async def invoke(self, function: str, argument: Any) -> tuple[bool, Any]:
-        """(True, result), or (False, None) when the worker died; exceptions propagate."""
-        invocation = Invocation(function)
-
-        async def run() -> Any:
-            _INVOCATION.set(invocation)
-            return await self.functions[function](argument)
-
-        try:
-            return True, await asyncio.create_task(run())
-        except WorkerKilled:
-            self.kills[function] += 1
-            return False, None
-
-    async def post(self, payload: Any, key: str) -> int | None:
-        """One webhook call: the status, or None when no answer came (the worker died)."""
-        request = func.HttpRequest(
-            method="POST",
-            url="http://127.0.0.1/api/alerts",
-            headers={"Content-Type": "application/json", KEY_HEADER: key},
-            params={},
-            route_params={},
-            body=json.dumps(payload).encode(),
-        )
-        try:
-            alive, response = await self.invoke("ingest_alert", request)
-        except Exception:
-            logger.debug("ingest_alert failed", exc_info=True)
-            self.failures["ingest_alert"] += 1
-            return 500  # the host answers an unhandled exception with 500
-        return int(response.status_code) if alive else None
-
-    async def send_alert(self, alert_id: str, payload: Any, key: str, log: SenderLog) -> None:
-        """A Logic App's HTTP action with the default retry policy."""
-        delays = [0.0, *(d * self.options.sender_retry_scale for d in SENDER_RETRIES_S)]
-        for delay in delays:
-            await asyncio.sleep(delay)
-            log.posts += 1
-            status = await self.post(payload, key)
-            log.statuses[str(status)] += 1
-            if status is not None and 200 <= status < 300:
-                log.accepted.add(alert_id)
-                return
-            if status is not None and status < 500 and status not in SENDER_RETRY_STATUSES:
-                log.refused.add(alert_id)
-                return
-        log.given_up.add(alert_id)
-
-    async def fire_timer(self, name: str) -> None:
-        self.timers_fired[name] += 1
-        try:
-            await self.invoke(name, TimerRequest(past_due=False))
-        except Exception:
-            logger.debug("timer %s failed", name, exc_info=True)
-            self.failures[name] += 1
-
-    async def fire_timers(self) -> None:
-        """Every timer once, side by side, as the host runs them."""
-        await asyncio.gather(*(self.fire_timer(name) for name in self.timers))
-
-    async def deliver_dead_letters(self) -> None:
-        """Hand dead-lettered messages to the app's dead-letter trigger, if it has one."""
-        if not self.dead_letter_handlers:
-            return
-        handler = self.dead_letter_handlers[0]
-        waiting, self.queue.dead_letters[:] = list(self.queue.dead_letters), []
-        for delivery in waiting:
-            try:
-                alive, _ = await self.invoke(handler, self._message(delivery))
-            except Exception:
-                alive = False
-                self.failures[handler] += 1
-            if alive:
-                self.dead_letters_handled += 1
-            else:
-                self.queue.dead_letters.append(delivery)
-
-    @staticmethod
-    def _message(delivery: Delivery) -> ServiceBusMessage:
-        return ServiceBusMessage(
-            body=delivery.body,
-            message_id=delivery.message_id,
-            content_type=delivery.content_type,
-            delivery_count=delivery.delivery_count,
-            application_properties={},
-            user_properties={},
-        )
-
-    async def _deliver(self, delivery: Delivery) -> None:
-        try:
-            alive, _ = await self.invoke("execute_action", self._message(delivery))
-        except Exception:
-            self.failures["execute_action"] += 1
-            self.queue.abandon(delivery)  # the host abandons; Service Bus redelivers at once
-            return
-        if not alive:
-            # Nobody settles the message: it comes back when its lock expires.
-            relock = asyncio.create_task(self._after_lock(delivery))
-            self._relocks.add(relock)
-            relock.add_done_callback(self._relocks.discard)
-
-    async def _after_lock(self, delivery: Delivery) -> None:
-        await asyncio.sleep(self.options.lock_s)
-        self.queue.abandon(delivery)
-
-    @property
-    def idle(self) -> bool:
-        return not self._in_flight and not self._relocks and len(self.queue) == 0
-
-    async def execute(self, stop: asyncio.Event) -> None:
-        """The Service Bus trigger: up to maxConcurrentCalls deliveries at once, until `stop`
-        is set and nothing is left to deliver."""
-        while True:
-            while len(self._in_flight) < MAX_CONCURRENT_CALLS:
-                delivery = self.queue.receive()
-                if delivery is None:
-                    break
-                self.deliveries += 1
-                task = asyncio.create_task(self._deliver(delivery))
-                self._in_flight.add(task)
-                task.add_done_callback(self._in_flight.discard)
-            if stop.is_set() and self.idle:
-                return
-            if self._in_flight:
-                await asyncio.wait(
-                    set(self._in_flight), timeout=0.05, return_when=asyncio.FIRST_COMPLETED
-                )
-            else:
-                await asyncio.sleep(0.02)
-
-    async def until_idle(self, limit_s: float) -> bool:
-        deadline = time.monotonic() + limit_s
-        while not self.idle:
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.05)
-        return True
 
 
 # --- the scenario ----------------------------------------------------------------------------
@@ -844,7 +363,7 @@ class ChaosDrill(Scenario):
         o = self.options
         raw_queue = ctx.queue
         self.facts["wrapped"] = wrap_container(ctx.services, self.chaos)
-        host = ChaosHost(raw_queue, o)
+        host = ChaosHost(raw_queue, o.lock_s, o.sender_retry_scale)
         self.facts["timers"] = host.timers
         self.facts["dead_letter_handlers"] = host.dead_letter_handlers
         stop = asyncio.Event()

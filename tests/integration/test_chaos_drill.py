@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from drill.azurite import ENV_ENDPOINT
-from drill.chaos import ChaosDrill, ChaosOptions, network_key
+from drill.chaos import ChaosDrill, ChaosOptions
 from drill.context import DrillContext
+from drill.crashes import network_key
 from drill.runner import DrillReport, run_scenario
 from drill.scenarios import SCENARIOS, WITH_OPTIONS
 from shared.actions.ip_blocks import COMMENT_MARK
