@@ -91,8 +91,8 @@ class ChaosOptions:
     users: int = 40  # compromised users, half polled from Graph, half posted by Sentinel
     dos_alerts: int = 300  # exchange-dos alerts, a tenth polled, the rest posted
     addresses: int = 100  # attacker addresses the dos alerts draw from
-    feed_s: float = 0.0  # how long alerts keep coming (0: outage_s + 40)
-    outage_at_s: float = 20.0  # when storage goes down, from the first alert
+    feed_s: float = 0.0  # how long alerts keep coming (0: outage_at_s + outage_s + 20)
+    outage_at_s: float = 30.0  # when storage goes down, from the first alert
     outage_s: float = 120.0  # how long storage stays down
     throttle_rate: float = 0.2  # Graph and Exchange calls answered 429 or 503 (half each)
     timeout_rate: float = 0.03  # Graph and Exchange calls answered after the client's timeout
@@ -142,7 +142,7 @@ class ChaosOptions:
 
     @property
     def feed_duration_s(self) -> float:
-        return self.feed_s or self.outage_s + 40.0
+        return self.feed_s or self.outage_at_s + self.outage_s + 20.0
 
 
 # --- the scenario ----------------------------------------------------------------------------
