@@ -22,15 +22,16 @@ from shared.simulator.state import TenantWrite
 
 pytestmark = pytest.mark.integration
 
-# Small and quick: a short outage, fast sender retries, short locks and timer periods.
+# Small and quick: a short outage once the alerts are in, short locks and timer periods, and
+# sender retries (3.75 to 22.5 s apart) that outlast the outage and Azurite's restart.
 SMALL: dict[str, Any] = {
     "users": 6,
     "dos_alerts": 12,
     "addresses": 6,
     "feed_s": 3.0,
-    "outage_at_s": 1.0,
+    "outage_at_s": 4.0,
     "outage_s": 1.0,
-    "sender_retry_scale": 0.1,
+    "sender_retry_scale": 0.5,
     "lock_s": 0.5,
     "timer_period_s": 1.0,
     "settle_rounds": 1,
