@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install drill test lint typecheck unit bench clean browser fuzz
+.PHONY: install drill test lint typecheck unit bench clean browser
 
 $(STAMP): requirements.lock.txt requirements.txt requirements-dev.txt pyproject.toml package-lock.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,7 @@ test: browser lint typecheck
 # Schemathesis against the app's OpenAPI document and hypothesis against its webhooks, the
 # functions served over loopback (about 5 minutes at 300 examples per operation).
 FUZZ_EXAMPLES ?= 300
+.PHONY: fuzz
 fuzz: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-tools.txt
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q fuzz

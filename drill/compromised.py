@@ -28,7 +28,7 @@ BREAK_GLASS = _user("0f9a6c3d-7e21-4b58-8d4f-1c3e5a7b9d20", "bg-emergency-01")
 BYSTANDER = _user("2d4f6b8a-9c1e-4a3b-8e5d-7f0a2c4e6b31", "megan.bowen")
 
 
-def user_evidence(user: SimUser, roles: list[str], verdict: str) -> dict[str, Any]:
+def _user_evidence(user: SimUser, roles: list[str], verdict: str) -> dict[str, Any]:
     return {
         "@odata.type": "#microsoft.graph.security.userEvidence",
         "createdDateTime": None,
@@ -58,7 +58,7 @@ def _ip_evidence(address: str) -> dict[str, Any]:
     }
 
 
-def graph_alert(
+def _graph_alert(
     alert_id: str, title: str, updated: datetime, evidence: list[dict[str, Any]]
 ) -> dict[str, Any]:
     stamp = updated.strftime("%Y-%m-%dT%H:%M:%S.%f") + "0Z"
@@ -83,20 +83,20 @@ def graph_alert(
 
 def _compromised_alerts(now: datetime) -> list[dict[str, Any]]:
     return [
-        graph_alert(
+        _graph_alert(
             "da637551227677560813_-961444813",
             "Password spray followed by a successful sign-in",
             now - timedelta(seconds=40),
             [
-                user_evidence(ADELE, ["compromised"], "malicious"),
+                _user_evidence(ADELE, ["compromised"], "malicious"),
                 _ip_evidence("203.0.113.77"),
             ],
         ),
-        graph_alert(
+        _graph_alert(
             "da637551227677560813_-961444999",
             "Suspicious sign-in to an emergency access account",
             now - timedelta(seconds=20),
-            [user_evidence(BREAK_GLASS, ["compromised"], "suspicious")],
+            [_user_evidence(BREAK_GLASS, ["compromised"], "suspicious")],
         ),
     ]
 
@@ -184,3 +184,8 @@ class CompromisedAccount(Scenario):
 
     async def checks(self, ctx: DrillContext) -> dict[str, bool]:
         return _tenant_checks(ctx.sim)
+
+
+# The alert shapes, for drills built on this one (chaos).
+graph_alert = _graph_alert
+user_evidence = _user_evidence
