@@ -35,6 +35,15 @@ browser:
 test: browser lint typecheck
 	$(BIN)/pytest -q
 
+# Schemathesis against the app's OpenAPI document and hypothesis against its webhooks, the
+# functions served over loopback (about 5 minutes at 300 examples per operation).
+FUZZ_EXAMPLES ?= 300
+.PHONY: fuzz
+fuzz: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-tools.txt
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q fuzz
+	FUZZ_BODY_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q tests/integration/test_fuzz_http.py
+
 bench: $(STAMP)
 	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/storm.py

@@ -1,9 +1,16 @@
 """Starts Azurite's table service (from the repo's node_modules) on a free loopback port, or
-uses one that is already running, and hands out its connection string."""
+uses one that is already running, and hands out its connection string.
+
+With `persistent=True` the tables live on disk (Azurite's `--location`, without
+`--inMemoryPersistence`), so a drill can stop Azurite for a storage outage and start it again on
+the same port with its data (`outage_begin()` / `outage_end()`). Azurite saves its table database
+every 5 seconds and when it is closed with SIGINT; it is always stopped that way here, so
+nothing written before an outage is lost with it."""
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -47,32 +54,50 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout_s: float
 
 class Azurite:
     """Context manager: `AZURITE_TABLE_ENDPOINT` (if set) names a running Azurite to use;
-    otherwise a private in-memory instance starts and stops with the context."""
+    otherwise a private instance starts and stops with the context, in memory. With
+    `persistent=True` a private instance always starts, on disk in a temporary directory."""
 
-    def __init__(self) -> None:
-        self.endpoint = os.environ.get(ENV_ENDPOINT, "")
+    def __init__(self, persistent: bool = False) -> None:
+        # A persistent one is always our own: only then can it go down and come back.
+        self.endpoint = "" if persistent else os.environ.get(ENV_ENDPOINT, "")
+        self.persistent = persistent
         self._process: subprocess.Popen[bytes] | None = None
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
+        self._port: int | None = None
 
     @property
     def connection_string(self) -> str:
         return connection_string(self.endpoint)
+
+    @property
+    def owned(self) -> bool:
+        """Whether this object started the Azurite it talks to (only then can it stop it)."""
+        return self._port is not None
 
     def start(self) -> Azurite:
         if self.endpoint:
             return self
         if not AZURITE_BIN.exists():
             raise RuntimeError(f"{AZURITE_BIN} is missing: run `npm ci` first")
-        port = _free_port()
+        self._port = _free_port()
         self._workdir = tempfile.TemporaryDirectory(prefix="azurite-")
+        self._launch()
+        self.endpoint = f"http://127.0.0.1:{self._port}/{DEV_ACCOUNT}"
+        return self
+
+    def _launch(self) -> None:
+        assert self._port is not None and self._workdir is not None
+        storage = (
+            ["--location", self._workdir.name] if self.persistent else ["--inMemoryPersistence"]
+        )
         self._process = subprocess.Popen(
             [
                 str(AZURITE_BIN),
                 "--tableHost",
                 "127.0.0.1",
                 "--tablePort",
-                str(port),
-                "--inMemoryPersistence",
+                str(self._port),
+                *storage,
                 "--disableTelemetry",
                 "--skipApiVersionCheck",
                 "--silent",
@@ -81,19 +106,36 @@ class Azurite:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        _wait_for_port(port, self._process, timeout_s=30)
-        self.endpoint = f"http://127.0.0.1:{port}/{DEV_ACCOUNT}"
-        return self
+        _wait_for_port(self._port, self._process, timeout_s=30)
+
+    def _halt(self) -> None:
+        """Stop the process: SIGINT first, on which Azurite saves its database and closes."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def outage_begin(self) -> None:
+        """Take storage away: the process stops and its port refuses connections."""
+        if not (self.owned and self.persistent):
+            raise RuntimeError("only a persistent Azurite this object started can go down")
+        self._halt()
+
+    def outage_end(self) -> None:
+        """Bring storage back on the same port with the data it had."""
+        if not (self.owned and self.persistent) or self._process is not None:
+            raise RuntimeError("outage_end() needs outage_begin() first")
+        self._launch()
 
     def stop(self) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-            self._process = None
+        self._halt()
+        if self._port is not None:
+            self._port = None
             self.endpoint = ""
         if self._workdir is not None:
             self._workdir.cleanup()

@@ -204,3 +204,8 @@ class CompromisedAccount(Scenario):
 
     async def checks(self, ctx: DrillContext) -> dict[str, bool]:
         return _tenant_checks(ctx.sim)
+
+
+# The alert shapes, for drills built on this one (chaos).
+graph_alert = _graph_alert
+user_evidence = _user_evidence

@@ -12,6 +12,7 @@ from typing import Any
 
 import azure.functions as func
 
+from drill.azurite import Azurite
 from drill.host import LocalHost
 from functions.http import KEY_HEADER
 from shared.adapters.queue import InMemoryActionQueue
@@ -50,12 +51,18 @@ class DrillContext:
     marks: list[Mark] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
+    azurite: Azurite | None = None
+    _queue: InMemoryActionQueue = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Kept from the start: a scenario may wrap the container's queue afterwards.
+        queue = self.services.queue
+        assert isinstance(queue, InMemoryActionQueue)
+        self._queue = queue
 
     @property
     def queue(self) -> InMemoryActionQueue:
-        queue = self.services.queue
-        assert isinstance(queue, InMemoryActionQueue)
-        return queue
+        return self._queue
 
     def mark(self, stage: str, text: str) -> None:
         self.marks.append(Mark(utcnow(), stage, text))
@@ -106,6 +113,8 @@ class Scenario(ABC):
 
     name: str = ""
     description: str = ""
+    # Whether the drill needs Azurite on disk (to stop and start it with its data).
+    persistent_storage: bool = False
 
     def settings(self) -> dict[str, Any]:
         """Settings beside the drill's defaults (protected identities, allow-lists)."""

@@ -52,7 +52,7 @@ def attacker_addresses(count: int) -> list[str]:
     return addresses
 
 
-def _alert(n: int, names: list[str]) -> dict[str, Any]:
+def webhook_alert(n: int, names: list[str]) -> dict[str, Any]:
     return {
         "source": "generic",
         "id": f"mailflow-flood-{n:05d}",
@@ -64,7 +64,7 @@ def _alert(n: int, names: list[str]) -> dict[str, Any]:
     }
 
 
-def _graph_alert(n: int, names: list[str], now: datetime) -> dict[str, Any]:
+def graph_alert(n: int, names: list[str], now: datetime) -> dict[str, Any]:
     stamp = (now - timedelta(seconds=60) + timedelta(milliseconds=n)).strftime(
         "%Y-%m-%dT%H:%M:%S.%fZ"
     )
@@ -119,7 +119,7 @@ class ExchangeDos(Scenario):
     def prepare(self, sim: SimulatedTenant, now: datetime) -> None:
         sim.add_transport_rule(FOREIGN_RULE)
         for n, names in self._burst[: self._polled]:
-            sim.add_alert(_graph_alert(n, names, now))
+            sim.add_alert(graph_alert(n, names, now))
 
     async def drive(self, ctx: DrillContext) -> None:
         async def feed() -> None:
@@ -128,7 +128,7 @@ class ExchangeDos(Scenario):
             webhook = self._burst[self._polled :] + self._repeats
             for start in range(0, len(webhook), WEBHOOK_BATCH):
                 for n, names in webhook[start : start + WEBHOOK_BATCH]:
-                    await ctx.post_alert(_alert(n, names))
+                    await ctx.post_alert(webhook_alert(n, names))
             ctx.mark("alert", "storm over")
 
         ctx.metrics["alerts_sent"] = self.alerts + len(self._repeats)

@@ -137,7 +137,7 @@ def deployment_grants(settings: Settings) -> frozenset[str]:
 
 
 async def run_scenario(scenario: Scenario) -> DrillReport:
-    with SimulatedTenant() as sim, Azurite() as azurite:
+    with SimulatedTenant() as sim, Azurite(persistent=scenario.persistent_storage) as azurite:
         scenario.prepare(sim, utcnow())
         settings = drill_settings(sim, azurite, scenario)
         # The drill's identity holds exactly what the deployment would grant it (less what a
@@ -150,7 +150,9 @@ async def run_scenario(scenario: Scenario) -> DrillReport:
             await services.prepare()
             secret = services.settings.webhook_secret
             assert secret is not None
-            ctx = DrillContext(sim, services, LocalHost(), clock, secret.get_secret_value())
+            ctx = DrillContext(
+                sim, services, LocalHost(), clock, secret.get_secret_value(), azurite=azurite
+            )
             return await _run(scenario, ctx)
         finally:
             container.install(None)

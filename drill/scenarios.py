@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
+from drill.chaos import ChaosDrill
 from drill.compromised import CompromisedAccount
 from drill.context import Scenario
 from drill.exchange_dos import ExchangeDos
@@ -17,4 +18,9 @@ SCENARIOS: dict[str, Callable[[], Scenario]] = {
     Lockout.name: Lockout,
     ReadinessDrill.name: ReadinessDrill,
     Tamper.name: Tamper,
+    ChaosDrill.name: ChaosDrill,
+}
+# Scenarios that take options (`responder drill --set NAME=VALUE`).
+WITH_OPTIONS: dict[str, Callable[[Mapping[str, str]], Scenario]] = {
+    ChaosDrill.name: ChaosDrill.from_options,
 }

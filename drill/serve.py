@@ -236,7 +236,8 @@ class LocalApi:
         own both (a drill or a test); yields the base URL. `sock`, bound to 127.0.0.1, lets a
         caller know the URL before serving (to put it into settings)."""
         app = web.Application(client_max_size=MAX_REQUEST_BYTES)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
+        # Every path, even one whose decoded form holds a line break (`.` stops at one).
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self._handle)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         try:

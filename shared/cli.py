@@ -107,6 +107,13 @@ def _parser() -> argparse.ArgumentParser:
     drill.add_argument(
         "--all", action="store_true", help="print the whole timeline, not its start and end"
     )
+    drill.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a scenario option, repeatable (chaos: users, outage_s, throttle_rate, ...)",
+    )
 
     audit = commands.add_parser("audit", help="work with the audit trail")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
@@ -285,12 +292,18 @@ async def _doctor(services: Container, args: argparse.Namespace) -> int:
 
 def cmd_drill(args: argparse.Namespace) -> int:
     from drill.runner import run_scenario
-    from drill.scenarios import SCENARIOS
+    from drill.scenarios import SCENARIOS, WITH_OPTIONS
 
     make = SCENARIOS.get(args.scenario)
     if make is None:
         return _fail(f"unknown scenario {args.scenario!r}; known: {', '.join(SCENARIOS)}")
-    scenario = make()
+    options = dict(item.partition("=")[::2] for item in args.set)
+    if options and args.scenario not in WITH_OPTIONS:
+        return _fail(f"scenario {args.scenario!r} takes no options")
+    try:
+        scenario = WITH_OPTIONS[args.scenario](options) if options else make()
+    except ValueError as exc:
+        return _fail(str(exc))
     if not args.json:
         print(f"drill {scenario.name}: {scenario.description}", flush=True)
     report = asyncio.run(run_scenario(scenario))

@@ -275,7 +275,20 @@ class Guards:
         if action.kind is ActionKind.ACTIVATE_BREAKGLASS and self._second_engineer(action):
             reason = f"emergency access activation waits for a second engineer ({action.reason})"
             return action.model_copy(update={"decision": Decision.NEEDS_APPROVAL, "reason": reason})
+        if action.kind is ActionKind.DEACTIVATE_BREAKGLASS and self._early_close(action):
+            reason = (
+                "closing emergency access before its time waits for a second engineer "
+                f"({action.reason})"
+            )
+            return action.model_copy(update={"decision": Decision.NEEDS_APPROVAL, "reason": reason})
         return action
+
+    def _early_close(self, action: ActionRequest) -> bool:
+        """An engineer closing emergency access early (during a lockout that would lock the
+        admins out again) needs four eyes, as opening it does; the responder's own close at
+        the end of the time box never waits."""
+        human = action.requested_by.kind == "engineer"
+        return human and self.breakglass_approval is not BreakGlassApproval.NONE
 
     def _second_engineer(self, action: ActionRequest) -> bool:
         if self.breakglass_approval is BreakGlassApproval.ALWAYS:

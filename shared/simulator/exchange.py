@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
-from shared.simulator.state import JsonObject, format_timestamp
+from shared.simulator.state import JsonObject, TenantWrite, format_timestamp
 
 RULE_SIZE_LIMIT = 8192
 MAX_TRANSPORT_RULES = 300
@@ -209,6 +209,7 @@ class TransportRuleStore:
         self.max_page_size = MAX_PAGE_SIZE
         # Where next links point; None: this endpoint.
         self.next_link_base: str | None = None
+        self._writes: list[TenantWrite] = []
 
     def rules(self) -> list[JsonObject]:
         with self._lock:
@@ -244,6 +245,9 @@ class TransportRuleStore:
                 raise _priority_error(priority, len(self._rules))
             rule = _Rule(str(uuid.uuid4()), stored, self._tick())
             self._rules.insert(priority, rule)
+            self._writes.append(
+                TenantWrite(rule.when_changed, "New-TransportRule", rule.guid, True)
+            )
             return self._json(rule, priority)
 
     def set(self, identity: str, parameters: Mapping[str, Any]) -> JsonObject:
@@ -258,8 +262,12 @@ class TransportRuleStore:
             stored = _stored({**rule.params, **changes})
             if priority is not None and priority >= len(self._rules):
                 raise _priority_error(priority, len(self._rules) - 1)
+            changed = _meaning(stored) != _meaning(rule.params) or priority not in (None, index)
             rule.params = stored
             rule.when_changed = self._tick()
+            self._writes.append(
+                TenantWrite(rule.when_changed, "Set-TransportRule", rule.guid, changed)
+            )
             if priority is not None:
                 self._rules.insert(priority, self._rules.pop(index))
                 index = priority
@@ -267,7 +275,10 @@ class TransportRuleStore:
 
     def remove(self, identity: str) -> None:
         with self._lock:
-            del self._rules[self._index(identity)]
+            rule = self._rules.pop(self._index(identity))
+            self._writes.append(
+                TenantWrite(datetime.now(UTC), "Remove-TransportRule", rule.guid, True)
+            )
 
     def record_call(
         self,
@@ -295,6 +306,11 @@ class TransportRuleStore:
     def calls(self) -> list[tuple[str, JsonObject]]:
         with self._lock:
             return copy.deepcopy(self._calls)
+
+    def writes(self) -> list[TenantWrite]:
+        """The rule writes carried out (refused ones are not), oldest first."""
+        with self._lock:
+            return list(self._writes)
 
     def add_hook(self, cmdlet: str, run: Callable[[], None], times: int) -> None:
         if times < 1:
@@ -546,6 +562,12 @@ def _is_ip_range(entry: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def _meaning(params: Mapping[str, Any]) -> JsonObject:
+    """A rule's parameters with the address ranges as a set: their order means nothing."""
+    ranges = params.get("SenderIpRanges")
+    return {**params, "SenderIpRanges": sorted(ranges) if ranges else ranges}
 
 
 def _stored(params: Mapping[str, Any]) -> JsonObject:

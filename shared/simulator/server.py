@@ -48,6 +48,7 @@ from shared.simulator.state import (
     JsonObject,
     SimUser,
     TenantState,
+    TenantWrite,
     parse_timestamp,
 )
 from shared.simulator.subscriptions import Delivery, SubscriptionError, SubscriptionStore
@@ -561,6 +562,8 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     # Whether the request being answered is for Exchange, whose errors have their own envelope.
     on_exchange = False
+    # Whether a fault said to carry the request out and then hang up without answering.
+    drop_response = False
 
     def do_GET(self) -> None:
         self._dispatch()
@@ -585,6 +588,7 @@ class _Handler(BaseHTTPRequestHandler):
         assert isinstance(server, _GraphServer)
         request_id = str(uuid.uuid4())
         self.on_exchange = urlsplit(self.path).path.startswith(EXCHANGE_PREFIX)
+        self.drop_response = False
         try:
             reply = self._answer(server)
         except CmdletError as error:
@@ -597,6 +601,9 @@ class _Handler(BaseHTTPRequestHandler):
             logger.exception("Simulator failed on %s %s", self.command, self.path)
             failure = _GraphError(500, "generalException", "The simulator failed; see its log.")
             reply = self._error_reply(failure, request_id)
+        if self.drop_response:
+            self.close_connection = True
+            return
         self._send(reply, request_id)
 
     def _answer(self, server: _GraphServer) -> _Reply:
@@ -619,6 +626,7 @@ class _Handler(BaseHTTPRequestHandler):
         fault = server.state.take_fault(self.command, logged_path, cmdlet)
         if fault is not None:
             self._apply(fault, server.stopping)
+            self.drop_response = fault.drop_response
         if serves_keys:
             return _Reply(200, server.token_issuer.jwks())
         if tenant is not None and self.command == "POST":
@@ -1142,6 +1150,23 @@ class SimulatedTenant:
 
     def clear_faults(self) -> None:
         self._state.clear_faults()
+
+    def seed_faults(self, seed: int) -> None:
+        """Seed the draws of faults with a `rate` below 1."""
+        self._state.seed_faults(seed)
+
+    @property
+    def faults_applied(self) -> dict[str, int]:
+        """How many requests each kind of fault hit so far (`429`, `503`, `delay`, ...)."""
+        return self._state.faults_applied()
+
+    @property
+    def writes(self) -> list[TenantWrite]:
+        """Every write the tenant carried out, oldest first: account enables and disables (also
+        those that found the account already so: `changed` False), session revocations and
+        transport rule writes. Requests refused or failed by a fault before they ran are not
+        writes; a lost response's request is one."""
+        return sorted([*self._state.writes(), *self._rules.writes()], key=lambda write: write.at)
 
     @property
     def requests(self) -> list[tuple[str, str]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import random
 import re
 import threading
 from collections.abc import Callable, Mapping
@@ -43,7 +44,10 @@ class Fault:
     path (such as `/adminapi/beta/{tenant}/InvokeCommand`) for Exchange. `cmdlet`, when set, also
     requires an Exchange InvokeCommand naming that cmdlet (case-insensitive), so such a fault never
     hits Graph. `status` 0 means "answer normally after `delay_s`". `times` is how many matching
-    requests it affects; None keeps it active until the faults are cleared.
+    requests it affects; None keeps it active until the faults are cleared. `rate` below 1 makes
+    it hit only that share of the matching requests, at random (`SimulatedTenant.seed_faults`);
+    a request it spares goes on to the next fault. `drop_response` (with `status` 0) carries the
+    request out and then closes the connection without an answer: a lost response.
     """
 
     method: str | None = None
@@ -53,9 +57,15 @@ class Fault:
     delay_s: float = 0.0
     times: int | None = 1
     cmdlet: str | None = None
+    rate: float = 1.0
+    drop_response: bool = False
 
     def __post_init__(self) -> None:
         re.compile(self.path_pattern)
+        if not 0 < self.rate <= 1:
+            raise ValueError(f"Fault rate must be in (0, 1], got {self.rate}")
+        if self.drop_response and self.status != 0:
+            raise ValueError("Fault drop_response needs status 0 (the request is carried out)")
         if self.status != 0 and not 400 <= self.status <= 599:
             raise ValueError(f"Fault status must be 0 or an error status, got {self.status}")
         if self.delay_s < 0:
@@ -69,6 +79,26 @@ class Fault:
         if self.cmdlet is not None and (cmdlet is None or cmdlet.lower() != self.cmdlet.lower()):
             return False
         return re.search(self.path_pattern, path) is not None
+
+    @property
+    def label(self) -> str:
+        """How the fault shows in `SimulatedTenant.faults_applied`."""
+        if self.drop_response:
+            return "lost_response"
+        if self.status == 0:
+            return "delay"
+        return str(self.status)
+
+
+@dataclass(frozen=True)
+class TenantWrite:
+    """One write the tenant carried out: `kind` (`disable`, `enable`, `revoke`, or the
+    transport rule cmdlet), the object written and whether it changed anything."""
+
+    at: datetime
+    kind: str
+    target: str
+    changed: bool
 
 
 @dataclass
@@ -105,6 +135,9 @@ class TenantState:
         self._faults: list[_ActiveFault] = []
         self._requests: list[tuple[str, str]] = []
         self._alert_page_hooks: dict[int, list[Callable[[], None]]] = {}
+        self._random = random.Random(0)
+        self._faults_applied: dict[str, int] = {}
+        self._writes: list[TenantWrite] = []
 
     def add_user(self, user: SimUser) -> None:
         stored = dataclasses.replace(user)
@@ -131,6 +164,9 @@ class TenantState:
         with self._lock:
             user = self._find_user(id_or_upn)
             if account_enabled is not None:
+                kind = "enable" if account_enabled else "disable"
+                changed = user.account_enabled != account_enabled
+                self._writes.append(TenantWrite(datetime.now(UTC), kind, user.id, changed))
                 user.account_enabled = account_enabled
             if display_name is not None:
                 user.display_name = display_name
@@ -141,6 +177,7 @@ class TenantState:
             user = self._find_user(id_or_upn)
             user.sign_in_sessions_revoked_at = at
             user.revocations += 1
+            self._writes.append(TenantWrite(at, "revoke", user.id, True))
             return dataclasses.replace(user)
 
     def _find_user(self, id_or_upn: str) -> SimUser:
@@ -211,18 +248,35 @@ class TenantState:
         with self._lock:
             self._faults.clear()
 
+    def seed_faults(self, seed: int) -> None:
+        with self._lock:
+            self._random.seed(seed)
+
     def take_fault(self, method: str, path: str, cmdlet: str | None = None) -> Fault | None:
-        """The first active fault matching the request, counting this request against it."""
+        """The first active fault matching the request (and drawn, for a rate below 1),
+        counting this request against it."""
         with self._lock:
             for active in self._faults:
                 if not active.fault.matches(method, path, cmdlet):
+                    continue
+                if active.fault.rate < 1 and self._random.random() >= active.fault.rate:
                     continue
                 if active.remaining is not None:
                     active.remaining -= 1
                     if active.remaining == 0:
                         self._faults.remove(active)
+                label = active.fault.label
+                self._faults_applied[label] = self._faults_applied.get(label, 0) + 1
                 return active.fault
             return None
+
+    def faults_applied(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._faults_applied)
+
+    def writes(self) -> list[TenantWrite]:
+        with self._lock:
+            return list(self._writes)
 
     def record_request(self, method: str, path: str) -> None:
         with self._lock:

@@ -230,6 +230,35 @@ async def test_an_engineers_activation_waits_for_a_second_engineer(
     assert tenant.user(BG1.id).account_enabled
 
 
+async def test_an_engineers_early_deactivation_waits_for_a_second_engineer(
+    services: Container, tenant: SimulatedTenant
+) -> None:
+    block = tenant.add_ca_policy("Block admins")
+    await services.intake.handle_payload(lockout_alert())
+    await drain(services)
+    assert tenant.user(BG1.id).account_enabled
+
+    body = parse_body({"kind": "deactivate_breakglass", "target": "all", "reason": "all clear"})
+    (action,) = (await services.manual.request(body, ADA)).actions
+    assert action.decision == "needs_approval"
+    assert await drain(services) == 0
+    assert tenant.user(BG1.id).account_enabled and excluded(tenant, block) == [BG1.id, BG2.id]
+
+    with pytest.raises(ApprovalError) as own:
+        await services.approvals.approve(action.id, ADA, "me")
+    assert own.value.status == 403
+    await services.approvals.approve(action.id, BOB, "lockout over, confirmed")
+    await drain(services)
+    assert not tenant.user(BG1.id).account_enabled and not tenant.user(BG2.id).account_enabled
+    assert excluded(tenant, block) == []
+    closed = [r for r in await records(services) if r.entry.kind == "deactivate_breakglass"]
+    assert [str(r.entry.event) for r in closed] == [
+        "action.held",
+        "action.approved",
+        "action.executed",
+    ]
+
+
 async def test_unanswered_approvals_expire_and_the_sweep_audits_them(
     services: Container, tenant: SimulatedTenant, clock: DrillClock
 ) -> None:

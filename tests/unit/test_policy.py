@@ -273,6 +273,32 @@ def test_who_must_approve_an_emergency_access_activation(
     )
 
 
+@pytest.mark.parametrize(
+    ("setting", "engineer"),
+    [
+        ("human", Decision.NEEDS_APPROVAL),
+        ("always", Decision.NEEDS_APPROVAL),
+        ("none", Decision.EXECUTE),
+    ],
+)
+def test_an_engineers_early_close_of_emergency_access_needs_a_second_engineer(
+    setting: str, engineer: Decision
+) -> None:
+    checks = guards(BREAKGLASS_APPROVAL=setting)
+    expiry = ActionRequest(
+        id="act-x", kind=ActionKind.DEACTIVATE_BREAKGLASS, target="all", reason="time is up"
+    )
+    by_engineer = expiry.model_copy(
+        update={"requested_by": Actor(kind="engineer", name="ada@contoso.com")}
+    )
+    held = checks.decide(by_engineer)
+    assert held.decision is engineer
+    if engineer is Decision.NEEDS_APPROVAL:
+        assert "second engineer" in held.reason
+    # The responder's own close at the end of the time box never waits for anyone.
+    assert checks.decide(expiry).decision is Decision.EXECUTE
+
+
 def test_a_rule_can_hold_its_actions_for_approval(tmp_path: Path) -> None:
     book = tmp_path / "p.toml"
     book.write_text(

@@ -408,3 +408,59 @@ def test_msgraph_sdk_pages_alerts_and_retries_throttling(sim: SimulatedTenant) -
     assert ids == [f"alert-{index:04d}" for index in range(5, 0, -1)]
     # The throttled attempt, its retry, then two more pages.
     assert sim.requests == [("GET", "/security/alerts_v2")] * 4
+
+
+def test_a_fault_with_a_rate_hits_only_that_share_and_spares_the_rest(
+    sim: SimulatedTenant,
+) -> None:
+    sim.seed_faults(11)
+    sim.add_fault(
+        Fault(path_pattern=r"^/users/", status=429, retry_after="1", times=None, rate=0.2)
+    )
+    sim.add_fault(Fault(path_pattern=r"^/users/", status=503, times=None, rate=0.5))
+
+    statuses = [call(sim, "GET", f"/users/{ALICE.id}")[0] for _ in range(200)]
+
+    throttled, unavailable = statuses.count(429), statuses.count(503)
+    # Seeded: the same draws every run. About 20 % throttled, then half the rest 503.
+    assert 20 <= throttled <= 60 and 50 <= unavailable <= 110
+    assert statuses.count(200) == 200 - throttled - unavailable
+    assert sim.faults_applied == {"429": throttled, "503": unavailable}
+    with pytest.raises(ValueError):
+        Fault(rate=0)
+    with pytest.raises(ValueError):
+        Fault(rate=1.5)
+
+
+def test_a_lost_response_is_carried_out_but_never_answered(sim: SimulatedTenant) -> None:
+    sim.add_fault(Fault(method="PATCH", status=0, drop_response=True))
+
+    body = json.dumps({"accountEnabled": False}).encode()
+    with pytest.raises((urllib.error.URLError, ConnectionError)):
+        call(sim, "PATCH", f"/users/{ALICE.id}", body)
+
+    assert not sim.user(ALICE.id).account_enabled
+    assert sim.faults_applied == {"lost_response": 1}
+    with pytest.raises(ValueError):
+        Fault(status=503, drop_response=True)
+
+
+def test_the_write_log_shows_every_write_and_whether_it_changed_anything(
+    sim: SimulatedTenant,
+) -> None:
+    sim.add_fault(Fault(method="PATCH", status=503))
+    disable = json.dumps({"accountEnabled": False}).encode()
+    assert call(sim, "PATCH", f"/users/{ALICE.id}", disable)[0] == 503
+    assert sim.writes == [], "a request failed by a fault wrote nothing"
+
+    for _ in range(2):
+        assert call(sim, "PATCH", f"/users/{ALICE.id}", disable)[0] == 204
+    assert call(sim, "POST", f"/users/{ALICE.id}/revokeSignInSessions")[0] == 200
+    rename = json.dumps({"displayName": "Alice E."}).encode()
+    assert call(sim, "PATCH", f"/users/{ALICE.id}", rename)[0] == 204
+
+    assert [(w.kind, w.target, w.changed) for w in sim.writes] == [
+        ("disable", ALICE.id, True),
+        ("disable", ALICE.id, False),
+        ("revoke", ALICE.id, True),
+    ]

@@ -766,3 +766,25 @@ def test_msgraph_sdk_creates_and_lists_named_locations(sim: SimulatedTenant) -> 
     assert listed == [("Blocked by incident 42", ["40.113.0.0/24"])]
     assert [location["id"] for location in sim.named_locations] == [created_id]
     assert sim.requests == [("POST", LOCATIONS), ("GET", LOCATIONS)]
+
+
+def test_rule_writes_are_logged_with_whether_they_changed_the_rule(sim: SimulatedTenant) -> None:
+    assert (
+        invoke(sim, "New-TransportRule", block_rule("rule", "203.0.113.7", "198.51.100.9"))[0]
+        == 200
+    )
+    same = {"Identity": "rule", "SenderIpRanges": ["198.51.100.9", "203.0.113.7"]}
+    assert invoke(sim, "Set-TransportRule", same)[0] == 200
+    more = {"Identity": "rule", "SenderIpRanges": ["203.0.113.7"]}
+    assert invoke(sim, "Set-TransportRule", more)[0] == 200
+    assert invoke(sim, "Remove-TransportRule", {"Identity": "rule"})[0] == 200
+    assert invoke(sim, "Remove-TransportRule", {"Identity": "rule"})[0] == 404
+
+    writes = sim.writes
+    assert [(w.kind, w.changed) for w in writes] == [
+        ("New-TransportRule", True),
+        ("Set-TransportRule", False),  # the same ranges in another order
+        ("Set-TransportRule", True),
+        ("Remove-TransportRule", True),
+    ]
+    assert len({w.target for w in writes}) == 1

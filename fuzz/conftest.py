@@ -1,0 +1,5 @@
+"""`make fuzz`: the fixtures of the test suite (one Azurite per session)."""
+
+from tests.conftest import azurite
+
+__all__ = ["azurite"]
