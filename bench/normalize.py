@@ -56,7 +56,7 @@ def main() -> None:
         for path in sorted(directory.glob("*.json"))
     ]
     usable = [payload for payload in payloads if accepted(payload)]
-    per_payload = [median_seconds(partial(normalize, p), args.repeat) for p in usable]
+    per_payload = [median_seconds(partial(normalize, payload), args.repeat) for payload in usable]
     evidence = {"@odata.type": "#microsoft.graph.security.ipEvidence", "ipAddress": "203.0.113.5"}
     page = {"value": [{"id": f"da6385_{i}", "evidence": [evidence]} for i in range(args.page)]}
     page_seconds = median_seconds(lambda: normalize(page), max(3, args.repeat // 20))
