@@ -166,11 +166,6 @@ def test_the_alert_webhook_never_fails_on_a_body(app: Served, body: Any) -> None
     assert not post(app, "alerts", as_json(body), headers)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 5: lone surrogates and oversized ids reach the audit and state "
-    "writes (500) until normalization replaces or refuses them",
-)
 @FUZZ
 @example(changes={"title": "x\ud800"}, alert_id="surrogate-title")
 @example(changes={"incident_id": "x" * 40_000}, alert_id="long-incident")
