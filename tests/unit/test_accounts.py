@@ -116,7 +116,9 @@ async def test_enable_turns_a_disabled_account_back_on() -> None:
     assert outcome.status is OutcomeStatus.EXECUTED
     assert tenant.directory.writes == [("accountEnabled", ADELE, True)]
     assert outcome.calls == [f'PATCH /users/{ADELE} {{"accountEnabled": true}}']
-    assert [(c.guard, c.passed) for c in outcome.guards] == [("emergency_access", True)]
+    assert [(c.guard, c.passed, c.detail) for c in outcome.guards] == [
+        ("emergency_access", True, "")
+    ]
     assert tenant.leases.acquired == []
 
 
@@ -310,8 +312,8 @@ async def test_a_global_admin_above_the_minimum_is_disabled_after_approval() -> 
 
 async def test_groups_and_service_principals_holding_the_role_do_not_count() -> None:
     tenant = Tenant(min_global_admins=2)
-    tenant.global_admins(True, True, True)
     tenant.roles.assign(GLOBAL_ADMINISTRATOR, "7e000000-0000-4000-8000-00000000000a")
+    tenant.global_admins(True, True, True)
     params = APPROVED
     outcome = await tenant.run(ActionKind.DISABLE_ACCOUNT, GA_1, params=params)
     assert guard(outcome, "global_admin_minimum")[1].startswith("3 enabled")
