@@ -414,3 +414,11 @@ async def test_other_refusals_pass_through_unchanged() -> None:
 def test_role_names_reads_known_roles_by_name_and_keeps_unknown_ids() -> None:
     assert role_names([]) == "none"
     assert role_names([SECURITY_ADMIN, "x-1"]) == "Security Administrator, x-1"
+
+
+async def test_a_403_on_revoking_a_plain_users_sessions_names_no_roles() -> None:
+    tenant = Tenant()
+    tenant.directory.fail_writes = PermanentError("Insufficient privileges", status=403)
+    with pytest.raises(PermanentError) as raised:
+        await tenant.run(ActionKind.REVOKE_SESSIONS, ADELE)
+    assert "accounts holding admin roles (none)" in str(raised.value)
