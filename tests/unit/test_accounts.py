@@ -422,3 +422,11 @@ async def test_a_403_on_revoking_a_plain_users_sessions_names_no_roles() -> None
     with pytest.raises(PermanentError) as raised:
         await tenant.run(ActionKind.REVOKE_SESSIONS, ADELE)
     assert "accounts holding admin roles (none)" in str(raised.value)
+
+
+@pytest.mark.parametrize("kind", [ActionKind.DISABLE_ACCOUNT, ActionKind.REVOKE_SESSIONS])
+async def test_a_write_without_a_request_id_records_none(kind: ActionKind) -> None:
+    tenant = Tenant()
+    tenant.directory.request_ids = False
+    outcome = await tenant.run(kind, ADELE)
+    assert outcome.status is OutcomeStatus.EXECUTED and outcome.request_ids == []
