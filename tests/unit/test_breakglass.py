@@ -115,13 +115,20 @@ async def test_activation_enables_the_accounts_and_excludes_them_from_enforced_p
 
 
 async def test_the_deactivation_at_expiry_is_deterministic_per_expiry() -> None:
-    activation = action(ActionKind.ACTIVATE_BREAKGLASS)
+    activation = action(
+        ActionKind.ACTIVATE_BREAKGLASS, rule="lockout", alert_id="sentinel:9", incident_id="77"
+    )
     first = expiry_deactivation(activation, NOW)
     assert first == expiry_deactivation(activation, NOW).model_copy(
         update={"requested_at": first.requested_at}
     )
     assert first.id != expiry_deactivation(activation, NOW + timedelta(minutes=1)).id
     assert first.kind is ActionKind.DEACTIVATE_BREAKGLASS and first.target == "all"
+    assert first.id == ActionRequest.derive_id(
+        ActionKind.DEACTIVATE_BREAKGLASS, "all", f"expiry:{activation.id}:{NOW.isoformat()}"
+    )
+    # the audit trail links the deactivation to the alert and incident that opened access
+    assert (first.rule, first.alert_id, first.incident_id) == ("lockout", "sentinel:9", "77")
     assert first.params == {"scheduled_for": NOW.isoformat()}
     assert first.reason == "emergency access activation act-activate_breakglass expired"
 
