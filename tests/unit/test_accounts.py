@@ -116,7 +116,9 @@ async def test_enable_turns_a_disabled_account_back_on() -> None:
     assert outcome.status is OutcomeStatus.EXECUTED
     assert tenant.directory.writes == [("accountEnabled", ADELE, True)]
     assert outcome.calls == [f'PATCH /users/{ADELE} {{"accountEnabled": true}}']
-    assert [(c.guard, c.passed) for c in outcome.guards] == [("emergency_access", True)]
+    assert [(c.guard, c.passed, c.detail) for c in outcome.guards] == [
+        ("emergency_access", True, "")
+    ]
     assert tenant.leases.acquired == []
 
 
@@ -310,8 +312,8 @@ async def test_a_global_admin_above_the_minimum_is_disabled_after_approval() -> 
 
 async def test_groups_and_service_principals_holding_the_role_do_not_count() -> None:
     tenant = Tenant(min_global_admins=2)
-    tenant.global_admins(True, True, True)
     tenant.roles.assign(GLOBAL_ADMINISTRATOR, "7e000000-0000-4000-8000-00000000000a")
+    tenant.global_admins(True, True, True)
     params = APPROVED
     outcome = await tenant.run(ActionKind.DISABLE_ACCOUNT, GA_1, params=params)
     assert guard(outcome, "global_admin_minimum")[1].startswith("3 enabled")
@@ -412,3 +414,19 @@ async def test_other_refusals_pass_through_unchanged() -> None:
 def test_role_names_reads_known_roles_by_name_and_keeps_unknown_ids() -> None:
     assert role_names([]) == "none"
     assert role_names([SECURITY_ADMIN, "x-1"]) == "Security Administrator, x-1"
+
+
+async def test_a_403_on_revoking_a_plain_users_sessions_names_no_roles() -> None:
+    tenant = Tenant()
+    tenant.directory.fail_writes = PermanentError("Insufficient privileges", status=403)
+    with pytest.raises(PermanentError) as raised:
+        await tenant.run(ActionKind.REVOKE_SESSIONS, ADELE)
+    assert "accounts holding admin roles (none)" in str(raised.value)
+
+
+@pytest.mark.parametrize("kind", [ActionKind.DISABLE_ACCOUNT, ActionKind.REVOKE_SESSIONS])
+async def test_a_write_without_a_request_id_records_none(kind: ActionKind) -> None:
+    tenant = Tenant()
+    tenant.directory.request_ids = False
+    outcome = await tenant.run(kind, ADELE)
+    assert outcome.status is OutcomeStatus.EXECUTED and outcome.request_ids == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 
 import pytest
 
@@ -297,3 +298,33 @@ async def test_text_that_is_not_unicode_is_refused_and_nothing_is_written() -> N
         await AuditChain(store).append(entry(3, result={"title": "x\ud800y"}))
     assert sorted(store.records) == [1, 2]
     assert (await AuditChain(store).verify()).ok
+
+
+async def test_a_failed_listener_is_logged_with_the_way_to_repair_the_index(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def broken(records: list[AuditRecord]) -> None:
+        raise RuntimeError("index table down")
+
+    with caplog.at_level(logging.ERROR, logger="shared.audit"):
+        await AuditChain(MemoryAuditStore(), listeners=[broken]).append_all([entry(1), entry(2)])
+    [logged] = caplog.records
+    assert logged.getMessage() == (
+        "audit listener failed for records 1..2 (the records are appended; "
+        "`responder audit reindex` rebuilds the index)"
+    )
+    assert logged.exc_info is not None
+
+
+async def test_a_lost_race_is_logged_with_the_head_it_lost_after(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = MemoryAuditStore()
+    mine, theirs = AuditChain(store), AuditChain(store)
+    await mine.append(entry(1))
+    await theirs.append(entry(2))
+    with caplog.at_level(logging.DEBUG, logger="shared.audit"):
+        await mine.append(entry(3))
+    assert [r.getMessage() for r in caplog.records] == [
+        "audit append lost a race after seq 1; re-reading head"
+    ]

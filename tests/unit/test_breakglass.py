@@ -73,8 +73,10 @@ def enable(user_id: str, on: bool) -> str:
 
 async def test_activation_enables_the_accounts_and_excludes_them_from_enforced_policies() -> None:
     site = Site()
-    applied = await site.access.activate(action(ActionKind.ACTIVATE_BREAKGLASS))
+    request = action(ActionKind.ACTIVATE_BREAKGLASS)
+    applied = await site.access.activate(request)
     outcome = applied.outcome
+    assert applied.action == request
     assert outcome.status is OutcomeStatus.EXECUTED
     assert site.directory.users[BG1].account_enabled and site.directory.users[BG2].account_enabled
     assert site.excluded("p-mfa") == (ADMIN_EXCLUDED, BG1, BG2)
@@ -115,13 +117,20 @@ async def test_activation_enables_the_accounts_and_excludes_them_from_enforced_p
 
 
 async def test_the_deactivation_at_expiry_is_deterministic_per_expiry() -> None:
-    activation = action(ActionKind.ACTIVATE_BREAKGLASS)
+    activation = action(
+        ActionKind.ACTIVATE_BREAKGLASS, rule="lockout", alert_id="sentinel:9", incident_id="77"
+    )
     first = expiry_deactivation(activation, NOW)
     assert first == expiry_deactivation(activation, NOW).model_copy(
         update={"requested_at": first.requested_at}
     )
     assert first.id != expiry_deactivation(activation, NOW + timedelta(minutes=1)).id
     assert first.kind is ActionKind.DEACTIVATE_BREAKGLASS and first.target == "all"
+    assert first.id == ActionRequest.derive_id(
+        ActionKind.DEACTIVATE_BREAKGLASS, "all", f"expiry:{activation.id}:{NOW.isoformat()}"
+    )
+    # the audit trail links the deactivation to the alert and incident that opened access
+    assert (first.rule, first.alert_id, first.incident_id) == ("lockout", "sentinel:9", "77")
     assert first.params == {"scheduled_for": NOW.isoformat()}
     assert first.reason == "emergency access activation act-activate_breakglass expired"
 
@@ -230,8 +239,15 @@ async def test_a_concurrent_change_of_the_activation_row_is_retried() -> None:
 async def test_deactivation_removes_only_what_the_activation_added() -> None:
     site = Site()
     await site.access.activate(action(ActionKind.ACTIVATE_BREAKGLASS))
-    applied = await site.access.deactivate(action(ActionKind.DEACTIVATE_BREAKGLASS))
+    request = action(ActionKind.DEACTIVATE_BREAKGLASS)
+    applied = await site.access.deactivate(request)
+    assert applied.action == request
     assert applied.outcome.status is OutcomeStatus.EXECUTED
+    # the evidence: state before and after, and Graph's request ids
+    assert applied.outcome.before["policies"][0]["excludes"] == [BG1, BG2]
+    assert applied.outcome.after["policies"][0]["excludes"] == []
+    assert applied.outcome.after["accounts"][0]["accountEnabled"] is False
+    assert applied.outcome.request_ids == ["ca-req-3", "ca-req-4", "req-3", "req-4"]
     assert site.excluded("p-mfa") == (ADMIN_EXCLUDED,)
     assert site.excluded("p-legacy") == (BG1,)  # the administrator's exclusion stays
     assert not site.directory.users[BG1].account_enabled
