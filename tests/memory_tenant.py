@@ -9,9 +9,19 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from shared.errors import PermanentError
-from shared.ports import Activation, CaPolicy, RoleAssignment, UserState
+from shared.models import ActionRequest
+from shared.ports import (
+    LEDGER_QUEUED,
+    Activation,
+    CaPolicy,
+    Intent,
+    LedgerEntry,
+    RoleAssignment,
+    UserState,
+)
 
 
 @dataclass
@@ -124,3 +134,23 @@ class MemoryActivations:
         etag = f"etag-{self.saves}"
         self.row = replace(activation, etag=etag)
         return etag
+
+
+class MemoryIntents:
+    """The ledger as the account executor uses it: the intent recorded before each tenant
+    write, read back by a later delivery."""
+
+    def __init__(self) -> None:
+        self.intents: dict[str, tuple[ActionRequest, Intent]] = {}
+
+    async def get(self, action_id: str) -> LedgerEntry | None:
+        found = self.intents.get(action_id)
+        if found is None:
+            return None
+        action, intent = found
+        return LedgerEntry(
+            action_id, LEDGER_QUEUED, str(action.kind), action.target, request=action, intent=intent
+        )
+
+    async def intend(self, action: ActionRequest, call: str, before: dict[str, Any]) -> None:
+        self.intents[action.id] = (action, Intent(call, dict(before), datetime.now(UTC)))

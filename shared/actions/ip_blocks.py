@@ -303,6 +303,11 @@ class IpBlocklist:
             if is_managed(rule)
             for rng in rule.ranges
         )
+        if action.params.get("signin_block"):
+            # The sign-in half is part of the request: the rules alone confirm nothing.
+            at_signin = await self._in_locations(action.target)
+            if at_signin is None or at_signin != (action.kind is ActionKind.BLOCK_IP):
+                return None
         note = "confirmed by reading the transport rules after an error"
         if action.kind is ActionKind.BLOCK_IP and present:
             if entry is None or entry.block.id != action.id:
@@ -381,6 +386,20 @@ class IpBlocklist:
                 len(lingering),
             )
         raise TransientError(f"the IP blocklist kept changing during {MAX_PASSES} passes")
+
+    async def _in_locations(self, network: str) -> bool | None:
+        """Whether the product's named locations hold `network`; None when they cannot be
+        read (then nothing is confirmed)."""
+        if self._locations is None:
+            return None
+        try:
+            locations = await self._locations.list_ip_locations()
+        except Exception:
+            logger.exception("named locations could not be read to confirm %s", network)
+            return None
+        return any(
+            network in loc.ranges for loc in locations if loc.name.startswith(LOCATION_PREFIX)
+        )
 
     async def _apply_locations(self, adds: set[str], removes: set[str]) -> list[str]:
         """Mirror sign-in blocks into the product's IP named locations, at most one write per

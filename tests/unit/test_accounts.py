@@ -22,7 +22,7 @@ from shared.errors import PermanentError, TransientError
 from shared.models import ActionKind, ActionOutcome, ActionRequest, Actor, OutcomeStatus
 from shared.policy import Guards
 from shared.ports import GLOBAL_ADMINISTRATOR
-from tests.memory_tenant import MemoryDirectory, MemoryLeases, MemoryRoles
+from tests.memory_tenant import MemoryDirectory, MemoryIntents, MemoryLeases, MemoryRoles
 
 ADELE = "5b2f3d0e-1c4a-4e8b-9f6d-2a7c8e1b4d01"
 ADELE_UPN = "adele.vance@contoso.onmicrosoft.com"
@@ -48,7 +48,10 @@ class Tenant:
         values = {"RESPONDER_PROTECTED_IDENTITIES": VIP, "BREAKGLASS_ACCOUNTS": BREAKGLASS}
         self.guards = Guards.from_settings(PolicySettings.model_validate(values | settings))
         limits = LockoutLimits(frozenset(PRIVILEGED_ROLES), min_global_admins)
-        self.actions = AccountActions(self.directory, self.roles, self.guards, limits, self.leases)
+        self.ledger = MemoryIntents()
+        self.actions = AccountActions(
+            self.directory, self.roles, self.guards, limits, self.leases, self.ledger
+        )
 
     def global_admins(self, *enabled: bool) -> list[str]:
         ids = [f"9a000000-0000-4000-8000-00000000000{n + 1}" for n in range(len(enabled))]

@@ -211,7 +211,7 @@ def test_the_package_imports_and_runs_without_the_simulator(tmp_path: Path) -> N
 
 
 def test_the_working_copy_still_builds_the_simulator_credential() -> None:
-    from shared.adapters.credentials import StaticTokenCredential, build_credential
+    from shared.adapters.credentials import SimulatorCredential, build_credential
     from shared.config import Settings
 
     settings = Settings(
@@ -220,7 +220,7 @@ def test_the_working_copy_still_builds_the_simulator_credential() -> None:
         tables_connection="UseDevelopmentStorage=true",
         queue="memory",
     )
-    assert isinstance(build_credential(settings), StaticTokenCredential)
+    assert isinstance(build_credential(settings), SimulatorCredential)
 
 
 # --- pinned dependencies ------------------------------------------------------------------

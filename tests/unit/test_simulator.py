@@ -456,6 +456,8 @@ def test_the_write_log_shows_every_write_and_whether_it_changed_anything(
     for _ in range(2):
         assert call(sim, "PATCH", f"/users/{ALICE.id}", disable)[0] == 204
     assert call(sim, "POST", f"/users/{ALICE.id}/revokeSignInSessions")[0] == 200
+    # Properties beyond accountEnabled need User.ReadWrite.All, which the responder never holds.
+    sim.set_grants(sim.grants | {"User.ReadWrite.All"})
     rename = json.dumps({"displayName": "Alice E."}).encode()
     assert call(sim, "PATCH", f"/users/{ALICE.id}", rename)[0] == 204
 
