@@ -435,21 +435,23 @@ class ChaosDrill(Scenario):
 
     async def _settle(self, ctx: DrillContext, host: ChaosHost) -> None:
         """After the feed: move the clock on, fire the timers, hand over dead letters and
-        drain, `settle_rounds` times, then for as long as an action the app planned is still
-        open (bounded by `max_settle_s`). An open action may be waiting for a retry the
-        executor scheduled, a dead letter or a claim the reconciler has yet to send: ending
-        the drill then would count it lost (or without its outcome) although the app has not
-        finished with it. While one waits for a scheduled retry, the clock moves on to when
-        that retry is due; otherwise by `settle_step_min`."""
+        drain, `settle_rounds` times, then for as long as an open action still has work the
+        app itself holds for it (bounded by `max_settle_s`): a retry the executor scheduled,
+        a dead letter, or a claim not yet noted as sent, which the reconciler sends. Ending
+        the drill then would count such an action lost (or without its outcome) although the
+        app has not finished with it. An open action with none of these (its message is gone)
+        does not keep the drill going: it is what the drill counts as lost. While an action
+        waits for a scheduled retry, the clock moves on to when that retry is due; otherwise
+        by `settle_step_min`."""
         o = self.options
         deadline = time.monotonic() + o.max_settle_s
         round_ = 0
         while True:
-            waiting = await self._open_actions(ctx) if round_ >= o.settle_rounds else []
+            waiting = await self._in_progress(ctx, host) if round_ >= o.settle_rounds else []
             if round_ >= o.settle_rounds and not waiting:
                 break
             if time.monotonic() > deadline:
-                ctx.problems.append(f"actions still open after settling: {waiting[:10]}")
+                ctx.problems.append(f"actions still in progress after settling: {waiting[:10]}")
                 break
             round_ += 1
             step = self._next_step(ctx, host, waiting)
@@ -462,28 +464,33 @@ class ChaosDrill(Scenario):
         self.facts["settle_rounds"] = round_
 
     def _next_step(self, ctx: DrillContext, host: ChaosHost, waiting: list[str]) -> timedelta:
-        """Up to the first retry of an open action the queue holds, else `settle_step_min`."""
+        """Up to the first retry of a waiting action the queue holds, else `settle_step_min`."""
         step = timedelta(minutes=self.options.settle_step_min)
-        due = [
-            at
-            for at, message_id in host.queue.scheduled
-            if any(message_id.startswith(action_id) for action_id in waiting)
-        ]
+        due = [at for at, message_id in host.queue.scheduled if _of(message_id, waiting)]
         if due:
             return max(
                 timedelta(seconds=1), min(step, min(due) - ctx.clock() + timedelta(seconds=1))
             )
         return step
 
-    async def _open_actions(self, ctx: DrillContext) -> list[str]:
-        """Planned actions whose ledger row is still open (no outcome recorded yet)."""
+    async def _in_progress(self, ctx: DrillContext, host: ChaosHost) -> list[str]:
+        """Planned actions still open in the ledger for which the app holds work: a scheduled
+        or dead-lettered message, or a claim not yet noted as sent."""
         planned = {
             r.entry.action_id
             async for r in ctx.services.audit_store.newest_first()
             if r.entry.action_id is not None and str(r.entry.event) == "action.planned"
         }
         rows = [await ctx.services.state.get(action_id) for action_id in sorted(planned)]
-        return [row.action_id for row in rows if row is not None and row.open]
+        messages = [m for _, m in host.queue.scheduled]
+        messages += [d.message_id for d in host.queue.dead_letters]
+        return [
+            row.action_id
+            for row in rows
+            if row is not None
+            and row.open
+            and (not row.sent or any(_of(m, [row.action_id]) for m in messages))
+        ]
 
     async def checks(self, ctx: DrillContext) -> dict[str, bool]:
         records = [r async for r in ctx.services.audit_store.newest_first()]
@@ -505,6 +512,11 @@ class ChaosDrill(Scenario):
                 "Remove-TransportRule *" in str(params) for _, params in ctx.sim.exchange_calls
             ),
         }
+
+
+def _of(message_id: str, action_ids: Iterable[str]) -> bool:
+    """Whether a queue message carries one of `action_ids` (its retries add a suffix)."""
+    return any(message_id == a or message_id.startswith(f"{a}-") for a in action_ids)
 
 
 # --- the accounting --------------------------------------------------------------------------
