@@ -103,7 +103,7 @@ class ChaosOptions:
     sender_retry_scale: float = 1.0  # multiplies the Logic App retry intervals
     lock_s: float = 5.0  # peek-lock duration: a dead worker's message comes back after it
     timer_period_s: float = 5.0  # every timer function fires this often
-    settle_rounds: int = 3  # after the feed: move the clock on, fire timers, drain
+    settle_rounds: int = 3  # after the feed: move the clock on, fire timers, drain (at least)
     settle_step_min: int = 15
     max_settle_s: float = 300.0
     seed: int = 11
@@ -424,13 +424,7 @@ class ChaosDrill(Scenario):
             ctx.problems.append("the queue did not settle after the feed")
         fed.set()
         await timer_task
-        for round_ in range(o.settle_rounds):
-            ctx.clock.advance(timedelta(minutes=o.settle_step_min))
-            ctx.mark("settle", f"the clock moves on {o.settle_step_min} min (round {round_ + 1})")
-            await host.fire_timers()
-            await host.deliver_dead_letters()
-            if not await host.until_idle(o.max_settle_s):
-                ctx.problems.append(f"the queue did not settle in round {round_ + 1}")
+        await self._settle(ctx, host)
         stop.set()
         await executor
         self.facts.update(
@@ -438,6 +432,65 @@ class ChaosDrill(Scenario):
             outage=outage,
             host=host,
         )
+
+    async def _settle(self, ctx: DrillContext, host: ChaosHost) -> None:
+        """After the feed: move the clock on, fire the timers, hand over dead letters and
+        drain, `settle_rounds` times, then for as long as an open action still has work the
+        app itself holds for it (bounded by `max_settle_s`): a retry the executor scheduled,
+        a dead letter, or a claim not yet noted as sent, which the reconciler sends. Ending
+        the drill then would count such an action lost (or without its outcome) although the
+        app has not finished with it. An open action with none of these (its message is gone)
+        does not keep the drill going: it is what the drill counts as lost. While an action
+        waits for a scheduled retry, the clock moves on to when that retry is due; otherwise
+        by `settle_step_min`."""
+        o = self.options
+        deadline = time.monotonic() + o.max_settle_s
+        round_ = 0
+        while True:
+            waiting = await self._in_progress(ctx, host) if round_ >= o.settle_rounds else []
+            if round_ >= o.settle_rounds and not waiting:
+                break
+            if time.monotonic() > deadline:
+                ctx.problems.append(f"actions still in progress after settling: {waiting[:10]}")
+                break
+            round_ += 1
+            step = self._next_step(ctx, host, waiting)
+            ctx.clock.advance(step)
+            ctx.mark("settle", f"the clock moves on {step} (round {round_})")
+            await host.fire_timers()
+            await host.deliver_dead_letters()
+            if not await host.until_idle(max(0.0, deadline - time.monotonic())):
+                ctx.problems.append(f"the queue did not settle in round {round_}")
+        self.facts["settle_rounds"] = round_
+
+    def _next_step(self, ctx: DrillContext, host: ChaosHost, waiting: list[str]) -> timedelta:
+        """Up to the first retry of a waiting action the queue holds, else `settle_step_min`."""
+        step = timedelta(minutes=self.options.settle_step_min)
+        due = [at for at, message_id in host.queue.scheduled if _of(message_id, waiting)]
+        if due:
+            return max(
+                timedelta(seconds=1), min(step, min(due) - ctx.clock() + timedelta(seconds=1))
+            )
+        return step
+
+    async def _in_progress(self, ctx: DrillContext, host: ChaosHost) -> list[str]:
+        """Planned actions still open in the ledger for which the app holds work: a scheduled
+        or dead-lettered message, or a claim not yet noted as sent."""
+        planned = {
+            r.entry.action_id
+            async for r in ctx.services.audit_store.newest_first()
+            if r.entry.action_id is not None and str(r.entry.event) == "action.planned"
+        }
+        rows = [await ctx.services.state.get(action_id) for action_id in sorted(planned)]
+        messages = [m for _, m in host.queue.scheduled]
+        messages += [d.message_id for d in host.queue.dead_letters]
+        return [
+            row.action_id
+            for row in rows
+            if row is not None
+            and row.open
+            and (not row.sent or any(_of(m, [row.action_id]) for m in messages))
+        ]
 
     async def checks(self, ctx: DrillContext) -> dict[str, bool]:
         records = [r async for r in ctx.services.audit_store.newest_first()]
@@ -459,6 +512,11 @@ class ChaosDrill(Scenario):
                 "Remove-TransportRule *" in str(params) for _, params in ctx.sim.exchange_calls
             ),
         }
+
+
+def _of(message_id: str, action_ids: Iterable[str]) -> bool:
+    """Whether a queue message carries one of `action_ids` (its retries add a suffix)."""
+    return any(message_id == a or message_id.startswith(f"{a}-") for a in action_ids)
 
 
 # --- the accounting --------------------------------------------------------------------------

@@ -139,6 +139,14 @@ class ActionRunner:
         if entry is not None and entry.ended(action):
             logger.info("action %s already ended (%s); delivery ignored", action.id, entry.state)
             return None
+        if entry is not None and entry.open and not entry.sent:
+            # The claim reached the queue, whatever its outbox could not note (the worker
+            # died or storage failed after the send): noted now, so that neither the
+            # reconciler nor a later delivery of the alert sends it again while this
+            # delivery, or a retry it schedules, is still running it. A second copy past the
+            # queue's duplicate window would run side by side with that retry, and both would
+            # record an outcome.
+            await self._ledger.mark_sent(action.id)
         if entry is not None and entry.record_from:
             recovered = await self._recover(action, entry.record_from)
             if recovered is not None:

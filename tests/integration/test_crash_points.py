@@ -10,6 +10,7 @@ real crash. The message's lock then expires and the queue delivers it again.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -25,7 +26,7 @@ from drill.azurite import Azurite
 from drill.context import DrillClock
 from drill.host import LocalHost
 from functions.http import KEY_HEADER
-from shared.adapters.queue import InMemoryActionQueue
+from shared.adapters.queue import DUPLICATE_WINDOW, Delivery, InMemoryActionQueue
 from shared.container import Container
 from shared.errors import TransientError
 from shared.models import AuditEntry, OutcomeStatus
@@ -148,6 +149,17 @@ def queue_of(services: Container) -> InMemoryActionQueue:
     return services.queue
 
 
+def message_of(delivery: Delivery) -> ServiceBusMessage:
+    return ServiceBusMessage(
+        body=delivery.body,
+        message_id=delivery.message_id,
+        content_type=delivery.content_type,
+        delivery_count=delivery.delivery_count,
+        application_properties={},
+        user_properties={},
+    )
+
+
 async def deliver_all(
     services: Container,
     faults: Faults,
@@ -170,16 +182,8 @@ async def deliver_all(
             continue
         before_each()
         deliveries += 1
-        message = ServiceBusMessage(
-            body=delivery.body,
-            message_id=delivery.message_id,
-            content_type=delivery.content_type,
-            delivery_count=delivery.delivery_count,
-            application_properties={},
-            user_properties={},
-        )
         try:
-            await execute(message)
+            await execute(message_of(delivery))
         except Killed:
             faults.revive()
             queue.abandon(delivery)
@@ -366,6 +370,48 @@ async def test_a_lost_graph_response_on_disable_is_recorded_as_executed(
     await deliver_all(services, faults, clock)
     assert lost == []
     await assert_contained(services, sim)
+    patches = [p for m, p in sim.requests if m == "PATCH" and ADELE.id in p]
+    assert len(patches) == 1, "the account was written once"
+
+
+async def test_a_claim_whose_delivery_is_being_retried_is_not_sent_again(
+    services: Container, sim: SimulatedTenant, faults: Faults, clock: DrillClock
+) -> None:
+    # The send reaches the queue; the worker dies before the outbox notes it.
+    faults.kill_before("StateTable.mark_sent")
+    with pytest.raises(Killed):
+        await services.intake.handle_payload(compromised())
+    faults.revive()
+    graph = services.graph
+    write = graph.set_account_enabled
+    lost = [1]
+
+    async def response_lost(user_id: str, enabled: bool) -> str | None:
+        request_id = await write(user_id, enabled)
+        if lost:
+            lost.pop()
+            raise TransientError("the connection dropped before the response arrived")
+        return request_id
+
+    graph.set_account_enabled = response_lost  # type: ignore[method-assign]
+    queue = queue_of(services)
+    execute = LocalHost().functions["execute_action"]
+    while (delivery := queue.receive()) is not None:
+        await execute(message_of(delivery))  # the disable meets the lost response: retried
+    assert lost == [] and len(queue.scheduled) == 1
+
+    # The retry is due, and the reconciler runs past its resend time and the queue's
+    # duplicate window: the claim was delivered, so it is not sent a second time to run
+    # side by side with its retry.
+    clock.advance(timedelta(seconds=services.settings.resend_after_s) + DUPLICATE_WINDOW)
+    report = await services.reconciler.run()
+    due = []
+    while (delivery := queue.receive()) is not None:
+        due.append(delivery)
+    await asyncio.gather(*(execute(message_of(d)) for d in due))
+    await deliver_all(services, faults, clock)
+    await assert_contained(services, sim)
+    assert report.resent == 0
     patches = [p for m, p in sim.requests if m == "PATCH" and ADELE.id in p]
     assert len(patches) == 1, "the account was written once"
 
