@@ -16,7 +16,6 @@ from shared.audit_query import AuditFilter, export_csv, export_jsonl, to_row
 from shared.errors import InvalidInput
 from shared.identity import ROLE_ACT, ROLE_APPROVE, ROLE_AUDIT_READ
 from shared.manual import parse_body
-from shared.models import Actor
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +28,7 @@ async def request_action(req: func.HttpRequest) -> func.HttpResponse:
     try:
         principal = await authenticate(req, services.validator, ROLE_ACT)
         body = parse_body(read_json(req, services.settings.max_body_bytes))
-        actor = Actor(kind=principal.kind, name=principal.name)
+        actor = principal.actor()
         submitted = await services.manual.request(body, actor)
     except HttpProblem as problem:
         return problem.response()
@@ -178,7 +177,7 @@ async def _decide(req: func.HttpRequest, approve: bool) -> func.HttpResponse:
     try:
         principal = await authenticate(req, services.validator, ROLE_APPROVE)
         note = _note(read_json(req, 16_384) if req.get_body() else {})
-        approver = Actor(kind=principal.kind, name=principal.name)
+        approver = principal.actor()
         decide = services.approvals.approve if approve else services.approvals.reject
         action = await decide(action_id, approver, note)
     except HttpProblem as problem:
