@@ -5,6 +5,7 @@ route needs an Entra token with an app role."""
 from __future__ import annotations
 
 import logging
+from urllib.parse import urlencode, urlsplit
 
 import azure.functions as func
 
@@ -12,7 +13,8 @@ from functions.http import HttpProblem, authenticate, json_response, read_json
 from functions.openapi import openapi_document
 from shared import container
 from shared.approvals import ApprovalError
-from shared.audit_query import AuditFilter, export_csv, export_jsonl, to_row
+from shared.audit_export import EXPORT_PAGE, FORMATS
+from shared.audit_query import AuditFilter, to_row
 from shared.errors import InvalidInput
 from shared.identity import ROLE_ACT, ROLE_APPROVE, ROLE_AUDIT_READ
 from shared.manual import parse_body
@@ -121,26 +123,29 @@ async def query_audit(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.route(route="audit/export", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def export_audit(req: func.HttpRequest) -> func.HttpResponse:
+    """One page of an export (at most `limit` lines, default and most 5,000); a `Link` header
+    with rel="next" names the next page while there is one."""
     services = await container.current()
     params = dict(req.params)
     export_format = params.pop("format", "csv")
+    continuation = params.pop("continuation", None)
     try:
         await authenticate(req, services.validator, ROLE_AUDIT_READ)
-        if export_format not in EXPORTS:
-            raise InvalidInput("format must be csv or jsonl")
+        limit = _export_limit(params.pop("limit", None))
         flt = AuditFilter.from_params(params)
+        page = await services.audit_export.page(flt, export_format, limit, continuation)
     except HttpProblem as problem:
         return problem.response()
     except InvalidInput as exc:
         return HttpProblem(400, "Invalid query", str(exc)).response()
-    render, mimetype = EXPORTS[export_format]
-    # The worker hands the host a whole body; the lines are produced one record at a time.
-    body = "".join([line async for line in render(services.audit_query.matching(flt))])
-    return func.HttpResponse(
-        body,
-        mimetype=mimetype,
-        headers={"Content-Disposition": f'attachment; filename="audit.{export_format}"'},
-    )
+    headers = {
+        "Content-Disposition": f'attachment; filename="audit.{export_format}"',
+        "X-Audit-Records": str(page.records),
+    }
+    if page.continuation is not None:
+        following = urlencode({**dict(req.params), "continuation": page.continuation})
+        headers["Link"] = f'<{urlsplit(req.url).path}?{following}>; rel="next"'
+    return func.HttpResponse("".join(page.lines), mimetype=FORMATS[export_format], headers=headers)
 
 
 @bp.route(route="openapi.json", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
@@ -148,7 +153,12 @@ async def openapi(req: func.HttpRequest) -> func.HttpResponse:
     return json_response(openapi_document())
 
 
-EXPORTS = {"csv": (export_csv, "text/csv"), "jsonl": (export_jsonl, "application/x-ndjson")}
+def _export_limit(value: str | None) -> int:
+    if value is None:
+        return EXPORT_PAGE
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= EXPORT_PAGE:
+        raise InvalidInput(f"limit must be a whole number from 1 to {EXPORT_PAGE}")
+    return int(value)
 
 
 def _limit(value: str | None) -> int:
