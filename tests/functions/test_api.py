@@ -411,10 +411,9 @@ async def test_the_export_is_read_page_by_page_following_the_link_header(
     assert verdict.ok and verdict.records_checked == 5 and not verdict.whole_trail
 
     first_link = dict(parse_qsl(urlsplit(links[0][1:].split(">")[0]).query))
-    token_text = first_link["continuation"]
-    forged = dict(
-        first_link, continuation=token_text[:-1] + ("B" if token_text[-1] == "A" else "A")
-    )
+    payload, signature = first_link["continuation"].split(".")
+    flipped = ("B" if signature[0] == "A" else "A") + signature[1:]
+    forged = dict(first_link, continuation=f"{payload}.{flipped}")
     refused = await invoke(
         "export_audit", audit_call("export_audit", "audit/export", sim, **forged)
     )
