@@ -345,21 +345,23 @@ class _ExportCheck:
         self.started = False
 
     def line(self, number: int, text: str) -> None:
-        where = f"line {number}"
         if self.ended:
-            raise _Broken(None, f"{where}: text after the end line", fatal=True)
+            raise _Broken(None, f"line {number}: text after the end line", fatal=True)
         try:
             item = json.loads(text)
         except ValueError:
-            raise _Broken(self._next_seq(), f"{where} is not JSON (cut off or edited)") from None
+            problem = f"line {number} is not JSON (cut off or edited)"
+            raise _Broken(self._next_seq(), problem) from None
         kind = item.get("type") if isinstance(item, dict) else None
+        if kind == "record" and self.started:
+            self._record(number, item)
+            return
+        where = f"line {number}"
         if not self.started:
             if kind != "export" or item.get("version") != EXPORT_VERSION:
                 problem = f"{where}: not an audit export of version {EXPORT_VERSION}"
                 raise _Broken(None, problem, fatal=True)
             self.started, self.whole = True, item.get("whole_trail") is True
-        elif kind == "record":
-            self._record(where, item)
         elif kind == "checkpoint":
             self._checkpoint(where, item)
         elif kind == "end":
@@ -379,11 +381,16 @@ class _ExportCheck:
             raise _Broken(None, f"{where}: a malformed or misplaced checkpoint")
         self.checkpoints[seq] = (digest, str(item.get("at", "")))
 
-    def _record(self, where: str, item: dict[str, Any]) -> None:
-        seq, prev, digest, body = (item.get(k) for k in ("seq", "prev_hash", "hash", "body"))
+    def _record(self, number: int, item: dict[str, Any]) -> None:
+        seq, prev, digest, body = (
+            item.get("seq"),
+            item.get("prev_hash"),
+            item.get("hash"),
+            item.get("body"),
+        )
         if not (_count(seq) and seq and isinstance(prev, str) and isinstance(digest, str)):
-            raise _Broken(self._next_seq(), f"{where}: a malformed record")
-        problem = self._problem(where, seq, prev, digest, body)
+            raise _Broken(self._next_seq(), f"line {number}: a malformed record")
+        problem = self._problem(number, seq, prev, digest, body)
         if self.head is None:
             self.head = (seq, digest)
             newest = max(self.checkpoints, default=0)
@@ -399,27 +406,33 @@ class _ExportCheck:
             raise problem
 
     def _problem(
-        self, where: str, seq: int, prev: str, digest: str, body: object
+        self, number: int, seq: int, prev: str, digest: str, body: object
     ) -> _Broken | None:
         if self.last is not None:
             newer_seq, newer_prev = self.last
             if seq >= newer_seq:
-                return _Broken(seq, f"{where}: record {seq} is out of order after {newer_seq}")
+                return _Broken(
+                    seq, f"line {number}: record {seq} is out of order after {newer_seq}"
+                )
             if self.whole and seq != newer_seq - 1:
-                return _Broken(seq + 1, f"{where}: records {seq + 1}..{newer_seq - 1} are missing")
+                return _Broken(
+                    seq + 1, f"line {number}: records {seq + 1}..{newer_seq - 1} are missing"
+                )
         if not isinstance(body, str) or record_hash(seq, prev, body) != digest:
-            return _Broken(seq, f"{where}: record {seq} content does not match its hash")
+            return _Broken(seq, f"line {number}: record {seq} content does not match its hash")
         try:
             canonical = canonical_json(json.loads(body)) == body
         except ValueError:
             canonical = False
         if not canonical:
-            return _Broken(seq, f"{where}: record {seq} body is not canonical JSON")
+            return _Broken(seq, f"line {number}: record {seq} body is not canonical JSON")
         if self.last is not None and self.whole and self.last[1] != digest:
-            return _Broken(self.last[0], f"{where}: record {self.last[0]} does not link to {seq}")
+            return _Broken(
+                self.last[0], f"line {number}: record {self.last[0]} does not link to {seq}"
+            )
         if seq in self.checkpoints and self.checkpoints[seq][0] != digest:
             at = self.checkpoints[seq][1]
-            return _Broken(seq, f"{where}: record {seq} differs from the checkpoint of {at}")
+            return _Broken(seq, f"line {number}: record {seq} differs from the checkpoint of {at}")
         return None
 
     def _end(self, where: str, item: dict[str, Any]) -> None:

@@ -149,8 +149,11 @@ class AuditFilter:
             return False
         if self.until is not None and entry.at >= self.until:
             return False
+        wanted = self.indexed()
+        if not wanted:
+            return True
         found = entry_values(entry)
-        return all(found.get(dim) == value for dim, value in self.indexed().items())
+        return all(found.get(dim) == value for dim, value in wanted.items())
 
     def fingerprint(self) -> str:
         values = {
