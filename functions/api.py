@@ -5,6 +5,7 @@ route needs an Entra token with an app role."""
 from __future__ import annotations
 
 import logging
+from urllib.parse import urlencode, urlsplit
 
 import azure.functions as func
 
@@ -12,11 +13,11 @@ from functions.http import HttpProblem, authenticate, json_response, read_json
 from functions.openapi import openapi_document
 from shared import container
 from shared.approvals import ApprovalError
-from shared.audit_query import AuditFilter, export_csv, export_jsonl, to_row
+from shared.audit_export import EXPORT_PAGE, FORMATS
+from shared.audit_query import AuditFilter, to_row
 from shared.errors import InvalidInput
 from shared.identity import ROLE_ACT, ROLE_APPROVE, ROLE_AUDIT_READ
 from shared.manual import parse_body
-from shared.models import Actor
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ async def request_action(req: func.HttpRequest) -> func.HttpResponse:
     try:
         principal = await authenticate(req, services.validator, ROLE_ACT)
         body = parse_body(read_json(req, services.settings.max_body_bytes))
-        actor = Actor(kind=principal.kind, name=principal.name)
+        actor = principal.actor()
         submitted = await services.manual.request(body, actor)
     except HttpProblem as problem:
         return problem.response()
@@ -122,26 +123,29 @@ async def query_audit(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.route(route="audit/export", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def export_audit(req: func.HttpRequest) -> func.HttpResponse:
+    """One page of an export (at most `limit` lines, default and most 5,000); a `Link` header
+    with rel="next" names the next page while there is one."""
     services = await container.current()
     params = dict(req.params)
     export_format = params.pop("format", "csv")
+    continuation = params.pop("continuation", None)
     try:
         await authenticate(req, services.validator, ROLE_AUDIT_READ)
-        if export_format not in EXPORTS:
-            raise InvalidInput("format must be csv or jsonl")
+        limit = _export_limit(params.pop("limit", None))
         flt = AuditFilter.from_params(params)
+        page = await services.audit_export.page(flt, export_format, limit, continuation)
     except HttpProblem as problem:
         return problem.response()
     except InvalidInput as exc:
         return HttpProblem(400, "Invalid query", str(exc)).response()
-    render, mimetype = EXPORTS[export_format]
-    # The worker hands the host a whole body; the lines are produced one record at a time.
-    body = "".join([line async for line in render(services.audit_query.matching(flt))])
-    return func.HttpResponse(
-        body,
-        mimetype=mimetype,
-        headers={"Content-Disposition": f'attachment; filename="audit.{export_format}"'},
-    )
+    headers = {
+        "Content-Disposition": f'attachment; filename="audit.{export_format}"',
+        "X-Audit-Records": str(page.records),
+    }
+    if page.continuation is not None:
+        following = urlencode({**dict(req.params), "continuation": page.continuation})
+        headers["Link"] = f'<{urlsplit(req.url).path}?{following}>; rel="next"'
+    return func.HttpResponse("".join(page.lines), mimetype=FORMATS[export_format], headers=headers)
 
 
 @bp.route(route="openapi.json", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
@@ -149,7 +153,12 @@ async def openapi(req: func.HttpRequest) -> func.HttpResponse:
     return json_response(openapi_document())
 
 
-EXPORTS = {"csv": (export_csv, "text/csv"), "jsonl": (export_jsonl, "application/x-ndjson")}
+def _export_limit(value: str | None) -> int:
+    if value is None:
+        return EXPORT_PAGE
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= EXPORT_PAGE:
+        raise InvalidInput(f"limit must be a whole number from 1 to {EXPORT_PAGE}")
+    return int(value)
 
 
 def _limit(value: str | None) -> int:
@@ -178,7 +187,7 @@ async def _decide(req: func.HttpRequest, approve: bool) -> func.HttpResponse:
     try:
         principal = await authenticate(req, services.validator, ROLE_APPROVE)
         note = _note(read_json(req, 16_384) if req.get_body() else {})
-        approver = Actor(kind=principal.kind, name=principal.name)
+        approver = principal.actor()
         decide = services.approvals.approve if approve else services.approvals.reject
         action = await decide(action_id, approver, note)
     except HttpProblem as problem:

@@ -221,17 +221,39 @@ def openapi_document() -> dict[str, Any]:
             "/audit/export": {
                 "get": {
                     "operationId": "export_audit",
-                    "summary": "Every matching record as CSV or JSON lines (role Audit.Read)",
+                    "summary": "Matching records as CSV or JSON lines, page by page; the "
+                    "Link header (rel=next) names the next page (role Audit.Read)",
                     "security": secured,
                     "parameters": [
                         *_filters(),
                         _query(
                             "format", "csv or jsonl", {"enum": ["csv", "jsonl"], "default": "csv"}
                         ),
+                        _query(
+                            "limit",
+                            "lines per page",
+                            {"type": "integer", "minimum": 1, "maximum": 5000, "default": 5000},
+                        ),
+                        _query(
+                            "continuation",
+                            "signed token from the previous page's Link header; expires after "
+                            "an hour",
+                        ),
                     ],
                     "responses": {
                         "200": {
-                            "description": "The records",
+                            "description": "One page of the export",
+                            "headers": {
+                                "Link": {
+                                    "description": 'the next page, `<...>; rel="next"`; absent '
+                                    "on the last page",
+                                    "schema": {"type": "string"},
+                                },
+                                "X-Audit-Records": {
+                                    "description": "records on this page",
+                                    "schema": {"type": "integer"},
+                                },
+                            },
                             "content": {
                                 "text/csv": {"schema": {"type": "string"}},
                                 "application/x-ndjson": {"schema": {"type": "string"}},

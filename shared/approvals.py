@@ -83,7 +83,7 @@ class Approvals:
             raise ApprovalError(404, "no action waits for approval under this id")
         if approval.state is not ApprovalState.PENDING:
             raise ApprovalError(409, f"the action was already {approval.state}")
-        if approval.action.requested_by.name.lower() == approver.name.lower():
+        if approval.action.requested_by.same_identity(approver):
             raise ApprovalError(403, "the requester cannot approve or reject their own request")
         if approval.expires_at <= self._clock():
             await self._expire(approval)

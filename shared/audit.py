@@ -31,8 +31,12 @@ MAX_BODY_CHARS = 30_000
 AuditListener = Callable[[list[AuditRecord]], Awaitable[object]]
 
 
+# One encoder for every call: json.dumps with options builds a new one each time.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(value)
 
 
 def entry_body(entry: AuditEntry) -> str:

@@ -1,5 +1,6 @@
-"""Audit queries and exports: who did what, when and why, filtered, newest first, in pages or
-streamed whole as CSV or JSON Lines; and the derived index that keeps selective queries cheap.
+"""Audit queries: who did what, when and why, filtered, newest first, in pages (and walked
+whole for exports, shared/audit_export.py); and the derived index that keeps selective queries
+cheap.
 
 A query with a target, incident, alert, actor, kind or outcome reads one index partition and
 point-reads the records it names; without one it walks the chain from the newest record. Either
@@ -13,10 +14,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import csv
 import hashlib
 import hmac
-import io
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import asdict, dataclass, fields
@@ -150,8 +149,11 @@ class AuditFilter:
             return False
         if self.until is not None and entry.at >= self.until:
             return False
+        wanted = self.indexed()
+        if not wanted:
+            return True
         found = entry_values(entry)
-        return all(found.get(dim) == value for dim, value in self.indexed().items())
+        return all(found.get(dim) == value for dim, value in wanted.items())
 
     def fingerprint(self) -> str:
         values = {
@@ -224,9 +226,12 @@ class AuditQuery:
         more = len(records) == limit and records[-1].seq > 1
         return AuditPage(records, self._token(flt, records[-1].seq) if more else None)
 
-    def matching(self, flt: AuditFilter) -> AsyncIterator[AuditRecord]:
-        """Every match, newest first, read as it is consumed (for exports)."""
-        return self._walk(flt, None, READ_AHEAD)
+    def matching(
+        self, flt: AuditFilter, before_seq: int | None = None
+    ) -> AsyncGenerator[AuditRecord, None]:
+        """Every match (with `before_seq`, those below it), newest first, read as it is
+        consumed (for exports)."""
+        return self._walk(flt, before_seq, READ_AHEAD)
 
     async def index_records(self, records: list[AuditRecord]) -> int:
         """File records in the index (the audit chain's listener); returns the entries written."""
@@ -356,7 +361,7 @@ async def _close(iterator: AsyncIterator[Any]) -> None:
         await close()
 
 
-# --- exports --------------------------------------------------------------------------------
+# --- rows --------------------------------------------------------------------------------
 
 ROW_FIELDS = (
     "seq",
@@ -374,8 +379,6 @@ ROW_FIELDS = (
     "hash",
     "prev_hash",
 )
-# A spreadsheet reads a cell starting with one of these as a formula (OWASP: CSV injection).
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def to_row(record: AuditRecord) -> dict[str, str]:
@@ -399,34 +402,3 @@ def to_row(record: AuditRecord) -> dict[str, str]:
         "hash": record.hash,
         "prev_hash": record.prev_hash,
     }
-
-
-def _csv_line(cells: list[str] | tuple[str, ...]) -> str:
-    out = io.StringIO()
-    csv.writer(out).writerow(cells)
-    return out.getvalue()
-
-
-def _inert(cell: str) -> str:
-    return f"'{cell}" if cell.startswith(FORMULA_STARTS) else cell
-
-
-async def export_csv(records: AsyncIterator[AuditRecord]) -> AsyncIterator[str]:
-    """A header line, then one CSV line per record (RFC 4180 quoting, CRLF line ends); cells a
-    spreadsheet would run as a formula start with an apostrophe."""
-    yield _csv_line(ROW_FIELDS)
-    async for record in records:
-        yield _csv_line([_inert(cell) for cell in to_row(record).values()])
-
-
-async def export_jsonl(records: AsyncIterator[AuditRecord]) -> AsyncIterator[str]:
-    """One JSON object per line: seq, prev_hash, hash and the entry exactly as hashed, so
-    `sha256(f"{seq}\\n{prev_hash}\\n{canonical entry JSON}")` reproduces `hash`."""
-    async for record in records:
-        line = {
-            "seq": record.seq,
-            "prev_hash": record.prev_hash,
-            "hash": record.hash,
-            "entry": json.loads(record.body),
-        }
-        yield json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n"

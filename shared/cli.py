@@ -117,17 +117,30 @@ def _parser() -> argparse.ArgumentParser:
 
     audit = commands.add_parser("audit", help="work with the audit trail")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
-    verify = audit_commands.add_parser("verify", help="walk the hash chain")
+    verify = audit_commands.add_parser(
+        "verify", help="walk the hash chain, or check an exported file offline"
+    )
+    verify.add_argument(
+        "--file",
+        type=Path,
+        metavar="EXPORT",
+        help="check this JSON-lines export instead of the trail (no settings needed)",
+    )
     verify.add_argument("--json", action="store_true")
     query = audit_commands.add_parser("query", help="one page of matching records, newest first")
     _filter_arguments(query)
     query.add_argument("--limit", default="50", help="records per page, 1 to 200 (default 50)")
     query.add_argument("--continuation", metavar="TOKEN", help="the previous page's token")
     query.add_argument("--json", action="store_true", help="print one JSON object")
-    export = audit_commands.add_parser("export", help="stream every matching record")
+    export = audit_commands.add_parser(
+        "export", help="every matching record, read page by page (progress on stderr)"
+    )
     export.add_argument("--format", required=True, metavar="csv|jsonl")
     _filter_arguments(export)
     export.add_argument("--output", type=Path, metavar="FILE", help="default: standard output")
+    export.add_argument(
+        "--page-size", default="5000", metavar="N", help="records per page, 1 to 5000"
+    )
     audit_commands.add_parser("reindex", help="rebuild the audit index from the chain")
     return parser
 
@@ -387,6 +400,8 @@ def _unreachable(exc: BaseException) -> str | None:
 def cmd_audit(args: argparse.Namespace) -> int:
     from azure.core.exceptions import ResourceNotFoundError
 
+    if args.audit_command == "verify" and args.file is not None:
+        return _audit_verify_file(args)
     try:
         return asyncio.run(_with_services(AUDIT_COMMANDS[args.audit_command], args))
     except ResourceNotFoundError:
@@ -410,6 +425,33 @@ async def _audit_verify(services: Container, args: argparse.Namespace) -> int:
     else:
         print(f"audit chain BROKEN at record {result['first_broken_seq']}: {result['problem']}")
     return EXIT_OK if result["verified"] else EXIT_FAILED
+
+
+def _audit_verify_file(args: argparse.Namespace) -> int:
+    from shared.audit_export import verify_export
+
+    try:
+        with args.file.open(encoding="utf-8", newline="\n") as lines:
+            verdict = verify_export(lines)
+    except OSError as exc:
+        return _fail(f"cannot read {args.file}: {exc.strerror}")
+    except UnicodeDecodeError:
+        return _fail(f"{args.file} is not UTF-8 text")
+    result = verdict.as_dict()
+    if args.json:
+        _print_json(result)
+    elif verdict.ok:
+        scope = "whole trail" if verdict.whole_trail else "filtered export, links not checked"
+        print(
+            f"export verified ({scope}): {verdict.records_checked} records, "
+            f"{verdict.checkpoints_checked} checkpoints, "
+            f"head #{verdict.head_seq} {verdict.head_hash}"
+        )
+    else:
+        where = verdict.first_broken_seq
+        named = f"at record {where}" if where is not None else ""
+        print(f"export BROKEN {named}: {_printable(verdict.problem or '', 200)}")
+    return EXIT_OK if verdict.ok else EXIT_FAILED
 
 
 def _audit_filter(args: argparse.Namespace) -> AuditFilter:
@@ -478,13 +520,22 @@ async def _audit_query(services: Container, args: argparse.Namespace) -> int:
 
 
 async def _audit_export(services: Container, args: argparse.Namespace) -> int:
-    from shared.audit_query import export_csv, export_jsonl
+    from shared.audit_export import EXPORT_PAGE, FORMATS, ExportPage, export_lines
 
-    renderers = {"csv": export_csv, "jsonl": export_jsonl}
-    if args.format not in renderers:
+    if args.format not in FORMATS:
         raise InvalidInput("--format must be csv or jsonl")
-    counted = _Counted(services.audit_query.matching(_audit_filter(args)))
-    lines = renderers[args.format](counted)
+    text = args.page_size
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= EXPORT_PAGE:
+        raise InvalidInput(f"--page-size must be a whole number from 1 to {EXPORT_PAGE}")
+    flt = _audit_filter(args)
+    exported = [0]
+
+    def progress(page: ExportPage) -> None:
+        exported[0] = page.total
+        more = "…" if page.continuation else ", done"
+        print(f"audit export: {page.total} records{more}", file=sys.stderr, flush=True)
+
+    lines = export_lines(services.audit_export, flt, args.format, int(text), progress)
     if args.output is None:
         await _write(lines, sys.stdout)
         return EXIT_OK
@@ -494,24 +545,8 @@ async def _audit_export(services: Container, args: argparse.Namespace) -> int:
         return _fail(f"cannot write {args.output}: {exc.strerror}")
     with out:
         await _write(lines, out)
-    print(f"exported {counted.count} audit records to {args.output}")
+    print(f"exported {exported[0]} audit records to {args.output}")
     return EXIT_OK
-
-
-class _Counted:
-    """Passes records through, counting them."""
-
-    def __init__(self, records: AsyncIterator[AuditRecord]) -> None:
-        self._records = records
-        self.count = 0
-
-    def __aiter__(self) -> _Counted:
-        return self
-
-    async def __anext__(self) -> AuditRecord:
-        record = await self._records.__anext__()
-        self.count += 1
-        return record
 
 
 async def _write(lines: AsyncIterator[str], out: TextIO) -> None:

@@ -47,6 +47,7 @@ from shared.adapters.watch_table import (
 )
 from shared.approvals import Approvals
 from shared.audit import AuditChain
+from shared.audit_export import AuditExport
 from shared.audit_query import AuditQuery
 from shared.cleanup import StateCleanup
 from shared.config import QueueKind, Settings
@@ -60,7 +61,7 @@ from shared.outbox import Outbox
 from shared.permissions import EXCHANGE_AUDIENCE, GRAPH_AUDIENCE
 from shared.policy import Guards, Playbook, Policy
 from shared.poller import AlertPoller
-from shared.ports import ActionQueue
+from shared.ports import ActionQueue, NoCheckpoints
 from shared.readiness import Readiness
 from shared.watch.changes import ActiveIncident, ChangeProcessor
 from shared.watch.gate import NotificationGate
@@ -93,6 +94,9 @@ class Container:
         self.audit_index = AuditIndexTable(self.tables.get_table_client(settings.audit_index_table))
         self.audit_query = AuditQuery(self.audit_store, self.audit_index, self._cursor_key())
         self.chain = AuditChain(self.audit_store, listeners=[self.audit_query.index_records])
+        self.audit_export = AuditExport(
+            self.audit_query, NoCheckpoints(), self._cursor_key(), self.clock
+        )
         self.queue: ActionQueue = self._build_queue()
         self.notification_queue: NotificationQueue = self._build_notification_queue()
         self.subscription_store = TableSubscriptions(state_table)

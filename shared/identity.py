@@ -11,6 +11,8 @@ from typing import Any, Literal, Protocol
 
 import jwt
 
+from shared.models import Actor
+
 logger = logging.getLogger(__name__)
 
 ROLE_ACT = "Responder.Act"
@@ -37,6 +39,15 @@ class Principal:
     object_id: str
     kind: PrincipalKind
     roles: frozenset[str]
+    # The `tid` claim: the tenant that issued the token (every Entra access token carries it).
+    tenant_id: str | None = None
+
+    def actor(self) -> Actor:
+        """The caller as the audit trail and four eyes know it: its name, object id and
+        tenant id."""
+        return Actor(
+            kind=self.kind, name=self.name, object_id=self.object_id, tenant_id=self.tenant_id
+        )
 
 
 class AuthError(Exception):
@@ -171,7 +182,12 @@ def _principal(claims: Mapping[str, Any]) -> Principal:
         name = _first_string(claims, "upn", "preferred_username")
         if name is None:
             raise AuthError(401, "the token carries no user name (upn or preferred_username)")
-    return Principal(name=name, object_id=object_id, kind=kind, roles=frozenset(roles))
+    tenant_id = claims.get("tid")
+    if tenant_id is not None and (not isinstance(tenant_id, str) or not tenant_id):
+        raise AuthError(401, "the token's tid claim is malformed")
+    return Principal(
+        name=name, object_id=object_id, kind=kind, roles=frozenset(roles), tenant_id=tenant_id
+    )
 
 
 def _kind(claims: Mapping[str, Any]) -> PrincipalKind:

@@ -14,7 +14,15 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+)
 
 UPN_PATTERN = re.compile(r"^[A-Za-z0-9._%+'#$&*!~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 
@@ -166,12 +174,39 @@ class OutcomeStatus(StrEnum):
 
 
 class Actor(BaseModel):
-    """Who caused a record: the responder itself (`app`) or a named engineer."""
+    """Who caused a record: the responder itself (`app`) or a named engineer.
+
+    A caller signed in with Entra also carries its object id (`oid`) and tenant id (`tid`):
+    names change and have aliases, these do not, so four eyes compares them. They are left out
+    of the serialized form when unknown, so records written before they existed keep their
+    canonical text, and with it their hashes (docs/audit.md)."""
 
     model_config = ConfigDict(frozen=True)
 
     kind: Literal["app", "engineer"] = "app"
     name: str = "m365-responder"
+    object_id: str | None = None
+    tenant_id: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unknown_ids(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for name in ("object_id", "tenant_id"):
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
+
+    def same_identity(self, other: Actor) -> bool:
+        """Whether two actors are the same principal: the same object id in the same tenant
+        when both carry one (a renamed account or an alias is still the same person), and the
+        same name, case-insensitively, in any case."""
+        if self.object_id and other.object_id:
+            same_tenant = not (self.tenant_id and other.tenant_id) or (
+                self.tenant_id.lower() == other.tenant_id.lower()
+            )
+            if same_tenant and self.object_id.lower() == other.object_id.lower():
+                return True
+        return self.name.lower() == other.name.lower()
 
 
 def is_guid(value: str) -> bool:

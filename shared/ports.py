@@ -65,6 +65,24 @@ class AuditStore(Protocol):
         ...
 
 
+class AuditCheckpoints(Protocol):
+    """Checkpoints of the audit trail kept outside it: each a JSON object holding at least the
+    sequence number (`seq`) and hash (`hash`) of the head it saw, and when (`at`)."""
+
+    def checkpoints(self) -> AsyncIterator[dict[str, Any]]:
+        """Every checkpoint, oldest first."""
+        ...
+
+
+class NoCheckpoints:
+    """`AuditCheckpoints` for a trail without any."""
+
+    async def checkpoints(self) -> AsyncIterator[dict[str, Any]]:
+        none: tuple[dict[str, Any], ...] = ()
+        for checkpoint in none:
+            yield checkpoint
+
+
 class AppendConflict(Exception):
     """Another writer took the sequence number first."""
 

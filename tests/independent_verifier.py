@@ -78,18 +78,31 @@ class Verdict:
 
 def verify_jsonl(text: str) -> Verdict:
     """Verify an export in the JSON Lines format (`responder audit export --format jsonl`),
-    lines in any order. Stored bodies are never oversized (the responder stores the slim
-    entry), so each line's entry is hashed as it is."""
-    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
-    lines.sort(key=lambda line: line["seq"])
+    record lines in any order. Each record's body must be the canonical text of the object it
+    holds, and the hash is computed over it as it is; every checkpoint must name a record
+    with its hash; the end line must be there and count what the file holds."""
+    items = [json.loads(line) for line in text.splitlines() if line.strip()]
+    if not items or items[0].get("type") != "export" or items[-1].get("type") != "end":
+        return Verdict(0, None, None, "not a complete export (header or end line missing)")
+    records = sorted((i for i in items if i["type"] == "record"), key=lambda i: i["seq"])
+    checkpoints = [i for i in items if i["type"] == "checkpoint"]
+    if items[-1]["records"] != len(records) or items[-1]["checkpoints"] != len(checkpoints):
+        return Verdict(len(records), None, None, "the end line counts other lines")
+    by_seq = {}
     expected_prev, expected_seq = GENESIS, 1
-    for line in lines:
-        seq = line["seq"]
+    for line in records:
+        seq, body = line["seq"], line["body"]
         if seq != expected_seq:
-            return Verdict(len(lines), None, expected_seq, f"records from {expected_seq} missing")
+            return Verdict(len(records), None, expected_seq, f"records from {expected_seq} missing")
         if line["prev_hash"] != expected_prev:
-            return Verdict(len(lines), None, seq, "does not link to the previous record")
-        if record_hash(seq, line["prev_hash"], canonical(line["entry"])) != line["hash"]:
-            return Verdict(len(lines), None, seq, "content does not match its hash")
+            return Verdict(len(records), None, seq, "does not link to the previous record")
+        if canonical(json.loads(body)) != body:
+            return Verdict(len(records), None, seq, "content is not canonical")
+        if record_hash(seq, line["prev_hash"], body) != line["hash"]:
+            return Verdict(len(records), None, seq, "content does not match its hash")
+        by_seq[seq] = line["hash"]
         expected_prev, expected_seq = line["hash"], seq + 1
-    return Verdict(len(lines), expected_prev if lines else None, None, None)
+    for checkpoint in sorted(checkpoints, key=lambda c: c["seq"]):
+        if by_seq.get(checkpoint["seq"]) != checkpoint["hash"]:
+            return Verdict(len(records), None, checkpoint["seq"], "differs from a checkpoint")
+    return Verdict(len(records), expected_prev if records else None, None, None)

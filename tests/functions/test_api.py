@@ -4,7 +4,9 @@ issued by the simulated tenant and checked against its JWKS over HTTP."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import azure.functions as func
 import pytest
@@ -13,6 +15,7 @@ from hypothesis import strategies as st
 
 from drill.host import LocalHost, registered_functions
 from shared.adapters.queue import InMemoryActionQueue
+from shared.audit_export import verify_export
 from shared.container import Container
 from shared.identity import ROLE_ACT, ROLE_AUDIT_READ
 from shared.simulator import SimulatedTenant
@@ -371,11 +374,52 @@ async def test_the_csv_export_defuses_spreadsheet_formulas(
     lines = await invoke(
         "export_audit", audit_call("export_audit", "audit/export", sim, format="jsonl")
     )
-    assert len(lines.get_body().decode().strip().splitlines()) == 1
+    # The header, one record, the end line.
+    assert len(lines.get_body().decode().strip().splitlines()) == 3
     bad = await invoke(
         "export_audit", audit_call("export_audit", "audit/export", sim, format="xls")
     )
     assert bad.status_code == 400
+
+
+async def test_the_export_is_read_page_by_page_following_the_link_header(
+    services: Container, sim: SimulatedTenant
+) -> None:
+    for n in range(5):
+        await _request(sim, disable(reason=f"ticket {n}", request_id=f"export-000{n}"))
+    params = {"format": "jsonl", "limit": "2", "target": ADELE.id}
+    lines: list[str] = []
+    sizes: list[str] = []
+    links: list[str] = []
+    while True:
+        response = await invoke(
+            "export_audit", audit_call("export_audit", "audit/export", sim, **params)
+        )
+        assert response.status_code == 200, response.get_body()
+        assert response.mimetype == "application/x-ndjson"
+        lines += response.get_body().decode().splitlines(keepends=True)
+        sizes.append(response.headers["X-Audit-Records"])
+        link = response.headers.get("Link")
+        if link is None:
+            break
+        links.append(link)
+        match = re.fullmatch(r'<(/api/audit/export\?[^>]+)>; rel="next"', link)
+        assert match, link
+        params = dict(parse_qsl(urlsplit(match.group(1)).query))
+    assert sizes == ["2", "2", "1"] and len(links) == 2
+    verdict = verify_export(lines)
+    assert verdict.ok and verdict.records_checked == 5 and not verdict.whole_trail
+
+    first_link = dict(parse_qsl(urlsplit(links[0][1:].split(">")[0]).query))
+    payload, signature = first_link["continuation"].split(".")
+    flipped = ("B" if signature[0] == "A" else "A") + signature[1:]
+    forged = dict(first_link, continuation=f"{payload}.{flipped}")
+    refused = await invoke(
+        "export_audit", audit_call("export_audit", "audit/export", sim, **forged)
+    )
+    assert refused.status_code == 400
+    assert refused.mimetype == "application/problem+json"
+    assert "continuation" in json.loads(refused.get_body())["detail"]
 
 
 async def test_the_openapi_document_is_served_anonymously(services: Container) -> None:

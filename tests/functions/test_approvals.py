@@ -74,6 +74,12 @@ async def decide(
     body: bytes = b"",
 ) -> func.HttpResponse:
     bearer = sim.issue_token(audience=API_AUDIENCE, roles=roles, upn=upn, app_id="automation-app")
+    return await decide_with(bearer, verb, action_id, body)
+
+
+async def decide_with(
+    bearer: str, verb: str, action_id: str, body: bytes = b""
+) -> func.HttpResponse:
     request = func.HttpRequest(
         method="POST",
         url=f"http://127.0.0.1/api/actions/{action_id}/{verb}",
@@ -171,6 +177,40 @@ async def test_the_requester_cannot_approve_their_own_request(
     response = await decide(sim, "approve", own.id)
     assert response.status_code == 403
     assert "own request" in json.loads(response.get_body())["detail"]
+
+
+async def test_a_renamed_or_aliased_requester_is_still_the_requester(
+    responder: Container, sim: SimulatedTenant
+) -> None:
+    """Four eyes compares the token's object id and tenant, not its names."""
+    oid = "3f2a1b0c-9d8e-4f7a-8b6c-5d4e3f2a1b0c"
+    own = ActionRequest(
+        id=ActionRequest.derive_id(ActionKind.DISABLE_ACCOUNT, GRADY.id, "engineer:renamed"),
+        kind=ActionKind.DISABLE_ACCOUNT,
+        target=GRADY.id,
+        decision=Decision.NEEDS_APPROVAL,
+        requested_by=Actor(kind="engineer", name=APPROVER, object_id=oid, tenant_id=sim.tenant_id),
+    )
+    await responder.approval_store.hold(own, utcnow() + timedelta(hours=1))
+    for claims in (
+        {"oid": oid, "upn": "lead.renamed@contoso.onmicrosoft.com"},
+        {"oid": oid, "upn": None, "preferred_username": "lead@contoso.de"},
+    ):
+        bearer = sim.issue_token(
+            audience=API_AUDIENCE, roles=(ROLE_APPROVE,), upn=APPROVER, extra_claims=claims
+        )
+        response = await decide_with(bearer, "approve", own.id)
+        assert response.status_code == 403, response.get_body()
+        assert "own request" in json.loads(response.get_body())["detail"]
+    # Someone else (another object id) under the requester's old name is refused too.
+    other = sim.issue_token(
+        audience=API_AUDIENCE, roles=(ROLE_APPROVE,), upn="someone@contoso.onmicrosoft.com"
+    )
+    assert (await decide_with(other, "approve", own.id)).status_code == 200
+    [record] = [r async for r in responder.audit_store.newest_first()][:1]
+    assert record.entry.event == "action.approved"
+    assert record.entry.actor.object_id and record.entry.actor.object_id != oid
+    assert record.entry.actor.tenant_id == sim.tenant_id
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
 """Audit queries on Azurite through the real container: the index written on append, queries by
-target, incident, actor and outcome, a rebuild after the index is lost, streamed exports, and
+target, incident, actor and outcome, a rebuild after the index is lost, paged exports, and
 the `responder audit` commands reading the configured tables."""
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from drill.host import LocalHost
 from shared.adapters.audit_index_table import partition_key
 from shared.adapters.queue import InMemoryActionQueue
 from shared.adapters.table_service import ensure_tables
-from shared.audit_query import AuditFilter, export_csv, export_jsonl
+from shared.audit_export import CSV_FIELDS, export_lines, verify_export
+from shared.audit_query import AuditFilter
 from shared.cli import main
 from shared.config import Settings
 from shared.container import Container
@@ -183,21 +184,31 @@ def bulk(n: int) -> AuditEntry:
     )
 
 
-async def test_an_export_of_300_records_streams_every_one(responder: Container) -> None:
+async def test_an_export_of_300_records_follows_its_pages_on_azurite(responder: Container) -> None:
     await responder.chain.append_all([bulk(n) for n in range(300)])
+    export = responder.audit_export
 
-    chunks = [c async for c in export_csv(responder.audit_query.matching(AuditFilter()))]
-    assert len(chunks) == 301  # the header, then one chunk per record as it is read
-    rows = list(csv.reader(io.StringIO("".join(chunks), newline="")))
+    pages: list[int] = []
+    csv_lines = export_lines(
+        export, AuditFilter(), "csv", 70, lambda page: pages.append(page.records)
+    )
+    csv_text = "".join([line async for line in csv_lines])
+    assert pages == [70, 70, 70, 70, 20]
+    rows = list(csv.reader(io.StringIO(csv_text, newline="")))
     assert len(rows) == 301 and [int(row[0]) for row in rows[1:]] == list(range(300, 0, -1))
-    assert all(not row[10].startswith("=") for row in rows[1:])
+    reason = CSV_FIELDS.index("reason")
+    assert all(not row[reason].startswith("=") for row in rows[1:])
 
+    whole = [line async for line in export_lines(export, AuditFilter(), "jsonl", 128)]
+    verdict = verify_export(whole)
+    assert verdict.ok and verdict.whole_trail and verdict.records_checked == 300
     by_target = AuditFilter(target=ADELE.user_principal_name)
-    lines = [line async for line in export_jsonl(responder.audit_query.matching(by_target))]
-    assert [json.loads(line)["seq"] for line in lines] == list(range(300, 0, -1))
+    lines = [line async for line in export_lines(export, by_target, "jsonl", 64)]
+    records = [json.loads(line) for line in lines[1:-1]]
+    assert [record["seq"] for record in records] == list(range(300, 0, -1))
     by_incident = AuditFilter(incident="INC-1")
-    lines = [line async for line in export_jsonl(responder.audit_query.matching(by_incident))]
-    assert len(lines) == 75
+    lines = [line async for line in export_lines(export, by_incident, "jsonl", 64)]
+    assert len(lines) == 75 + 2 and verify_export(lines).ok
 
 
 async def test_an_unreachable_index_never_fails_an_append(
@@ -263,22 +274,47 @@ def test_cli_query_pages_with_the_same_filters(
     assert capsys.readouterr().out == "no matching audit records\n"
 
 
-def test_cli_export_streams_csv_and_jsonl(
+def test_cli_export_follows_the_pages_and_verifies_the_file_offline(
     configured: Settings, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     output = tmp_path / "audit.csv"
     assert main(["audit", "export", "--format", "csv", "--output", str(output)]) == 0
-    assert capsys.readouterr().out == f"exported 12 audit records to {output}\n"
+    shown = capsys.readouterr()
+    assert shown.out == f"exported 12 audit records to {output}\n"
+    assert shown.err == "audit export: 12 records, done\n"
     rows = list(csv.reader(io.StringIO(output.read_text(encoding="utf-8"), newline="")))
     assert len(rows) == 13 and rows[0][0] == "seq"
 
+    trail = tmp_path / "trail.jsonl"
+    args = ["audit", "export", "--format", "jsonl", "--page-size", "5", "--output", str(trail)]
+    assert main(args) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "audit export: 5 records…",
+        "audit export: 10 records…",
+        "audit export: 12 records, done",
+    ]
+    assert main(["audit", "verify", "--file", str(trail), "--json"]) == 0
+    verdict = json.loads(capsys.readouterr().out)
+    assert verdict["verified"] and verdict["records_checked"] == 12 and verdict["head_seq"] == 12
+
+    lines = trail.read_text(encoding="utf-8").splitlines(keepends=True)
+    tampered = tmp_path / "tampered.jsonl"
+    tampered.write_text("".join(lines[:3] + [lines[3].replace("Kennwort", "Passwort")] + lines[4:]))
+    assert main(["audit", "verify", "--file", str(tampered)]) == 1
+    assert capsys.readouterr().out.startswith("export BROKEN at record 10: line 4: record 10")
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text("".join(lines[:6]))
+    assert main(["audit", "verify", "--file", str(cut)]) == 1
+    assert "BROKEN at record 7" in capsys.readouterr().out
+
     assert main(["audit", "export", "--format", "jsonl", "--since", "2000-01-01"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [json.loads(line)["seq"] for line in lines] == list(range(12, 0, -1))
+    assert [json.loads(line).get("seq") for line in lines[1:-1]] == list(range(12, 0, -1))
 
     assert main(["audit", "export", "--format", "xml", "--output", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err == "responder: --format must be csv or jsonl\n"
     assert not (tmp_path / "x").exists()
+    assert main(["audit", "verify", "--file", str(tmp_path / "missing.jsonl")]) == 2
 
 
 def test_cli_reindex_rebuilds_the_index(

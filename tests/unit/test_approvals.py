@@ -3,6 +3,7 @@ a rejection or an expiry ends, and what the audit trail says about each."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
@@ -296,3 +297,57 @@ async def test_pending_lists_the_soonest_expiry_first() -> None:
     await desk.held(3, expires_in=timedelta(minutes=10))
     await desk.approvals.reject("act-3", GRACE, "")
     assert [a.action.id for a in await desk.approvals.pending()] == ["act-2", "act-1"]
+
+
+ADA_OID = "4d1e2f3a-5b6c-4d7e-8f90-a1b2c3d4e5f6"
+TENANT = "00000000-0000-0000-0000-0000000000aa"
+
+
+@pytest.mark.parametrize("decide", ["approve", "reject"])
+@pytest.mark.parametrize(
+    "alias",
+    ["ada.lovelace@contoso.com", "ada@fabrikam.onmicrosoft.com", "+49 30 1234567"],
+    ids=["renamed-upn", "preferred-username-alias", "phone-number-name"],
+)
+async def test_the_requester_under_another_name_is_still_the_requester(
+    decide: str, alias: str
+) -> None:
+    desk = Desk()
+    await desk.held(requester=ADA.model_copy(update={"object_id": ADA_OID, "tenant_id": TENANT}))
+    renamed = Actor(kind="engineer", name=alias, object_id=ADA_OID.upper(), tenant_id=TENANT)
+    with pytest.raises(ApprovalError) as refused:
+        await getattr(desk.approvals, decide)("act-1", renamed, "")
+    assert refused.value.status == 403 and "own request" in refused.value.detail
+    assert desk.store.rows["act-1"].state is ApprovalState.PENDING
+    assert desk.queue.sent == [] and desk.audit.records == {}
+
+
+async def test_another_person_is_told_apart_by_object_id_and_recorded_with_it() -> None:
+    desk = Desk()
+    await desk.held(requester=ADA.model_copy(update={"object_id": ADA_OID, "tenant_id": TENANT}))
+    grace = GRACE.model_copy(
+        update={"object_id": "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d", "tenant_id": TENANT}
+    )
+    await desk.approvals.approve("act-1", grace, "ok")
+    [(event, actor, _, _)] = desk.entries()
+    assert event is AuditEvent.ACTION_APPROVED and actor == grace
+    [record] = desk.audit.records.values()
+    assert json.loads(record.body)["actor"] == {
+        "kind": "engineer",
+        "name": "grace@contoso.com",
+        "object_id": grace.object_id,
+        "tenant_id": TENANT,
+    }
+
+
+async def test_the_same_object_id_in_another_tenant_is_compared_by_name() -> None:
+    desk = Desk()
+    await desk.held(requester=ADA.model_copy(update={"object_id": ADA_OID, "tenant_id": TENANT}))
+    guest = Actor(
+        kind="engineer",
+        name="grace@fabrikam.com",
+        object_id=ADA_OID,
+        tenant_id="11111111-1111-1111-1111-111111111111",
+    )
+    await desk.approvals.approve("act-1", guest, "")
+    assert desk.store.rows["act-1"].state is ApprovalState.APPROVED

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shared.audit import GENESIS_HASH, AuditChain, canonical_json, chain_entry, entry_body
-from shared.audit_query import export_jsonl
-from shared.models import Actor, AuditEntry, AuditEvent
+from shared.audit_export import AuditExport, export_lines
+from shared.audit_query import AuditFilter, AuditQuery
+from shared.models import Actor, AuditEntry, AuditEvent, utcnow
+from shared.ports import IndexDimension, IndexEntry, NoCheckpoints
 from tests import independent_verifier as auditor
 from tests.fakes import MemoryAuditStore
 
@@ -90,7 +93,20 @@ def entries() -> list[AuditEntry]:
 
 async def exported(store: MemoryAuditStore) -> str:
     """The trail as the product exports it (`responder audit export --format jsonl`)."""
-    return "".join([line async for line in export_jsonl(store.newest_first())])
+    query = AuditQuery(store, NoIndex(), b"k" * 32)
+    export = AuditExport(query, NoCheckpoints(), b"k" * 32, utcnow)
+    return "".join([line async for line in export_lines(export, AuditFilter(), "jsonl", 4)])
+
+
+class NoIndex:
+    async def add(self, entries: list[IndexEntry]) -> None:
+        return None
+
+    async def seqs(
+        self, dimension: IndexDimension, value: str, before_seq: int | None = None
+    ) -> AsyncIterator[int]:
+        for seq in ():
+            yield seq
 
 
 async def test_an_exported_trail_verifies_with_the_independent_verifier() -> None:
@@ -102,21 +118,26 @@ async def test_an_exported_trail_verifies_with_the_independent_verifier() -> Non
 
 
 def edit(text: str, seq: int, change: Any) -> str:
+    """The export with record `seq`'s line changed: `change` gets the line and its entry,
+    and the entry is written back as the line's body."""
     lines = [json.loads(line) for line in text.splitlines()]
     for line in lines:
-        if line["seq"] == seq:
-            change(line)
+        if line["type"] == "record" and line["seq"] == seq:
+            entry = json.loads(line["body"])
+            change(line, entry)
+            line["body"] = canonical_json(entry)
     return "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
 
 
 @pytest.mark.parametrize(
     ("seq", "change", "problem"),
     [
-        (4, lambda line: line["entry"].update(target="someone.else@contoso.com"), "content"),
-        (2, lambda line: line["entry"]["result"].update(sha256="0" * 64), "content"),
-        (6, lambda line: line["entry"].update(reason=line["entry"]["reason"] + " "), "content"),
-        (5, lambda line: line.update(prev_hash="f" * 64), "link"),
-        (1, lambda line: line["entry"]["actor"].update(kind="engineer"), "content"),
+        (4, lambda _, entry: entry.update(target="someone.else@contoso.com"), "content"),
+        (2, lambda _, entry: entry["result"].update(sha256="0" * 64), "content"),
+        (6, lambda _, entry: entry.update(reason=entry["reason"] + " "), "content"),
+        (5, lambda line, _: line.update(prev_hash="f" * 64), "link"),
+        (1, lambda _, entry: entry["actor"].update(kind="engineer"), "content"),
+        (3, lambda _, entry: entry["actor"].update(object_id="o-1"), "content"),
     ],
 )
 async def test_the_independent_verifier_finds_a_changed_record(
@@ -133,9 +154,26 @@ async def test_the_independent_verifier_finds_a_removed_record() -> None:
     store = MemoryAuditStore()
     await AuditChain(store).append_all(entries())
     lines = (await exported(store)).splitlines(keepends=True)
-    removed = [line for line in lines if json.loads(line)["seq"] != 3]
+    removed = [line for line in lines if json.loads(line).get("seq") != 3]
+    end = json.loads(removed[-1])
+    removed[-1] = json.dumps({**end, "records": end["records"] - 1}) + "\n"
     verdict = auditor.verify_jsonl("".join(removed))
     assert verdict.first_broken == 3 and "missing" in (verdict.problem or "")
+
+
+async def test_old_records_keep_their_text_and_new_ones_carry_the_actor_ids() -> None:
+    """The actor's object and tenant ids are absent when unknown, so a record written before
+    they existed reads back to the same canonical text, and verifies."""
+    old = VECTORS[1]
+    entry = AuditEntry.model_validate_json(old["canonical"])
+    assert entry_body(entry) == old["canonical"] and "object_id" not in old["canonical"]
+    signed_in = Actor(kind="engineer", name="lead@contoso.de", object_id="o-1", tenant_id="t-1")
+    store = MemoryAuditStore()
+    await AuditChain(store).append_all([entry, entry.model_copy(update={"actor": signed_in})])
+    body = store.records[2].body
+    assert '"actor":{"kind":"engineer","name":"lead@contoso.de","object_id":"o-1",' in body
+    assert (await AuditChain(store).verify()).ok
+    assert auditor.verify_jsonl(await exported(store)).first_broken is None
 
 
 async def test_the_oversized_result_is_stored_as_its_digest_which_the_auditor_recomputes() -> None:

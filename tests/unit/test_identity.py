@@ -123,6 +123,20 @@ async def test_the_upn_is_preferred_to_preferred_username(validator: TokenValida
     assert (await validator.principal(token)).name == DEFAULT_UPN
 
 
+async def test_the_actor_carries_the_object_id_and_tenant_beside_the_name(
+    validator: TokenValidator,
+) -> None:
+    principal = await validator.principal(bearer())
+    actor = principal.actor()
+    assert (actor.kind, actor.name) == ("engineer", DEFAULT_UPN)
+    assert (actor.object_id, actor.tenant_id) == (principal.object_id, TENANT)
+
+
+async def test_a_malformed_tenant_claim_is_refused(validator: TokenValidator) -> None:
+    refused = await refusal(validator, bearer(extra_claims={"tid": 7}))
+    assert (refused.status, refused.detail) == (401, "the token's tid claim is malformed")
+
+
 # Refused tokens ----------------------------------------------------------------------------------
 
 
