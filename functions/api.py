@@ -14,7 +14,7 @@ from functions.openapi import openapi_document
 from shared import container
 from shared.approvals import ApprovalError
 from shared.audit_export import EXPORT_PAGE, FORMATS
-from shared.audit_query import AuditFilter, to_row
+from shared.audit_query import AuditFilter, page_row
 from shared.errors import InvalidInput
 from shared.identity import ROLE_ACT, ROLE_APPROVE, ROLE_AUDIT_READ
 from shared.manual import parse_body
@@ -115,7 +115,7 @@ async def query_audit(req: func.HttpRequest) -> func.HttpResponse:
         return HttpProblem(400, "Invalid query", str(exc)).response()
     return json_response(
         {
-            "records": [to_row(record) for record in page.records],
+            "records": [page_row(record) for record in page.records],
             "continuation": page.continuation,
         }
     )
@@ -201,6 +201,17 @@ async def _decide(req: func.HttpRequest, approve: bool) -> func.HttpResponse:
 
 
 _DECISION_TITLES = {403: "Forbidden", 404: "Not Found", 409: "Conflict", 410: "Gone"}
+
+
+@bp.route(route="approvals", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def list_approvals(req: func.HttpRequest) -> func.HttpResponse:
+    """The actions waiting for an engineer's approval, the soonest to expire first."""
+    services = await container.current()
+    try:
+        await authenticate(req, services.validator, ROLE_APPROVE)
+    except HttpProblem as problem:
+        return problem.response()
+    return json_response({"approvals": await services.waiting.listing()})
 
 
 def _note(body: object) -> str:

@@ -187,6 +187,26 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/approvals": {
+                "get": {
+                    "operationId": "list_approvals",
+                    "summary": "Actions waiting for approval, soonest expiry first "
+                    "(role Responder.Approve)",
+                    "security": secured,
+                    "responses": {
+                        "200": _json(
+                            "The waiting actions with alert, target, reason, guards and expiry",
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "approvals": {"type": "array", "items": {"type": "object"}}
+                                },
+                            },
+                        ),
+                        **_problems(401, 403, 503),
+                    },
+                }
+            },
             "/actions/{action_id}/approve": _decision("approve_action", "Approve a held action"),
             "/actions/{action_id}/reject": _decision("reject_action", "Reject a held action"),
             "/audit": {

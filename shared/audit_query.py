@@ -7,6 +7,11 @@ point-reads the records it names; without one it walks the chain from the newest
 way every filter is checked against the record's hashed content (`entry`), never against the
 index or the audit table's copy columns, so a stale or tampered index can cost reads but cannot
 put a wrong record into an answer.
+
+A user target is found by any name the trail knows it by: the target as requested, the UPN the
+alert named (`params.target_upn`), and the object id and UPN the directory returned when the
+action ran (`result.before`). A query for one name also finds the records filed under the
+account's other names, as far as the newest records under the asked name link them.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import heapq
 import hmac
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
@@ -32,6 +38,11 @@ MAX_PAGE = 200
 MAX_TOKEN_CHARS = 512
 READ_AHEAD = 25  # records point-read at the same time
 REINDEX_BATCH = 500
+# Records under an asked target read to learn the account's other names (object id, UPN).
+IDENTITY_READS = 20
+USER_KINDS = frozenset(
+    str(kind) for kind in ActionKind if not kind.targets_ip and not kind.targets_breakglass
+)
 # Entries are stamped when they are made, a moment before they land, so concurrent writers can
 # append them slightly out of time order. A walk stops only this far beyond the time range.
 CLOCK_SLACK = timedelta(minutes=5)
@@ -73,11 +84,30 @@ def entry_values(entry: AuditEntry) -> dict[IndexDimension, str]:
     return {dim: normalized(dim, value) for dim, value in raw.items() if value}
 
 
+def identities(entry: AuditEntry) -> frozenset[str]:
+    """The names a record knows its target by, normalized: the target, and for a user action
+    the UPN the alert named and the object id and UPN the directory returned."""
+    names: list[object] = [entry.target]
+    if entry.kind in USER_KINDS:
+        before = entry.result.get("before")
+        seen = before if isinstance(before, dict) else {}
+        names += [entry.params.get("target_upn"), seen.get("id"), seen.get("userPrincipalName")]
+    return frozenset(
+        normalized(IndexDimension.TARGET, name)
+        for name in names
+        if isinstance(name, str) and name.strip() and len(name) <= MAX_VALUE_CHARS
+    )
+
+
 def index_entries(record: AuditRecord) -> list[IndexEntry]:
-    return [
-        IndexEntry(dimension, value, record.seq, record.entry.at)
-        for dimension, value in entry_values(record.entry).items()
+    values = entry_values(record.entry)
+    filed = [(dimension, value) for dimension, value in values.items()]
+    filed += [
+        (IndexDimension.TARGET, name)
+        for name in sorted(identities(record.entry))
+        if name != values.get(IndexDimension.TARGET)
     ]
+    return [IndexEntry(dimension, value, record.seq, record.entry.at) for dimension, value in filed]
 
 
 @dataclass(frozen=True)
@@ -144,7 +174,9 @@ class AuditFilter:
         values = {dimension: getattr(self, dimension.value) for dimension in IndexDimension}
         return {dimension: value for dimension, value in values.items() if value is not None}
 
-    def matches(self, entry: AuditEntry) -> bool:
+    def matches(self, entry: AuditEntry, targets: frozenset[str] | None = None) -> bool:
+        """Whether `entry` is asked for; `targets` are the names of the asked target's account
+        (the asked name alone when not given)."""
         if self.since is not None and entry.at < self.since:
             return False
         if self.until is not None and entry.at >= self.until:
@@ -153,7 +185,13 @@ class AuditFilter:
         if not wanted:
             return True
         found = entry_values(entry)
-        return all(found.get(dim) == value for dim, value in wanted.items())
+        for dimension, value in wanted.items():
+            if dimension is IndexDimension.TARGET:
+                if not identities(entry) & (targets or {value}):
+                    return False
+            elif found.get(dimension) != value:
+                return False
+        return True
 
     def fingerprint(self) -> str:
         values = {
@@ -259,20 +297,50 @@ class AuditQuery:
         if flt.until is not None and before is None:
             before = await self._skip_newer_than(flt.until)
         floor = flt.since - CLOCK_SLACK if flt.since is not None else None
-        candidates = self._candidates(flt, before, read_ahead)
+        targets: frozenset[str] | None = None
+        known: dict[int, AuditRecord] = {}
+        if flt.target is not None:
+            targets, known = await self._account_names(flt.target)
+        candidates = self._candidates(flt, before, read_ahead, targets, known)
         try:
             async for record in candidates:
                 if floor is not None and record.entry.at < floor:
                     return
-                if flt.matches(record.entry):
+                if flt.matches(record.entry, targets):
                     yield record
         finally:
             await candidates.aclose()
 
+    async def _account_names(self, target: str) -> tuple[frozenset[str], dict[int, AuditRecord]]:
+        """Every name of the asked target's account that its newest records link to it (a
+        record of a run action carries the object id and UPN together), and those records."""
+        seqs: list[int] = []
+        source = self._index.seqs(IndexDimension.TARGET, target)
+        try:
+            async for seq in source:
+                seqs.append(seq)
+                if len(seqs) == IDENTITY_READS:
+                    break
+        finally:
+            await _close(source)
+        records = await self._read(seqs, {})
+        names = {target}
+        for record in records:
+            found = identities(record.entry)
+            if target in found:
+                names |= found
+        return frozenset(names), {record.seq: record for record in records}
+
     async def _candidates(
-        self, flt: AuditFilter, before: int | None, read_ahead: int
+        self,
+        flt: AuditFilter,
+        before: int | None,
+        read_ahead: int,
+        targets: frozenset[str] | None,
+        known: dict[int, AuditRecord],
     ) -> AsyncGenerator[AuditRecord, None]:
-        """Records that may match, newest first: one index partition's, or the whole chain's."""
+        """Records that may match, newest first: the index partitions' of the most selective
+        filter (one per name of an asked target), or the whole chain's."""
         indexed = flt.indexed()
         source: AsyncIterator[Any]
         if not indexed:
@@ -284,22 +352,28 @@ class AuditQuery:
                 await _close(source)
             return
         dimension = next(dim for dim in SELECTIVITY if dim in indexed)
-        source = self._index.seqs(dimension, indexed[dimension], before)
+        values = sorted(targets) if targets and dimension is IndexDimension.TARGET else []
+        if len(values) > 1:
+            source = _merged([self._index.seqs(dimension, value, before) for value in values])
+        else:
+            source = self._index.seqs(dimension, indexed[dimension], before)
         try:
             batch: list[int] = []
             async for seq in source:
                 batch.append(seq)
                 if len(batch) == read_ahead:
-                    for record in await self._read(batch):
+                    for record in await self._read(batch, known):
                         yield record
                     batch = []
-            for record in await self._read(batch):
+            for record in await self._read(batch, known):
                 yield record
         finally:
             await _close(source)
 
-    async def _read(self, seqs: list[int]) -> list[AuditRecord]:
-        found = await asyncio.gather(*(self._store.get(seq) for seq in seqs))
+    async def _read(self, seqs: list[int], known: dict[int, AuditRecord]) -> list[AuditRecord]:
+        found = await asyncio.gather(
+            *(_known(known[seq]) if seq in known else self._store.get(seq) for seq in seqs)
+        )
         # An index entry without its record (a rebuilt or edited trail) points nowhere.
         return [record for record in found if record is not None]
 
@@ -361,6 +435,32 @@ async def _close(iterator: AsyncIterator[Any]) -> None:
         await close()
 
 
+async def _known(record: AuditRecord) -> AuditRecord:
+    return record
+
+
+async def _merged(sources: list[AsyncIterator[int]]) -> AsyncGenerator[int, None]:
+    """The sequence numbers of several newest-first streams, newest first, each once."""
+    heads: list[tuple[int, int]] = []
+    try:
+        for number, source in enumerate(sources):
+            seq = await anext(source, None)
+            if seq is not None:
+                heapq.heappush(heads, (-seq, number))
+        last = None
+        while heads:
+            negated, number = heapq.heappop(heads)
+            if -negated != last:
+                last = -negated
+                yield last
+            seq = await anext(sources[number], None)
+            if seq is not None:
+                heapq.heappush(heads, (-seq, number))
+    finally:
+        for source in sources:
+            await _close(source)
+
+
 # --- rows --------------------------------------------------------------------------------
 
 ROW_FIELDS = (
@@ -401,4 +501,24 @@ def to_row(record: AuditRecord) -> dict[str, str]:
         ),
         "hash": record.hash,
         "prev_hash": record.prev_hash,
+    }
+
+
+def page_row(record: AuditRecord) -> dict[str, str]:
+    """One record as the audit page shows it: the flat row, plus the action id, the
+    parameters and the names of the target as the trail recorded them at the time (from the
+    alert, or from the directory when the action ran)."""
+    entry = record.entry
+    before = entry.result.get("before")
+    seen = before if isinstance(before, dict) and entry.kind in USER_KINDS else {}
+    upn = entry.params.get("target_upn") or seen.get("userPrincipalName")
+    name = entry.params.get("target_name") or seen.get("displayName")
+    return {
+        **to_row(record),
+        "action_id": entry.action_id or "",
+        "params": json.dumps(
+            entry.params, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        ),
+        "target_upn": upn if isinstance(upn, str) else "",
+        "target_name": name if isinstance(name, str) else "",
     }

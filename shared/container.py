@@ -63,6 +63,7 @@ from shared.policy import Guards, Playbook, Policy
 from shared.poller import AlertPoller
 from shared.ports import ActionQueue, NoCheckpoints
 from shared.readiness import Readiness
+from shared.waiting import WaitingApprovals
 from shared.watch.changes import ActiveIncident, ChangeProcessor
 from shared.watch.gate import NotificationGate
 from shared.watch.ports import NotificationQueue
@@ -279,6 +280,10 @@ class Container:
     @cached_property
     def approvals(self) -> Approvals:
         return Approvals(self.approval_store, self.chain, self.state, self.queue, self.clock)
+
+    @cached_property
+    def waiting(self) -> WaitingApprovals:
+        return WaitingApprovals(self.approvals, self.state, self.audit_store, self.clock)
 
     @cached_property
     def accounts(self) -> AccountActions:

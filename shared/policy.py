@@ -371,7 +371,9 @@ class Policy:
                 entity.kind is EntityKind.IP
             ):
                 continue
-            self._plan_action(plan, rule, spec, target, seen, entity.user_id, entity.upn)
+            self._plan_action(
+                plan, rule, spec, target, seen, entity.user_id, entity.upn, names=_names(entity)
+            )
 
     def _plan_action(
         self,
@@ -381,6 +383,7 @@ class Policy:
         target: str,
         seen: set[str],
         *aliases: str | None,
+        names: dict[str, str] | None = None,
     ) -> None:
         action_id = ActionRequest.derive_id(spec.kind, target, plan.alert.key)
         if action_id in seen:
@@ -390,7 +393,7 @@ class Policy:
             id=action_id,
             kind=spec.kind,
             target=target,
-            params=spec.params(),
+            params={**spec.params(), **(names or {})},
             reason=f"rule {rule.name}: {plan.alert.title or plan.alert.alert_id}",
             rule=rule.name,
             alert_id=plan.alert.key,
@@ -404,6 +407,16 @@ class Policy:
                 update={"decision": Decision.NEEDS_APPROVAL, "reason": reason}
             )
         plan.actions.append(decided)
+
+
+def _names(entity: Entity) -> dict[str, str]:
+    """The names the alert gives a user target, kept in the action's parameters so that the
+    audit trail records whom an action was about as the alert saw them (`target_upn`,
+    `target_name`), whichever identifier the target itself is."""
+    if entity.kind is EntityKind.IP:
+        return {}
+    names = {"target_upn": entity.upn, "target_name": entity.display_name}
+    return {key: value.strip() for key, value in names.items() if value and value.strip()}
 
 
 def _target_of(entity: Entity) -> str:

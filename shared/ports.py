@@ -19,11 +19,13 @@ class UserState:
     upn: str
     account_enabled: bool
     sessions_valid_from: datetime | None = None
+    display_name: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "userPrincipalName": self.upn,
+            "displayName": self.display_name,
             "accountEnabled": self.account_enabled,
             "signInSessionsValidFromDateTime": (
                 self.sessions_valid_from.isoformat() if self.sessions_valid_from else None

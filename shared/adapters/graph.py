@@ -56,7 +56,13 @@ GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 ALERTS_PAGE_SIZE = 200
 # Readings of the alert list before a listing that keeps shifting is given up for this poll.
 ALERT_LISTING_ATTEMPTS = 3
-USER_FIELDS = ["id", "userPrincipalName", "accountEnabled", "signInSessionsValidFromDateTime"]
+USER_FIELDS = [
+    "id",
+    "userPrincipalName",
+    "displayName",
+    "accountEnabled",
+    "signInSessionsValidFromDateTime",
+]
 _ERROR_MAP: dict[str, Any] = {"XXX": ODataError}
 
 
@@ -173,6 +179,7 @@ class GraphDirectory:
             upn=found.user_principal_name or "",
             account_enabled=bool(found.account_enabled),
             sessions_valid_from=found.sign_in_sessions_valid_from_date_time,
+            display_name=found.display_name or "",
         )
 
     async def set_account_enabled(self, user_id: str, enabled: bool) -> str | None:
