@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from shared.actions.ip_blocks import (
     COMMENT_MARK,
+    MAX_SHARDS,
+    ORGANIZATION_RULE_LIMIT,
     RANGE_BUDGET_BYTES,
     RULE_PREFIX,
     ShardChange,
     exchange_range,
     is_managed,
     plan_shards,
+    same_ranges,
     shard_name,
 )
+from shared.errors import PermanentError
 from shared.ports import TransportRule
 
 MARK = f"{COMMENT_MARK}: sender IP blocklist. Edits here are overwritten."
@@ -254,3 +259,83 @@ def test_planned_writes_yield_exactly_the_wanted_blocklist(
         if rng not in before:
             [home] = [name for name, ranges in after.items() if rng in ranges]
             assert home.startswith(f"{RULE_PREFIX} {mode} "), f"{rng} landed outside {mode}"
+
+
+# same_ranges: comparing what was written with what Exchange shows -----------------------------
+
+
+def test_ranges_are_the_same_however_exchange_writes_them_back() -> None:
+    written = ["185.220.101.9", "2a0b:f4c2::1", "185.220.101.0/24", "2a0b:f4c2:2::/48"]
+    shown = ["2A0B:F4C2:2::/48", "185.220.101.9/32", "185.220.101.0/24", "2a0b:f4c2:0::1/128"]
+    assert same_ranges(written, shown)
+    assert same_ranges(tuple(shown), tuple(written))
+    # a network written with its host bits set is the network itself
+    assert same_ranges(["185.220.101.9/24"], ["185.220.101.0/24"])
+
+
+def test_ranges_that_differ_are_not_the_same() -> None:
+    assert not same_ranges(["185.220.101.9"], ["185.220.101.10"])
+    assert not same_ranges(["185.220.101.9"], ["185.220.101.9", "185.220.101.10"])
+    assert not same_ranges(["185.220.101.0/24"], ["185.220.101.0/25"])
+    assert not same_ranges(["185.220.101.9"], [])
+
+
+def test_text_that_is_no_address_is_compared_without_case_or_surrounding_space() -> None:
+    assert same_ranges([" Mail-Edge "], ["mail-edge"])
+    assert not same_ranges(["mail-edge"], ["mail-edge-2"])
+
+
+# shard names and modes ------------------------------------------------------------------------
+
+
+def test_shards_are_numbered_with_three_digits() -> None:
+    assert shard_name("reject", 7) == "M365 Responder IP block reject 007"
+    assert shard_name("delete", 120) == "M365 Responder IP block delete 120"
+
+
+def test_a_rewritten_shard_keeps_the_mode_its_name_gives() -> None:
+    rules = [shard("delete", 4, ["185.220.101.9"]), shard("reject", 2, ["185.220.101.10"])]
+    changes = plan_shards(rules, {"185.220.101.11": "delete"}, {"185.220.101.10"})
+    assert sorted((c.name, c.mode, c.read is not None) for c in changes) == [
+        (shard_name("delete", 4), "delete", True),
+        (shard_name("reject", 2), "reject", True),
+    ]
+
+
+# new shards next to other rules -----------------------------------------------------------------
+
+
+def test_a_new_shard_never_takes_the_name_of_a_rule_that_is_not_ours() -> None:
+    # The mail team made a rule with our name (any case) and no comment mark: it is not ours,
+    # so it is not in `rules`, and the new shard goes around it.
+    taken = frozenset({shard_name("reject", 1).lower(), "partner relay"})
+    [change] = plan_shards([], {"185.220.101.9": "reject"}, set(), taken)
+    assert change.name == shard_name("reject", 2) and change.read is None
+
+
+def test_the_organization_limit_of_transport_rules_is_kept() -> None:
+    others = frozenset(f"mail team rule {n}" for n in range(ORGANIZATION_RULE_LIMIT - 1))
+    [change] = plan_shards([], {"185.220.101.9": "reject"}, set(), others)
+    assert change.name == shard_name("reject", 1)
+    full = others | {"one more"}
+    with pytest.raises(PermanentError, match=f"300 of {ORGANIZATION_RULE_LIMIT} exist"):
+        plan_shards([], {"185.220.101.9": "reject"}, set(), full)
+
+
+def test_the_limit_counts_our_own_shards_too() -> None:
+    ours = [shard("reject", 1, exactly(RANGE_BUDGET_BYTES))]
+    others = frozenset(f"mail team rule {n}" for n in range(ORGANIZATION_RULE_LIMIT - 1))
+    with pytest.raises(PermanentError, match="no room for another transport rule"):
+        plan_shards(ours, {"185.222.110.1": "reject"}, set(), others)
+
+
+def test_no_more_shards_of_one_mode_than_the_blocklist_allows() -> None:
+    almost = frozenset(shard_name("reject", n).lower() for n in range(1, MAX_SHARDS))
+    [change] = plan_shards([], {"185.220.101.9": "reject"}, set(), almost)
+    assert change.name == shard_name("reject", MAX_SHARDS)
+    every = almost | {shard_name("reject", MAX_SHARDS).lower()}
+    with pytest.raises(PermanentError, match=f"more than {MAX_SHARDS} transport rules"):
+        plan_shards([], {"185.220.101.9": "reject"}, set(), every)
+    # the other mode still has room
+    [other] = plan_shards([], {"185.220.101.9": "delete"}, set(), every)
+    assert other.name == shard_name("delete", 1)

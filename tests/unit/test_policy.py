@@ -323,3 +323,157 @@ def test_break_glass_targets_are_all_or_an_object_id(target: str) -> None:
 def test_break_glass_accounts_must_be_object_ids(value: str) -> None:
     with pytest.raises(ConfigError, match="BREAKGLASS_ACCOUNTS"):
         PolicySettings.from_env({"BREAKGLASS_ACCOUNTS": value})
+
+
+# what each planned action records about where it came from -----------------------------------
+
+
+def test_each_action_names_the_alert_incident_and_rule_it_came_from() -> None:
+    incoming = alert(user()).model_copy(update={"incident_id": "inc-7", "title": "Risky sign-in"})
+    plan = policy().plan(incoming)
+    assert len(plan.actions) == 2
+    for action in plan.actions:
+        assert action.alert_id == incoming.key == "graph_alerts_v2:a-1"
+        assert action.incident_id == "inc-7"
+        assert action.rule == "contain-compromised-user"
+        assert action.reason == "rule contain-compromised-user: Risky sign-in"
+        assert action.requested_by == Actor()
+
+
+def test_an_untitled_alert_is_named_by_its_id_in_the_reason() -> None:
+    untitled = alert(user()).model_copy(update={"title": ""})
+    reasons = {a.reason for a in policy().plan(untitled).actions}
+    assert reasons == {"rule contain-compromised-user: a-1"}
+
+
+# address guards, word for word ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("127.0.0.1", "127.0.0.1/32 is loopback"),
+        ("fe80::1", "fe80::1/128 is link-local"),
+        ("224.0.0.251", "224.0.0.251/32 is multicast"),
+        ("0.0.0.0/0", "0.0.0.0/0 is unspecified"),
+        ("10.1.2.3", "10.1.2.3/32 is private"),
+    ],
+)
+def test_the_reason_an_address_is_refused_reads_as_prose(address: str, reason: str) -> None:
+    assert Guards().ip_block_reason(address) == reason
+
+
+def test_the_broadest_network_blocked_is_configurable() -> None:
+    wide = guards(IP_BLOCK_MIN_PREFIX_V4="16", IP_BLOCK_MIN_PREFIX_V6="32")
+    assert wide.ip_block_reason("185.220.0.0/16") is None
+    assert wide.ip_block_reason("185.220.0.0/15") == "185.220.0.0/15 is broader than /16"
+    assert wide.ip_block_reason("2a0b::/32") is None
+    assert wide.ip_block_reason("2a0a::/31") == "2a0a::/31 is broader than /32"
+    narrow = guards(IP_BLOCK_MIN_PREFIX_V4="28", IP_BLOCK_MIN_PREFIX_V6="64")
+    assert narrow.ip_block_reason("185.220.101.0/29") is None
+    assert narrow.ip_block_reason("185.220.101.0/27") == "185.220.101.0/27 is broader than /28"
+    assert narrow.ip_block_reason("2a0b:f4c2:2::/56") == "2a0b:f4c2:2::/56 is broader than /64"
+
+
+def test_an_allowlist_refuses_only_the_networks_it_overlaps() -> None:
+    checks = guards(RESPONDER_IP_ALLOWLIST="52.96.0.0/14,2a01:111::/32")
+    assert checks.ip_block_reason("52.97.1.0/24") == (
+        "52.97.1.0/24 overlaps the allow-listed network 52.96.0.0/14"
+    )
+    assert checks.ip_block_reason("2a01:111:f400::/48") == (
+        "2a01:111:f400::/48 overlaps the allow-listed network 2a01:111::/32"
+    )
+    # public networks of either family outside the allowlist are still blocked
+    assert checks.ip_block_reason("185.220.101.47") is None
+    assert checks.ip_block_reason("2a0b:f4c2:2::/48") is None
+
+
+def test_the_emergency_access_refusal_names_the_way_to_open_it() -> None:
+    checks = guards(BREAKGLASS_ACCOUNTS=BREAKGLASS_ONE)
+    assert checks.breakglass_reason(None, BREAKGLASS_ONE.upper()) == (
+        f"{BREAKGLASS_ONE.upper()} is an emergency access account: open it with "
+        "activate_breakglass (time-boxed, with its approvals), not enable_account"
+    )
+    assert checks.breakglass_reason("5b2f3d0e-1c4a-4e8b-9f6d-2a7c8e1b4d01") is None
+
+
+# playbook errors, as the operator reads them ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            'version = 1\n[[rules]]\nname = "contain"\nactions = ["format_disk"]\n',
+            "rule 'contain' actions[0].kind: Input should be 'disable_account', 'enable_account', "
+            "'revoke_sessions', 'block_ip', 'unblock_ip', 'activate_breakglass' or "
+            "'deactivate_breakglass' (got 'format_disk')",
+        ),
+        (
+            'version = 1\n[[rules]]\nactions = ["disable_account"]\n'
+            "[[rules]]\nname = 5\nactions = []\n",
+            "3 errors: rule #1 name: Field required; rule #2 name: Input should be a valid "
+            "string (got 5); rule #2 actions: List should have at least 1 item after "
+            "validation, not 0",
+        ),
+        (
+            'version = 1\n[[rules]]\nname = "x"\n'
+            'actions = [{kind = "block_ip", ttl_minutes = 2}]\n'
+            'entities = {kind = "user", roles = "compromised"}\n',
+            "2 errors: rule 'x' entities.roles: Input should be a valid list (got 'compromised'); "
+            "rule 'x' actions[0].ttl_minutes: Input should be greater than or equal to 5 (got 2)",
+        ),
+        (
+            'version = 2\nrules = "none"\n',
+            "2 errors: version: Input should be less than or equal to 1 (got 2); "
+            "rules: Input should be a valid list (got 'none')",
+        ),
+        (
+            'version = 1\n[[rules]]\nname = "x"\nactions = [{kind = "block_ip", mode = "'
+            + "z" * 100
+            + '"}]\n',
+            "rule 'x' actions[0].mode: Input should be 'reject' or 'delete' (got '"
+            + "z" * 59
+            + ")",
+        ),
+        (
+            "rules = [1]\n",
+            "rule #1: Input should be a valid dictionary or instance of Rule (got 1)",
+        ),
+        (
+            'version = 1\nextra = true\n[[rules]]\nname = "a"\nactions = ["disable_account"]\n',
+            "extra: Extra inputs are not permitted (got True)",
+        ),
+        (
+            'version = 1\n[[rules]]\nname = "a"\nactions = ["disable_account"]\n'
+            'entities = {kind = "user", roles = [["x"]]}\n',
+            "rule 'a' entities.roles[0]: Input should be a valid string",
+        ),
+    ],
+)
+def test_every_playbook_error_names_its_rule_and_place_and_echoes_the_value(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "playbook.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as refused:
+        Playbook.load(path)
+    assert str(refused.value) == f"playbook {path}: {message}"
+
+
+def test_a_playbook_that_is_not_utf8_says_where(tmp_path: Path) -> None:
+    path = tmp_path / "playbook.toml"
+    path.write_bytes(b"version = 1\n# caf\xe9\n")
+    with pytest.raises(ConfigError) as refused:
+        Playbook.load(path)
+    assert str(refused.value) == f"playbook {path}: not UTF-8 at byte 17"
+
+
+def test_a_playbook_in_utf8_may_use_any_language(tmp_path: Path) -> None:
+    path = tmp_path / "playbook.toml"
+    path.write_text(
+        'version = 1\n[[rules]]\nname = "x"\ndescription = "Konto gesperrt – Ünïcode"\n'
+        'actions = ["disable_account"]\n',
+        encoding="utf-8",
+    )
+    assert Playbook.load(path).rules[0].description == "Konto gesperrt – Ünïcode"
