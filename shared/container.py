@@ -282,7 +282,16 @@ class Container:
             privileged_roles=frozenset(self.settings.privileged_roles),
             min_global_admins=self.settings.min_global_admins,
         )
-        return AccountActions(self.graph, self.graph, self.guards, limits, self.leases, self.state)
+        return AccountActions(
+            self.graph,
+            self.graph,
+            self.guards,
+            limits,
+            self.leases,
+            self.state,
+            settle=timedelta(seconds=self.settings.write_settle_s),
+            clock=self.clock,
+        )
 
     @cached_property
     def emergency(self) -> EmergencyAccess:

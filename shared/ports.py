@@ -165,8 +165,10 @@ class ActionLedger(Protocol):
 
     async def get(self, action_id: str) -> LedgerEntry | None: ...
 
-    async def intend(self, action: ActionRequest, call: str, before: dict[str, Any]) -> None:
-        """Record the write about to be made (before it is made)."""
+    async def intend(
+        self, action: ActionRequest, call: str, before: dict[str, Any], at: datetime
+    ) -> None:
+        """Record the write about to be made (before it is made), at `at`."""
         ...
 
     async def recording(self, action: ActionRequest, from_seq: int) -> None:

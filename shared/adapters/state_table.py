@@ -110,13 +110,15 @@ class StateTable:
             return None
         return _ledger_entry(entity)
 
-    async def intend(self, action: ActionRequest, call: str, before: dict[str, Any]) -> None:
+    async def intend(
+        self, action: ActionRequest, call: str, before: dict[str, Any], at: datetime
+    ) -> None:
         await self._upsert(
             action,
             {
                 "IntentCall": call,
                 "IntentBefore": json.dumps(before, default=str),
-                "IntentAt": datetime.now(UTC),
+                "IntentAt": at,
             },
         )
 

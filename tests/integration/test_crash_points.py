@@ -374,6 +374,57 @@ async def test_a_lost_graph_response_on_disable_is_recorded_as_executed(
     assert len(patches) == 1, "the account was written once"
 
 
+async def deliver_in_real_time(services: Container, faults: Faults, seconds: float) -> None:
+    """Play the Functions host without moving the clock: a scheduled retry is delivered when
+    it is due in real time, so a tenant write that outlived its client's timeout can land
+    meanwhile, as it would."""
+    queue = queue_of(services)
+    execute = LocalHost().functions["execute_action"]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while loop.time() < deadline:
+        delivery = queue.receive()
+        if delivery is None:
+            await asyncio.sleep(0.05)
+            continue
+        try:
+            await execute(message_of(delivery))
+        except Killed:
+            faults.revive()
+            queue.abandon(delivery)
+        except Exception:
+            queue.abandon(delivery)
+
+
+async def test_a_disable_that_timed_out_and_lands_late_is_not_written_again(
+    sim: SimulatedTenant, azurite: Azurite, clock: DrillClock
+) -> None:
+    """The PATCH outlives the client's timeout (1 s) and is carried out 1.5 s after it was
+    sent; the retry comes back long before that. It must re-read, not write again, until the
+    settle time since the intent has passed, and then find the earlier write done."""
+    settings = settings_for(
+        sim,
+        azurite,
+        GRAPH_TIMEOUT_SECONDS=1,
+        GRAPH_MAX_RETRIES=0,
+        ACTIONS_RETRY_BASE_SECONDS=0.1,
+        ACTIONS_RETRY_MAX_SECONDS=0.2,
+        ACTIONS_WRITE_SETTLE_SECONDS=3,
+        ACTIONS_MAX_DELIVERIES=50,
+    )
+    sim.add_fault(Fault(method="PATCH", path_pattern=f"^/users/{ADELE.id}$", status=0, delay_s=1.5))
+    async with installed(settings, clock) as services:
+        faults = Faults(services)
+        await services.intake.handle_payload(compromised())
+        await deliver_in_real_time(services, faults, seconds=10)
+        assert sim.faults_applied.get("delay") == 1
+        disables = [w for w in sim.writes if w.kind == "disable" and w.target == ADELE.id]
+        assert [w.changed for w in disables] == [True], "the account was written twice"
+        await assert_contained(services, sim)
+        [done] = [e for e in await trail(services) if e.kind == "disable_account"][1:]
+        assert "confirmed" in done.result["after"]["note"]
+
+
 async def test_a_claim_whose_delivery_is_being_retried_is_not_sent_again(
     services: Container, sim: SimulatedTenant, faults: Faults, clock: DrillClock
 ) -> None:
