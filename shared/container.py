@@ -85,7 +85,7 @@ class Container:
         self.audit_store = AuditTable(self.tables.get_table_client(settings.audit_table))
         state_table = self.tables.get_table_client(settings.state_table)
         self.state = StateTable(state_table)
-        self.blocks = TableBlockRegistry(state_table)
+        self.blocks = TableBlockRegistry(state_table, clock)
         self.approval_store = TableApprovals(state_table)
         self.activations = TableActivations(state_table)
         self.leases = TableLeases(state_table)

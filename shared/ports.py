@@ -290,6 +290,7 @@ class BlockEntry:
     unblock: ActionRequest | None = None
     expires_at: datetime | None = None
     etag: str = ""
+    changed_at: datetime | None = None  # when the entry was last written
 
 
 class BlockRegistry(Protocol):

@@ -29,7 +29,7 @@ from functions.http import KEY_HEADER
 from shared.adapters.queue import DUPLICATE_WINDOW, Delivery, InMemoryActionQueue
 from shared.container import Container
 from shared.errors import TransientError
-from shared.models import AuditEntry, OutcomeStatus
+from shared.models import ActionKind, ActionRequest, Actor, AuditEntry, OutcomeStatus
 from shared.ports import BlockState
 from shared.simulator import Fault, SimulatedTenant
 from tests.conftest import ADELE, BREAK_GLASS, WEBHOOK_SECRET, installed, settings_for
@@ -628,3 +628,94 @@ async def test_the_reconciler_moves_on_a_block_left_pending_after_its_outcome_wa
     assert entry is not None and entry.state == BlockState.BLOCKED
     assert entry.expires_at == blocked.expires_at
     assert await outcomes(services) == {"block_ip": ["action.executed"]}
+
+
+# Registry transitions left half-way ------------------------------------------------------------
+
+
+def rule_ranges(sim: SimulatedTenant) -> list[str]:
+    return [r for rule in sim.transport_rules for r in rule["SenderIpRanges"] or ()]
+
+
+def engineer_unblock() -> ActionRequest:
+    return ActionRequest(
+        id=ActionRequest.derive_id(ActionKind.UNBLOCK_IP, ATTACKER, "engineer:7"),
+        kind=ActionKind.UNBLOCK_IP,
+        target=ATTACKER,
+        reason="false positive",
+        requested_by=Actor(kind="engineer", name="oncall@contoso.com"),
+    )
+
+
+async def test_a_block_left_pending_without_a_claim_is_claimed_and_sent_by_the_reconciler(
+    services: Container, faults: Faults, sim: SimulatedTenant, clock: DrillClock
+) -> None:
+    faults.kill_before("StateTable.claim", lambda action, *a: action.kind == "block_ip")
+    with pytest.raises(Killed):
+        await services.intake.handle_payload(attack("mx-1"))
+    faults.revive()
+    # No other alert names the address: only the reconciler can finish the block.
+    clock.advance(timedelta(seconds=services.settings.resend_after_s + 1))
+    report = await services.reconciler.run()
+    assert report.resent == 1
+    await deliver_all(services, faults, clock, until=timedelta(minutes=5))
+    entry = await services.blocks.get(f"{ATTACKER}/32")
+    assert entry is not None and entry.state == BlockState.BLOCKED
+    assert rule_ranges(sim) == [ATTACKER]
+    assert await outcomes(services) == {"block_ip": ["action.executed"]}
+
+
+async def test_an_unblock_left_unblocking_with_its_message_lost_is_sent_again(
+    services: Container, faults: Faults, sim: SimulatedTenant, clock: DrillClock
+) -> None:
+    await services.intake.handle_payload(attack())
+    await deliver_all(services, faults, clock, until=timedelta(minutes=5))
+    entry = await services.blocks.get(f"{ATTACKER}/32")
+    assert entry is not None and entry.state == BlockState.BLOCKED
+    # The unblock moved the registry on; its message never arrives.
+    assert await services.blocks.update(entry, BlockState.UNBLOCKING, unblock=engineer_unblock())
+
+    early = await services.reconciler.run()
+    clock.advance(timedelta(minutes=services.settings.stuck_minutes + 1))
+    first = await services.reconciler.run()
+    second = await services.reconciler.run()
+    assert (early.alerts, first.alerts, second.alerts) == (0, 1, 0)
+    [alert] = [e for e in await trail(services) if e.event == "alert.raised"]
+    assert alert.kind == "unblock_ip" and "unblocking since" in (alert.reason or "")
+
+    await deliver_all(services, faults, clock, until=timedelta(minutes=5))
+    entry = await services.blocks.get(f"{ATTACKER}/32")
+    assert entry is not None and entry.state == BlockState.UNBLOCKED
+    assert rule_ranges(sim) == []
+    assert await outcomes(services) == {
+        "block_ip": ["action.executed"],
+        "unblock_ip": ["action.executed"],
+    }
+
+
+async def test_an_unblock_recorded_but_left_unblocking_is_settled_not_run_again(
+    services: Container, faults: Faults, sim: SimulatedTenant, clock: DrillClock
+) -> None:
+    await services.intake.handle_payload(attack())
+    await deliver_all(services, faults, clock, until=timedelta(minutes=5))
+    entry = await services.blocks.get(f"{ATTACKER}/32")
+    assert entry is not None
+    assert await services.blocks.update(entry, BlockState.UNBLOCKING, unblock=engineer_unblock())
+    await services.queue.send([engineer_unblock()])
+    await deliver_all(services, faults, clock, until=timedelta(minutes=5))
+    done = await services.blocks.get(f"{ATTACKER}/32")
+    assert done is not None and done.state == BlockState.UNBLOCKED
+    # The registry as a worker that died after closing the ledger left it.
+    assert await services.blocks.update(done, BlockState.UNBLOCKING)
+    writes_before = len(sim.writes)
+
+    clock.advance(timedelta(minutes=services.settings.stuck_minutes + 1))
+    report = await services.reconciler.run()
+    assert (report.blocks_settled, report.alerts, report.resent) == (1, 0, 0)
+    entry = await services.blocks.get(f"{ATTACKER}/32")
+    assert entry is not None and entry.state == BlockState.UNBLOCKED
+    assert len(sim.writes) == writes_before
+    assert await outcomes(services) == {
+        "block_ip": ["action.executed"],
+        "unblock_ip": ["action.executed"],
+    }
