@@ -63,6 +63,7 @@ from shared.poller import AlertPoller
 from shared.ports import ActionQueue
 from shared.readiness import Readiness
 from shared.watch.changes import ActiveIncident, ChangeProcessor
+from shared.watch.dead_letters import NotificationDeadLetters
 from shared.watch.gate import NotificationGate
 from shared.watch.ports import NotificationQueue
 from shared.watch.subscriptions import SubscriptionManager, desired_subscriptions
@@ -349,6 +350,17 @@ class Container:
                 give_up_after=timedelta(minutes=self.settings.give_up_minutes),
                 stuck_after=timedelta(minutes=self.settings.stuck_minutes),
             ),
+            self.clock,
+        )
+
+    @cached_property
+    def notification_dead_letters(self) -> NotificationDeadLetters:
+        return NotificationDeadLetters(
+            self.notification_queue,
+            self.changes,
+            self.subscriptions,
+            self.chain,
+            timedelta(minutes=self.settings.give_up_minutes),
             self.clock,
         )
 
