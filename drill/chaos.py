@@ -98,6 +98,9 @@ class ChaosOptions:
     timeout_rate: float = 0.03  # Graph and Exchange calls answered after the client's timeout
     retry_after_s: int = 1  # Retry-After of Graph's 429
     graph_timeout_s: float = 2.0  # the client timeout (GRAPH_TIMEOUT_SECONDS)
+    # ACTIONS_WRITE_SETTLE_SECONDS: longer than a timed-out write takes to land here (it is
+    # carried out graph_timeout_s + 1 s after it was sent)
+    write_settle_s: float = 10.0
     crash_points: bool = True  # kill the worker at each crash point
     drop_one_message: bool = False  # drop one action message on its way to the queue (tests)
     sender_retry_scale: float = 1.0  # multiplies the Logic App retry intervals
@@ -305,6 +308,7 @@ class ChaosDrill(Scenario):
             "RESPONDER_IP_ALLOWLIST": PARTNER_NETWORK,
             "AUTO_DISABLE_BUDGET": self.options.users + 10,
             "GRAPH_TIMEOUT_SECONDS": self.options.graph_timeout_s,
+            "ACTIONS_WRITE_SETTLE_SECONDS": self.options.write_settle_s,
         }
 
     def prepare(self, sim: SimulatedTenant, now: datetime) -> None:

@@ -320,6 +320,14 @@ class Settings(PolicySettings):
         le=3600,
         description="Longest delay of that backoff.",
     )
+    write_settle_s: float = Field(
+        120.0,
+        alias="ACTIONS_WRITE_SETTLE_SECONDS",
+        ge=0,
+        le=3600,
+        description="How long after an account write that got no answer (a timeout) a retry "
+        "only re-reads the tenant, since that write may still land, before it writes again.",
+    )
     resend_after_s: int = Field(
         120,
         alias="ACTIONS_RESEND_AFTER_SECONDS",

@@ -65,6 +65,7 @@ from shared.ports import ActionQueue, NoCheckpoints
 from shared.readiness import Readiness
 from shared.waiting import WaitingApprovals
 from shared.watch.changes import ActiveIncident, ChangeProcessor
+from shared.watch.dead_letters import NotificationDeadLetters
 from shared.watch.gate import NotificationGate
 from shared.watch.ports import NotificationQueue
 from shared.watch.subscriptions import SubscriptionManager, desired_subscriptions
@@ -87,7 +88,7 @@ class Container:
         self.audit_store = AuditTable(self.tables.get_table_client(settings.audit_table))
         state_table = self.tables.get_table_client(settings.state_table)
         self.state = StateTable(state_table)
-        self.blocks = TableBlockRegistry(state_table)
+        self.blocks = TableBlockRegistry(state_table, clock)
         self.approval_store = TableApprovals(state_table)
         self.activations = TableActivations(state_table)
         self.leases = TableLeases(state_table)
@@ -291,7 +292,16 @@ class Container:
             privileged_roles=frozenset(self.settings.privileged_roles),
             min_global_admins=self.settings.min_global_admins,
         )
-        return AccountActions(self.graph, self.graph, self.guards, limits, self.leases, self.state)
+        return AccountActions(
+            self.graph,
+            self.graph,
+            self.guards,
+            limits,
+            self.leases,
+            self.state,
+            settle=timedelta(seconds=self.settings.write_settle_s),
+            clock=self.clock,
+        )
 
     @cached_property
     def emergency(self) -> EmergencyAccess:
@@ -349,6 +359,17 @@ class Container:
                 give_up_after=timedelta(minutes=self.settings.give_up_minutes),
                 stuck_after=timedelta(minutes=self.settings.stuck_minutes),
             ),
+            self.clock,
+        )
+
+    @cached_property
+    def notification_dead_letters(self) -> NotificationDeadLetters:
+        return NotificationDeadLetters(
+            self.notification_queue,
+            self.changes,
+            self.subscriptions,
+            self.chain,
+            timedelta(minutes=self.settings.give_up_minutes),
             self.clock,
         )
 

@@ -372,6 +372,7 @@ class AuditEvent(StrEnum):
     ACTION_EXPIRED = "action.expired"
     ALERT_RAISED = "alert.raised"
     NOTIFICATION_REJECTED = "notification.rejected"
+    NOTIFICATION_DROPPED = "notification.dropped"
     SUBSCRIPTION_RECREATED = "subscription.recreated"
 
     @classmethod

@@ -185,8 +185,10 @@ class ActionLedger(Protocol):
 
     async def get(self, action_id: str) -> LedgerEntry | None: ...
 
-    async def intend(self, action: ActionRequest, call: str, before: dict[str, Any]) -> None:
-        """Record the write about to be made (before it is made)."""
+    async def intend(
+        self, action: ActionRequest, call: str, before: dict[str, Any], at: datetime
+    ) -> None:
+        """Record the write about to be made (before it is made), at `at`."""
         ...
 
     async def recording(self, action: ActionRequest, from_seq: int) -> None:
@@ -308,6 +310,7 @@ class BlockEntry:
     unblock: ActionRequest | None = None
     expires_at: datetime | None = None
     etag: str = ""
+    changed_at: datetime | None = None  # when the entry was last written
 
 
 class BlockRegistry(Protocol):

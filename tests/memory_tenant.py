@@ -152,5 +152,7 @@ class MemoryIntents:
             action_id, LEDGER_QUEUED, str(action.kind), action.target, request=action, intent=intent
         )
 
-    async def intend(self, action: ActionRequest, call: str, before: dict[str, Any]) -> None:
-        self.intents[action.id] = (action, Intent(call, dict(before), datetime.now(UTC)))
+    async def intend(
+        self, action: ActionRequest, call: str, before: dict[str, Any], at: datetime
+    ) -> None:
+        self.intents[action.id] = (action, Intent(call, dict(before), at))

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from shared.config import PRIVILEGED_ROLES
 from shared.errors import MissingPermission, PermanentError, TransientError
@@ -31,6 +31,7 @@ from shared.models import (
     ActionRequest,
     GuardCheck,
     OutcomeStatus,
+    utcnow,
 )
 from shared.policy import PROTECTED_KINDS, Guards
 from shared.ports import (
@@ -62,7 +63,14 @@ class LockoutLimits:
 
 
 class AccountActions:
-    """The executors of `disable_account`, `enable_account` and `revoke_sessions`."""
+    """The executors of `disable_account`, `enable_account` and `revoke_sessions`.
+
+    A write whose answer never came (a timeout, a dropped connection) may still be carried
+    out by the tenant later. So a later delivery that finds the write recorded as intended,
+    yet not showing in the tenant, waits until `settle` has passed since that intent before
+    it writes again: until then it only re-reads (the action goes back on the queue), and
+    once the earlier write shows, the action is recorded as executed (confirmed) without a
+    second write. The intent is stamped with `clock`, the time retries are scheduled by."""
 
     def __init__(
         self,
@@ -72,6 +80,8 @@ class AccountActions:
         limits: LockoutLimits,
         leases: Leases,
         ledger: ActionLedger,
+        settle: timedelta = timedelta(0),
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._ledger = ledger
         self._directory = directory
@@ -79,6 +89,8 @@ class AccountActions:
         self._guards = guards
         self._limits = limits
         self._leases = leases
+        self._settle = settle
+        self._clock = clock
 
     async def run(self, action: ActionRequest, intent: Intent | None = None) -> ActionOutcome:
         """Run `action`. `intent` is the write an earlier delivery recorded in the ledger
@@ -90,6 +102,8 @@ class AccountActions:
         confirmed = _confirmed(action, user, checks, intent)
         if confirmed is not None:
             return confirmed
+        if intent is not None and not action.dry_run:
+            self._wait_for_settle(action, intent)
         if action.kind is ActionKind.REVOKE_SESSIONS:
             call = f"POST /users/{user.id}/revokeSignInSessions"
         else:
@@ -120,6 +134,17 @@ class AccountActions:
         entry = await self._ledger.get(action.id)
         user = await self._directory.get_user(action.target)
         return _confirmed(action, user, [], entry.intent if entry is not None else None)
+
+    def _wait_for_settle(self, action: ActionRequest, intent: Intent) -> None:
+        """Raise a TransientError (the action runs again after the rest of the settle time)
+        while the earlier write `intent` records may still land in the tenant."""
+        left = (intent.at + self._settle - self._clock()).total_seconds()
+        if left > 0:
+            raise TransientError(
+                f"the earlier write of {action.id} ({intent.call}, {intent.at.isoformat()}) "
+                f"got no answer and may still land; re-read in {left:.1f} s",
+                retry_after=left,
+            )
 
     @asynccontextmanager
     async def _lease(self, holder: str) -> AsyncIterator[None]:
@@ -153,7 +178,7 @@ class AccountActions:
             )
         # The intent goes to the ledger first: if the response is lost, the next delivery
         # knows the write it finds in the tenant was this action's.
-        await self._ledger.intend(action, call, user.as_dict())
+        await self._ledger.intend(action, call, user.as_dict(), self._clock())
         try:
             if action.kind is ActionKind.REVOKE_SESSIONS:
                 request_id = await self._directory.revoke_sign_in_sessions(user.id)

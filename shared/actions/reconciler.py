@@ -4,6 +4,11 @@
   the send) are sent, under the same message id.
 - Blocks still pending in the registry with no claim, an unsent one, or a closed one (the
   registry never moved on) are claimed and sent, or settled.
+- Unblocks left `unblocking` in the registry for `stuck_after` are settled when their outcome
+  is recorded; otherwise their message was lost (or its worker died for good): an
+  `alert.raised` record, and the unblock is sent once more, already past its give-up time, so
+  it runs or is recorded as failed (the network then stays blocked). The registry row is
+  rewritten unchanged, so the next re-send waits another `stuck_after`.
 - Every dead-lettered action is re-driven while its give-up time has not passed, and recorded
   (failed, or executed if the tenant shows it) once it has; a dead letter of an action that has
   ended already is dropped.
@@ -85,6 +90,7 @@ class ActionReconciler:
         for step in (
             self.resend_unsent,
             self.settle_pending_blocks,
+            self.finish_unblocking,
             self.drain_dead_letters,
             self.raise_stuck,
         ):
@@ -119,13 +125,59 @@ class ActionReconciler:
             elif row.open and not row.sent:
                 await self._outbox.commit([], [row])
                 report.resent += 1
-            elif row.ended(block) and row.audit_seq and self._blocklist is not None:
+            elif row.ended(block) and await self._settle_recorded(block, row.audit_seq):
                 # The outcome is audited and the ledger closed; the registry never moved on.
-                record = await self._chain.record(row.audit_seq)
-                if record is not None:
-                    outcome = ActionOutcome.model_validate(record.entry.result)
-                    await self._blocklist.settle(block, outcome)
+                report.blocks_settled += 1
+
+    async def finish_unblocking(self, report: ReconcileReport) -> None:
+        """Unblocks left `unblocking` in the registry for longer than the stuck time."""
+        cutoff = self._clock() - self._limits.stuck_after
+        for entry in await self._registry.entries(BlockState.UNBLOCKING):
+            unblock = entry.unblock
+            if unblock is None or entry.changed_at is None or entry.changed_at > cutoff:
+                continue
+            row = await self._ledger.get(unblock.id)
+            if row is not None and row.ended(unblock):
+                if await self._settle_recorded(unblock, row.audit_seq):
                     report.blocks_settled += 1
+                continue
+            if row is not None and row.open and row.claimed_at is not None:
+                # A claimed unblock (an engineer's): the outbox sends it, `raise_stuck` alerts.
+                if not row.sent:
+                    await self._outbox.commit([], [row])
+                    report.resent += 1
+                continue
+            if not await self._registry.update(entry, BlockState.UNBLOCKING):
+                continue  # it moved on meanwhile
+            await self._chain.append(
+                AuditEntry(
+                    event=AuditEvent.ALERT_RAISED,
+                    actor=Actor(),
+                    action_id=unblock.id,
+                    kind=str(unblock.kind),
+                    target=unblock.target,
+                    reason=(
+                        f"network {entry.network} has been unblocking since "
+                        f"{entry.changed_at.isoformat()}; its unblock is sent once more"
+                    ),
+                    result={"state": str(entry.state), "generation": entry.generation},
+                )
+            )
+            await self._queue.send([unblock.retried(entry.changed_at)])
+            report.alerts += 1
+            report.resent += 1
+
+    async def _settle_recorded(self, action: ActionRequest, audit_seq: int | None) -> bool:
+        """Move the registry on from `action`'s recorded outcome (the ledger is closed, the
+        registry never moved)."""
+        if not audit_seq or self._blocklist is None:
+            return False
+        record = await self._chain.record(audit_seq)
+        if record is None:
+            return False
+        outcome = ActionOutcome.model_validate(record.entry.result)
+        await self._blocklist.settle(action, outcome)
+        return True
 
     async def drain_dead_letters(self, report: ReconcileReport) -> None:
         async def handle(letter: DeadLetter) -> bool:

@@ -152,6 +152,7 @@ class Delivery:
     body: bytes
     content_type: str
     delivery_count: int
+    enqueued_at: datetime | None = None
 
 
 class InMemoryQueue:
@@ -182,7 +183,7 @@ class InMemoryQueue:
             return None
         self._seen_ids[message_id] = now
         self.sent += 1
-        return Delivery(message_id, body, CONTENT_TYPE, 1)
+        return Delivery(message_id, body, CONTENT_TYPE, 1, now)
 
     def put(self, message_id: str, body: bytes, at: datetime | None = None) -> None:
         """Enqueue one message (due at `at`, or now); a repeated id inside the window is
@@ -226,7 +227,12 @@ class InMemoryQueue:
         taken, self.dead_letters = self.dead_letters[:max_count], self.dead_letters[max_count:]
         kept = []
         for delivery in taken:
-            letter = DeadLetter(delivery.message_id, delivery.body, "MaxDeliveryCountExceeded")
+            letter = DeadLetter(
+                delivery.message_id,
+                delivery.body,
+                "MaxDeliveryCountExceeded",
+                delivery.enqueued_at,
+            )
             try:
                 handled = await handler(letter)
             except Exception:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -110,13 +111,15 @@ class StateTable:
             return None
         return _ledger_entry(entity)
 
-    async def intend(self, action: ActionRequest, call: str, before: dict[str, Any]) -> None:
+    async def intend(
+        self, action: ActionRequest, call: str, before: dict[str, Any], at: datetime
+    ) -> None:
         await self._upsert(
             action,
             {
                 "IntentCall": call,
                 "IntentBefore": json.dumps(before, default=str),
-                "IntentAt": datetime.now(UTC),
+                "IntentAt": at,
             },
         )
 
@@ -214,6 +217,7 @@ def _block_entity(
     block: ActionRequest,
     unblock: ActionRequest | None,
     expires_at: datetime | None,
+    changed_at: datetime,
 ) -> dict[str, Any]:
     return {
         "PartitionKey": BLOCKS,
@@ -224,6 +228,7 @@ def _block_entity(
         "Block": block.model_dump_json(),
         "Unblock": unblock.model_dump_json() if unblock else "",
         "ExpiresAt": expires_at.isoformat() if expires_at else "",
+        "ChangedAt": changed_at,
     }
 
 
@@ -238,15 +243,18 @@ def _block_entry(entity: Any) -> BlockEntry:
         ),
         expires_at=datetime.fromisoformat(entity["ExpiresAt"]) if entity["ExpiresAt"] else None,
         etag=entity.metadata["etag"],
+        changed_at=entity.get("ChangedAt") or entity.metadata.get("timestamp"),
     )
 
 
 class TableBlockRegistry:
     """`BlockRegistry` on the state table: one row per network, updated with etags so that
-    concurrent intakes and executors never overwrite each other's transitions."""
+    concurrent intakes and executors never overwrite each other's transitions. Each write
+    stamps the row with `clock` (`ChangedAt`): how long a transition has been under way."""
 
-    def __init__(self, table: TableClient) -> None:
+    def __init__(self, table: TableClient, clock: Callable[[], datetime]) -> None:
         self._table = table
+        self._clock = clock
 
     async def reserve(self, action: ActionRequest) -> ActionRequest | None:
         for _ in range(MAX_RACE_ATTEMPTS):
@@ -256,7 +264,7 @@ class TableBlockRegistry:
             generation = current.generation + 1 if current else 1
             request = action.for_generation(generation)
             entity = _block_entity(
-                action.target, generation, BlockState.PENDING, request, None, None
+                action.target, generation, BlockState.PENDING, request, None, None, self._clock()
             )
             try:
                 if current is None:
@@ -301,6 +309,7 @@ class TableBlockRegistry:
             entry.block,
             unblock or entry.unblock,
             expires_at or entry.expires_at,
+            self._clock(),
         )
         try:
             await self._table.update_entity(

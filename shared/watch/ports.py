@@ -11,6 +11,8 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from shared.ports import DeadLetterHandler
+
 # Users, groups and other directory resources: 41,760 minutes (just under 29 days).
 DIRECTORY_MAX_LIFETIME = timedelta(minutes=41_760)
 
@@ -176,3 +178,7 @@ class ChangeNotice(BaseModel):
 
 class NotificationQueue(Protocol):
     async def send(self, notices: list[ChangeNotice]) -> None: ...
+
+    async def drain_dead_letters(self, handler: DeadLetterHandler, max_count: int) -> int:
+        """As `ActionQueue.drain_dead_letters`, for the notifications queue."""
+        ...

@@ -29,7 +29,7 @@ from functions.http import KEY_HEADER
 from shared.adapters.queue import DUPLICATE_WINDOW, Delivery, InMemoryActionQueue
 from shared.container import Container
 from shared.errors import TransientError
-from shared.models import AuditEntry, OutcomeStatus
+from shared.models import ActionKind, ActionRequest, Actor, AuditEntry, OutcomeStatus
 from shared.ports import BlockState
 from shared.simulator import Fault, SimulatedTenant
 from tests.conftest import ADELE, BREAK_GLASS, WEBHOOK_SECRET, installed, settings_for
@@ -374,6 +374,57 @@ async def test_a_lost_graph_response_on_disable_is_recorded_as_executed(
     assert len(patches) == 1, "the account was written once"
 
 
+async def deliver_in_real_time(services: Container, faults: Faults, seconds: float) -> None:
+    """Play the Functions host without moving the clock: a scheduled retry is delivered when
+    it is due in real time, so a tenant write that outlived its client's timeout can land
+    meanwhile, as it would."""
+    queue = queue_of(services)
+    execute = LocalHost().functions["execute_action"]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while loop.time() < deadline:
+        delivery = queue.receive()
+        if delivery is None:
+            await asyncio.sleep(0.05)
+            continue
+        try:
+            await execute(message_of(delivery))
+        except Killed:
+            faults.revive()
+            queue.abandon(delivery)
+        except Exception:
+            queue.abandon(delivery)
+
+
+async def test_a_disable_that_timed_out_and_lands_late_is_not_written_again(
+    sim: SimulatedTenant, azurite: Azurite, clock: DrillClock
+) -> None:
+    """The PATCH outlives the client's timeout (1 s) and is carried out 1.5 s after it was
+    sent; the retry comes back long before that. It must re-read, not write again, until the
+    settle time since the intent has passed, and then find the earlier write done."""
+    settings = settings_for(
+        sim,
+        azurite,
+        GRAPH_TIMEOUT_SECONDS=1,
+        GRAPH_MAX_RETRIES=0,
+        ACTIONS_RETRY_BASE_SECONDS=0.1,
+        ACTIONS_RETRY_MAX_SECONDS=0.2,
+        ACTIONS_WRITE_SETTLE_SECONDS=3,
+        ACTIONS_MAX_DELIVERIES=50,
+    )
+    sim.add_fault(Fault(method="PATCH", path_pattern=f"^/users/{ADELE.id}$", status=0, delay_s=1.5))
+    async with installed(settings, clock) as services:
+        faults = Faults(services)
+        await services.intake.handle_payload(compromised())
+        await deliver_in_real_time(services, faults, seconds=10)
+        assert sim.faults_applied.get("delay") == 1
+        disables = [w for w in sim.writes if w.kind == "disable" and w.target == ADELE.id]
+        assert [w.changed for w in disables] == [True], "the account was written twice"
+        await assert_contained(services, sim)
+        [done] = [e for e in await trail(services) if e.kind == "disable_account"][1:]
+        assert "confirmed" in done.result["after"]["note"]
+
+
 async def test_a_claim_whose_delivery_is_being_retried_is_not_sent_again(
     services: Container, sim: SimulatedTenant, faults: Faults, clock: DrillClock
 ) -> None:
@@ -577,3 +628,94 @@ async def test_the_reconciler_moves_on_a_block_left_pending_after_its_outcome_wa
     assert entry is not None and entry.state == BlockState.BLOCKED
     assert entry.expires_at == blocked.expires_at
     assert await outcomes(services) == {"block_ip": ["action.executed"]}
+
+
+# Registry transitions left half-way ------------------------------------------------------------
+
+
+def rule_ranges(sim: SimulatedTenant) -> list[str]:
+    return [r for rule in sim.transport_rules for r in rule["SenderIpRanges"] or ()]
+
+
+def engineer_unblock() -> ActionRequest:
+    return ActionRequest(
+        id=ActionRequest.derive_id(ActionKind.UNBLOCK_IP, ATTACKER, "engineer:7"),
+        kind=ActionKind.UNBLOCK_IP,
+        target=ATTACKER,
+        reason="false positive",
+        requested_by=Actor(kind="engineer", name="oncall@contoso.com"),
+    )
+
+
+async def test_a_block_left_pending_without_a_claim_is_claimed_and_sent_by_the_reconciler(
+    services: Container, faults: Faults, sim: SimulatedTenant, clock: DrillClock
+) -> None:
+    faults.kill_before("StateTable.claim", lambda action, *a: action.kind == "block_ip")
+    with pytest.raises(Killed):
+        await services.intake.handle_payload(attack("mx-1"))
+    faults.revive()
+    # No other alert names the address: only the reconciler can finish the block.
+    clock.advance(timedelta(seconds=services.settings.resend_after_s + 1))
+    report = await services.reconciler.run()
+    assert report.resent == 1
+    await deliver_all(services, faults, clock, until=timedelta(minutes=5))
+    entry = await services.blocks.get(f"{ATTACKER}/32")
+    assert entry is not None and entry.state == BlockState.BLOCKED
+    assert rule_ranges(sim) == [ATTACKER]
+    assert await outcomes(services) == {"block_ip": ["action.executed"]}
+
+
+async def test_an_unblock_left_unblocking_with_its_message_lost_is_sent_again(
+    services: Container, faults: Faults, sim: SimulatedTenant, clock: DrillClock
+) -> None:
+    await services.intake.handle_payload(attack())
+    await deliver_all(services, faults, clock, until=timedelta(minutes=5))
+    entry = await services.blocks.get(f"{ATTACKER}/32")
+    assert entry is not None and entry.state == BlockState.BLOCKED
+    # The unblock moved the registry on; its message never arrives.
+    assert await services.blocks.update(entry, BlockState.UNBLOCKING, unblock=engineer_unblock())
+
+    early = await services.reconciler.run()
+    clock.advance(timedelta(minutes=services.settings.stuck_minutes + 1))
+    first = await services.reconciler.run()
+    second = await services.reconciler.run()
+    assert (early.alerts, first.alerts, second.alerts) == (0, 1, 0)
+    [alert] = [e for e in await trail(services) if e.event == "alert.raised"]
+    assert alert.kind == "unblock_ip" and "unblocking since" in (alert.reason or "")
+
+    await deliver_all(services, faults, clock, until=timedelta(minutes=5))
+    entry = await services.blocks.get(f"{ATTACKER}/32")
+    assert entry is not None and entry.state == BlockState.UNBLOCKED
+    assert rule_ranges(sim) == []
+    assert await outcomes(services) == {
+        "block_ip": ["action.executed"],
+        "unblock_ip": ["action.executed"],
+    }
+
+
+async def test_an_unblock_recorded_but_left_unblocking_is_settled_not_run_again(
+    services: Container, faults: Faults, sim: SimulatedTenant, clock: DrillClock
+) -> None:
+    await services.intake.handle_payload(attack())
+    await deliver_all(services, faults, clock, until=timedelta(minutes=5))
+    entry = await services.blocks.get(f"{ATTACKER}/32")
+    assert entry is not None
+    assert await services.blocks.update(entry, BlockState.UNBLOCKING, unblock=engineer_unblock())
+    await services.queue.send([engineer_unblock()])
+    await deliver_all(services, faults, clock, until=timedelta(minutes=5))
+    done = await services.blocks.get(f"{ATTACKER}/32")
+    assert done is not None and done.state == BlockState.UNBLOCKED
+    # The registry as a worker that died after closing the ledger left it.
+    assert await services.blocks.update(done, BlockState.UNBLOCKING)
+    writes_before = len(sim.writes)
+
+    clock.advance(timedelta(minutes=services.settings.stuck_minutes + 1))
+    report = await services.reconciler.run()
+    assert (report.blocks_settled, report.alerts, report.resent) == (1, 0, 0)
+    entry = await services.blocks.get(f"{ATTACKER}/32")
+    assert entry is not None and entry.state == BlockState.UNBLOCKED
+    assert len(sim.writes) == writes_before
+    assert await outcomes(services) == {
+        "block_ip": ["action.executed"],
+        "unblock_ip": ["action.executed"],
+    }

@@ -5,6 +5,8 @@ Administrator minimum) as they run at execution time."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -433,3 +435,64 @@ async def test_a_write_without_a_request_id_records_none(kind: ActionKind) -> No
     tenant.directory.request_ids = False
     outcome = await tenant.run(kind, ADELE)
     assert outcome.status is OutcomeStatus.EXECUTED and outcome.request_ids == []
+
+
+# a write whose answer never came -------------------------------------------------------------
+
+
+async def test_a_retry_within_the_settle_time_re_reads_and_does_not_write_again() -> None:
+    now = [datetime(2026, 3, 14, 9, 0, tzinfo=UTC)]
+    tenant = Tenant()
+    actions = AccountActions(
+        tenant.directory,
+        tenant.roles,
+        tenant.guards,
+        LockoutLimits(frozenset(PRIVILEGED_ROLES), 2),
+        tenant.leases,
+        tenant.ledger,
+        settle=timedelta(seconds=60),
+        clock=lambda: now[0],
+    )
+    action = request(ActionKind.DISABLE_ACCOUNT, ADELE)
+    call = f'PATCH /users/{ADELE} {{"accountEnabled": false}}'
+    before = tenant.directory.users[ADELE].as_dict()
+    await tenant.ledger.intend(action, call, before, now[0])  # then the request timed out
+    intent = (await tenant.ledger.get(action.id)).intent  # type: ignore[union-attr]
+
+    now[0] += timedelta(seconds=20)
+    with pytest.raises(TransientError, match="may still land") as raised:
+        await actions.run(action, intent)
+    assert raised.value.retry_after == pytest.approx(40.0)
+    assert tenant.directory.writes == []
+
+    # The earlier write landed meanwhile: confirmed, not written again.
+    tenant.directory.users[ADELE] = replace(tenant.directory.users[ADELE], account_enabled=False)
+    outcome = await actions.run(action, intent)
+    assert outcome.status is OutcomeStatus.EXECUTED and "confirmed" in outcome.after["note"]
+    assert tenant.directory.writes == []
+
+
+async def test_after_the_settle_time_a_write_that_never_landed_is_made_again() -> None:
+    now = [datetime(2026, 3, 14, 9, 0, tzinfo=UTC)]
+    tenant = Tenant()
+    actions = AccountActions(
+        tenant.directory,
+        tenant.roles,
+        tenant.guards,
+        LockoutLimits(frozenset(PRIVILEGED_ROLES), 2),
+        tenant.leases,
+        tenant.ledger,
+        settle=timedelta(seconds=60),
+        clock=lambda: now[0],
+    )
+    action = request(ActionKind.DISABLE_ACCOUNT, ADELE)
+    before = tenant.directory.users[ADELE].as_dict()
+    await tenant.ledger.intend(action, "PATCH", before, now[0])
+    intent = (await tenant.ledger.get(action.id)).intent  # type: ignore[union-attr]
+
+    now[0] += timedelta(seconds=61)
+    outcome = await actions.run(action, intent)
+    assert outcome.status is OutcomeStatus.EXECUTED
+    assert tenant.directory.writes == [("accountEnabled", ADELE, False)]
+    renewed = (await tenant.ledger.get(action.id)).intent  # type: ignore[union-attr]
+    assert renewed is not None and renewed.at == now[0]
