@@ -9,14 +9,8 @@ import logging
 import azure.functions as func
 
 from functions.http import HttpProblem, authenticate, json_response, read_json
-from functions.openapi import openapi_document
-from shared import container
-from shared.approvals import ApprovalError
-from shared.audit_query import AuditFilter, export_csv, export_jsonl, to_row
+from shared import worker
 from shared.errors import InvalidInput
-from shared.identity import ROLE_ACT, ROLE_APPROVE, ROLE_AUDIT_READ
-from shared.manual import parse_body
-from shared.models import Actor
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +19,11 @@ bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
 @bp.route(route="actions", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 async def request_action(req: func.HttpRequest) -> func.HttpResponse:
-    services = await container.current()
+    from shared.identity import ROLE_ACT
+    from shared.manual import parse_body
+    from shared.models import Actor
+
+    services = await worker.services()
     try:
         principal = await authenticate(req, services.validator, ROLE_ACT)
         body = parse_body(read_json(req, services.settings.max_body_bytes))
@@ -65,7 +63,9 @@ async def request_action(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.route(route="actions/{action_id}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def get_action(req: func.HttpRequest) -> func.HttpResponse:
-    services = await container.current()
+    from shared.identity import ROLE_ACT, ROLE_AUDIT_READ
+
+    services = await worker.services()
     try:
         await authenticate(req, services.validator, ROLE_ACT, ROLE_AUDIT_READ)
     except HttpProblem as problem:
@@ -86,7 +86,9 @@ async def get_action(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.route(route="audit/verify", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def verify_audit(req: func.HttpRequest) -> func.HttpResponse:
-    services = await container.current()
+    from shared.identity import ROLE_AUDIT_READ
+
+    services = await worker.services()
     try:
         await authenticate(req, services.validator, ROLE_AUDIT_READ)
     except HttpProblem as problem:
@@ -101,7 +103,10 @@ async def health(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.route(route="audit", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def query_audit(req: func.HttpRequest) -> func.HttpResponse:
-    services = await container.current()
+    from shared.audit_query import AuditFilter, to_row
+    from shared.identity import ROLE_AUDIT_READ
+
+    services = await worker.services()
     params = dict(req.params)
     try:
         await authenticate(req, services.validator, ROLE_AUDIT_READ)
@@ -122,19 +127,23 @@ async def query_audit(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.route(route="audit/export", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def export_audit(req: func.HttpRequest) -> func.HttpResponse:
-    services = await container.current()
+    from shared.audit_query import AuditFilter, export_csv, export_jsonl
+    from shared.identity import ROLE_AUDIT_READ
+
+    exports = {"csv": (export_csv, "text/csv"), "jsonl": (export_jsonl, "application/x-ndjson")}
+    services = await worker.services()
     params = dict(req.params)
     export_format = params.pop("format", "csv")
     try:
         await authenticate(req, services.validator, ROLE_AUDIT_READ)
-        if export_format not in EXPORTS:
+        if export_format not in exports:
             raise InvalidInput("format must be csv or jsonl")
         flt = AuditFilter.from_params(params)
     except HttpProblem as problem:
         return problem.response()
     except InvalidInput as exc:
         return HttpProblem(400, "Invalid query", str(exc)).response()
-    render, mimetype = EXPORTS[export_format]
+    render, mimetype = exports[export_format]
     # The worker hands the host a whole body; the lines are produced one record at a time.
     body = "".join([line async for line in render(services.audit_query.matching(flt))])
     return func.HttpResponse(
@@ -146,10 +155,9 @@ async def export_audit(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.route(route="openapi.json", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def openapi(req: func.HttpRequest) -> func.HttpResponse:
+    from functions.openapi import openapi_document
+
     return json_response(openapi_document())
-
-
-EXPORTS = {"csv": (export_csv, "text/csv"), "jsonl": (export_jsonl, "application/x-ndjson")}
 
 
 def _limit(value: str | None) -> int:
@@ -173,7 +181,11 @@ async def reject_action(req: func.HttpRequest) -> func.HttpResponse:
 
 
 async def _decide(req: func.HttpRequest, approve: bool) -> func.HttpResponse:
-    services = await container.current()
+    from shared.approvals import ApprovalError
+    from shared.identity import ROLE_APPROVE
+    from shared.models import Actor
+
+    services = await worker.services()
     action_id = req.route_params.get("action_id", "")
     try:
         principal = await authenticate(req, services.validator, ROLE_APPROVE)
