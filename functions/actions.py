@@ -7,10 +7,8 @@ from __future__ import annotations
 import logging
 
 import azure.functions as func
-from pydantic import ValidationError
 
-from shared import container
-from shared.models import ActionRequest
+from shared import worker
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +19,11 @@ bp = func.Blueprint()  # type: ignore[no-untyped-call]
     arg_name="message", queue_name="%ACTIONS_QUEUE%", connection="ServiceBusConnection"
 )
 async def execute_action(message: func.ServiceBusMessage) -> None:
-    services = await container.current()
+    from pydantic import ValidationError
+
+    from shared.models import ActionRequest
+
+    services = await worker.services()
     try:
         action = ActionRequest.model_validate_json(message.get_body())
     except ValidationError as exc:

@@ -8,9 +8,8 @@ import logging
 import azure.functions as func
 
 from functions.http import HttpProblem, json_response, read_json, require_key
-from shared import container
+from shared import worker
 from shared.errors import InvalidInput
-from shared.models import utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +20,9 @@ bp = func.Blueprint()  # type: ignore[no-untyped-call]
 async def poll_alerts(timer: func.TimerRequest) -> None:
     if timer.past_due:
         logger.warning("alert poll is running late")
-    services = await container.current()
+    from shared.models import utcnow
+
+    services = await worker.services()
     report = await services.poller.poll(utcnow())
     logger.info(
         "alerts_v2 poll: %s seen, %s handled, %s duplicates, %s invalid, %s failed, "
@@ -37,7 +38,7 @@ async def poll_alerts(timer: func.TimerRequest) -> None:
 
 @bp.route(route="alerts", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 async def ingest_alert(req: func.HttpRequest) -> func.HttpResponse:
-    services = await container.current()
+    services = await worker.services()
     try:
         require_key(req, services.settings.webhook_secret)
         payload = read_json(req, services.settings.max_body_bytes)

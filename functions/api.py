@@ -10,14 +10,8 @@ from urllib.parse import urlencode, urlsplit
 import azure.functions as func
 
 from functions.http import HttpProblem, authenticate, json_response, read_json
-from functions.openapi import openapi_document
-from shared import container
-from shared.approvals import ApprovalError
-from shared.audit_export import EXPORT_PAGE, FORMATS
-from shared.audit_query import AuditFilter, page_row
+from shared import worker
 from shared.errors import InvalidInput
-from shared.identity import ROLE_ACT, ROLE_APPROVE, ROLE_AUDIT_READ
-from shared.manual import parse_body
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +20,10 @@ bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
 @bp.route(route="actions", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 async def request_action(req: func.HttpRequest) -> func.HttpResponse:
-    services = await container.current()
+    from shared.identity import ROLE_ACT
+    from shared.manual import parse_body
+
+    services = await worker.services()
     try:
         principal = await authenticate(req, services.validator, ROLE_ACT)
         body = parse_body(read_json(req, services.settings.max_body_bytes))
@@ -66,7 +63,9 @@ async def request_action(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.route(route="actions/{action_id}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def get_action(req: func.HttpRequest) -> func.HttpResponse:
-    services = await container.current()
+    from shared.identity import ROLE_ACT, ROLE_AUDIT_READ
+
+    services = await worker.services()
     try:
         await authenticate(req, services.validator, ROLE_ACT, ROLE_AUDIT_READ)
     except HttpProblem as problem:
@@ -87,7 +86,9 @@ async def get_action(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.route(route="audit/verify", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def verify_audit(req: func.HttpRequest) -> func.HttpResponse:
-    services = await container.current()
+    from shared.identity import ROLE_AUDIT_READ
+
+    services = await worker.services()
     try:
         await authenticate(req, services.validator, ROLE_AUDIT_READ)
     except HttpProblem as problem:
@@ -102,7 +103,10 @@ async def health(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.route(route="audit", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def query_audit(req: func.HttpRequest) -> func.HttpResponse:
-    services = await container.current()
+    from shared.audit_query import AuditFilter, page_row
+    from shared.identity import ROLE_AUDIT_READ
+
+    services = await worker.services()
     params = dict(req.params)
     try:
         await authenticate(req, services.validator, ROLE_AUDIT_READ)
@@ -125,7 +129,11 @@ async def query_audit(req: func.HttpRequest) -> func.HttpResponse:
 async def export_audit(req: func.HttpRequest) -> func.HttpResponse:
     """One page of an export (at most `limit` lines, default and most 5,000); a `Link` header
     with rel="next" names the next page while there is one."""
-    services = await container.current()
+    from shared.audit_export import FORMATS
+    from shared.audit_query import AuditFilter
+    from shared.identity import ROLE_AUDIT_READ
+
+    services = await worker.services()
     params = dict(req.params)
     export_format = params.pop("format", "csv")
     continuation = params.pop("continuation", None)
@@ -150,10 +158,14 @@ async def export_audit(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.route(route="openapi.json", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def openapi(req: func.HttpRequest) -> func.HttpResponse:
+    from functions.openapi import openapi_document
+
     return json_response(openapi_document())
 
 
 def _export_limit(value: str | None) -> int:
+    from shared.audit_export import EXPORT_PAGE
+
     if value is None:
         return EXPORT_PAGE
     if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= EXPORT_PAGE:
@@ -182,7 +194,10 @@ async def reject_action(req: func.HttpRequest) -> func.HttpResponse:
 
 
 async def _decide(req: func.HttpRequest, approve: bool) -> func.HttpResponse:
-    services = await container.current()
+    from shared.approvals import ApprovalError
+    from shared.identity import ROLE_APPROVE
+
+    services = await worker.services()
     action_id = req.route_params.get("action_id", "")
     try:
         principal = await authenticate(req, services.validator, ROLE_APPROVE)
@@ -206,7 +221,9 @@ _DECISION_TITLES = {403: "Forbidden", 404: "Not Found", 409: "Conflict", 410: "G
 @bp.route(route="approvals", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def list_approvals(req: func.HttpRequest) -> func.HttpResponse:
     """The actions waiting for an engineer's approval, the soonest to expire first."""
-    services = await container.current()
+    from shared.identity import ROLE_APPROVE
+
+    services = await worker.services()
     try:
         await authenticate(req, services.validator, ROLE_APPROVE)
     except HttpProblem as problem:

@@ -7,7 +7,7 @@ import logging
 
 import azure.functions as func
 
-from shared import container
+from shared import worker
 
 logger = logging.getLogger(__name__)
 
@@ -16,7 +16,7 @@ bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
 @bp.timer_trigger(arg_name="timer", schedule="%IP_BLOCK_SWEEP_SCHEDULE%", run_on_startup=False)
 async def sweep_ip_blocks(timer: func.TimerRequest) -> None:
-    services = await container.current()
+    services = await worker.services()
     expired = await services.sweeper.sweep(services.clock())
     if expired:
         logger.info("IP block sweep queued %s unblocks", expired)

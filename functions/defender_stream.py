@@ -8,7 +8,7 @@ import logging
 
 import azure.functions as func
 
-from shared import container
+from shared import worker
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,6 @@ bp = func.Blueprint()  # type: ignore[no-untyped-call]
     cardinality=func.Cardinality.MANY,
 )
 async def ingest_defender_stream(events: list[func.EventHubEvent]) -> None:
-    services = await container.current()
+    services = await worker.services()
     report = await services.defender_stream.ingest([event.get_body() for event in events])
     logger.info("defender stream: %s", report.as_dict())

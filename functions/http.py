@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import hmac
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
-from pydantic import SecretStr
 
 from shared.errors import TransientError
-from shared.identity import AuthError, Principal, TokenValidator
+
+if TYPE_CHECKING:
+    from pydantic import SecretStr
+
+    from shared.identity import Principal, TokenValidator
 
 KEY_HEADER = "X-Responder-Key"
 
@@ -81,6 +84,8 @@ async def authenticate(
     req: func.HttpRequest, validator: TokenValidator | None, *roles: str
 ) -> Principal:
     """The caller's identity from its Entra bearer token; it must hold one of `roles`."""
+    from shared.identity import AuthError, TokenValidator
+
     if validator is None:
         raise HttpProblem(503, "Service Unavailable", "sign-in to this API is not configured")
     try:

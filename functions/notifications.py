@@ -14,13 +14,10 @@ from __future__ import annotations
 import logging
 
 import azure.functions as func
-from pydantic import ValidationError
 
 from functions.http import HttpProblem, json_response, read_json
-from shared import container
+from shared import worker
 from shared.errors import InvalidInput
-from shared.watch.gate import BatchTooLarge, validation_token_problem
-from shared.watch.ports import ChangeNotice
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +26,8 @@ bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
 def validation_answer(token: str) -> func.HttpResponse:
     """Graph's validation handshake: the decoded token, as plain text, and nothing else."""
+    from shared.watch.gate import validation_token_problem
+
     problem = validation_token_problem(token)
     if problem is not None:
         return HttpProblem(400, "Bad Request", problem).response()
@@ -44,7 +43,9 @@ async def receive(req: func.HttpRequest, lifecycle: bool) -> func.HttpResponse:
     token = req.params.get("validationToken")
     if token is not None:
         return validation_answer(token)
-    services = await container.current()
+    from shared.watch.gate import BatchTooLarge
+
+    services = await worker.services()
     try:
         payload = read_json(req, services.settings.max_body_bytes)
         report = await services.notification_gate.accept(payload, lifecycle)
@@ -74,7 +75,11 @@ async def notify_lifecycle(req: func.HttpRequest) -> func.HttpResponse:
 )
 async def process_notification(message: func.ServiceBusMessage) -> None:
     """Raising abandons the message, so Service Bus redelivers it."""
-    services = await container.current()
+    from pydantic import ValidationError
+
+    from shared.watch.ports import ChangeNotice
+
+    services = await worker.services()
     try:
         notice = ChangeNotice.model_validate_json(message.get_body())
     except ValidationError as exc:
@@ -92,6 +97,6 @@ async def process_notification(message: func.ServiceBusMessage) -> None:
 
 @bp.timer_trigger(arg_name="timer", schedule="%SUBSCRIPTION_RENEW_SCHEDULE%", run_on_startup=False)
 async def renew_subscriptions(timer: func.TimerRequest) -> None:
-    services = await container.current()
+    services = await worker.services()
     report = await services.subscriptions.ensure()
     logger.info("subscriptions: %s", dict(report))

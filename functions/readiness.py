@@ -8,8 +8,7 @@ import logging
 import azure.functions as func
 
 from functions.http import HttpProblem, authenticate, json_response
-from shared import container
-from shared.identity import ROLE_ACT
+from shared import worker
 
 logger = logging.getLogger(__name__)
 
@@ -18,7 +17,9 @@ bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
 @bp.route(route="readiness", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def readiness(req: func.HttpRequest) -> func.HttpResponse:
-    services = await container.current()
+    from shared.identity import ROLE_ACT
+
+    services = await worker.services()
     try:
         await authenticate(req, services.validator, ROLE_ACT)
     except HttpProblem as problem:
@@ -29,7 +30,7 @@ async def readiness(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.timer_trigger(arg_name="timer", schedule="%READINESS_SCHEDULE%", run_on_startup=False)
 async def check_readiness(timer: func.TimerRequest) -> None:
-    services = await container.current()
+    services = await worker.services()
     report = await services.readiness.run_and_audit(services.chain)
     if not report.ok:
         logger.error(

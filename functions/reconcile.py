@@ -9,7 +9,7 @@ import logging
 
 import azure.functions as func
 
-from shared import container
+from shared import worker
 
 logger = logging.getLogger(__name__)
 
@@ -18,7 +18,7 @@ bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
 @bp.timer_trigger(arg_name="timer", schedule="%RECONCILE_SCHEDULE%", run_on_startup=False)
 async def reconcile_actions(timer: func.TimerRequest) -> None:
-    services = await container.current()
+    services = await worker.services()
     try:
         report = await services.reconciler.run()
         if any(report.as_dict().values()):

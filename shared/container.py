@@ -11,7 +11,7 @@ import hmac
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shared.actions.accounts import AccountActions, LockoutLimits
 from shared.actions.breakglass import EmergencyAccess, EmergencyAccounts
@@ -78,12 +78,19 @@ if TYPE_CHECKING:
 
 
 class Container:
-    def __init__(self, settings: Settings, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Callable[[], datetime] = utcnow,
+        storage_hook: Callable[[Any], None] | None = None,
+    ) -> None:
+        """`storage_hook` sees every Table Storage response (round trips are counted with it:
+        docs/performance.md)."""
         self.settings = settings
         self.clock = clock
         self.credential = build_credential(settings)
         self.tables = table_service(
-            settings, None if settings.tables_connection else self.credential
+            settings, None if settings.tables_connection else self.credential, storage_hook
         )
         self.audit_store = AuditTable(self.tables.get_table_client(settings.audit_table))
         state_table = self.tables.get_table_client(settings.state_table)

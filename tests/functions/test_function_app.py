@@ -23,6 +23,7 @@ EXPECTED = {
     "get_action",
     "approve_action",
     "reject_action",
+    "list_approvals",
     "verify_audit",
     "query_audit",
     "export_audit",
@@ -97,3 +98,26 @@ def test_import_needs_no_settings_and_loads_no_graph_sdk() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(len(EXPECTED))
+
+
+# The SDKs a cold start must not pay for before a trigger runs (docs/performance.md).
+DEFERRED = ("azure.identity", "azure.servicebus", "azure.data.tables", "msgraph", "msal", "jwt")
+
+
+def loaded_after(statement: str) -> set[str]:
+    script = (
+        f"import sys; {statement}; print(' '.join(m for m in {DEFERRED!r} if m in sys.modules))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RESPONDER_", "GRAPH_"))}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    return set(result.stdout.split())
+
+
+def test_import_defers_every_sdk_to_first_use() -> None:
+    assert loaded_after("import function_app") == set()
+    # The composition root, which the first trigger call imports, does load them: the check
+    # above would see a trigger module that imported it at module level.
+    assert {"azure.data.tables", "azure.identity"} <= loaded_after("import shared.container")
