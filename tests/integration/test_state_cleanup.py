@@ -13,7 +13,7 @@ from drill.context import DrillClock
 from drill.host import LocalHost
 from shared.container import Container
 from shared.models import ActionKind, ActionRequest, Actor, AuditEntry, AuditEvent, OutcomeStatus
-from shared.ports import ApprovalState
+from shared.ports import ApprovalState, BlockState
 from shared.simulator import SimulatedTenant
 from tests.conftest import ADELE, BREAK_GLASS, installed, settings_for
 
@@ -95,3 +95,43 @@ async def test_the_budget_keeps_the_entries_of_its_window(
     deleted = await services.cleanup.run()
     assert deleted["budget"] == 1
     assert await services.approval_store.spent(clock() - timedelta(days=365)) == 1
+
+
+def block(network: str) -> ActionRequest:
+    return ActionRequest(
+        id=ActionRequest.derive_id(ActionKind.BLOCK_IP, network, "alert-1"),
+        kind=ActionKind.BLOCK_IP,
+        target=network,
+    )
+
+
+async def test_finished_blocks_go_active_ones_stay_and_a_new_block_gets_new_ids(
+    services: Container, clock: DrillClock
+) -> None:
+    states = {
+        "198.51.100.1/32": BlockState.PENDING,
+        "198.51.100.2/32": BlockState.BLOCKED,
+        "198.51.100.3/32": BlockState.UNBLOCKING,
+        "198.51.100.4/32": BlockState.UNBLOCKED,
+        "198.51.100.5/32": BlockState.FAILED,
+    }
+    first: dict[str, ActionRequest] = {}
+    for network, state in states.items():
+        reserved = await services.blocks.reserve(block(network))
+        assert reserved is not None
+        first[network] = reserved
+        entry = await services.blocks.get(network)
+        assert entry is not None
+        if state != BlockState.PENDING:
+            assert await services.blocks.update(entry, state)
+
+    assert (await services.cleanup.run())["blocks"] == 0, "nothing goes before its time"
+    clock.advance(timedelta(days=services.settings.state_ttl_days + 1))
+    assert (await services.cleanup.run())["blocks"] == 2
+
+    left = {e.network: e.state for e in await services.blocks.entries()}
+    assert left == {n: s for n, s in states.items() if s not in ("unblocked", "failed")}
+    # Blocked again after its row went: a new row, whose action id no earlier block had.
+    again = await services.blocks.reserve(block("198.51.100.4/32"))
+    assert again is not None and again.id != first["198.51.100.4/32"].id
+    assert again.params["generation"] > first["198.51.100.4/32"].params["generation"]
