@@ -3,14 +3,17 @@ stay, and the audit trail is never touched."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
 from drill.azurite import Azurite
 from drill.context import DrillClock
 from drill.host import LocalHost
+from shared.adapters.state_table import ACTIONS, APPROVALS, BLOCKS, BUDGET
 from shared.container import Container
 from shared.models import ActionKind, ActionRequest, Actor, AuditEntry, AuditEvent, OutcomeStatus
 from shared.ports import ApprovalState, BlockState
@@ -135,3 +138,60 @@ async def test_finished_blocks_go_active_ones_stay_and_a_new_block_gets_new_ids(
     again = await services.blocks.reserve(block("198.51.100.4/32"))
     assert again is not None and again.id != first["198.51.100.4/32"].id
     assert again.params["generation"] > first["198.51.100.4/32"].params["generation"]
+
+
+# Which partitions the responder's queries read, and what bounds each: a query over any other
+# partition (a scan of handled versions, say) fails the test below.
+BOUNDED = {
+    ACTIONS: "closed rows expire after STATE_TTL_DAYS; open ones are in flight",
+    BLOCKS: "finished rows expire after STATE_TTL_DAYS; active ones are in force",
+    APPROVALS: "settled rows expire after STATE_TTL_DAYS; pending ones expire by APPROVAL_TTL",
+    BUDGET: "entries older than the budget's window are deleted",
+}
+TTL_KINDS = {ACTIONS: "ledger", BLOCKS: "blocks", APPROVALS: "approvals", BUDGET: "budget"}
+
+
+def partition_of(query: str, parameters: dict[str, Any]) -> str:
+    found = re.match(r"\(?PartitionKey eq (?:'([^']*)'|@(\w+))", query)
+    assert found, f"a query that does not name its partition: {query}"
+    return found.group(1) if found.group(1) is not None else str(parameters[found.group(2)])
+
+
+async def test_every_state_query_reads_a_partition_the_clean_up_bounds(
+    services: Container, clock: DrillClock
+) -> None:
+    """Reads by id are point reads (get_entity). The other queries, recorded while alerts are
+    handled, actions run, the reconciler, the sweep and the approvals' sweep do their work,
+    each read one partition whose size the clean-up bounds (not the table's age)."""
+    table = services.state._table  # the state table's client, shared by its adapters
+    queries: list[tuple[str, str]] = []
+    query_entities = table.query_entities
+
+    def recorded(query: str, *args: Any, **kwargs: Any) -> Any:
+        queries.append((query, partition_of(query, kwargs.get("parameters") or {})))
+        return query_entities(query, *args, **kwargs)
+
+    table.query_entities = recorded
+    await services.intake.handle_payload(
+        {
+            "id": "soc-1",
+            "title": "Token theft and a flood",
+            "severity": "high",
+            "category": "CredentialAccess",
+            "entities": [
+                {"kind": "user", "user_id": ADELE.id, "roles": ["compromised"]},
+                {"kind": "ip", "address": "203.0.113.9", "roles": ["attacker"]},
+            ],
+        }
+    )
+    await LocalHost().pump(services.queue)  # type: ignore[arg-type]
+    await services.reconciler.run()
+    await services.sweeper.sweep(clock())
+    await services.approvals.expire_due()
+    table.query_entities = query_entities  # the clean-up's own scans are what bounds the rest
+
+    read = {partition for _, partition in queries}
+    assert {ACTIONS, BLOCKS, BUDGET, APPROVALS} <= read, queries
+    assert read <= set(BOUNDED), [q for q, p in queries if p not in BOUNDED]
+    expiring = set(await services.cleanup.run())
+    assert {TTL_KINDS[p] for p in read} <= expiring
