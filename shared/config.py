@@ -340,7 +340,8 @@ class Settings(PolicySettings):
         alias="ACTIONS_STUCK_MINUTES",
         ge=1,
         le=30 * 24 * 60,
-        description="Age at which an action still open raises an alert.raised record.",
+        description="Age at which an action still open, or a registry entry still "
+        "unblocking, raises an alert.raised record.",
     )
     state_ttl_days: int = Field(
         30,

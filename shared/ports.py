@@ -301,7 +301,9 @@ ACTIVE_BLOCK_STATES = frozenset({BlockState.PENDING, BlockState.BLOCKED})
 @dataclass(frozen=True)
 class BlockEntry:
     """One network in the block registry: the block request that put it there, its generation
-    (how many times it has been blocked), and the unblock request once one came."""
+    (one more with each block; a new row starts from the clock's Unix time, so a network
+    blocked again after its finished row was cleaned up gets new action ids), and the unblock
+    request once one came."""
 
     network: str
     generation: int

@@ -1,6 +1,8 @@
 """The queue between the change notification webhook and its processing: Service Bus in
 Azure (message id = the notification's key, so duplicate detection drops a replay), in memory
-locally. Least privilege: Azure Service Bus Data Sender on the `notifications` queue."""
+locally. Its dead-letter queue is drained by the reconciler's timer. Least privilege: Azure
+Service Bus Data Sender on the `notifications` queue, and Data Receiver (which the trigger
+needs anyway) to read its dead-letter queue."""
 
 from __future__ import annotations
 

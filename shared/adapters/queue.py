@@ -74,6 +74,34 @@ class ServiceBusQueue:
             self._sender = self._client.get_queue_sender(self._queue_name)
         return self._sender
 
+    def _dead_letter_receiver(self) -> DeadLetterReceiver:
+        receiver: DeadLetterReceiver = self._client.get_queue_receiver(
+            self._queue_name, sub_queue=ServiceBusSubQueue.DEAD_LETTER
+        )
+        return receiver
+
+    async def drain_dead_letters(self, handler: DeadLetterHandler, max_count: int) -> int:
+        """Peek-lock up to `max_count` dead-lettered messages; complete those `handler`
+        took care of, abandon the rest (they stay in the dead-letter queue)."""
+        receiver = self._dead_letter_receiver()
+        try:
+            messages = await receiver.receive_messages(
+                max_message_count=max_count, max_wait_time=DEAD_LETTER_WAIT_S
+            )
+            for message in messages:
+                try:
+                    handled = await handler(dead_letter_of(message))
+                except Exception:
+                    logger.exception("dead-lettered message %s not handled", message.message_id)
+                    handled = False
+                if handled:
+                    await receiver.complete_message(message)
+                else:
+                    await receiver.abandon_message(message)
+            return len(messages)
+        finally:
+            await receiver.close()
+
     async def close(self) -> None:
         if self._sender is not None:
             await self._sender.close()
@@ -114,34 +142,6 @@ class ServiceBusActionQueue(ServiceBusQueue):
             return
         sender = self._get_sender()
         await sender.schedule_messages([to_service_bus_message(a) for a in actions], at)
-
-    def _dead_letter_receiver(self) -> DeadLetterReceiver:
-        receiver: DeadLetterReceiver = self._client.get_queue_receiver(
-            self._queue_name, sub_queue=ServiceBusSubQueue.DEAD_LETTER
-        )
-        return receiver
-
-    async def drain_dead_letters(self, handler: DeadLetterHandler, max_count: int) -> int:
-        """Peek-lock up to `max_count` dead-lettered messages; complete those `handler`
-        took care of, abandon the rest (they stay in the dead-letter queue)."""
-        receiver = self._dead_letter_receiver()
-        try:
-            messages = await receiver.receive_messages(
-                max_message_count=max_count, max_wait_time=DEAD_LETTER_WAIT_S
-            )
-            for message in messages:
-                try:
-                    handled = await handler(dead_letter_of(message))
-                except Exception:
-                    logger.exception("dead-lettered message %s not handled", message.message_id)
-                    handled = False
-                if handled:
-                    await receiver.complete_message(message)
-                else:
-                    await receiver.abandon_message(message)
-            return len(messages)
-        finally:
-            await receiver.close()
 
 
 @dataclass

@@ -4,9 +4,11 @@ this adapter cannot name).
 Rows go once they were last written longer ago than the time to live (the table's own
 `Timestamp`), and only rows nothing depends on any more: closed actions (never open or held
 ones), settled approvals (never pending ones), handled alert versions, claimed notification
-keys, Defender stream rows, and disable-budget entries older than the budget's window. Rows
-that hold current state stay: the watermark, open or held actions, pending approvals, the IP
-block registry (its generation counter is the identity of the network's next block), the
+keys, Defender stream rows, finished IP block registry rows (unblocked or failed; never a
+block pending, in place or being lifted), and disable-budget entries older than the budget's
+window. A network blocked again after its row went starts a new row whose generations cannot
+repeat the old row's action ids (see `TableBlockRegistry.reserve`). Rows that hold current
+state stay: the watermark, open or held actions, pending approvals, active blocks, the
 emergency access activation, subscriptions, snapshots and leases.
 
 Every partition the responder queries is then bounded by the time to live, not by the table's
@@ -21,10 +23,10 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables.aio import TableClient
 
-from shared.adapters.state_table import ACTIONS, APPROVALS, BUDGET, HANDLED
+from shared.adapters.state_table import ACTIONS, APPROVALS, BLOCKS, BUDGET, HANDLED
 from shared.adapters.watch_table import NOTIFICATIONS, STREAM_INFO
 from shared.models import OutcomeStatus
-from shared.ports import LEDGER_QUEUED, ApprovalState
+from shared.ports import LEDGER_QUEUED, ApprovalState, BlockState
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,10 @@ EXPIRING = {
     ),
     "approvals": f"PartitionKey eq '{APPROVALS}' and State ne '{ApprovalState.PENDING}'",
     "notifications": f"PartitionKey eq '{NOTIFICATIONS}'",
+    "blocks": (
+        f"PartitionKey eq '{BLOCKS}' "
+        f"and (State eq '{BlockState.UNBLOCKED}' or State eq '{BlockState.FAILED}')"
+    ),
     # AlertInfo rows, and every alert's evidence partition (`dfev-<digest>`).
     "defender": (
         f"(PartitionKey eq '{STREAM_INFO}' "

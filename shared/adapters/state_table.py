@@ -261,7 +261,7 @@ class TableBlockRegistry:
             current = await self.get(action.target)
             if current is not None and current.state in ACTIVE_BLOCK_STATES:
                 return None
-            generation = current.generation + 1 if current else 1
+            generation = current.generation + 1 if current else self._first_generation()
             request = action.for_generation(generation)
             entity = _block_entity(
                 action.target, generation, BlockState.PENDING, request, None, None, self._clock()
@@ -280,6 +280,13 @@ class TableBlockRegistry:
                 continue
             return request
         raise TransientError(f"block registry entry {action.target} kept changing")
+
+    def _first_generation(self) -> int:
+        """The generation of a network's new row: the clock's Unix time in seconds. The state
+        clean-up deletes a finished row only `STATE_TTL_DAYS` after its last change, so a row
+        created later starts above every generation the deleted one reached (one per block,
+        fewer than one a second), and no block reuses an earlier block's action id."""
+        return int(self._clock().timestamp())
 
     async def get(self, network: str) -> BlockEntry | None:
         try:

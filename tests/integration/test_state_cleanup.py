@@ -3,17 +3,20 @@ stay, and the audit trail is never touched."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
 from drill.azurite import Azurite
 from drill.context import DrillClock
 from drill.host import LocalHost
+from shared.adapters.state_table import ACTIONS, APPROVALS, BLOCKS, BUDGET
 from shared.container import Container
 from shared.models import ActionKind, ActionRequest, Actor, AuditEntry, AuditEvent, OutcomeStatus
-from shared.ports import ApprovalState
+from shared.ports import ApprovalState, BlockState
 from shared.simulator import SimulatedTenant
 from tests.conftest import ADELE, BREAK_GLASS, installed, settings_for
 
@@ -95,3 +98,100 @@ async def test_the_budget_keeps_the_entries_of_its_window(
     deleted = await services.cleanup.run()
     assert deleted["budget"] == 1
     assert await services.approval_store.spent(clock() - timedelta(days=365)) == 1
+
+
+def block(network: str) -> ActionRequest:
+    return ActionRequest(
+        id=ActionRequest.derive_id(ActionKind.BLOCK_IP, network, "alert-1"),
+        kind=ActionKind.BLOCK_IP,
+        target=network,
+    )
+
+
+async def test_finished_blocks_go_active_ones_stay_and_a_new_block_gets_new_ids(
+    services: Container, clock: DrillClock
+) -> None:
+    states = {
+        "198.51.100.1/32": BlockState.PENDING,
+        "198.51.100.2/32": BlockState.BLOCKED,
+        "198.51.100.3/32": BlockState.UNBLOCKING,
+        "198.51.100.4/32": BlockState.UNBLOCKED,
+        "198.51.100.5/32": BlockState.FAILED,
+    }
+    first: dict[str, ActionRequest] = {}
+    for network, state in states.items():
+        reserved = await services.blocks.reserve(block(network))
+        assert reserved is not None
+        first[network] = reserved
+        entry = await services.blocks.get(network)
+        assert entry is not None
+        if state != BlockState.PENDING:
+            assert await services.blocks.update(entry, state)
+
+    assert (await services.cleanup.run())["blocks"] == 0, "nothing goes before its time"
+    clock.advance(timedelta(days=services.settings.state_ttl_days + 1))
+    assert (await services.cleanup.run())["blocks"] == 2
+
+    left = {e.network: e.state for e in await services.blocks.entries()}
+    assert left == {n: s for n, s in states.items() if s not in ("unblocked", "failed")}
+    # Blocked again after its row went: a new row, whose action id no earlier block had.
+    again = await services.blocks.reserve(block("198.51.100.4/32"))
+    assert again is not None and again.id != first["198.51.100.4/32"].id
+    assert again.params["generation"] > first["198.51.100.4/32"].params["generation"]
+
+
+# Which partitions the responder's queries read, and what bounds each: a query over any other
+# partition (a scan of handled versions, say) fails the test below.
+BOUNDED = {
+    ACTIONS: "closed rows expire after STATE_TTL_DAYS; open ones are in flight",
+    BLOCKS: "finished rows expire after STATE_TTL_DAYS; active ones are in force",
+    APPROVALS: "settled rows expire after STATE_TTL_DAYS; pending ones expire by APPROVAL_TTL",
+    BUDGET: "entries older than the budget's window are deleted",
+}
+TTL_KINDS = {ACTIONS: "ledger", BLOCKS: "blocks", APPROVALS: "approvals", BUDGET: "budget"}
+
+
+def partition_of(query: str, parameters: dict[str, Any]) -> str:
+    found = re.match(r"\(?PartitionKey eq (?:'([^']*)'|@(\w+))", query)
+    assert found, f"a query that does not name its partition: {query}"
+    return found.group(1) if found.group(1) is not None else str(parameters[found.group(2)])
+
+
+async def test_every_state_query_reads_a_partition_the_clean_up_bounds(
+    services: Container, clock: DrillClock
+) -> None:
+    """Reads by id are point reads (get_entity). The other queries, recorded while alerts are
+    handled, actions run, the reconciler, the sweep and the approvals' sweep do their work,
+    each read one partition whose size the clean-up bounds (not the table's age)."""
+    table = services.state._table  # the state table's client, shared by its adapters
+    queries: list[tuple[str, str]] = []
+    query_entities = table.query_entities
+
+    def recorded(query: str, *args: Any, **kwargs: Any) -> Any:
+        queries.append((query, partition_of(query, kwargs.get("parameters") or {})))
+        return query_entities(query, *args, **kwargs)
+
+    table.query_entities = recorded
+    await services.intake.handle_payload(
+        {
+            "id": "soc-1",
+            "title": "Token theft and a flood",
+            "severity": "high",
+            "category": "CredentialAccess",
+            "entities": [
+                {"kind": "user", "user_id": ADELE.id, "roles": ["compromised"]},
+                {"kind": "ip", "address": "203.0.113.9", "roles": ["attacker"]},
+            ],
+        }
+    )
+    await LocalHost().pump(services.queue)  # type: ignore[arg-type]
+    await services.reconciler.run()
+    await services.sweeper.sweep(clock())
+    await services.approvals.expire_due()
+    table.query_entities = query_entities  # the clean-up's own scans are what bounds the rest
+
+    read = {partition for _, partition in queries}
+    assert {ACTIONS, BLOCKS, BUDGET, APPROVALS} <= read, queries
+    assert read <= set(BOUNDED), [q for q, p in queries if p not in BOUNDED]
+    expiring = set(await services.cleanup.run())
+    assert {TTL_KINDS[p] for p in read} <= expiring

@@ -9,6 +9,7 @@ from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch, ServiceB
 from azure.servicebus._pyamqp.message import Message, Properties
 
 from shared.adapters.credentials import StaticTokenCredential
+from shared.adapters.notification_queue import ServiceBusNotificationQueue
 from shared.adapters.queue import (
     InMemoryActionQueue,
     ServiceBusActionQueue,
@@ -168,14 +169,31 @@ async def test_the_service_bus_queue_drains_its_dead_letters_and_keeps_the_unhan
     await queue.close()
 
 
+async def test_the_notifications_queue_drains_its_dead_letters_too() -> None:
+    queue = ServiceBusNotificationQueue(
+        "sb-test.servicebus.windows.net", "notifications", StaticTokenCredential("t")
+    )
+    receiver = DeadLetterReceiver([dead_lettered(action())])
+    queue._dead_letter_receiver = lambda: receiver  # type: ignore[method-assign]
+
+    async def handler(letter: DeadLetter) -> bool:
+        return True
+
+    assert await queue.drain_dead_letters(handler, max_count=10) == 1
+    assert receiver.completed == [action().id] and receiver.closed
+    await queue.close()
+
+
 async def test_the_in_memory_queue_drains_its_dead_letters_and_keeps_the_unhandled() -> None:
     queue = InMemoryActionQueue(max_delivery_count=1)
     await queue.send([action(), action("graph_alerts_v2:a-2")])
     while (delivery := queue.receive()) is not None:
         queue.abandon(delivery)
     kept = action("graph_alerts_v2:a-2").id
+    assert all(d.enqueued_at is not None for d in queue.dead_letters)
 
     async def handler(letter: DeadLetter) -> bool:
+        assert letter.enqueued_at is not None, "the give-up time counts from it"
         return letter.message_id != kept
 
     assert await queue.drain_dead_letters(handler, max_count=10) == 2
