@@ -477,3 +477,145 @@ def test_a_playbook_in_utf8_may_use_any_language(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     assert Playbook.load(path).rules[0].description == "Konto gesperrt – Ünïcode"
+
+
+# closed and benign alerts -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changed", "reason"),
+    [
+        (
+            {"status": "resolved"},
+            "alert status is resolved: closed alerts plan nothing (rule may include_closed)",
+        ),
+        (
+            {"status": " Closed "},
+            "alert status is  Closed : closed alerts plan nothing (rule may include_closed)",
+        ),
+        (
+            {"status": "Dismissed"},
+            "alert status is Dismissed: closed alerts plan nothing (rule may include_closed)",
+        ),
+        (
+            {"classification": "FalsePositive"},
+            "alert is classified FalsePositive: benign alerts plan nothing "
+            "(rule may include_closed)",
+        ),
+        (
+            {"classification": "informationalExpectedActivity"},
+            "alert is classified informationalExpectedActivity: benign alerts plan nothing "
+            "(rule may include_closed)",
+        ),
+        (
+            {"classification": "BenignPositive"},
+            "alert is classified BenignPositive: benign alerts plan nothing "
+            "(rule may include_closed)",
+        ),
+    ],
+)
+def test_a_closed_or_benign_alert_contains_no_one_and_says_why(
+    changed: dict[str, str], reason: str
+) -> None:
+    closed = alert(user(), ip("185.220.101.47")).model_copy(update=changed)
+    plan = policy().plan(closed)
+    assert plan.actions == []
+    # each matching rule says why it did nothing, about the alert as a whole
+    assert [(s.rule, s.entity, s.reason) for s in plan.skipped] == [
+        ("contain-compromised-user", "graph_alerts_v2:a-1", reason),
+        ("block-attacker-ips", "graph_alerts_v2:a-1", reason),
+    ]
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [{"status": "inProgress"}, {"status": "new"}, {"classification": "truePositive"}, {}],
+)
+def test_an_open_alert_is_acted_on(changed: dict[str, str]) -> None:
+    plan = policy().plan(alert(user()).model_copy(update=changed))
+    assert [a.kind for a in plan.actions] == [
+        ActionKind.DISABLE_ACCOUNT,
+        ActionKind.REVOKE_SESSIONS,
+    ]
+    assert plan.skipped == []
+
+
+def test_a_rule_may_act_on_closed_alerts(tmp_path: Path) -> None:
+    book = tmp_path / "p.toml"
+    book.write_text(
+        'version = 1\n[[rules]]\nname = "late"\ninclude_closed = true\n'
+        'actions = ["revoke_sessions"]\n'
+        '[[rules]]\nname = "open-only"\nactions = ["disable_account"]\n',
+        encoding="utf-8",
+    )
+    closed = alert(user()).model_copy(update={"status": "resolved"})
+    plan = Policy(Playbook.load(book), guards()).plan(closed)
+    assert [(a.kind, a.rule) for a in plan.actions] == [(ActionKind.REVOKE_SESSIONS, "late")]
+    assert [s.rule for s in plan.skipped] == ["open-only"]
+
+
+# unusable evidence is reported per rule --------------------------------------------------------
+
+
+def test_unusable_evidence_names_the_rule_and_the_entity() -> None:
+    plan = policy().plan(alert(ip(""), user(uid="S-1-5-21-1-2-3-500")))
+    assert plan.actions == []
+    assert [(s.rule, s.entity) for s in plan.skipped] == [
+        ("contain-compromised-user", "S-1-5-21-1-2-3-500"),
+        ("block-attacker-ips", "?"),
+    ]
+    assert plan.skipped[1].reason == "no address in IP evidence"
+
+
+# emergency access and approvals, as the engineer reads them -------------------------------------
+
+
+def test_an_engineers_activation_waits_for_a_second_engineer_and_says_so() -> None:
+    request = ActionRequest(
+        id="act-x",
+        kind=ActionKind.ACTIVATE_BREAKGLASS,
+        target="all",
+        reason="admins locked out",
+        requested_by=Actor(kind="engineer", name="ada@contoso.com"),
+    )
+    held = guards(BREAKGLASS_APPROVAL="human").decide(request)
+    assert held.decision is Decision.NEEDS_APPROVAL
+    assert held.reason == (
+        "emergency access activation waits for a second engineer (admins locked out)"
+    )
+
+
+def test_an_engineers_early_close_waits_for_a_second_engineer_and_says_so() -> None:
+    request = ActionRequest(
+        id="act-x",
+        kind=ActionKind.DEACTIVATE_BREAKGLASS,
+        target="all",
+        reason="done",
+        requested_by=Actor(kind="engineer", name="ada@contoso.com"),
+    )
+    held = guards(BREAKGLASS_APPROVAL="human").decide(request)
+    assert held.decision is Decision.NEEDS_APPROVAL
+    assert held.reason == (
+        "closing emergency access before its time waits for a second engineer (done)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("target", "aliases"),
+    [
+        (BREAKGLASS_ONE, ()),  # an engineer's request names only the target
+        (BREAKGLASS_ONE.upper(), ()),
+        ("bg-01@contoso.com", (None, BREAKGLASS_ONE)),  # named by UPN, resolved to the id
+    ],
+)
+def test_enable_account_never_opens_an_emergency_account_however_named(
+    target: str, aliases: tuple[str | None, ...]
+) -> None:
+    request = ActionRequest(id="act-x", kind=ActionKind.ENABLE_ACCOUNT, target=target)
+    decided = guards(BREAKGLASS_ACCOUNTS=BREAKGLASS_ONE).decide(request, *aliases)
+    assert decided.decision is Decision.REFUSED
+    assert "is an emergency access account" in decided.reason
+    ordinary = request.model_copy(update={"target": VICTIM})
+    assert guards(BREAKGLASS_ACCOUNTS=BREAKGLASS_ONE).decide(ordinary).decision is (
+        Decision.EXECUTE
+    )
