@@ -141,6 +141,12 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--page-size", default="5000", metavar="N", help="records per page, 1 to 5000"
     )
+    export.add_argument(
+        "--api",
+        metavar="URL",
+        help="read the pages from the app's API at this https address instead of the table, "
+        "with the access token in RESPONDER_API_TOKEN (role Audit.Read)",
+    )
     audit_commands.add_parser("reindex", help="rebuild the audit index from the chain")
     return parser
 
@@ -402,6 +408,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     if args.audit_command == "verify" and args.file is not None:
         return _audit_verify_file(args)
+    if args.audit_command == "export" and args.api is not None:
+        return asyncio.run(_audit_export_api(args))
     try:
         return asyncio.run(_with_services(AUDIT_COMMANDS[args.audit_command], args))
     except ResourceNotFoundError:
@@ -519,23 +527,68 @@ async def _audit_query(services: Container, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _audit_export(services: Container, args: argparse.Namespace) -> int:
-    from shared.audit_export import EXPORT_PAGE, FORMATS, ExportPage, export_lines
+def _export_size(args: argparse.Namespace) -> int:
+    from shared.audit_export import EXPORT_PAGE, FORMATS
 
     if args.format not in FORMATS:
         raise InvalidInput("--format must be csv or jsonl")
     text = args.page_size
     if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= EXPORT_PAGE:
         raise InvalidInput(f"--page-size must be a whole number from 1 to {EXPORT_PAGE}")
-    flt = _audit_filter(args)
-    exported = [0]
+    return int(text)
 
-    def progress(page: ExportPage) -> None:
-        exported[0] = page.total
-        more = "…" if page.continuation else ", done"
-        print(f"audit export: {page.total} records{more}", file=sys.stderr, flush=True)
 
-    lines = export_lines(services.audit_export, flt, args.format, int(text), progress)
+class _Progress:
+    """Counts the records exported and says so on stderr after every page."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def page(self, records: int, more: bool) -> None:
+        self.total += records
+        shown = "…" if more else ", done"
+        print(f"audit export: {self.total} records{shown}", file=sys.stderr, flush=True)
+
+
+async def _audit_export(services: Container, args: argparse.Namespace) -> int:
+    from shared.audit_export import export_lines
+
+    size, progress = _export_size(args), _Progress()
+    lines = export_lines(
+        services.audit_export,
+        _audit_filter(args),
+        args.format,
+        size,
+        lambda page: progress.page(page.records, page.continuation is not None),
+    )
+    return await _save(lines, args, progress)
+
+
+async def _audit_export_api(args: argparse.Namespace) -> int:
+    import httpx
+
+    from shared.adapters.audit_api import ApiRefused, export_pages, export_url
+    from shared.audit_query import AuditFilter
+
+    size, progress = _export_size(args), _Progress()
+    token = _environ(args).get("RESPONDER_API_TOKEN", "").strip()
+    if not token:
+        return _fail(
+            "set RESPONDER_API_TOKEN to an access token for the API, e.g. "
+            "`az account get-access-token --resource <AUTH_AUDIENCE> --query accessToken -o tsv`"
+        )
+    params = {name: getattr(args, name) for name in AuditFilter.parameter_names()}
+    chosen = {name: value for name, value in params.items() if value is not None}
+    first = export_url(args.api, {"format": args.format, "limit": str(size), **chosen})
+    try:
+        return await _save(export_pages(first, token, progress.page), args, progress)
+    except ApiRefused as refused:
+        return _fail(str(refused))
+    except httpx.HTTPError as exc:
+        return _fail(f"cannot reach the API: {' '.join(str(exc).split())[:300]}")
+
+
+async def _save(lines: AsyncIterator[str], args: argparse.Namespace, progress: _Progress) -> int:
     if args.output is None:
         await _write(lines, sys.stdout)
         return EXIT_OK
@@ -545,7 +598,7 @@ async def _audit_export(services: Container, args: argparse.Namespace) -> int:
         return _fail(f"cannot write {args.output}: {exc.strerror}")
     with out:
         await _write(lines, out)
-    print(f"exported {exported[0]} audit records to {args.output}")
+    print(f"exported {progress.total} audit records to {args.output}")
     return EXIT_OK
 
 
