@@ -25,7 +25,6 @@ from shared.identity import ROLE_ACT, ROLE_APPROVE, ROLE_AUDIT_READ
 from shared.simulator import SimulatedTenant, SimUser
 from tests.conftest import ADELE, API_AUDIENCE, BREAK_GLASS, settings_for
 from tests.e2e.test_audit_page import (
-    AUDITOR,
     ENGINEER,
     INCIDENT,
     Trail,
