@@ -409,6 +409,23 @@ def test_the_page_fits_a_phone_in_every_view(phone: Watched, world: World) -> No
     assert no_overflow(page)
 
 
+def test_the_waiting_list_needs_the_approver_role(world: World) -> None:
+    url = f"{world.base}/api/approvals"
+    assert httpx.get(url).status_code == 401
+    auditor = {"Authorization": f"Bearer {world.token(ROLE_AUDIT_READ)}"}
+    refused = httpx.get(url, headers=auditor)
+    assert refused.status_code == 403
+    assert refused.headers["content-type"] == "application/problem+json"
+    lead = {"Authorization": f"Bearer {world.token(ROLE_APPROVE, upn=LEAD)}"}
+    waiting = httpx.get(url, headers=lead).json()["approvals"]
+    assert waiting, "the approver test below decides these; this one runs first"
+    first = waiting[0]
+    assert first["action_id"] in (world.held[LYNNE.id], world.held[KATIE.id])
+    assert first["held_seq"] and first["expired"] is False
+    assert [g["guard"] for g in first["guards"]][-1] == "approval"
+    assert [w["expires_at"] for w in waiting] == sorted(w["expires_at"] for w in waiting)
+
+
 def approval_titles(page: Page) -> list[str]:
     return page.locator("#approvals li.approval h3").all_inner_texts()
 
