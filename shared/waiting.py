@@ -53,7 +53,10 @@ class WaitingApprovals:
             "target": action.target,
             "target_upn": _text(names["target_upn"]),
             "target_name": _text(names["target_name"]),
-            "reason": action.reason,
+            # Why it was asked for (the request's reason, as the hold's record keeps it) and
+            # why it waits (what the guard said when it held it).
+            "reason": held.entry.reason if held is not None else action.reason,
+            "held_because": action.reason,
             "rule": action.rule or "",
             "alert_id": action.alert_id or "",
             "incident_id": action.incident_id or "",
