@@ -6,6 +6,7 @@ product's transport rules, no refused one is, and a day later the blocks lift th
 from __future__ import annotations
 
 import random
+from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -29,7 +30,7 @@ REFUSED = [
 ]
 JUNK = "185.220.101.9; Remove-TransportRule *"
 POLLED_SHARE = 0.1
-WEBHOOK_BATCH = 25
+WRITES = ("new-transportrule", "set-transportrule", "remove-transportrule")
 TTL = timedelta(days=1)
 # A rule the mail team made; the responder must never touch it.
 FOREIGN_RULE = {
@@ -96,8 +97,13 @@ class ExchangeDos(Scenario):
         "attacker addresses, with duplicates and addresses the guards must refuse."
     )
 
-    def __init__(self, alerts: int = 5000, addresses: int = 300, seed: int = 7) -> None:
+    def __init__(
+        self, alerts: int = 5000, addresses: int = 300, seed: int = 7, per_post: int = 1
+    ) -> None:
+        """`per_post` above 1 sends the webhook storm as list pages of that many Graph alerts
+        (what a Logic App forwarding a query result sends), rather than one alert per POST."""
         self.alerts = alerts
+        self.per_post = per_post
         self.attackers = attacker_addresses(addresses)
         rng = random.Random(seed)
         self._burst: list[tuple[int, list[str]]] = []
@@ -126,8 +132,13 @@ class ExchangeDos(Scenario):
             await ctx.poll()
             ctx.mark("alert", f"webhook storm: {self.alerts - self._polled} alerts")
             webhook = self._burst[self._polled :] + self._repeats
-            for start in range(0, len(webhook), WEBHOOK_BATCH):
-                for n, names in webhook[start : start + WEBHOOK_BATCH]:
+            if self.per_post > 1:
+                now = ctx.clock()
+                for start in range(0, len(webhook), self.per_post):
+                    page = webhook[start : start + self.per_post]
+                    await ctx.post_alert({"value": [graph_alert(n, ns, now) for n, ns in page]})
+            else:
+                for n, names in webhook:
                     await ctx.post_alert(webhook_alert(n, names))
             ctx.mark("alert", "storm over")
 
@@ -135,6 +146,14 @@ class ExchangeDos(Scenario):
         await ctx.run_with_executor(feed)
         exchange = ctx.services.exchange
         ctx.metrics["exchange_calls"] = exchange.calls if exchange else 0
+        cmdlets = [cmdlet for cmdlet, _ in ctx.sim.exchange_calls]
+        ctx.metrics["exchange_calls_by_cmdlet"] = dict(Counter(cmdlets))
+        writes = Counter(
+            str(params.get("Identity") or params.get("Name"))
+            for cmdlet, params in ctx.sim.exchange_calls
+            if cmdlet.lower() in WRITES
+        )
+        ctx.metrics["exchange_writes_per_shard"] = dict(sorted(writes.items()))
         rules = _managed_rules(ctx)
         ctx.metrics["transport_rule_shards"] = len(rules)
         self._at_containment = [rng for rule in rules for rng in rule.ranges]

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from shared.concurrency import gather_bounded
 from shared.ingest import normalize
 from shared.models import ActionKind, ActionRequest, Alert, Decision
 from shared.outbox import QUEUED_DECISIONS, Outbox
@@ -116,20 +117,42 @@ class AlertIntake:
         self._checkpoint = checkpoint
 
     async def handle_payload(self, payload: object) -> list[IntakeResult]:
-        """Normalize any supported alert shape (raises InvalidInput) and handle each alert."""
-        return [await self.handle(alert) for alert in normalize(payload)]
+        """Normalize any supported alert shape (raises InvalidInput) and handle its alerts."""
+        return await self.handle_many(normalize(payload))
 
     async def handle(self, alert: Alert) -> IntakeResult:
         """Plan, audit and queue the actions for one alert version, once."""
-        plan = self._policy.plan(alert)
-        if await self._checkpoint.is_handled(alert.key, alert.version):
-            return IntakeResult(plan, duplicate_alert=True)
-        submitted = await self.submit(plan.actions)
-        plan.actions[:] = submitted.actions
-        await self._checkpoint.mark_handled(alert.key, alert.version)
-        if plan.skipped:
-            logger.info("alert %s: %s entities skipped", alert.key, len(plan.skipped))
-        return IntakeResult(plan, queued=submitted.queued, coalesced=submitted.coalesced)
+        [result] = await self.handle_many([alert])
+        return result
+
+    async def handle_many(self, alerts: list[Alert]) -> list[IntakeResult]:
+        """Plan, audit and queue the actions of a batch of alerts (a list page, a webhook body
+        with many alerts), each alert version once, as one submission: the handled checks run
+        side by side, each network's registry row is read once, and the decisions of the
+        whole batch are audited in one append and sent in one send. Any failure propagates
+        before an alert is marked handled, so the sender's retry handles the batch again."""
+        plans = [self._policy.plan(alert) for alert in alerts]
+        handled = await gather_bounded(
+            self._checkpoint.is_handled(alert.key, alert.version) for alert in alerts
+        )
+        results = [IntakeResult(plan, duplicate_alert=True) for plan in plans]
+        todo: dict[tuple[str, str], int] = {}
+        for index, (alert, done) in enumerate(zip(alerts, handled, strict=True)):
+            if not done:
+                todo.setdefault((alert.key, alert.version), index)
+        submitted = await self._submit_all([plans[i].actions for i in todo.values()])
+        for index, part in zip(todo.values(), submitted, strict=True):
+            plans[index].actions[:] = part.actions
+            results[index] = IntakeResult(
+                plans[index], queued=part.queued, coalesced=part.coalesced
+            )
+        await gather_bounded(self._checkpoint.mark_handled(*key) for key in todo)
+        for index in todo.values():
+            if plans[index].skipped:
+                logger.info(
+                    "alert %s: %s entities skipped", alerts[index].key, len(plans[index].skipped)
+                )
+        return results
 
     async def submit(self, actions: list[ActionRequest]) -> Submitted:
         """Claim, audit and queue decided action requests, from an alert or an engineer.
@@ -138,60 +161,108 @@ class AlertIntake:
         blocked, coalesce into the earlier request; when that one never reached the queue it
         is sent now. Any failure propagates (the sender retries): the claims stay, and the
         next delivery or the reconciler sends them."""
+        [result] = await self._submit_all([actions])
+        return result
+
+    async def _submit_all(self, groups: list[list[ActionRequest]]) -> list[Submitted]:
+        """`submit` for several groups of requests (one per alert) at once: every group is
+        claimed, then all decisions are audited and handed on together."""
+        batch = _Batch(await self._outbox.claim_seq())
+        parts = [await self._claim_group(actions, batch) for actions in groups]
+        await self._outbox.commit(batch.fresh, batch.unsent)
+        handed_on = {a.id: a for a in batch.fresh}
+        handed_on.update({e.action_id: e.request for e in batch.unsent if e.request is not None})
+        for result, ids in parts:
+            result.queued = [i for i in ids if handed_on[i].decision in QUEUED_DECISIONS]
+        return [result for result, _ in parts]
+
+    async def _claim_group(
+        self, actions: list[ActionRequest], batch: _Batch
+    ) -> tuple[Submitted, list[str]]:
+        """Claim one group's requests into `batch`; the group's result so far, and the ids
+        it hands on (claimed now first, then earlier claims that never reached the queue)."""
         result = Submitted()
-        fresh: list[ActionRequest] = []
-        unsent: list[LedgerEntry] = []
-        claim_seq = await self._outbox.claim_seq()
+        fresh_ids: list[str] = []
+        unsent_ids: list[str] = []
         for decided in actions:
             planned = await self._blast_radius.check(decided)
-            action = await self._reserve(planned)
+            action = await self._reserve(planned, batch)
             if action is None:
                 # The network is pending or blocked: this request joins that generation.
                 result.actions.append(planned)
                 result.coalesced.append(planned.id)
+                if planned.target in batch.networks:
+                    continue  # its block was claimed or looked at in this batch already
+                batch.networks.add(planned.target)
                 earlier = await self._blocks.get(planned.target)
                 if earlier is not None and earlier.state == BlockState.PENDING:
-                    await self._resume(earlier.block, claim_seq, fresh, unsent)
+                    await self._resume(earlier.block, batch, fresh_ids, unsent_ids)
                 continue
             result.actions.append(action)
-            if await self._outbox.claim(action, claim_seq):
-                fresh.append(action)
-            elif not await self._unsent(action.id, unsent):
+            if action.id in batch.ids:
+                result.coalesced.append(action.id)  # the same request twice in one batch
+            elif await self._outbox.claim(action, batch.claim_seq):
+                batch.add_fresh(action)
+                fresh_ids.append(action.id)
+            elif await self._unsent(action.id, batch):
+                unsent_ids.append(action.id)
+            else:
                 result.coalesced.append(action.id)
-        await self._outbox.commit(fresh, unsent)
-        handed_on = [*fresh, *(e.request for e in unsent if e.request is not None)]
-        result.queued = [a.id for a in handed_on if a.decision in QUEUED_DECISIONS]
-        return result
+        return result, [*fresh_ids, *unsent_ids]
 
     async def _resume(
-        self,
-        block: ActionRequest,
-        claim_seq: int,
-        fresh: list[ActionRequest],
-        unsent: list[LedgerEntry],
+        self, block: ActionRequest, batch: _Batch, fresh_ids: list[str], unsent_ids: list[str]
     ) -> None:
         """A pending block whose claim is missing (a crash between reserving and claiming)
         is claimed now; one whose claim never reached the queue is sent."""
+        if block.id in batch.ids:
+            return
         entry = await self._ledger.get(block.id)
         if entry is None:
-            if await self._outbox.claim(block, claim_seq):
-                fresh.append(block)
+            if await self._outbox.claim(block, batch.claim_seq):
+                batch.add_fresh(block)
+                fresh_ids.append(block.id)
         elif entry.open and not entry.sent and entry.request is not None:
-            if all(e.action_id != block.id for e in unsent):
-                unsent.append(entry)
+            batch.add_unsent(entry)
+            unsent_ids.append(block.id)
 
-    async def _unsent(self, action_id: str, unsent: list[LedgerEntry]) -> bool:
+    async def _unsent(self, action_id: str, batch: _Batch) -> bool:
         """Collect the earlier claim of `action_id` if it never reached the queue."""
         entry = await self._ledger.get(action_id)
         if entry is None or not entry.open or entry.sent or entry.request is None:
             return False
-        if all(e.action_id != action_id for e in unsent):
-            unsent.append(entry)
+        batch.add_unsent(entry)
         return True
 
-    async def _reserve(self, action: ActionRequest) -> ActionRequest | None:
+    async def _reserve(self, action: ActionRequest, batch: _Batch) -> ActionRequest | None:
         """IP blocks go through the block registry: a network already pending or blocked
-        coalesces, a new one gets its generation's id."""
+        coalesces, a new one gets its generation's id. A network met earlier in the batch
+        coalesces without another read."""
         if action.kind is not ActionKind.BLOCK_IP or action.decision is not Decision.EXECUTE:
             return action
-        return await self._blocks.reserve(action)
+        if action.target in batch.networks:
+            return None
+        reserved = await self._blocks.reserve(action)
+        if reserved is not None:
+            batch.networks.add(action.target)
+        return reserved
+
+
+@dataclass
+class _Batch:
+    """What one submission claimed so far: fresh claims, earlier claims never sent, the ids
+    of both, and the networks whose registry rows it has read."""
+
+    claim_seq: int
+    fresh: list[ActionRequest] = field(default_factory=list)
+    unsent: list[LedgerEntry] = field(default_factory=list)
+    ids: set[str] = field(default_factory=set)
+    networks: set[str] = field(default_factory=set)
+
+    def add_fresh(self, action: ActionRequest) -> None:
+        self.fresh.append(action)
+        self.ids.add(action.id)
+
+    def add_unsent(self, entry: LedgerEntry) -> None:
+        self.unsent.append(entry)
+        self.ids.add(entry.action_id)

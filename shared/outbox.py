@@ -80,20 +80,21 @@ class Outbox:
         actions = [*fresh, *earlier]
         await self._queue.send([a for a in actions if a.decision in QUEUED_DECISIONS])
         held_until = self.clock() + self._approval_ttl
-        await gather_bounded(self._hand_on(a, seqs[a.id], held_until) for a in actions)
+        closing = [a for a in actions if a.decision not in QUEUED_DECISIONS]
+        await gather_bounded(self._close(a, seqs[a.id], held_until) for a in closing)
+        await self._ledger.mark_sent(*(a.id for a in actions if a.decision in QUEUED_DECISIONS))
         if earlier:
             logger.warning("%s claimed actions that never reached the queue sent now", len(earlier))
 
-    async def _hand_on(self, action: ActionRequest, seq: int, held_until: datetime) -> None:
-        """Close a refused claim, hold one that needs approval, mark a queued one sent."""
+    async def _close(self, action: ActionRequest, seq: int, held_until: datetime) -> None:
+        """Close a refused claim, hold one that needs approval (queued ones are marked sent
+        together, in one transaction)."""
         if action.decision is Decision.REFUSED:
             await self._ledger.finish(action, OutcomeStatus.REFUSED, seq)
-        elif action.decision is Decision.NEEDS_APPROVAL:
+        else:
             if await self._approvals.get(action.id) is None:
                 await self._approvals.hold(action, held_until)
             await self._ledger.finish(action, OutcomeStatus.HELD, seq)
-        else:
-            await self._ledger.mark_sent(action.id)
 
     async def _audited(self, unsent: list[LedgerEntry]) -> dict[str, int]:
         """The decision records the unsent claims already have: action id -> seq."""

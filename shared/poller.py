@@ -16,7 +16,8 @@ from typing import Any
 
 from shared.errors import InvalidInput
 from shared.ingest import normalize_graph_alert
-from shared.intake import AlertIntake
+from shared.intake import AlertIntake, IntakeResult
+from shared.models import Alert
 from shared.ports import AlertCheckpoint, AlertFeed
 
 logger = logging.getLogger(__name__)
@@ -62,21 +63,19 @@ class AlertPoller:
         newest, held = watermark, None
         async for page in self._feed.alerts_updated_since(watermark - OVERLAP):
             report.pages += 1
+            alerts: list[Alert] = []
             for raw in page:
                 report.alerts_seen += 1
                 try:
-                    alert = normalize_graph_alert(raw)
+                    alerts.append(normalize_graph_alert(raw))
                 except InvalidInput as exc:
                     report.invalid += 1
                     logger.warning("alerts_v2 record skipped: %s", exc)
-                    continue
-                try:
-                    result = await self._intake.handle(alert)
-                except Exception:
+            for alert, result in await self._handle_page(alerts):
+                if result is None:
                     # One alert that cannot be handled now must not stop the others; the
                     # watermark stays below it, so the next poll tries it again.
                     report.failed += 1
-                    logger.exception("alert %s could not be handled", alert.alert_id)
                     stamp = alert.updated_at or watermark
                     held = stamp if held is None else min(held, stamp)
                     continue
@@ -94,3 +93,19 @@ class AlertPoller:
             await self._checkpoint.advance_watermark(FEED, newest)
         report.watermark = newest
         return report
+
+    async def _handle_page(self, alerts: list[Alert]) -> list[tuple[Alert, IntakeResult | None]]:
+        """The page's alerts as one batch; if the batch fails, one by one, so that one alert
+        that cannot be handled does not hold up the others (None for those that failed)."""
+        try:
+            return list(zip(alerts, await self._intake.handle_many(alerts), strict=True))
+        except Exception:
+            logger.warning("a page of %s alerts failed as a batch; one by one", len(alerts))
+        handled: list[tuple[Alert, IntakeResult | None]] = []
+        for alert in alerts:
+            try:
+                handled.append((alert, await self._intake.handle(alert)))
+            except Exception:
+                logger.exception("alert %s could not be handled", alert.alert_id)
+                handled.append((alert, None))
+        return handled

@@ -14,11 +14,6 @@ import httpx
 from azure.core.credentials import AccessToken
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import ClientAuthenticationError
-from azure.identity.aio import (
-    AzureCliCredential,
-    DefaultAzureCredential,
-    ManagedIdentityCredential,
-)
 
 from shared.config import CredentialKind, Settings
 from shared.errors import ConfigError
@@ -117,6 +112,13 @@ def build_credential(settings: Settings) -> AsyncTokenCredential:
         return SimulatorCredential(
             simulator_token_url(settings), settings.simulator_token.get_secret_value()
         )
+    # azure-identity (with msal and requests) is imported only for the kinds that use it.
+    from azure.identity.aio import (
+        AzureCliCredential,
+        DefaultAzureCredential,
+        ManagedIdentityCredential,
+    )
+
     if settings.credential is CredentialKind.AZURE_CLI:
         # An engineer of a service provider is signed in to many tenants: ask for the
         # customer's, the one whose tokens the app accepts.

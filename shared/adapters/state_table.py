@@ -17,7 +17,7 @@ from azure.core.exceptions import (
     ResourceModifiedError,
     ResourceNotFoundError,
 )
-from azure.data.tables import UpdateMode
+from azure.data.tables import TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient
 
 from shared.errors import TransientError
@@ -34,6 +34,8 @@ from shared.ports import (
     LedgerEntry,
 )
 
+# Table Storage takes at most 100 operations on one partition in a transaction.
+MAX_TRANSACTION = 100
 WATERMARKS = "watermark"
 HANDLED = "handled"
 ACTIONS = "action"
@@ -100,9 +102,28 @@ class StateTable:
             return False
         return True
 
-    async def mark_sent(self, action_id: str) -> None:
-        # Only the flag: the executor may have finished the action already.
-        await self._merge(action_id, {"Sent": True})
+    async def mark_sent(self, *action_ids: str) -> None:
+        """Only the flag: the executor may have finished an action already. The rows share a
+        partition, so up to 100 go in one transaction; if one is missing (cleaned up
+        meanwhile) the transaction fails whole, and each row is merged on its own instead."""
+        for start in range(0, len(action_ids), MAX_TRANSACTION):
+            chunk = action_ids[start : start + MAX_TRANSACTION]
+            if len(chunk) > 1:
+                operations: list[Any] = [
+                    (
+                        "update",
+                        {"PartitionKey": ACTIONS, "RowKey": action_id, "Sent": True},
+                        {"mode": UpdateMode.MERGE},
+                    )
+                    for action_id in chunk
+                ]
+                try:
+                    await self._table.submit_transaction(operations)
+                    continue
+                except TableTransactionError:
+                    pass
+            for action_id in chunk:
+                await self._merge(action_id, {"Sent": True})
 
     async def get(self, action_id: str) -> LedgerEntry | None:
         try:

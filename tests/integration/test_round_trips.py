@@ -1,0 +1,77 @@
+"""Round trips per contained alert, counted on the wire: every Table Storage response the
+container's clients see, and every request the simulated tenant serves. A change that adds a
+storage or Graph call to the warm path shows here (docs/performance.md)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from drill.azurite import Azurite
+from drill.host import LocalHost
+from functions.http import KEY_HEADER
+from shared import container
+from shared.simulator import SimulatedTenant, SimUser
+from tests.conftest import ADELE, WEBHOOK_SECRET, settings_for
+
+MEGAN = SimUser(
+    id="7c1e4b2a-9d3f-4a6e-8b5c-3f2a1d9e8c02",
+    user_principal_name="megan.bowen@contoso.onmicrosoft.com",
+    display_name="Megan Bowen",
+)
+
+# Per alert naming one compromised user (revoke sessions, then disable the account):
+# intake: handled check, budget query and spend, two claims, one transaction marking both
+# sent, the handled mark; executor, per action: ledger read, intent, recording, finish.
+STATE_TRIPS = 15
+# Per action the user before, the write and the user after; the disable also lists the user's
+# role assignments and role-assignable groups (the lockout guards).
+GRAPH_CALLS = 8
+# The audit store's share as it stands (chain inserts plus index rows); it only may shrink.
+AUDIT_TRIPS_AT_MOST = 19
+
+
+def compromised(n: int, user: SimUser) -> dict[str, Any]:
+    return {
+        "id": f"round-trips-{n}",
+        "title": "Token replay from an anonymising proxy",
+        "severity": "high",
+        "category": "CredentialAccess",
+        "entities": [{"kind": "user", "user_id": user.id, "roles": ["compromised"]}],
+    }
+
+
+async def test_round_trips_per_contained_alert(sim: SimulatedTenant, azurite: Azurite) -> None:
+    sim.add_user(SimUser(**vars(MEGAN)))
+    settings = settings_for(sim, azurite)
+    state_table = settings.state_table
+    trips: list[str] = []
+
+    def count(response: Any) -> None:
+        request = response.http_request
+        where = request.url if "$batch" not in request.url else str(request.body)
+        trips.append("state" if f"/{state_table}" in where else "audit")
+
+    services = container.Container(settings, storage_hook=count)
+    container.install(services)
+    try:
+        await services.prepare()
+        host = LocalHost()
+        # A first alert warms the caches (the audit head, tokens); the second is counted.
+        for n, user in enumerate((ADELE, MEGAN)):
+            trips.clear()
+            graph_before = len(sim.requests)
+            response = await host.post_json(
+                "ingest_alert", "alerts", compromised(n, user), {KEY_HEADER: WEBHOOK_SECRET}
+            )
+            assert response.status_code == 202
+            assert await host.pump(services.queue) == 2
+        counted = Counter(trips)
+        graph = sim.requests[graph_before:]
+    finally:
+        container.install(None)
+        await services.close()
+    assert not sim.user(MEGAN.id).account_enabled
+    assert counted["state"] == STATE_TRIPS, counted
+    assert len(graph) == GRAPH_CALLS, graph
+    assert counted["audit"] <= AUDIT_TRIPS_AT_MOST, counted
