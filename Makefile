@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/storm.py
 	$(BIN)/python bench/notifications.py
 	$(BIN)/python bench/normalize.py
+	$(BIN)/python bench/export.py
 
 # Mutation testing of the safety and evidence core, module by module against the tests that
 # cover it; prints the score per module (docs/testing.md). Takes minutes: not part of `make test`.

@@ -135,7 +135,7 @@ class AuditExport:
                 if budget == 0:
                     more = True
                     break
-                lines.append(_json_line({"type": "checkpoint", **checkpoint}))
+                lines.append(_json_line({**checkpoint, "type": "checkpoint"}))
                 checkpoints, budget = checkpoints + 1, budget - 1
             phase = "c" if more else "r"
         records, last_seq = 0, cursor.last_seq
