@@ -338,6 +338,7 @@ class AuditEvent(StrEnum):
     ALERT_RAISED = "alert.raised"
     NOTIFICATION_REJECTED = "notification.rejected"
     SUBSCRIPTION_RECREATED = "subscription.recreated"
+    NOTIFY_FAILED = "notify.failed"
 
     @classmethod
     def for_outcome(cls, status: OutcomeStatus) -> AuditEvent:
