@@ -372,7 +372,11 @@ class Container:
             mail=GraphMail(graph, settings.notice_mail_sender, self.credential, timeout)
             if settings.notice_mail_sender
             else None,
-            alert_comments=GraphAlertComments(graph, self.credential, timeout)
+            alert_comments=explain_refusals(
+                GraphAlertComments(graph, self.credential, timeout),
+                self.token_grants,
+                GRAPH_AUDIENCE,
+            )
             if settings.notice_alert_comments
             else None,
             incident_comments=SentinelIncidentComments(

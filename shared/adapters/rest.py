@@ -1,6 +1,7 @@
 """One JSON REST call with the app's bearer token, its failures typed for retry decisions:
 throttling (429), server errors and timeouts are transient (with the service's Retry-After),
-403 is a missing permission or role, anything else is permanent. Used by the notice adapters
+404 is "not found", anything else is permanent (a 403 is explained by the container's
+`explain_refusals` wrapper where a manifest permission covers the call). Used by the notice adapters
 (Graph sendMail and alert comments, Sentinel incident comments over ARM)."""
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from azure.core.credentials_async import AsyncTokenCredential
 
 from shared.errors import (
     ConfigError,
-    MissingPermission,
     NotFoundError,
     PermanentError,
     TransientError,
@@ -57,8 +57,6 @@ def raise_for(response: httpx.Response, what: str) -> None:
             request_id=request_id,
             retry_after=retry_after_s(response.headers.get("Retry-After")),
         )
-    if status == 403:
-        raise MissingPermission(message, status=status, request_id=request_id)
     if status == 404:
         raise NotFoundError(message, status=status, request_id=request_id)
     raise PermanentError(message, status=status, request_id=request_id)
