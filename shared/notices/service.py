@@ -183,8 +183,10 @@ class NoticeDispatcher:
         workspace = self._config.sentinel_workspace
         if source is not AlertSource.SENTINEL or workspace is None:
             return None
+        incidents = f"{workspace}/providers/Microsoft.SecurityInsights/incidents/".lower()
         if _SENTINEL_INCIDENT.match(raw):
-            return Channel.INCIDENT_COMMENT, raw
+            # Only in the workspace whose Responder role the app holds.
+            return (Channel.INCIDENT_COMMENT, raw) if raw.lower().startswith(incidents) else None
         if _GUID.match(raw):
             return (
                 Channel.INCIDENT_COMMENT,

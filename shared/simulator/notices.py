@@ -153,6 +153,10 @@ class NoticeStore:
             self._alert_comments[alert_id].append(comment)
             return [dict(c) for c in self._alert_comments[alert_id]]
 
+    def commented_alerts(self) -> dict[str, list[JsonObject]]:
+        with self._lock:
+            return {a: [dict(c) for c in cs] for a, cs in self._alert_comments.items() if cs}
+
     # Sentinel incident comments (ARM)
 
     def add_incident(self, incident_id: str) -> None:
@@ -167,6 +171,10 @@ class NoticeStore:
     def incident_comments(self, incident_id: str) -> dict[str, JsonObject]:
         with self._lock:
             return dict(self._incidents.get(incident_id.lower(), {}))
+
+    def commented_incidents(self) -> dict[str, dict[str, JsonObject]]:
+        with self._lock:
+            return {i: dict(cs) for i, cs in self._incidents.items() if cs}
 
     def put_incident_comment(
         self, path: str, query: Mapping[str, str], body: JsonObject | None

@@ -1231,6 +1231,14 @@ class SimulatedTenant:
     def alert_comments(self, alert_id: str) -> list[JsonObject]:
         return self._notices.alert_comments(alert_id)
 
+    def commented_alerts(self) -> dict[str, list[JsonObject]]:
+        """Every alerts_v2 alert with comments, and its comments."""
+        return self._notices.commented_alerts()
+
+    def commented_incidents(self) -> dict[str, dict[str, JsonObject]]:
+        """Every Sentinel incident (lower-cased ARM id) with comments, by comment id."""
+        return self._notices.commented_incidents()
+
     def add_sentinel_incident(self, incident_arm_id: str) -> None:
         self._notices.add_incident(incident_arm_id)
 
