@@ -63,7 +63,11 @@ class TableNoticeRows:
         return DeliveryState(entity["State"])
 
     async def claim(self, task_id: str) -> bool:
-        entity = {"PartitionKey": NOTICE_DELIVERIES, "RowKey": task_id, "State": "sending"}
+        entity = {
+            "PartitionKey": NOTICE_DELIVERIES,
+            "RowKey": task_id,
+            "State": str(DeliveryState.SENDING),
+        }
         try:
             await self._table.create_entity(entity)
             return True

@@ -131,6 +131,7 @@ def capped(notices: list[Notice], limit: int) -> list[Notice]:
             "total": sum(n.total for n in rest),
             "counts": dict(counts),
             "folded": len(rest) - 1,
+            "folded_classes": tuple(sorted({n.cls for n in rest[1:]} - {head.cls})),
             "first_seq": min(n.first_seq for n in rest),
             "last_seq": max(n.last_seq for n in rest),
         }

@@ -67,8 +67,10 @@ class Notice(BaseModel):
     items: tuple[NoticeItem, ...] = ()
     first_seq: int = 0
     last_seq: int = 0
-    # Incidents folded into this notice when a pass had more than the per-minute cap.
+    # Incidents folded into this notice when a pass had more than the per-minute cap, and the
+    # event classes they were of.
     folded: int = 0
+    folded_classes: tuple[NoticeClass, ...] = ()
 
 
 class NoticeTask(BaseModel):

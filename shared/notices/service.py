@@ -116,6 +116,11 @@ class NoticeDispatcher:
             # A new deployment starts at the present: history is not notified.
             await self._rows.save_cursor(DispatchCursor(head_seq, head_seq))
             return report
+        if not self._config.enabled:
+            # Nothing to tell anyone: keep up with the trail without reading it.
+            if head_seq > cursor.done:
+                await self._rows.save_cursor(DispatchCursor(head_seq, head_seq, cursor.etag))
+            return report
         if cursor.planned > cursor.done:
             low, high = cursor.done, cursor.planned
             etag: str | None = cursor.etag
@@ -128,7 +133,7 @@ class NoticeDispatcher:
                 logger.info("another notice dispatch pass is running; this one stops")
                 return report
         records = await self._read(low, high)
-        tasks = self.tasks_for(records, f"{low}-{high}") if self._config.enabled else []
+        tasks = self.tasks_for(records, f"{low}-{high}")
         if tasks:
             await self._queue.send(tasks)
         await self._rows.save_cursor(DispatchCursor(high, high, etag or ""))
@@ -153,8 +158,14 @@ class NoticeDispatcher:
         teams = capped([n for n in notices if n.cls in config.teams_events], config.max_per_minute)
         tasks += [_task(n, Channel.TEAMS) for n in teams]
         mail = capped([n for n in notices if n.cls in config.mail_routes], config.max_per_minute)
-        tasks += [_task(n, Channel.MAIL, config.mail_routes[n.cls]) for n in mail]
+        tasks += [_task(n, Channel.MAIL, self._recipients(n)) for n in mail]
         return tasks + self._comment_tasks(records, pass_key)
+
+    def _recipients(self, notice: Notice) -> tuple[str, ...]:
+        """The route of the notice's class, and of every class folded into it."""
+        routes = self._config.mail_routes
+        classes = (notice.cls, *notice.folded_classes)
+        return tuple(dict.fromkeys(a for c in classes for a in routes.get(c, ())))
 
     def _comment_tasks(self, records: list[AuditRecord], pass_key: str) -> list[NoticeTask]:
         by_alert: dict[str, list[AuditRecord]] = defaultdict(list)

@@ -401,3 +401,30 @@ async def test_the_dispatcher_starts_at_the_present_and_repeats_an_interrupted_p
     assert report.as_dict()["range"] == [3, 3]
     assert queue.sent[-1].notice.items[0].target == "later@b.cd"
     assert await dispatcher.run() and len(queue.sent) == 2
+
+
+async def test_a_folded_mail_reaches_the_recipients_of_every_class_it_stands_for() -> None:
+    store, rows, queue = MemoryAuditStore(), MemoryRows(), MemoryQueue()
+    routes = {NoticeClass.EXECUTED: ("soc@contoso.com",), NoticeClass.HELD: ("oncall@contoso.com",)}
+    config = NoticeConfig(mail_routes=routes, max_per_minute=2)
+    dispatcher = NoticeDispatcher(store, rows, queue, config)
+    records = [executed(i, "disable_account", "a@b.cd", incident_id=str(i)) for i in range(1, 4)]
+    records.append(
+        record(4, AuditEvent.ACTION_HELD, kind="disable_account", target="a@b.cd", incident_id="4")
+    )
+    tasks = dispatcher.tasks_for(records, "0-4")
+    assert [t.recipients for t in tasks] == [
+        ("soc@contoso.com",),
+        ("soc@contoso.com", "oncall@contoso.com"),
+    ]
+
+
+async def test_without_any_channel_the_dispatcher_keeps_up_without_reading() -> None:
+    store, rows, queue = MemoryAuditStore(), MemoryRows(), MemoryQueue()
+    chain = AuditChain(store)
+    dispatcher = NoticeDispatcher(store, rows, queue, NoticeConfig())
+    await dispatcher.run()
+    await chain.append(AuditEntry(event=AuditEvent.ACTION_FAILED, actor=Actor(), kind="block_ip"))
+    report = await dispatcher.run()
+    assert report.records == 0 and queue.sent == []
+    assert rows.stored is not None and rows.stored.done == 1
