@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -51,6 +51,9 @@ class NoticeStore:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        # Seconds, for the mailbox's messages-per-minute window; a drill moving its own clock
+        # forward hands it over (`set_mailbox_clock`), so a minute passes for the mailbox too.
+        self.seconds: Callable[[], float] = time.monotonic
         self.flow_id = uuid.uuid4().hex
         self._signature = secrets.token_urlsafe(32)
         self._cards: list[JsonObject] = []
@@ -113,7 +116,7 @@ class NoticeStore:
         recipients = message.get("toRecipients") if isinstance(message, dict) else None
         if not isinstance(message, dict) or not isinstance(recipients, list) or not recipients:
             raise NoticeError(400, "ErrorInvalidRecipients", "At least one recipient is not valid.")
-        now = time.monotonic()
+        now = self.seconds()
         with self._lock:
             sent = self._sent_at[key]
             while sent and now - sent[0] >= 60:

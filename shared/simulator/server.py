@@ -1217,6 +1217,10 @@ class SimulatedTenant:
     def arm_base_url(self) -> str:
         return self.exchange_base_url
 
+    def set_mailbox_clock(self, now: Callable[[], datetime]) -> None:
+        """Count the mailbox's messages per minute on `now` (a drill's movable clock)."""
+        self._notices.seconds = lambda: now().timestamp()
+
     def cards(self) -> list[JsonObject]:
         """What the Workflows webhook was posted, in order."""
         return self._notices.cards()
