@@ -11,6 +11,7 @@ from functions import (
     cleanup,
     defender_stream,
     emergency,
+    notices,
     notifications,
     readiness,
     reconcile,
@@ -24,6 +25,7 @@ app.register_functions(emergency.bp)
 app.register_functions(api.bp)
 app.register_functions(audit_ui.bp)
 app.register_functions(notifications.bp)
+app.register_functions(notices.bp)
 app.register_functions(defender_stream.bp)
 app.register_functions(readiness.bp)
 app.register_functions(reconcile.bp)

@@ -13,6 +13,7 @@ from typing import Any
 from drill.azurite import Azurite
 from drill.context import DrillClock, DrillContext, Mark, Scenario
 from drill.host import LocalHost
+from drill.notices import deliver_notices, notice_settings, prepare_notices
 from shared import container
 from shared.audit import VerifyReport
 from shared.config import Settings
@@ -41,6 +42,8 @@ class DrillReport:
     elapsed_ms: float
     problems: list[str] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
+    # What the people on call were told: one line per notice or comment.
+    notices: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -124,6 +127,7 @@ def drill_settings(sim: SimulatedTenant, azurite: Azurite, scenario: Scenario) -
         "AUTH_AUDIENCE": DRILL_API_CLIENT_ID,
         "AUTH_ISSUER": sim.issuer,
         "AUTH_JWKS_URL": sim.jwks_url,
+        **notice_settings(sim),
     }
     return Settings.model_validate({**values, **scenario.settings()})
 
@@ -139,11 +143,14 @@ def deployment_grants(settings: Settings) -> frozenset[str]:
 async def run_scenario(scenario: Scenario) -> DrillReport:
     with SimulatedTenant() as sim, Azurite(persistent=scenario.persistent_storage) as azurite:
         scenario.prepare(sim, utcnow())
+        prepare_notices(sim)
         settings = drill_settings(sim, azurite, scenario)
         # The drill's identity holds exactly what the deployment would grant it (less what a
         # scenario leaves out on purpose).
         sim.set_grants(scenario.grants(deployment_grants(settings)))
         clock = DrillClock()
+        # A retry scheduled a minute ahead on the drill's clock finds the mailbox a minute on.
+        sim.set_mailbox_clock(clock)
         services = container.Container(settings, clock)
         container.install(services)
         try:
@@ -160,9 +167,16 @@ async def run_scenario(scenario: Scenario) -> DrillReport:
 
 
 async def _run(scenario: Scenario, ctx: DrillContext) -> DrillReport:
+    # The notice dispatcher starts where the trail is now, as a new deployment does.
+    await ctx.services.notice_dispatcher.run()
     started, clock = utcnow(), time.perf_counter()
     await scenario.drive(ctx)
     elapsed = (time.perf_counter() - clock) * 1000
+    checks = await scenario.checks(ctx)
+    graph_calls = len(ctx.sim.requests)  # containment's calls, not the notices'
+    # Notices come after the audit record and never hold containment up: they are sent once
+    # the scenario is over, and their failures (notify.failed) land after its records.
+    notices = await deliver_notices(ctx)
     verification = await ctx.services.chain.verify()
     records = [record async for record in ctx.services.audit_store.newest_first()]
     records.reverse()
@@ -172,11 +186,12 @@ async def _run(scenario: Scenario, ctx: DrillContext) -> DrillReport:
         marks=ctx.marks,
         records=records,
         verification=verification,
-        checks=await scenario.checks(ctx),
-        graph_calls=len(ctx.sim.requests),
+        checks=checks,
+        graph_calls=graph_calls,
         deliveries=ctx.queue.sent,
         dead_letters=len(ctx.queue.dead_letters),
         elapsed_ms=elapsed,
         problems=ctx.problems,
         metrics=ctx.metrics,
+        notices=notices,
     )

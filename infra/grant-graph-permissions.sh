@@ -10,7 +10,8 @@
 #
 # Usage:
 #   infra/grant-graph-permissions.sh [--check] [--with-breakglass] [--with-signin-block]
-#                                    [--with-watched-groups] [MANAGED_IDENTITY_PRINCIPAL_ID]
+#                                    [--with-watched-groups] [--with-alert-comments]
+#                                    [MANAGED_IDENTITY_PRINCIPAL_ID]
 #
 #   --check                only report; exit 1 if a permission is missing, grant nothing.
 #   --with-breakglass      also grant what emergency access needs (BREAKGLASS_ACCOUNTS set):
@@ -19,6 +20,11 @@
 #                          permission, for named locations).
 #   --with-watched-groups  also grant Group.Read.All, which Graph requires for change
 #                          notification subscriptions on groups (WATCHED_GROUPS set).
+#   --with-alert-comments  also grant SecurityAlert.ReadWrite.All to comment on alerts_v2
+#                          alerts (NOTICE_ALERT_COMMENTS=true).
+#   Mail.Send is never granted here: as an Entra application permission it reaches every
+#   mailbox. E-mailed notices get it from Exchange instead, scoped to the sender mailbox
+#   (infra/grant-notice-mailbox.ps1, docs/notices.md).
 #   Policy.ReadWrite.ConditionalAccess can rewrite every CA policy of the tenant, so it is
 #   granted only on request.
 #   The principal id defaults to $MANAGED_IDENTITY_PRINCIPAL_ID, then to the azd environment's
@@ -49,6 +55,7 @@ while [[ "${1:-}" == --* ]]; do
     --with-breakglass) features+=(breakglass) ;;
     --with-signin-block) features+=(signin_block) ;;
     --with-watched-groups) features+=(watched_groups) ;;
+    --with-alert-comments) features+=(alert_comments) ;;
     *) die "unknown option $1" ;;
   esac
   shift

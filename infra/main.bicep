@@ -78,6 +78,28 @@ param notificationUrl string = ''
 @description('https://<app>/api/notifications/lifecycle?code=<function key of notify_lifecycle>.')
 param lifecycleNotificationUrl string = ''
 
+@secure()
+@description('URL of the Teams Workflows flow "Post to a channel when a webhook request is received" (https, on *.logic.azure.com or *.environment.api.powerplatform.com); empty: no Teams notices.')
+param noticeTeamsWebhookUrl string = ''
+
+@description('Event classes posted to Teams, comma-separated: executed, held, refused, failed, breakglass, block_expired, readiness.')
+param noticeTeamsEvents string = 'executed,held,refused,failed,breakglass,block_expired,readiness'
+
+@description('Mailbox (UPN or object id) notices are e-mailed from; restrict Mail.Send to it (docs/notices.md). Empty: no e-mail.')
+param noticeMailSender string = ''
+
+@description('E-mail recipients per event class: held,failed=oncall@contoso.com;*=soc@contoso.com. Empty: no e-mail.')
+param noticeMailRoutes string = ''
+
+@description('Comment on the originating Graph alerts_v2 alert (grant SecurityAlert.ReadWrite.All with --with-alert-comments).')
+param noticeAlertComments bool = false
+
+@description('ARM id of the Microsoft Sentinel workspace whose incidents get comments; the identity is given Microsoft Sentinel Responder on it. Empty: no incident comments.')
+param sentinelWorkspaceId string = ''
+
+@description('URL of the audit page (https://<app>/api/audit/ui) that notices link to; empty: no links.')
+param noticePageUrl string = ''
+
 @description('NCRONTAB schedule of the timer that creates and renews the change notification subscriptions, in UTC.')
 param subscriptionRenewSchedule string = '0 */30 * * * *'
 
@@ -259,10 +281,22 @@ module rbac 'app/rbac.bicep' = {
     serviceBusNamespaceName: serviceBus.outputs.name
     actionsQueueName: serviceBus.outputs.queueName
     notificationsQueueName: serviceBus.outputs.notificationsQueueName
+    noticesQueueName: serviceBus.outputs.noticesQueueName
     eventHubNamespaceName: eventHub.outputs.name
     eventHubName: eventHub.outputs.hubName
     keyVaultName: keyVault.outputs.name
     applicationInsightsName: monitoring.outputs.applicationInsightsName
+  }
+}
+
+// Comments on Sentinel incidents: the Responder role on the workspace, wherever it lives
+// (its ARM id names the subscription and resource group).
+module sentinelRbac 'app/sentinel-rbac.bicep' = if (!empty(sentinelWorkspaceId)) {
+  name: 'sentinel-rbac'
+  scope: resourceGroup(split(sentinelWorkspaceId, '/')[2], split(sentinelWorkspaceId, '/')[4])
+  params: {
+    managedIdentityPrincipalId: identity.outputs.principalId
+    workspaceName: last(split(sentinelWorkspaceId, '/'))
   }
 }
 
@@ -308,6 +342,14 @@ module api 'app/api.bicep' = {
     authTenantId: tenant().tenantId
     authAudience: createApiRegistration ? apiRegistration!.outputs.appId : authAudience
     notificationsQueueName: serviceBus.outputs.notificationsQueueName
+    noticesQueueName: serviceBus.outputs.noticesQueueName
+    noticeTeamsWebhookUrl: noticeTeamsWebhookUrl
+    noticeTeamsEvents: noticeTeamsEvents
+    noticeMailSender: noticeMailSender
+    noticeMailRoutes: noticeMailRoutes
+    noticeAlertComments: noticeAlertComments
+    sentinelWorkspaceId: sentinelWorkspaceId
+    noticePageUrl: noticePageUrl
     subscriptionRenewSchedule: subscriptionRenewSchedule
     notificationUrl: notificationUrl
     lifecycleNotificationUrl: lifecycleNotificationUrl

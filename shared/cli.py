@@ -333,6 +333,9 @@ def cmd_drill(args: argparse.Namespace) -> int:
     print("\ntimeline (ms since the first alert arrived)")
     for line in report.timeline(whole=args.all):
         print(f"  {line}")
+    print(f"\nnotices sent ({len(report.notices)})")
+    for line in report.notices:
+        print(f"  {line}")
     print("\nchecks")
     for name, passed in report.checks.items():
         print(f"  [{'ok' if passed else 'FAILED'}] {name}")

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Self
+from urllib.parse import urlsplit
 
 from pydantic import (
     AnyHttpUrl,
@@ -28,10 +29,15 @@ from pydantic import (
 )
 
 from shared.errors import ConfigError
+from shared.notices.model import ALL_CLASSES, NoticeClass
 
 DEFAULT_PLAYBOOK = Path(__file__).parent / "playbooks" / "default.toml"
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+# Hosts of Teams Workflows webhook URLs: Logic Apps-style flow triggers, and Power Platform
+# environment endpoints (sources in docs/notices.md).
+WORKFLOW_HOSTS = (".logic.azure.com", ".environment.api.powerplatform.com")
+_MAIL_ADDRESS = re.compile(r"^[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 
 
 class CredentialKind(StrEnum):
@@ -537,6 +543,110 @@ class Settings(PolicySettings):
         description="Event Hubs namespace of that hub (identity-based trigger connection).",
     )
 
+    notices_queue: str = Field(
+        "notices",
+        alias="NOTICES_QUEUE",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,259}$",
+        description="Service Bus queue carrying notices (Teams, e-mail, alert comments).",
+    )
+    notices_schedule: str = Field(
+        "0 */1 * * * *",
+        alias="NOTICES_SCHEDULE",
+        description="NCRONTAB schedule of the notice dispatcher; one run is one digest.",
+    )
+    notice_teams_webhook_url: SecretStr | None = Field(
+        None,
+        alias="NOTICE_TEAMS_WEBHOOK_URL",
+        description="URL of a Teams Workflows flow 'post to a channel when a webhook request is "
+        "received' (https, on a Workflows host); unset: no Teams notices.",
+    )
+    notice_teams_events: CommaList = Field(
+        tuple(ALL_CLASSES),
+        alias="NOTICE_TEAMS_EVENTS",
+        description="Event classes posted to Teams: executed, held, refused, failed, "
+        "breakglass, block_expired, readiness.",
+    )
+    notice_mail_sender: str | None = Field(
+        None,
+        alias="NOTICE_MAIL_SENDER",
+        description="Mailbox (UPN or object id) notices are sent from with Graph sendMail.",
+    )
+    notice_mail_routes: str | None = Field(
+        None,
+        alias="NOTICE_MAIL_ROUTES",
+        description="Recipients per event class: 'held,failed=oncall@contoso.com;"
+        "executed=soc@contoso.com,lead@contoso.com' (classes before '=', addresses after, "
+        "routes split by ';'; '*' stands for every class).",
+    )
+    notice_alert_comments: bool = Field(
+        False,
+        alias="NOTICE_ALERT_COMMENTS",
+        description="Comment on the originating alerts_v2 alert (needs "
+        "SecurityAlert.ReadWrite.All).",
+    )
+    sentinel_workspace_id: str | None = Field(
+        None,
+        alias="SENTINEL_WORKSPACE_ID",
+        pattern=r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/"
+        r"Microsoft\.OperationalInsights/workspaces/[^/]+$",
+        description="ARM id of the Sentinel workspace: its incidents get comments.",
+    )
+    arm_base_url: AnyHttpUrl = Field(
+        AnyHttpUrl("https://management.azure.com"),
+        alias="ARM_BASE_URL",
+        description="Azure Resource Manager endpoint (the simulated tenant's URL locally).",
+    )
+    notice_page_url: AnyHttpUrl | None = Field(
+        None,
+        alias="NOTICE_PAGE_URL",
+        description="The audit page's URL (https://<app>/api/audit/ui), linked from notices.",
+    )
+    notice_max_per_minute: int = Field(
+        20,
+        alias="NOTICE_MAX_PER_MINUTE",
+        ge=1,
+        le=30,
+        description="Notices per channel and dispatch pass; more are folded into the last one "
+        "(Exchange Online sends at most 30 messages a minute per mailbox).",
+    )
+
+    @field_validator("notice_teams_webhook_url")
+    @classmethod
+    def _workflows_endpoint(cls, value: SecretStr | None) -> SecretStr | None:
+        # The URL carries its own signature; only Workflows hosts receive it. Office 365
+        # connector webhooks are retired. Plain http only for the simulated tenant.
+        if value is None:
+            return None
+        url = urlsplit(value.get_secret_value())
+        host = (url.hostname or "").lower()
+        if url.scheme == "http" and host in LOOPBACK:
+            return value
+        if url.scheme != "https":
+            raise ValueError("must be an https URL")
+        if not host.endswith(WORKFLOW_HOSTS):
+            raise ValueError(
+                "must be a Teams Workflows webhook URL (a host under "
+                + " or ".join(h.lstrip(".") for h in WORKFLOW_HOSTS)
+                + ")"
+            )
+        return value
+
+    @field_validator("notice_teams_events")
+    @classmethod
+    def _notice_classes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(str(NoticeClass(item.strip().lower())) for item in value)
+
+    @field_validator("notice_mail_routes")
+    @classmethod
+    def _mail_routes(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_mail_routes(value)
+        return value
+
+    @property
+    def mail_routes(self) -> dict[NoticeClass, tuple[str, ...]]:
+        return parse_mail_routes(self.notice_mail_routes) if self.notice_mail_routes else {}
+
     @field_validator("watched_groups")
     @classmethod
     def _group_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -560,7 +670,14 @@ class Settings(PolicySettings):
         ids = [*self.breakglass_accounts, *self.protected_identities]
         return tuple(dict.fromkeys(i.lower() for i in ids if _GUID.match(i)))
 
-    @field_validator("graph_base_url", "exchange_base_url", "tables_endpoint", "auth_jwks_url")
+    @field_validator(
+        "graph_base_url",
+        "exchange_base_url",
+        "tables_endpoint",
+        "auth_jwks_url",
+        "arm_base_url",
+        "notice_page_url",
+    )
     @classmethod
     def _https_off_loopback(cls, value: AnyHttpUrl | None) -> AnyHttpUrl | None:
         # Bearer tokens travel to these hosts: plain http only to this machine.
@@ -599,12 +716,33 @@ class Settings(PolicySettings):
             raise ValueError("SIMULATOR_TOKEN is required when RESPONDER_CREDENTIAL=simulator")
         if self.notification_url is not None and self.notification_tenant_id is None:
             raise ValueError("NOTIFICATION_TENANT_ID is required when NOTIFICATION_URL is set")
+        if (self.notice_mail_sender is None) != (self.notice_mail_routes is None):
+            raise ValueError("set both NOTICE_MAIL_SENDER and NOTICE_MAIL_ROUTES, or neither")
         if self.queue is QueueKind.SERVICE_BUS and not self.service_bus_namespace:
             raise ValueError(
                 "ServiceBusConnection__fullyQualifiedNamespace is required when "
                 "RESPONDER_QUEUE=servicebus"
             )
         return self
+
+
+def parse_mail_routes(text: str) -> dict[NoticeClass, tuple[str, ...]]:
+    """`held,failed=a@x.com;*=b@x.com` -> recipients per event class ('*': every class)."""
+    routes: dict[NoticeClass, list[str]] = {}
+    for route in filter(None, (r.strip() for r in text.split(";"))):
+        classes, sep, addresses = route.partition("=")
+        recipients = [a.strip() for a in addresses.split(",") if a.strip()]
+        if not sep or not recipients:
+            raise ValueError(f"route {route!r} is not 'classes=addresses'")
+        for address in recipients:
+            if not _MAIL_ADDRESS.match(address):
+                raise ValueError(f"{address!r} is not an e-mail address")
+        names = [c.strip().lower() for c in classes.split(",") if c.strip()]
+        chosen = ALL_CLASSES if names == ["*"] else tuple(NoticeClass(n) for n in names)
+        for cls in chosen:
+            routes.setdefault(cls, [])
+            routes[cls] += [a for a in recipients if a not in routes[cls]]
+    return {cls: tuple(addresses) for cls, addresses in routes.items()}
 
 
 def settings_file_values(path: Path) -> dict[str, str]:

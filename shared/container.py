@@ -23,6 +23,8 @@ from shared.adapters.audit_table import AuditTable
 from shared.adapters.credentials import build_credential
 from shared.adapters.exchange import ExchangeAdmin
 from shared.adapters.jwks import JwksKeys
+from shared.adapters.notice_queue import InMemoryNoticeQueue, ServiceBusNoticeQueue
+from shared.adapters.notice_table import TableNoticeRows
 from shared.adapters.notification_queue import (
     InMemoryNotificationQueue,
     ServiceBusNotificationQueue,
@@ -57,6 +59,9 @@ from shared.identity import TokenValidator
 from shared.intake import AlertIntake, BlastRadius
 from shared.manual import ManualActions
 from shared.models import utcnow
+from shared.notices.model import NoticeClass
+from shared.notices.ports import NoticeQueue
+from shared.notices.service import Channels, NoticeConfig, NoticeDispatcher, NoticeSender
 from shared.outbox import Outbox
 from shared.permissions import EXCHANGE_AUDIENCE, GRAPH_AUDIENCE
 from shared.policy import Guards, Playbook, Policy
@@ -108,6 +113,8 @@ class Container:
         )
         self.queue: ActionQueue = self._build_queue()
         self.notification_queue: NotificationQueue = self._build_notification_queue()
+        self.notice_queue: NoticeQueue = self._build_notice_queue()
+        self.notice_rows = TableNoticeRows(state_table)
         self.subscription_store = TableSubscriptions(state_table)
         self.snapshots = TableSnapshots(state_table)
         self.notification_claims = TableNotificationClaims(state_table)
@@ -141,6 +148,14 @@ class Container:
         assert self.settings.service_bus_namespace is not None  # checked by Settings
         return ServiceBusNotificationQueue(
             self.settings.service_bus_namespace, self.settings.notifications_queue, self.credential
+        )
+
+    def _build_notice_queue(self) -> NoticeQueue:
+        if self.settings.queue is QueueKind.MEMORY:
+            return InMemoryNoticeQueue(self.settings.max_deliveries, self.clock)
+        assert self.settings.service_bus_namespace is not None  # checked by Settings
+        return ServiceBusNoticeQueue(
+            self.settings.service_bus_namespace, self.settings.notices_queue, self.credential
         )
 
     async def prepare(self) -> Container:
@@ -343,6 +358,72 @@ class Container:
         )
 
     @cached_property
+    def notice_config(self) -> NoticeConfig:
+        settings = self.settings
+        teams = settings.notice_teams_webhook_url is not None
+        return NoticeConfig(
+            teams_events=frozenset(NoticeClass(c) for c in settings.notice_teams_events)
+            if teams
+            else frozenset(),
+            mail_routes=settings.mail_routes,
+            alert_comments=settings.notice_alert_comments,
+            sentinel_workspace=settings.sentinel_workspace_id,
+            page_url=str(settings.notice_page_url).rstrip("/")
+            if settings.notice_page_url
+            else None,
+            max_per_minute=settings.notice_max_per_minute,
+            give_up_after=timedelta(minutes=settings.give_up_minutes),
+            retry_base_s=settings.retry_base_s,
+            retry_max_s=settings.retry_max_s,
+        )
+
+    @cached_property
+    def notice_dispatcher(self) -> NoticeDispatcher:
+        return NoticeDispatcher(
+            self.audit_store, self.notice_rows, self.notice_queue, self.notice_config
+        )
+
+    @cached_property
+    def notice_channels(self) -> Channels:
+        """The notice adapters the settings ask for, built on first use."""
+        from shared.adapters.comments import GraphAlertComments, SentinelIncidentComments
+        from shared.adapters.mail import GraphMail
+        from shared.adapters.teams import TeamsWorkflow
+
+        settings, timeout = self.settings, self.settings.graph_timeout_s
+        graph = str(settings.graph_base_url)
+        url = settings.notice_teams_webhook_url
+        return Channels(
+            teams=TeamsWorkflow(url.get_secret_value(), timeout) if url else None,
+            mail=GraphMail(graph, settings.notice_mail_sender, self.credential, timeout)
+            if settings.notice_mail_sender
+            else None,
+            alert_comments=explain_refusals(
+                GraphAlertComments(graph, self.credential, timeout),
+                self.token_grants,
+                GRAPH_AUDIENCE,
+            )
+            if settings.notice_alert_comments
+            else None,
+            incident_comments=SentinelIncidentComments(
+                str(settings.arm_base_url), self.credential, timeout
+            )
+            if settings.sentinel_workspace_id
+            else None,
+        )
+
+    @cached_property
+    def notice_sender(self) -> NoticeSender:
+        return NoticeSender(
+            self.notice_channels,
+            self.notice_rows,
+            self.notice_queue,
+            self.chain,
+            self.notice_config,
+            self.clock,
+        )
+
+    @cached_property
     def cleanup(self) -> StateCleanup:
         return StateCleanup(
             self.retention,
@@ -445,6 +526,18 @@ class Container:
             closers.append(self.queue.close())
         if isinstance(self.notification_queue, ServiceBusNotificationQueue):
             closers.append(self.notification_queue.close())
+        if isinstance(self.notice_queue, ServiceBusNoticeQueue):
+            closers.append(self.notice_queue.close())
+        if "notice_channels" in self.__dict__:
+            channels = self.notice_channels
+            for adapter in (
+                channels.teams,
+                channels.mail,
+                channels.alert_comments,
+                channels.incident_comments,
+            ):
+                if adapter is not None:
+                    closers.append(adapter.close())
         if "exchange" in self.__dict__ and self.exchange is not None:
             closers.append(self.exchange.close())
         if "jwks" in self.__dict__ and self.jwks is not None:

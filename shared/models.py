@@ -374,6 +374,7 @@ class AuditEvent(StrEnum):
     NOTIFICATION_REJECTED = "notification.rejected"
     NOTIFICATION_DROPPED = "notification.dropped"
     SUBSCRIPTION_RECREATED = "subscription.recreated"
+    NOTIFY_FAILED = "notify.failed"
 
     @classmethod
     def for_outcome(cls, status: OutcomeStatus) -> AuditEvent:

@@ -19,8 +19,14 @@ if TYPE_CHECKING:
     from shared.config import Settings
     from shared.policy import Playbook
 
-Feature = Literal["always", "breakglass", "signin_block", "watched_groups"]
-FEATURES: tuple[Feature, ...] = ("always", "breakglass", "signin_block", "watched_groups")
+Feature = Literal["always", "breakglass", "signin_block", "watched_groups", "alert_comments"]
+FEATURES: tuple[Feature, ...] = (
+    "always",
+    "breakglass",
+    "signin_block",
+    "watched_groups",
+    "alert_comments",
+)
 GRAPH_AUDIENCE = "https://graph.microsoft.com"
 EXCHANGE_AUDIENCE = "https://outlook.office365.com"
 GRANT_SCRIPT = "infra/grant-graph-permissions.sh"
@@ -29,6 +35,7 @@ _GRANT_FLAGS: dict[Feature, str] = {
     "breakglass": "--with-breakglass",
     "signin_block": "--with-signin-block",
     "watched_groups": "--with-watched-groups",
+    "alert_comments": "--with-alert-comments",
 }
 
 
@@ -144,6 +151,8 @@ def features_of(settings: Settings, playbook: Playbook) -> tuple[Feature, ...]:
         chosen.append("signin_block")
     if settings.watched_groups:
         chosen.append("watched_groups")
+    if settings.notice_alert_comments:
+        chosen.append("alert_comments")
     return tuple(chosen)
 
 

@@ -25,6 +25,9 @@ class MemoryAuditStore:
         for record in records:
             self.records[record.seq] = record
 
+    async def get(self, seq: int) -> AuditRecord | None:
+        return self.records.get(seq)
+
     async def newest_first(self, before_seq: int | None = None) -> AsyncIterator[AuditRecord]:
         for seq in sorted(self.records, reverse=True):
             if before_seq is None or seq < before_seq:

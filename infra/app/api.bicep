@@ -30,6 +30,15 @@ param ipBlockSweepSchedule string
 param authTenantId string
 param authAudience string
 param notificationsQueueName string
+param noticesQueueName string
+@secure()
+param noticeTeamsWebhookUrl string
+param noticeTeamsEvents string
+param noticeMailSender string
+param noticeMailRoutes string
+param noticeAlertComments bool
+param sentinelWorkspaceId string
+param noticePageUrl string
 param subscriptionRenewSchedule string
 @secure()
 param notificationUrl string
@@ -57,12 +66,14 @@ param alwaysReadyInstances int = 1
 
 // Flex Consumption scales HTTP functions as one group (`http`) and every other trigger per
 // function (`function:<name>`): https://learn.microsoft.com/azure/azure-functions/flex-consumption-how-to#set-always-ready-instance-counts
-// Kept warm: the alert webhook and the API (http), and the two Service Bus triggers that execute
-// containment and process change notifications. Timers may start cold.
+// Kept warm: the alert webhook and the API (http), and the Service Bus triggers that execute
+// containment, process change notifications and tell the people on call (a held action waits
+// for someone to read its notice). Timers may start cold.
 var alwaysReadyGroups = [
   'http'
   'function:execute_action'
   'function:process_notification'
+  'function:send_notice'
 ]
 
 // pyproject.toml pins the project to Python 3.11.
@@ -97,6 +108,8 @@ resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing
 //   local-only: AUTO_DISABLE_WINDOW_MINUTES  (default 60)
 //   local-only: APPROVAL_TTL_MINUTES         (default 240)
 //   local-only: AUTH_ISSUER                  (default: the tenant's Entra v2.0 issuer)
+//   local-only: ARM_BASE_URL                 (default https://management.azure.com)
+//   local-only: NOTICE_MAX_PER_MINUTE        (default 20)
 //   local-only: AUTH_JWKS_URL                (default: the tenant's Entra v2.0 signing keys)
 //   local-only: PRIVILEGED_ROLE_IDS          (default: the built-in roles Microsoft marks privileged)
 //   local-only: MIN_ENABLED_GLOBAL_ADMINS    (default 2)
@@ -179,6 +192,19 @@ var appSettings = {
   WATCH_ALL_USERS: watchAllUsers ? 'true' : 'false'
   SUBSCRIPTION_RENEW_SCHEDULE: subscriptionRenewSchedule
   NOTIFICATIONS_QUEUE: notificationsQueueName
+
+  // Notices to the people on call: Teams (a Workflows webhook URL), e-mail (Graph sendMail
+  // from one mailbox, recipients per event class), comments on the originating alert and
+  // Sentinel incident, links to the audit page; the dispatcher's timer and queue.
+  NOTICES_QUEUE: noticesQueueName
+  NOTICES_SCHEDULE: '0 */1 * * * *'
+  NOTICE_TEAMS_WEBHOOK_URL: noticeTeamsWebhookUrl
+  NOTICE_TEAMS_EVENTS: noticeTeamsEvents
+  NOTICE_MAIL_SENDER: noticeMailSender
+  NOTICE_MAIL_ROUTES: noticeMailRoutes
+  NOTICE_ALERT_COMMENTS: noticeAlertComments ? 'true' : 'false'
+  SENTINEL_WORKSPACE_ID: sentinelWorkspaceId
+  NOTICE_PAGE_URL: noticePageUrl
 
   // The Defender XDR stream: the trigger's `DefenderEventHubConnection` prefix.
   DEFENDER_EVENTHUB: defenderEventHubName

@@ -21,6 +21,7 @@ param auditIndexTableName string
 param serviceBusNamespaceName string
 param actionsQueueName string
 param notificationsQueueName string
+param noticesQueueName string
 param eventHubNamespaceName string
 param eventHubName string
 param keyVaultName string
@@ -64,6 +65,10 @@ resource serviceBus 'Microsoft.ServiceBus/namespaces@2024-01-01' existing = {
 
   resource notificationsQueue 'queues' existing = {
     name: notificationsQueueName
+  }
+
+  resource noticesQueue 'queues' existing = {
+    name: noticesQueueName
   }
 }
 
@@ -190,6 +195,27 @@ resource notificationsQueueSender 'Microsoft.Authorization/roleAssignments@2022-
 resource notificationsQueueReceiver 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(serviceBus::notificationsQueue.id, managedIdentityPrincipalId, serviceBusDataReceiverRoleId)
   scope: serviceBus::notificationsQueue
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', serviceBusDataReceiverRoleId)
+    principalId: managedIdentityPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// The notice dispatcher enqueues notices; send_notice receives them (and reschedules a retry).
+resource noticesQueueSender 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(serviceBus::noticesQueue.id, managedIdentityPrincipalId, serviceBusDataSenderRoleId)
+  scope: serviceBus::noticesQueue
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', serviceBusDataSenderRoleId)
+    principalId: managedIdentityPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource noticesQueueReceiver 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(serviceBus::noticesQueue.id, managedIdentityPrincipalId, serviceBusDataReceiverRoleId)
+  scope: serviceBus::noticesQueue
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', serviceBusDataReceiverRoleId)
     principalId: managedIdentityPrincipalId

@@ -1,10 +1,12 @@
 // The Service Bus queues: action requests from the alert triggers to the executor, and accepted
-// Graph change notifications from the webhook to their processor.
+// Graph change notifications from the webhook to their processor, and notices from their
+// dispatcher to their sender.
 param location string = resourceGroup().location
 param tags object = {}
 param name string
 param queueName string = 'actions'
 param notificationsQueueName string = 'notifications'
+param noticesQueueName string = 'notices'
 
 @minValue(1)
 @maxValue(2000)
@@ -61,10 +63,28 @@ resource notificationsQueue 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' 
   }
 }
 
+// Notices to the people on call (Teams, e-mail, alert comments). The message id is the
+// deterministic task id: a dispatch pass repeated after a crash sends no duplicate.
+resource noticesQueue 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
+  parent: namespace
+  name: noticesQueueName
+  properties: {
+    requiresDuplicateDetection: true
+    duplicateDetectionHistoryTimeWindow: 'PT10M'
+    maxDeliveryCount: maxDeliveryCount
+    lockDuration: 'PT1M'
+    defaultMessageTimeToLive: 'P1D'
+    deadLetteringOnMessageExpiration: true
+    requiresSession: false
+    enablePartitioning: false
+  }
+}
+
 output name string = namespace.name
 // Host name only, as the Functions trigger and azure-servicebus expect it.
 output fullyQualifiedNamespace string = split(split(namespace.properties.serviceBusEndpoint, '/')[2], ':')[0]
 output queueName string = queue.name
 output notificationsQueueName string = notificationsQueue.name
+output noticesQueueName string = noticesQueue.name
 // The app's ACTIONS_MAX_DELIVERIES is taken from here, so the two cannot drift.
 output maxDeliveryCount int = queue.properties.maxDeliveryCount

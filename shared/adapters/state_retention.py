@@ -23,6 +23,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables.aio import TableClient
 
+from shared.adapters.notice_table import NOTICE_DELIVERIES
 from shared.adapters.state_table import ACTIONS, APPROVALS, BLOCKS, BUDGET, HANDLED
 from shared.adapters.watch_table import NOTIFICATIONS, STREAM_INFO
 from shared.models import OutcomeStatus
@@ -45,6 +46,8 @@ EXPIRING = {
         f"PartitionKey eq '{BLOCKS}' "
         f"and (State eq '{BlockState.UNBLOCKED}' or State eq '{BlockState.FAILED}')"
     ),
+    # Delivered or failed notices; a row still `sending` keeps a notice from going out twice.
+    "notices": f"PartitionKey eq '{NOTICE_DELIVERIES}' and State ne 'sending'",
     # AlertInfo rows, and every alert's evidence partition (`dfev-<digest>`).
     "defender": (
         f"(PartitionKey eq '{STREAM_INFO}' "

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from jwt.algorithms import RSAAlgorithm
 
 from shared.permissions import EXCHANGE_AUDIENCE, GRAPH_AUDIENCE
+from shared.simulator.notices import ARM_AUDIENCE
 from shared.simulator.permissions import PermissionDenied
 from shared.simulator.state import JsonObject
 
@@ -265,7 +266,7 @@ class AppIdentity:
             )
         scope = form.get("scope", "")
         audience = scope.removesuffix("/.default")
-        if audience == scope or audience not in (GRAPH_AUDIENCE, EXCHANGE_AUDIENCE):
+        if audience == scope or audience not in (GRAPH_AUDIENCE, EXCHANGE_AUDIENCE, ARM_AUDIENCE):
             raise TokenError(
                 400,
                 "invalid_scope",

@@ -74,6 +74,8 @@ ALERTS_READ = _alternatives(
     "SecurityIncident.Read.All",
     "SecurityIncident.ReadWrite.All",
 )
+# security-alert-post-comments: SecurityAlert.ReadWrite.All, nothing narrower or higher.
+ALERTS_WRITE = _alternatives("SecurityAlert.ReadWrite.All")
 # rbacapplication-list-roleassignments (directory provider).
 ROLE_ASSIGNMENTS_READ = _alternatives(
     "RoleManagement.Read.Directory",
@@ -134,8 +136,10 @@ def requirement(
             return Requirement(REVOKE_SESSIONS, directory)
         case "GET", ["users", _, "transitiveMemberOf", *_]:
             return Requirement(MEMBERSHIPS_READ, directory)
-        case "GET", ["security", "alerts_v2"]:
+        case "GET", ["security", "alerts_v2"] | ["security", "alerts_v2", _]:
             return Requirement(ALERTS_READ, Denial.SECURITY)
+        case "POST", ["security", "alerts_v2", _, "comments"]:
+            return Requirement(ALERTS_WRITE, Denial.SECURITY)
         case "GET", ["roleManagement", "directory", "roleAssignments"]:
             return Requirement(ROLE_ASSIGNMENTS_READ, directory)
         case "GET", ["groups", _, *rest] if rest in ([], ["members"]):

@@ -37,6 +37,14 @@ from shared.simulator.exchange import (
 )
 from shared.simulator.identity import DEFAULT_UPN, AppIdentity, TokenError, TokenIssuer
 from shared.simulator.named_locations import NamedLocationError, NamedLocationStore
+from shared.simulator.notices import (
+    ARM_AUDIENCE,
+    ARM_PREFIX,
+    WORKFLOW_PREFIX,
+    NoticeError,
+    NoticeStore,
+    SentMail,
+)
 from shared.simulator.permissions import (
     PermissionDenied,
     check,
@@ -107,12 +115,14 @@ class _GraphApi:
         access: AccessStore,
         subscriptions: SubscriptionStore,
         base_url: str,
+        notices: NoticeStore,
     ) -> None:
         self._state = state
         self._locations = locations
         self._access = access
         self._subscriptions = subscriptions
         self._base_url = base_url
+        self._notices = notices
 
     def handle(
         self, method: str, segments: list[str], query: Mapping[str, str], body: bytes
@@ -126,6 +136,21 @@ class _GraphApi:
                 return self._revoke_sessions(key)
             case "GET", ["security", "alerts_v2"]:
                 return self._list_alerts(query)
+            case "POST", ["users", key, "sendMail"]:
+                return self._send_mail(key, body)
+            case "GET", ["security", "alerts_v2", alert_id]:
+                alert = self._alert(alert_id)
+                return _Reply(200, {**alert, "comments": self._notices.alert_comments(alert_id)})
+            case "POST", ["security", "alerts_v2", alert_id, "comments"]:
+                self._alert(alert_id)
+                try:
+                    comments = self._notices.add_alert_comment(alert_id, _maybe_json(body))
+                except NoticeError as error:
+                    raise _GraphError(error.status, error.code, error.message) from None
+                context = (
+                    f"{self._base_url}/$metadata#Collection(microsoft.graph.security.alertComment)"
+                )
+                return _Reply(200, {"@odata.context": context, "value": comments})
             case "GET", ["roleManagement", "directory", "roleAssignments"]:
                 return self._role_assignments(query)
             case _, ["identity", "conditionalAccess", "policies", *rest] if len(rest) < 2:
@@ -158,6 +183,26 @@ class _GraphApi:
                     raise _GraphError(error.status, error.code, error.message) from None
                 return _Reply(200, self._members_json(group) if rest else group)
         raise _GraphError(404, "UnknownRoute", f"Unsupported route: {method} /{'/'.join(segments)}")
+
+    def _alert(self, alert_id: str) -> JsonObject:
+        for alert in self._state.alerts():
+            if alert.get("id") == alert_id:
+                return alert
+        raise _GraphError(404, "NotFound", f"Alert {alert_id} was not found.")
+
+    def _send_mail(self, key: str, body: bytes) -> _Reply:
+        """sendMail as the mailbox `key`; Exchange, not the token, decides who may (RBAC for
+        Applications: an "Application Mail.Send" scope holding the mailbox)."""
+        try:
+            user = self._state.user(key)
+        except KeyError:
+            user = None
+        mailbox = user.user_principal_name if user else key
+        try:
+            self._notices.send_mail(mailbox, user is not None, _maybe_json(body))
+        except NoticeError as error:
+            raise _GraphError(error.status, error.code, error.message, error.headers) from None
+        return _Reply(202)
 
     def _subscription(self, method: str, subscription_id: str | None, body: bytes) -> _Reply:
         store = self._subscriptions
@@ -500,8 +545,10 @@ class _GraphServer(ThreadingHTTPServer):
         tenant_names: tuple[str, ...],
         token_issuer: TokenIssuer,
         app: AppIdentity,
+        notices: NoticeStore,
     ) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
+        self.notices = notices
         self.state = state
         self.token = token
         self.app = app
@@ -514,7 +561,7 @@ class _GraphServer(ThreadingHTTPServer):
         self.token_issuer = token_issuer
         self.exchange_base_url = f"http://127.0.0.1:{self.server_port}"
         self.base_url = f"{self.exchange_base_url}{API_PREFIX}"
-        self.api = _GraphApi(state, locations, access, subscriptions, self.base_url)
+        self.api = _GraphApi(state, locations, access, subscriptions, self.base_url, notices)
         self.exchange_api = ExchangeApi(rules, self.exchange_base_url, tenant_names)
         self.stopping = threading.Event()
         self._connections: set[socket.socket] = set()
@@ -617,6 +664,8 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         # Like Entra's, the signing keys are public.
         serves_keys = self.command == "GET" and _jwks_tenant(parts.path) in server.tenant_names
+        if parts.path.startswith((WORKFLOW_PREFIX, ARM_PREFIX)):
+            return self._notice_endpoint(server, parts.path, parts.query, logged_path, body)
         tenant = _exchange_tenant(parts.path)
         headers = dict(self.headers.items())
         roles: frozenset[str] = frozenset()
@@ -651,6 +700,32 @@ class _Handler(BaseHTTPRequestHandler):
         reply = server.api.handle(self.command, segments, query, body)
         limited = limit_memberships(self.command, segments, reply.body, roles)
         return reply if limited is reply.body else _Reply(reply.status, limited, reply.headers)
+
+    def _notice_endpoint(
+        self, server: _GraphServer, path: str, raw_query: str, logged_path: str, body: bytes
+    ) -> _Reply:
+        """A Teams Workflows trigger (authorized by its URL's signature, no bearer token) or
+        an ARM Sentinel incident comment (a bearer token for ARM)."""
+        workflow = path.startswith(WORKFLOW_PREFIX)
+        if not workflow:
+            self._authenticate(server, ARM_AUDIENCE)
+        fault = server.state.take_fault(self.command, logged_path)
+        if fault is not None:
+            self._apply(fault, server.stopping)
+            self.drop_response = fault.drop_response
+        query = dict(parse_qsl(raw_query, keep_blank_values=True))
+        try:
+            if workflow and self.command == "POST":
+                server.notices.post_workflow(path, query, _maybe_json(body))
+                return _Reply(202)
+            if not workflow and self.command == "PUT":
+                status, resource = server.notices.put_incident_comment(
+                    path, query, _maybe_json(body)
+                )
+                return _Reply(status, resource)
+        except NoticeError as error:
+            raise _GraphError(error.status, error.code, error.message, error.headers) from None
+        raise _GraphError(404, "UnknownRoute", f"Unsupported route: {self.command} {path}")
 
     def _issue_token(self, server: _GraphServer) -> _Reply:
         form = dict(parse_qsl(self._read_body().decode("utf-8", "replace")))
@@ -823,6 +898,7 @@ class SimulatedTenant:
         self._access = AccessStore(page_size)
         self._token_issuer = TokenIssuer(tenant_id)
         self._subscriptions = SubscriptionStore(tenant_id)
+        self._notices = NoticeStore()
         self._app = AppIdentity(
             token,
             self._token_issuer,
@@ -883,6 +959,7 @@ class SimulatedTenant:
             (self._tenant_id, self._default_domain),
             self._token_issuer,
             self._app,
+            self._notices,
         )
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -1127,6 +1204,53 @@ class SimulatedTenant:
     def wait_for_deliveries(self) -> list[Delivery]:
         """Wait until every queued notification was posted; every delivery so far."""
         return self._subscriptions.wait_for_deliveries()
+
+    # Notices: a Teams Workflows webhook, sendMail, alert and Sentinel incident comments
+
+    @property
+    def workflow_url(self) -> str:
+        """The URL of a Teams Workflows "post to a channel when a webhook request is received"
+        flow (its `sig` authorizes the call)."""
+        return f"{self.exchange_base_url}{self._notices.workflow_path()}"
+
+    @property
+    def arm_base_url(self) -> str:
+        return self.exchange_base_url
+
+    def set_mailbox_clock(self, now: Callable[[], datetime]) -> None:
+        """Count the mailbox's messages per minute on `now` (a drill's movable clock)."""
+        self._notices.seconds = lambda: now().timestamp()
+
+    def cards(self) -> list[JsonObject]:
+        """What the Workflows webhook was posted, in order."""
+        return self._notices.cards()
+
+    def allow_mail_sender(self, mailbox: str) -> None:
+        """Scope an "Application Mail.Send" role assignment of the app to `mailbox`."""
+        self._notices.allow_sender(mailbox)
+
+    def mail(self) -> list[SentMail]:
+        return self._notices.mail()
+
+    def alert_comments(self, alert_id: str) -> list[JsonObject]:
+        return self._notices.alert_comments(alert_id)
+
+    def commented_alerts(self) -> dict[str, list[JsonObject]]:
+        """Every alerts_v2 alert with comments, and its comments."""
+        return self._notices.commented_alerts()
+
+    def commented_incidents(self) -> dict[str, dict[str, JsonObject]]:
+        """Every Sentinel incident (lower-cased ARM id) with comments, by comment id."""
+        return self._notices.commented_incidents()
+
+    def add_sentinel_incident(self, incident_arm_id: str) -> None:
+        self._notices.add_incident(incident_arm_id)
+
+    def grant_sentinel_responder(self, workspace_id: str) -> None:
+        self._notices.grant_responder(workspace_id)
+
+    def incident_comments(self, incident_arm_id: str) -> dict[str, JsonObject]:
+        return self._notices.incident_comments(incident_arm_id)
 
     def add_alert(self, alert: Mapping[str, Any]) -> None:
         """Store a raw alerts_v2 object with `id` and `lastUpdateDateTime`; same id replaces."""

@@ -39,6 +39,8 @@ EXPECTED = {
     "check_readiness",
     "reconcile_actions",
     "clean_up_state",
+    "dispatch_notices",
+    "send_notice",
 }
 
 
@@ -74,6 +76,10 @@ def test_bindings_use_app_settings_not_literals() -> None:
         assert webhook["authLevel"] == "FUNCTION" and webhook["route"] == route
     renew = bindings["renew_subscriptions"][0]
     assert renew["schedule"] == "%SUBSCRIPTION_RENEW_SCHEDULE%"
+    assert bindings["dispatch_notices"][0]["schedule"] == "%NOTICES_SCHEDULE%"
+    notices = bindings["send_notice"][0]
+    assert notices["queueName"] == "%NOTICES_QUEUE%"
+    assert notices["connection"] == "ServiceBusConnection"
     notifications = bindings["process_notification"][0]
     assert notifications["queueName"] == "%NOTIFICATIONS_QUEUE%"
     stream = bindings["ingest_defender_stream"][0]

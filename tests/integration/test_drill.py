@@ -34,6 +34,9 @@ def test_the_compromised_account_drill_contains_and_verifies(
     assert summary["checks"]["attacker address blocked at the mail edge"]
     assert all(summary["checks"].values())
     assert summary["time_to_contain_ms"] > 0
+    # Told: per incident a card and an e-mail for what was done (and for what a guard refused),
+    # a comment on each Graph alert and on the Sentinel incident.
+    assert summary["notifications_sent"] == 6 and summary["comments_posted"] == 3
 
 
 def test_the_readable_drill_prints_a_timeline(
@@ -43,6 +46,7 @@ def test_the_readable_drill_prints_a_timeline(
     assert main(["drill"]) == 0
     out = capsys.readouterr().out
     assert "timeline" in out and "executed" in out and "refused" in out
+    assert "notices sent (9)" in out and "teams: Contained" in out
     assert "audit chain verified: 12 records" in out and "result: PASS" in out
     assert "[ok] attacker address blocked at the mail edge" in out
 

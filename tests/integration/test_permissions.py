@@ -72,6 +72,9 @@ class Case:
     # With watched groups, Group.Read.All reads memberships too, so GroupMember.Read.All is
     # needed by a deployment that watches no group (which is granted no Group.Read.All).
     watched_groups: bool = True
+    # SecurityAlert.ReadWrite.All (alert comments) reads alerts too, so SecurityAlert.Read.All
+    # is needed by a deployment that does not comment on alerts.
+    alert_comments: bool = True
 
 
 async def disable(services: Container) -> str:
@@ -137,13 +140,22 @@ async def subscribe(services: Container) -> str:
     return str(caught.value)
 
 
+async def comment(services: Container) -> str:
+    comments = services.notice_channels.alert_comments
+    assert comments is not None
+    with pytest.raises(MissingPermission) as caught:
+        await comments.add_comment("da-permissions", "contained")
+    return str(caught.value)
+
+
 CASES = [
     Case("User.Read.All", disable),
     Case("User.EnableDisableAccount.All", disable),
     Case("User.RevokeSessions.All", revoke),
     Case("RoleManagement.Read.Directory", disable),
     Case("GroupMember.Read.All", disable, watched_groups=False),
-    Case("SecurityAlert.Read.All", poll),
+    Case("SecurityAlert.Read.All", poll, alert_comments=False),
+    Case("SecurityAlert.ReadWrite.All", comment),
     Case("Policy.Read.All", activate),
     Case("Policy.ReadWrite.ConditionalAccess", block),
     Case("Group.Read.All", subscribe),
@@ -196,6 +208,7 @@ def every_feature(tenant: SimulatedTenant, azurite: Azurite, tmp_path: Any) -> d
             NOTIFICATION_TENANT_ID=tenant.tenant_id,
             RESPONDER_PLAYBOOK=str(playbook),
             IP_BLOCK_BATCH_SECONDS=0,
+            NOTICE_ALERT_COMMENTS="true",
         )
     }
 
@@ -205,9 +218,12 @@ async def test_without_one_grant_its_action_fails_naming_the_permission(
     case: Case, tenant: SimulatedTenant, every_feature: dict[str, Any]
 ) -> None:
     features = [f for f in FEATURES if case.watched_groups or f != "watched_groups"]
+    features = [f for f in features if case.alert_comments or f != "alert_comments"]
     settings = every_feature["settings"]
     if not case.watched_groups:
         settings = settings.model_copy(update={"watched_groups": []})
+    if not case.alert_comments:
+        settings = settings.model_copy(update={"notice_alert_comments": False})
     # Exactly what the deployment grants for its features, less one.
     tenant.set_grants(
         manifest().grants(features, GRAPH_AUDIENCE) | manifest().grants(features, EXCHANGE_AUDIENCE)

@@ -340,7 +340,11 @@ def test_service_bus_roles_are_scoped_to_the_queue() -> None:
         for var in ("serviceBusDataSenderRoleId", "serviceBusDataReceiverRoleId")
     }
     scopes = {a.scope for a in role_assignments() if a.role in sb_roles}
-    assert scopes == {"serviceBus::actionsQueue", "serviceBus::notificationsQueue"}
+    assert scopes == {
+        "serviceBus::actionsQueue",
+        "serviceBus::notificationsQueue",
+        "serviceBus::noticesQueue",
+    }
 
 
 def test_no_role_grants_owner_contributor_or_data_owner_rights() -> None:
@@ -463,7 +467,7 @@ def test_azure_yaml_deploys_the_repo_root_as_the_api_function() -> None:
 
 # --- Graph permissions --------------------------------------------------------------------
 
-GRAPH_ADAPTERS = ("graph.py", "graph_subscriptions.py")
+GRAPH_ADAPTERS = ("graph.py", "graph_subscriptions.py", "mail.py", "comments.py")
 
 
 def documented_graph_permissions() -> set[str]:
@@ -748,6 +752,7 @@ def test_every_role_id_carries_a_comment_naming_the_role() -> None:
         "a638d3c7-ab3a-418d-83e6-5f17a39d4fde": "Azure Event Hubs Data Receiver",
         "4633458b-17de-408a-b874-0445c86b69e6": "Key Vault Secrets User",
         "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",
+        "3e150937-b8fe-4cfb-8069-0eaf05ecd056": "Microsoft Sentinel Responder",
         # Well-known application ids rather than roles.
         "04b07795-8ddb-461a-bbee-02f9e1bf7b46": "Azure CLI",
     }
@@ -789,7 +794,7 @@ def test_http_and_every_service_bus_trigger_are_kept_warm() -> None:
     groups = re.search(r"(?m)^var alwaysReadyGroups = \[\n(.*?)^\]", api, re.DOTALL)
     assert groups
     assert set(strings(groups[1])) == {"http"} | {f"function:{n}" for n in service_bus_functions()}
-    assert service_bus_functions() == {"execute_action", "process_notification"}
+    assert service_bus_functions() == {"execute_action", "process_notification", "send_notice"}
     scale = block(
         block(declaration("app/api.bicep", "functionApp").body, "functionAppConfig"),
         "scaleAndConcurrency",

@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ["intake.py", "outbox.py", "poller.py", "policy.py", "audit.py", "actions"]
+SERVICES = ["intake.py", "outbox.py", "poller.py", "policy.py", "audit.py", "actions", "notices"]
 
 
 def imports_of(path: Path) -> set[str]:

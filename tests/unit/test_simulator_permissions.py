@@ -96,7 +96,7 @@ def test_the_token_endpoint_issues_tokens_carrying_the_grants_of_their_audience(
     [
         ({"client_secret": "wrong"}, 401, "invalid_client"),
         ({"scope": GRAPH_AUDIENCE}, 400, "invalid_scope"),
-        ({"scope": "https://management.azure.com/.default"}, 400, "invalid_scope"),
+        ({"scope": "https://vault.azure.net/.default"}, 400, "invalid_scope"),
         ({"grant_type": "password"}, 400, "unsupported_grant_type"),
     ],
 )

@@ -1,0 +1,87 @@
+"""The interfaces the notice services depend on; shared/adapters implements them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+from shared.notices.model import NoticeTask
+
+
+class NoticeQueue(Protocol):
+    """Where notices wait for the sender (a Service Bus queue; message id = task id)."""
+
+    async def send(self, tasks: list[NoticeTask]) -> None: ...
+
+    async def schedule(self, tasks: list[NoticeTask], at: datetime) -> None: ...
+
+
+@dataclass(frozen=True)
+class DispatchCursor:
+    """How far the dispatcher has read the audit trail: `done` records are dispatched;
+    records up to `planned` belong to a pass that began (a rerun repeats exactly that pass,
+    so its notice ids come out the same)."""
+
+    done: int
+    planned: int
+    etag: str = ""
+
+
+class DeliveryState(StrEnum):
+    SENDING = "sending"
+    SENT = "sent"
+    RETRY = "retry"
+    FAILED = "failed"
+
+
+class NoticeRows(Protocol):
+    """The dispatcher's cursor and one row per notice task (at most once per event)."""
+
+    async def cursor(self) -> DispatchCursor | None: ...
+
+    async def save_cursor(self, cursor: DispatchCursor) -> str | None:
+        """Store `cursor` unless someone changed the stored one since it was read (etag; an
+        empty etag means none was stored). The new etag; None on such a conflict."""
+        ...
+
+    async def delivery(self, task_id: str) -> DeliveryState | None: ...
+
+    async def claim(self, task_id: str) -> bool:
+        """Mark the task as being sent, if no row exists or the last attempt is known not to
+        have been delivered (`retry`); False otherwise."""
+        ...
+
+    async def settle(self, task_id: str, state: DeliveryState) -> None: ...
+
+
+class TeamsChannel(Protocol):
+    async def post(self, card: dict[str, Any]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class MailChannel(Protocol):
+    async def send(self, recipients: tuple[str, ...], subject: str, html_body: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class AlertComments(Protocol):
+    """Comments on Graph alerts_v2 alerts."""
+
+    async def has_comment(self, alert_id: str, marker: str) -> bool: ...
+
+    async def add_comment(self, alert_id: str, text: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class IncidentComments(Protocol):
+    """Comments on Microsoft Sentinel incidents (ARM); `comment_id` makes the write
+    idempotent (PUT)."""
+
+    async def put_comment(self, incident_arm_id: str, comment_id: str, text: str) -> None: ...
+
+    async def close(self) -> None: ...
