@@ -23,6 +23,7 @@ EXPECTED = {
     "get_action",
     "approve_action",
     "reject_action",
+    "list_approvals",
     "verify_audit",
     "query_audit",
     "export_audit",
