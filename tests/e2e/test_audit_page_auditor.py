@@ -395,6 +395,9 @@ def test_the_page_fits_a_phone_in_every_view(phone: Watched, world: World) -> No
     assert no_overflow(page)
     page.click("#view-approvals")
     page.locator("#approvals li.approval").first.wait_for()
+    page.wait_for_function(
+        "() => document.querySelector('#approvals').getAttribute('aria-busy') === 'false'"
+    )
     assert no_overflow(page)
     # On a phone the facts stack under their labels and the buttons share the width.
     buttons = page.locator("#approvals li.approval").first.locator(".decide button")

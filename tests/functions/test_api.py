@@ -441,6 +441,7 @@ ROUTES = [
     ("get_action", "GET", "actions/{action_id}"),
     ("approve_action", "POST", "actions/{action_id}/approve"),
     ("reject_action", "POST", "actions/{action_id}/reject"),
+    ("list_approvals", "GET", "approvals"),
     ("query_audit", "GET", "audit"),
     ("export_audit", "GET", "audit/export"),
     ("verify_audit", "GET", "audit/verify"),
