@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from azure.data.tables import UpdateMode
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, Route, sync_playwright
 
 from drill.azurite import Azurite
 from drill.host import LocalHost
@@ -331,6 +331,36 @@ def test_a_target_filter_narrows_the_timeline_and_the_csv_matches(
 
     page.click("#clear")
     wait_for_entries(page, len(trail.rows))
+
+
+def test_the_download_follows_the_export_pages_into_one_file(
+    desktop: Watched, trail: Trail, tmp_path: Path
+) -> None:
+    """The export answers in pages (Link rel="next"); the page joins them into one file. The
+    first request is asked for pages of two records so a small trail spans several."""
+    page = desktop.page
+    sign_in(page, trail.token(ROLE_AUDIT_READ))
+    wait_for_entries(page, len(trail.rows))
+    requested: list[str] = []
+
+    def small_pages(route: Route) -> None:
+        url = route.request.url
+        requested.append(url)
+        if "continuation=" not in url:
+            url += "&limit=2"
+        route.continue_(url=url)
+
+    page.route("**/api/audit/export?*", small_pages)
+    with page.expect_download() as download_info:
+        page.click("#download")
+    saved = tmp_path / "paged.csv"
+    download_info.value.save_as(saved)
+    exported = list(csv.DictReader(io.StringIO(saved.read_text(encoding="utf-8"))))
+    assert [row["seq"] for row in exported] == [row["seq"] for row in trail.rows]
+    assert len(requested) == -(-len(trail.rows) // 2)
+    status = page.locator("#download-status").inner_text()
+    assert status.startswith("Saved audit-")
+    assert f"{len(trail.rows)} records" in status
 
 
 def test_a_token_without_the_auditor_role_is_told_so(desktop: Watched, trail: Trail) -> None:
