@@ -282,6 +282,7 @@ class Container:
             self.approval_store,
             timedelta(minutes=self.settings.approval_ttl_minutes),
             self.clock,
+            self.leases,
         )
 
     @cached_property

@@ -3,11 +3,14 @@ else happens, then its decision is audited and it is handed on (queued, held for
 closed as refused), and only then marked sent. A claim that never got that far — the worker
 died, storage or Service Bus failed in between — is finished later from the ledger row, by
 the next delivery of the same alert or by the reconciler, under the same message id (Service
-Bus duplicate detection and the executor's ledger make a second send harmless)."""
+Bus duplicate detection and the executor's ledger make a second send harmless). Two of those
+may find the same unsent claim at once (a sender's retry and the reconciler): each takes a
+lease on the claim and reads it again first, so its decision is audited once."""
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -21,10 +24,12 @@ from shared.models import (
     OutcomeStatus,
     action_entry,
 )
-from shared.ports import ActionLedger, ActionQueue, ApprovalStore, LedgerEntry
+from shared.ports import ActionLedger, ActionQueue, ApprovalStore, Leases, LedgerEntry
 
 logger = logging.getLogger(__name__)
 
+# How long a committer holds an unsent claim; one that died holding it is waited out.
+RESEND_LEASE_TTL = timedelta(minutes=2)
 QUEUED_DECISIONS = frozenset({Decision.EXECUTE, Decision.DRY_RUN})
 DECISION_EVENTS = {
     Decision.REFUSED: AuditEvent.ACTION_REFUSED,
@@ -49,6 +54,7 @@ class Outbox:
         approvals: ApprovalStore,
         approval_ttl: timedelta,
         clock: Callable[[], datetime],
+        leases: Leases,
     ) -> None:
         self._chain = chain
         self._ledger = ledger
@@ -56,6 +62,7 @@ class Outbox:
         self._approvals = approvals
         self._approval_ttl = approval_ttl
         self.clock = clock
+        self._leases = leases
 
     async def claim_seq(self) -> int:
         """Where the audit trail stands before claims are made (the decision records of the
@@ -68,7 +75,32 @@ class Outbox:
     async def commit(self, fresh: list[ActionRequest], unsent: list[LedgerEntry]) -> None:
         """Audit the decisions of the claims made just now (`fresh`) and of earlier claims
         that never reached the queue (`unsent`, audited only if their record is missing),
-        then hand every one of them on."""
+        then hand every one of them on. An unsent claim another committer holds, or that
+        was handed on since it was read, is left alone."""
+        if not fresh and not unsent:
+            return
+        holder = uuid.uuid4().hex
+        taken = await self._take(unsent, holder)
+        try:
+            await self._commit(fresh, taken)
+        finally:
+            await gather_bounded(self._leases.release(_lease(e.action_id), holder) for e in taken)
+
+    async def _take(self, unsent: list[LedgerEntry], holder: str) -> list[LedgerEntry]:
+        """The unsent claims this committer may hand on: leased, and still unsent when read
+        again under the lease."""
+        taken: list[LedgerEntry] = []
+        for entry in unsent:
+            if not await self._leases.acquire(_lease(entry.action_id), holder, RESEND_LEASE_TTL):
+                continue
+            current = await self._ledger.get(entry.action_id)
+            if current is not None and current.open and not current.sent:
+                taken.append(current)
+            else:
+                await self._leases.release(_lease(entry.action_id), holder)
+        return taken
+
+    async def _commit(self, fresh: list[ActionRequest], unsent: list[LedgerEntry]) -> None:
         if not fresh and not unsent:
             return
         earlier = [e.request for e in unsent if e.request is not None]
@@ -103,3 +135,7 @@ class Outbox:
         after = min(e.claim_seq for e in unsent)
         found = await self._chain.find({e.action_id for e in unsent}, DECISION_RECORDS, after)
         return {action_id: record.seq for action_id, record in found.items()}
+
+
+def _lease(action_id: str) -> str:
+    return f"outbox-{action_id}"

@@ -29,7 +29,7 @@ from functions.http import KEY_HEADER
 from shared.adapters.queue import DUPLICATE_WINDOW, Delivery, InMemoryActionQueue
 from shared.container import Container
 from shared.errors import TransientError
-from shared.models import ActionKind, ActionRequest, Actor, AuditEntry, OutcomeStatus
+from shared.models import ActionKind, ActionRequest, Actor, AuditEntry, Decision, OutcomeStatus
 from shared.ports import BlockState
 from shared.simulator import Fault, SimulatedTenant
 from tests.conftest import ADELE, BREAK_GLASS, WEBHOOK_SECRET, installed, settings_for
@@ -719,3 +719,39 @@ async def test_an_unblock_recorded_but_left_unblocking_is_settled_not_run_again(
         "block_ip": ["action.executed"],
         "unblock_ip": ["action.executed"],
     }
+
+
+async def test_two_committers_of_one_unsent_claim_audit_its_decision_once(
+    services: Container, faults: Faults, sim: SimulatedTenant, clock: DrillClock
+) -> None:
+    """A sender's retry of the alert and the reconciler both find the same claim unsent (its
+    first commit failed) and commit it at the same time."""
+    refused = ActionRequest(
+        id=ActionRequest.derive_id(ActionKind.DISABLE_ACCOUNT, BREAK_GLASS.id, "soc-9"),
+        kind=ActionKind.DISABLE_ACCOUNT,
+        target=BREAK_GLASS.id,
+        decision=Decision.REFUSED,
+        reason="protected identity",
+    )
+    planned = ActionRequest(
+        id=ActionRequest.derive_id(ActionKind.REVOKE_SESSIONS, ADELE.id, "soc-9"),
+        kind=ActionKind.REVOKE_SESSIONS,
+        target=ADELE.id,
+        reason="token theft",
+    )
+    outbox = services.outbox
+    seq = await outbox.claim_seq()
+    assert await outbox.claim(refused, seq) and await outbox.claim(planned, seq)
+    unsent = [e for e in [await services.state.get(a.id) for a in (refused, planned)] if e]
+
+    await asyncio.gather(outbox.commit([], unsent), outbox.commit([], unsent))
+
+    events = Counter(str(e.event) for e in await trail(services))
+    assert events["action.refused"] == 1 and events["action.planned"] == 1, events
+    assert queue_of(services).sent == 1
+    for action in (refused, planned):
+        row = await services.state.get(action.id)
+        assert row is not None and (row.sent or not row.open)
+    # The leases are gone: a later commit finds nothing left to do.
+    await outbox.commit([], unsent)
+    assert Counter(str(e.event) for e in await trail(services)) == events
