@@ -489,3 +489,24 @@ def test_an_approver_decides_held_actions_and_the_server_keeps_four_eyes(
     approved = next(r for r in katie_rows if r["event"] == "action.approved")
     assert (approved["actor"], approved["reason"]) == (LEAD, "confirmed compromised")
     assert katie_rows[0]["event"] == "action.executed"
+
+
+def test_a_notice_link_opens_the_incident_or_the_approvals_view(
+    berlin: Watched, world: World
+) -> None:
+    """Notices link to `?incident=<id>` and, for held actions, to `?view=approvals`."""
+    page = berlin.page
+    page.goto(f"{world.base}/api/audit/ui?incident={INCIDENT}")
+    sign_in(page, world.token(ROLE_AUDIT_READ))
+    expected = [r["seq"] for r in world.records(incident=INCIDENT)]
+    assert expected and len(expected) < len(world.records())
+    wait_for_entries(page, len(expected))
+    assert shown_seqs(page) == expected
+    assert page.locator("#f-incident").input_value() == INCIDENT
+
+    page.goto(f"{world.base}/api/audit/ui?view=approvals")
+    page.click("#signout")  # the tab's session kept the auditor's token
+    sign_in(page, world.token(ROLE_AUDIT_READ, ROLE_APPROVE, upn=LEAD))
+    page.locator("#approvals li.approval").first.wait_for()
+    assert page.locator("#approvals-view").is_visible()
+    assert page.locator("#trail-view").is_hidden()
