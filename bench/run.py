@@ -586,7 +586,17 @@ def main() -> None:
     if args.part:
         print(json.dumps(part(args.part, args.quick)))
         return
-    storm_args = ["--alerts", "2000", "--addresses", "100"] if args.quick else []
+    from drill.azurite import ENV_ENDPOINT, Azurite
+
+    with Azurite() as azurite:
+        # One Azurite for every part (each uses tables of its own): started once, not per part.
+        os.environ[ENV_ENDPOINT] = azurite.endpoint
+        document = run_all(args.quick)
+    print(json.dumps(document, indent=2))
+
+
+def run_all(quick: bool) -> dict[str, Any]:
+    storm_args = ["--alerts", "2000", "--addresses", "100"] if quick else []
     started = time.perf_counter()
     document: dict[str, Any] = {
         "python": sys.version.split()[0],
@@ -594,13 +604,13 @@ def main() -> None:
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
     for name in ("cold", "first", "warm", "verify"):
-        document[name] = in_child(name, args.quick)
+        document[name] = in_child(name, quick)
     document["storm"] = script("storm.py", *storm_args)()
     document["notifications"] = script("notifications.py")()
     document["normalize"] = script("normalize.py")()
     document["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     document["seconds"] = round(time.perf_counter() - started, 1)
-    print(json.dumps(document, indent=2))
+    return document
 
 
 if __name__ == "__main__":
