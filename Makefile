@@ -45,11 +45,7 @@ fuzz: $(STAMP)
 	FUZZ_BODY_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q tests/integration/test_fuzz_http.py
 
 bench: $(STAMP)
-	$(BIN)/python bench/latency.py
-	$(BIN)/python bench/storm.py
-	$(BIN)/python bench/notifications.py
-	$(BIN)/python bench/normalize.py
-	$(BIN)/python bench/export.py
+	$(BIN)/python bench/run.py
 
 # Mutation testing of the safety and evidence core, module by module against the tests that
 # cover it; prints the score per module (docs/testing.md). Takes minutes: not part of `make test`.

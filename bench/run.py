@@ -12,7 +12,7 @@ interpreter and every part's peak memory is its own:
   and without 150 ms of simulated Graph latency, against raw HTTP calls to the same simulated
   endpoints and a plain azure-data-tables insert loop;
 - verify: `audit verify` against reading the same records without verifying;
-- storm, notifications, normalize: the scripts of the same name in bench/.
+- storm, notifications, normalize, export: the scripts of the same name in bench/.
 
 Usage: python bench/run.py [--quick] [--part NAME]   (--part runs one part and prints it)
 """
@@ -28,6 +28,7 @@ import secrets
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -83,17 +84,49 @@ def summary_ms(samples: list[float]) -> dict[str, float]:
     }
 
 
-def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+def child_env(extra: dict[str, str] | None = None, bytecode: str = "") -> dict[str, str]:
+    """The environment of a child interpreter. With `bytecode` (a directory) it reads and
+    writes compiled modules there (as a deployment whose .pyc files are cached); without, it
+    inherits this process's setting (PYTHONDONTWRITEBYTECODE=1 compiles the project's modules
+    from source at every fresh start)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RESPONDER_", "GRAPH_"))}
     env["PYTHONPATH"] = str(ROOT)
+    if bytecode:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = bytecode
     env.update(extra or {})
     return env
+
+
+BYTECODE_MODES = {
+    "bytecode_cached": True,
+    "compiled_at_import" if os.environ.get("PYTHONDONTWRITEBYTECODE") else "as_configured": False,
+}
+
+
+def bytecode_dir(cached: bool) -> str:
+    """A cache of compiled modules outside the repository, filled by one untimed import."""
+    if not cached:
+        return ""
+    directory = tempfile.mkdtemp(prefix="bench-pyc-")
+    warm_up = "import function_app, shared.container, shared.adapters.graph, drill.host, httpx"
+    subprocess.run(
+        [sys.executable, "-c", warm_up], cwd=ROOT, env=child_env(bytecode=directory), check=True
+    )
+    return directory
 
 
 # cold --------------------------------------------------------------------------------------
 
 
 def cold(runs: int) -> dict[str, Any]:
+    """Each import in `runs` fresh interpreters, with and without cached bytecode."""
+    return {
+        mode: cold_imports(runs, bytecode_dir(cached)) for mode, cached in BYTECODE_MODES.items()
+    }
+
+
+def cold_imports(runs: int, bytecode: str) -> dict[str, Any]:
     """Each import in `runs` fresh interpreters: wall and CPU time (CPU is the steadier figure
     on a shared machine), modules loaded, and the interpreter's peak memory."""
     results: dict[str, Any] = {}
@@ -103,7 +136,7 @@ def cold(runs: int) -> dict[str, Any]:
             out = subprocess.run(
                 [sys.executable, "-c", IMPORT_PROBE.format(statement=statement)],
                 cwd=ROOT,
-                env=child_env(),
+                env=child_env(bytecode=bytecode),
                 capture_output=True,
                 text=True,
                 check=True,
@@ -203,6 +236,11 @@ def sim_user(n: int) -> Any:
 
 
 def first(runs: int) -> dict[str, Any]:
+    """First containment with and without cached bytecode."""
+    return {mode: first_runs(runs, bytecode_dir(cached)) for mode, cached in BYTECODE_MODES.items()}
+
+
+def first_runs(runs: int, bytecode: str) -> dict[str, Any]:
     """Fresh processes against one Azurite and one simulated tenant started beforehand."""
     from drill.azurite import Azurite
     from shared.simulator import SimulatedTenant
@@ -226,7 +264,8 @@ def first(runs: int) -> dict[str, Any]:
                     "SIMULATOR_TOKEN": sim.token,
                     "RESPONDER_QUEUE": "memory",
                     "RESPONDER_WEBHOOK_SECRET": secret,
-                }
+                },
+                bytecode,
             )
             alert = json.dumps(compromised(n, user.id))
             out = subprocess.run(
@@ -244,7 +283,7 @@ def first(runs: int) -> dict[str, Any]:
             raw = subprocess.run(
                 [sys.executable, "-c", RAW_CHILD, sim.base_url, sim.token, raw_user.id],
                 cwd=ROOT,
-                env=child_env(),
+                env=child_env(bytecode=bytecode),
                 capture_output=True,
                 text=True,
                 check=True,
@@ -547,7 +586,17 @@ def main() -> None:
     if args.part:
         print(json.dumps(part(args.part, args.quick)))
         return
-    storm_args = ["--alerts", "2000", "--addresses", "100"] if args.quick else []
+    from drill.azurite import ENV_ENDPOINT, Azurite
+
+    with Azurite() as azurite:
+        # One Azurite for every part (each uses tables of its own): started once, not per part.
+        os.environ[ENV_ENDPOINT] = azurite.endpoint
+        document = run_all(args.quick)
+    print(json.dumps(document, indent=2))
+
+
+def run_all(quick: bool) -> dict[str, Any]:
+    storm_args = ["--alerts", "2000", "--addresses", "100"] if quick else []
     started = time.perf_counter()
     document: dict[str, Any] = {
         "python": sys.version.split()[0],
@@ -555,13 +604,14 @@ def main() -> None:
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
     for name in ("cold", "first", "warm", "verify"):
-        document[name] = in_child(name, args.quick)
+        document[name] = in_child(name, quick)
     document["storm"] = script("storm.py", *storm_args)()
     document["notifications"] = script("notifications.py")()
     document["normalize"] = script("normalize.py")()
+    document["export"] = script("export.py", *(["--records", "2000,20000"] if quick else []))()
     document["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     document["seconds"] = round(time.perf_counter() - started, 1)
-    print(json.dumps(document, indent=2))
+    return document
 
 
 if __name__ == "__main__":

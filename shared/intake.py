@@ -15,8 +15,10 @@ from shared.models import ActionKind, ActionRequest, Alert, Decision
 from shared.outbox import QUEUED_DECISIONS, Outbox
 from shared.policy import Plan, Policy
 from shared.ports import (
+    ACTIVE_BLOCK_STATES,
     ActionLedger,
     AlertCheckpoint,
+    BlockEntry,
     BlockRegistry,
     BlockState,
     DisableBudget,
@@ -186,15 +188,11 @@ class AlertIntake:
         unsent_ids: list[str] = []
         for decided in actions:
             planned = await self._blast_radius.check(decided)
-            action = await self._reserve(planned, batch)
+            action, earlier = await self._reserve(planned, batch)
             if action is None:
                 # The network is pending or blocked: this request joins that generation.
                 result.actions.append(planned)
                 result.coalesced.append(planned.id)
-                if planned.target in batch.networks:
-                    continue  # its block was claimed or looked at in this batch already
-                batch.networks.add(planned.target)
-                earlier = await self._blocks.get(planned.target)
                 if earlier is not None and earlier.state == BlockState.PENDING:
                     await self._resume(earlier.block, batch, fresh_ids, unsent_ids)
                 continue
@@ -234,18 +232,25 @@ class AlertIntake:
         batch.add_unsent(entry)
         return True
 
-    async def _reserve(self, action: ActionRequest, batch: _Batch) -> ActionRequest | None:
+    async def _reserve(
+        self, action: ActionRequest, batch: _Batch
+    ) -> tuple[ActionRequest | None, BlockEntry | None]:
         """IP blocks go through the block registry: a network already pending or blocked
-        coalesces, a new one gets its generation's id. A network met earlier in the batch
-        coalesces without another read."""
+        coalesces (None, with its registry entry), a new one gets its generation's id. A
+        network met earlier in the batch coalesces without another read, an active one on
+        the one read that finds it so (in a storm most networks named are)."""
         if action.kind is not ActionKind.BLOCK_IP or action.decision is not Decision.EXECUTE:
-            return action
+            return action, None
         if action.target in batch.networks:
-            return None
+            return None, None  # its block was claimed or looked at in this batch already
+        batch.networks.add(action.target)
+        earlier = await self._blocks.get(action.target)
+        if earlier is not None and earlier.state in ACTIVE_BLOCK_STATES:
+            return None, earlier
         reserved = await self._blocks.reserve(action)
-        if reserved is not None:
-            batch.networks.add(action.target)
-        return reserved
+        if reserved is None:  # another intake reserved it meanwhile
+            return None, await self._blocks.get(action.target)
+        return reserved, None
 
 
 @dataclass
