@@ -461,6 +461,10 @@ def test_the_emergency_access_refusal_names_the_way_to_open_it() -> None:
             "extra: Extra inputs are not permitted (got True)",
         ),
         (
+            'version = 1\nXmode = "x"\n[[rules]]\nname = "a"\nactions = ["disable_account"]\n',
+            "Xmode: Extra inputs are not permitted (got 'x')",
+        ),
+        (
             'version = 1\n[[rules]]\nname = "a"\nactions = ["disable_account"]\n'
             'entities = {kind = "user", roles = [["x"]]}\n',
             "rule 'a' entities.roles[0]: Input should be a valid string",
