@@ -11,7 +11,11 @@ Prints one line per module (mutants, killed, survived, score) and the surviving 
 exits non-zero when a module scores below `--min-score`. `docs/testing.md` lists every
 remaining survivor and why it is harmless.
 
-Usage: python bench/mutation.py [--max-children 2] [--min-score 95] [module ...]
+With `--survivors`, a module's last run is taken up again: the current tests are copied into
+its work directory and only the mutants that run left alive are run again (mutmut collects
+which of the new tests cover what). The score then counts every mutant of that run.
+
+Usage: python bench/mutation.py [--max-children 2] [--min-score 95] [--survivors] [module ...]
        (module: a name from MODULES, e.g. `policy`; default all)
 """
 
@@ -152,7 +156,7 @@ def prepare(name: str, target: Target) -> Path:
     return work
 
 
-def selected_mutants(work: Path, target: Target) -> list[str]:
+def selected_mutants(target: Target) -> list[str]:
     """The mutant names mutmut generated for the target's functions ([] means all)."""
     if not target.functions:
         return []
@@ -167,14 +171,34 @@ def read_results(work: Path, target: Target) -> dict[str, str]:
         key: STATUS.get(code, "suspicious") if code is not None else "not checked"
         for key, code in codes.items()
     }
-    patterns = selected_mutants(work, target)
+    patterns = selected_mutants(target)
     if patterns:
         results = {k: v for k, v in results.items() if any(fnmatch.fnmatch(k, p) for p in patterns)}
     return results
 
 
-def run(name: str, target: Target, max_children: int, verbose: bool) -> Score:
-    work = prepare(name, target)
+def refresh(name: str, target: Target) -> tuple[Path, list[str]]:
+    """The work directory of an earlier run with the current tests copied in, and the mutants
+    that run did not kill. Refused when the module itself changed since: its mutants would
+    no longer be the ones scored."""
+    work = WORK / name
+    meta = work / "mutants" / (target.path + ".meta")
+    if not meta.exists():
+        raise SystemExit(f"no earlier run of {target.path} under {work}: run it in full first")
+    if (work / target.path).read_bytes() != (ROOT / target.path).read_bytes():
+        raise SystemExit(f"{target.path} changed since its last run: run it in full")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
+    shutil.copytree(ROOT / "tests", work / "tests", ignore=ignore, dirs_exist_ok=True)
+    pending = [k for k, status in read_results(work, target).items() if status not in KILLED]
+    return work, pending
+
+
+def run(name: str, target: Target, max_children: int, verbose: bool, again: bool) -> Score:
+    if again:
+        work, names = refresh(name, target)
+    else:
+        work = prepare(name, target)
+        names = selected_mutants(target)
     env = {**os.environ, "PYTHONPATH": str(work)}
     command = [
         sys.executable,
@@ -183,22 +207,23 @@ def run(name: str, target: Target, max_children: int, verbose: bool) -> Score:
         "run",
         "--max-children",
         str(max_children),
-        *selected_mutants(work, target),
+        *names,
     ]
     started = time.monotonic()
     log = work / "mutmut.log"
-    with log.open("w") as out:
-        done = subprocess.run(
-            command,
-            cwd=work,
-            env=env,
-            stdout=None if verbose else out,
-            stderr=subprocess.STDOUT if not verbose else None,
-            check=False,
-        )
+    if names or not again:  # a re-check with nothing left to kill runs nothing
+        with log.open("a" if again else "w") as out:
+            done = subprocess.run(
+                command,
+                cwd=work,
+                env=env,
+                stdout=None if verbose else out,
+                stderr=subprocess.STDOUT if not verbose else None,
+                check=False,
+            )
+        if done.returncode != 0:
+            raise SystemExit(f"mutmut failed for {target.path} (exit {done.returncode}); see {log}")
     seconds = time.monotonic() - started
-    if done.returncode != 0:
-        raise SystemExit(f"mutmut failed for {target.path} (exit {done.returncode}); see {log}")
     results = read_results(work, target)
     killed = sum(1 for status in results.values() if status in KILLED)
     survivors = tuple(sorted(k for k, status in results.items() if status not in KILLED))
@@ -215,6 +240,12 @@ def main() -> int:
         nargs="+",
         help="test files to use instead of the module's own (to measure a baseline)",
     )
+    parser.add_argument(
+        "--survivors",
+        action="store_true",
+        help="re-check only the mutants the module's last run left alive, against the current "
+        "tests (after tests were added; refused if the module itself changed)",
+    )
     parser.add_argument("--verbose", action="store_true", help="show mutmut's own output")
     args = parser.parse_args()
     names = args.modules or list(MODULES)
@@ -225,8 +256,9 @@ def main() -> int:
     for name in names:
         if args.tests:
             MODULES[name] = replace(MODULES[name], tests=tuple(args.tests))
-        print(f"mutating {MODULES[name].path} against {', '.join(MODULES[name].tests)}", flush=True)
-        score = run(name, MODULES[name], args.max_children, args.verbose)
+        what = "re-checking the survivors of" if args.survivors else "mutating"
+        print(f"{what} {MODULES[name].path} against {', '.join(MODULES[name].tests)}", flush=True)
+        score = run(name, MODULES[name], args.max_children, args.verbose, args.survivors)
         scores.append(score)
         for survivor in score.survivors:
             print(f"  survived: {survivor}")

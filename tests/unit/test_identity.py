@@ -7,15 +7,21 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
+import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
+import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from shared.identity import (
+    MAX_TOKEN_CHARS,
     ROLE_ACT,
     ROLE_APPROVE,
     ROLE_AUDIT_READ,
@@ -144,39 +150,66 @@ def forged_hs256_with_the_public_key() -> str:
     return bearer(algorithm="HS256")
 
 
+WRONG_SCHEME = "the Authorization header must use the Bearer scheme"
+MALFORMED = "the bearer token is not a well-formed JWT"
+OTHER_AUDIENCE = "the token was issued for another audience"
+ONLY_RS256 = "the token must be signed with RS256"
+BAD_ROLES = "the token's roles claim is malformed"
+BAD_IDTYP = "the token type (idtyp) is not supported"
+NO_CLIENT = "the token does not name its client application"
+NO_NAME = "the token carries no user name (upn or preferred_username)"
+NO_KID = "the token does not name its signing key"
+
+
+def signed_with_header(header: dict[str, Any]) -> str:
+    """A real token with its header replaced by `header`. The header is judged before any key
+    is looked up, so the signature no longer matching does not matter."""
+    _, payload, signature = MINT.issue(issuer=ISSUER, audience=AUDIENCE).split(".")
+    return f"Bearer {_b64(header)}.{payload}.{signature}"
+
+
 # Headers are made when the test runs, not at collection: a token that is "not valid yet" at
 # import would be valid by the time a slow suite reaches it.
 REFUSALS: list[tuple[str, Callable[[], str | None], str]] = [
-    ("no header", lambda: None, "bearer token is required"),
-    ("empty header", lambda: "", "bearer token is required"),
-    ("scheme only", lambda: "Bearer", "bearer token is required"),
-    ("basic auth", lambda: "Basic b25jYWxsOnNlY3JldA==", "Bearer scheme"),
-    ("bare token", lambda: MINT.issue(issuer=ISSUER, audience=AUDIENCE), "Bearer scheme"),
-    ("garbage", lambda: "Bearer not-a-jwt", "not a well-formed JWT"),
-    ("two parts", lambda: "Bearer abc.def", "not a well-formed JWT"),
-    ("undecodable header", lambda: "Bearer e30x.e30.c2ln", "not a well-formed JWT"),
-    ("expired", lambda: bearer(expires_in=-120), "expired"),
-    ("not yet valid", lambda: bearer(not_before_offset=300), "not valid yet"),
-    ("wrong audience", lambda: bearer(audience="api://someone-else"), "another audience"),
+    ("no header", lambda: None, "a bearer token is required"),
+    ("empty header", lambda: "", "a bearer token is required"),
+    ("scheme only", lambda: "Bearer", "a bearer token is required"),
+    ("basic auth", lambda: "Basic b25jYWxsOnNlY3JldA==", WRONG_SCHEME),
+    ("bare token", lambda: MINT.issue(issuer=ISSUER, audience=AUDIENCE), WRONG_SCHEME),
+    ("garbage", lambda: "Bearer not-a-jwt", MALFORMED),
+    ("two parts", lambda: "Bearer abc.def", MALFORMED),
+    ("undecodable header", lambda: "Bearer e30x.e30.c2ln", MALFORMED),
+    ("expired", lambda: bearer(expires_in=-120), "the token has expired"),
+    ("not yet valid", lambda: bearer(not_before_offset=300), "the token is not valid yet"),
+    ("wrong audience", lambda: bearer(audience="api://someone-else"), OTHER_AUDIENCE),
     (
         "wrong issuer",
         lambda: bearer(issuer="https://login.microsoftonline.com/evil/v2.0"),
-        "issuer",
+        "the token was issued by an untrusted issuer",
     ),
-    ("alg none", lambda: bearer(algorithm="none"), "RS256"),
-    ("HS256 keyed with the public key", forged_hs256_with_the_public_key, "RS256"),
+    ("alg none", lambda: bearer(algorithm="none"), ONLY_RS256),
+    ("HS256 keyed with the public key", forged_hs256_with_the_public_key, ONLY_RS256),
     ("unknown kid", lambda: bearer(kid="kid-nobody-published"), "unknown signing key"),
-    ("missing oid", lambda: bearer(extra_claims={"oid": None}), "oid"),
-    ("missing exp", lambda: bearer(extra_claims={"exp": None}), "exp"),
-    ("missing iat", lambda: bearer(extra_claims={"iat": None}), "iat"),
-    ("roles not a list", lambda: bearer(extra_claims={"roles": ROLE_ACT}), "roles"),
-    ("two audiences", lambda: bearer(extra_claims={"aud": [AUDIENCE, "api://other"]}), "audience"),
-    ("device token", lambda: bearer(extra_claims={"idtyp": "device"}), "idtyp"),
-    ("app without client id", lambda: bearer(upn=None, extra_claims={"azp": None}), "client app"),
+    ("no kid", lambda: signed_with_header({"alg": "RS256", "typ": "JWT"}), NO_KID),
+    ("empty kid", lambda: signed_with_header({"alg": "RS256", "kid": ""}), NO_KID),
+    ("kid not a string", lambda: signed_with_header({"alg": "RS256", "kid": 7}), MALFORMED),
+    ("scheme and spaces only", lambda: "Bearer    ", "a bearer token is required"),
+    ("a space before the token only", lambda: "Bearer  \t", "a bearer token is required"),
+    ("missing oid", lambda: bearer(extra_claims={"oid": None}), "the token lacks the oid claim"),
+    ("missing exp", lambda: bearer(extra_claims={"exp": None}), "the token lacks the exp claim"),
+    ("missing iat", lambda: bearer(extra_claims={"iat": None}), "the token lacks the iat claim"),
+    ("roles not a list", lambda: bearer(extra_claims={"roles": ROLE_ACT}), BAD_ROLES),
+    (
+        "two audiences",
+        lambda: bearer(extra_claims={"aud": [AUDIENCE, "api://other"]}),
+        OTHER_AUDIENCE,
+    ),
+    ("device token", lambda: bearer(extra_claims={"idtyp": "device"}), BAD_IDTYP),
+    ("app without client id", lambda: bearer(upn=None, extra_claims={"azp": None}), NO_CLIENT),
     (
         "user without a name",
         lambda: bearer(extra_claims={"upn": None, "preferred_username": None}),
-        "name",
+        NO_NAME,
     ),
 ]
 
@@ -193,7 +226,7 @@ async def test_bad_tokens_are_refused_with_401_and_a_detail_that_leaks_nothing(
     refused = await refusal(validator, authorization)
 
     assert refused.status == 401
-    assert expected in refused.detail
+    assert refused.detail == expected
     credential = (authorization or "").partition(" ")[2]
     for part in credential.split("."):
         assert len(part) < 8 or part not in refused.detail
@@ -449,3 +482,66 @@ async def test_an_app_token_naming_no_client_is_refused(validator: TokenValidato
         401,
         "the token does not name its client application",
     )
+
+
+# Key strength, size cap and what is logged --------------------------------------------------------
+
+
+async def test_a_token_signed_with_a_weak_key_is_refused_even_if_the_key_is_published() -> None:
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    claims = {"aud": AUDIENCE, "iss": ISSUER, "iat": int(time.time()), "oid": "o", "upn": "u@x"}
+    claims["exp"] = claims["iat"] + 600
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PyJWT warns about the short key while signing it
+        token = jwt.encode(claims, weak, algorithm="RS256", headers={"kid": "weak"})
+    validator = TokenValidator(InMemoryKeys({"weak": weak.public_key()}), ISSUER, AUDIENCE)
+    refused = await refusal(validator, f"Bearer {token}")
+    assert (refused.status, refused.detail) == (401, "the token is invalid")
+
+
+def padded_to(length: int) -> str:
+    """A valid token exactly `length` characters long (a filler claim makes up the rest)."""
+
+    def token(filler: int) -> str:
+        return MINT.issue(issuer=ISSUER, audience=AUDIENCE, extra_claims={"x": "f" * filler})
+
+    # each filler character adds 4/3 of a character to the base64url payload
+    estimate = (length - len(token(0))) * 3 // 4
+    for filler in range(max(0, estimate - 4), estimate + 4):
+        if len(candidate := token(filler)) == length:
+            return candidate
+    raise AssertionError(f"no token of {length} characters")
+
+
+async def test_a_token_up_to_the_size_cap_is_read_and_a_longer_one_is_not(
+    validator: TokenValidator, keys: InMemoryKeys
+) -> None:
+    at_cap = padded_to(MAX_TOKEN_CHARS)
+    assert (await validator.principal(f"Bearer {at_cap}")).name == DEFAULT_UPN
+    asked = len(keys.asked)
+    over = padded_to(MAX_TOKEN_CHARS + 1)
+    refused = await refusal(validator, f"Bearer {over}")
+    assert refused.detail == "the bearer token is not a well-formed JWT"
+    assert len(keys.asked) == asked  # refused before any key was looked up
+
+
+async def test_a_refused_token_is_logged_with_the_reason_only(
+    validator: TokenValidator, caplog: pytest.LogCaptureFixture
+) -> None:
+    header = bearer(expires_in=-600)
+    with caplog.at_level(logging.INFO, logger="shared.identity"):
+        await refusal(validator, header)
+    assert [r.getMessage() for r in caplog.records] == [
+        "Refused a bearer token: the token has expired"
+    ]
+    assert header.split(".")[1] not in caplog.text
+
+
+def test_a_missing_role_is_logged_with_the_caller_and_the_role(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.INFO, logger="shared.identity"), pytest.raises(AuthError):
+        TokenValidator.require(engineer(ROLE_ACT), ROLE_AUDIT_READ)
+    assert [r.getMessage() for r in caplog.records] == [
+        "Principal 97710b5d-2a58-5536-a2d8-1f88c6cd1103 lacks the Audit.Read role"
+    ]

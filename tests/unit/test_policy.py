@@ -19,7 +19,7 @@ from shared.models import (
     EntityKind,
     Severity,
 )
-from shared.policy import MAX_ACTIONS_PER_ALERT, Guards, Playbook, Policy
+from shared.policy import MAX_ACTIONS_PER_ALERT, Guards, Playbook, Policy, Skipped
 
 VICTIM = "5b2f3d0e-1c4a-4e8b-9f6d-2a7c8e1b4d01"
 GUARDED = "0f9a6c3d-7e21-4b58-8d4f-1c3e5a7b9d20"
@@ -221,7 +221,23 @@ def test_one_alert_causes_at_most_a_bounded_number_of_actions() -> None:
     plan = policy().plan(alert(*(ip(a) for a in addresses)))
     assert len(plan.actions) == MAX_ACTIONS_PER_ALERT
     assert len(plan.skipped) == 10_000 - MAX_ACTIONS_PER_ALERT
-    assert "left to engineers" in plan.skipped[0].reason
+    assert plan.skipped[0] == Skipped(
+        "block-attacker-ips",
+        f"{addresses[MAX_ACTIONS_PER_ALERT]}/32",
+        f"more than {MAX_ACTIONS_PER_ALERT} actions from one alert: left to engineers",
+    )
+
+
+def test_what_an_alert_over_the_bound_skips_comes_after_what_it_already_skipped() -> None:
+    addresses = [f"185.220.{n // 250}.{n % 250 + 1}" for n in range(MAX_ACTIONS_PER_ALERT + 1)]
+    plan = policy().plan(alert(ip(""), *(ip(a) for a in addresses)))
+    assert [(s.entity, s.reason) for s in plan.skipped] == [
+        ("?", "no address in IP evidence"),
+        (
+            f"{addresses[-1]}/32",
+            f"more than {MAX_ACTIONS_PER_ALERT} actions from one alert: left to engineers",
+        ),
+    ]
 
 
 BREAKGLASS_ONE = "1b1b1b1b-0000-4000-8000-000000000001"
@@ -445,6 +461,10 @@ def test_the_emergency_access_refusal_names_the_way_to_open_it() -> None:
             "extra: Extra inputs are not permitted (got True)",
         ),
         (
+            'version = 1\nXmode = "x"\n[[rules]]\nname = "a"\nactions = ["disable_account"]\n',
+            "Xmode: Extra inputs are not permitted (got 'x')",
+        ),
+        (
             'version = 1\n[[rules]]\nname = "a"\nactions = ["disable_account"]\n'
             'entities = {kind = "user", roles = [["x"]]}\n',
             "rule 'a' entities.roles[0]: Input should be a valid string",
@@ -543,9 +563,8 @@ def test_an_open_alert_is_acted_on(changed: dict[str, str]) -> None:
 def test_a_rule_may_act_on_closed_alerts(tmp_path: Path) -> None:
     book = tmp_path / "p.toml"
     book.write_text(
-        'version = 1\n[[rules]]\nname = "late"\ninclude_closed = true\n'
-        'actions = ["revoke_sessions"]\n'
-        '[[rules]]\nname = "open-only"\nactions = ["disable_account"]\n',
+        'version = 1\n[[rules]]\nname = "open-only"\nactions = ["disable_account"]\n'
+        '[[rules]]\nname = "late"\ninclude_closed = true\nactions = ["revoke_sessions"]\n',
         encoding="utf-8",
     )
     closed = alert(user()).model_copy(update={"status": "resolved"})

@@ -255,8 +255,52 @@ rules = st.builds(
     actions=st.lists(st.builds(ActionSpec, kind=st.sampled_from(KINDS)), min_size=1, max_size=3),
 )
 playbooks = st.lists(rules, min_size=1, max_size=3).map(lambda rs: Playbook(rules=rs))
-alerts = st.lists(entities, max_size=6).map(lambda es: alert(*es))
-protected = st.lists(st.sampled_from(IDS + UPNS), max_size=3)
+
+
+@st.composite
+def chosen_by(draw: st.DrawFn, selector: EntitySelector) -> Entity:
+    """An entity `selector` selects: its kind, and one of its roles or verdicts if it has any.
+    (Random entities alone seldom meet a random selector, and a property about what a rule
+    does to the entities it selects needs some.)"""
+    roles: tuple[str, ...] = ()
+    verdict = None
+    if selector.verdicts and (not selector.roles or draw(st.booleans())):
+        verdict = draw(st.sampled_from(selector.verdicts))
+    elif selector.roles:
+        roles = (draw(st.sampled_from(selector.roles)),)
+    else:  # without roles and verdicts, a selector takes every entity of its kind
+        roles = tuple(draw(st.lists(st.sampled_from(ROLES), max_size=2)))
+    return Entity(
+        kind=selector.kind,
+        user_id=draw(st.none() | st.sampled_from(IDS)),
+        upn=draw(st.none() | st.sampled_from(UPNS)),
+        address=draw(st.none() | st.sampled_from(ADDRESSES)),
+        roles=roles,
+        verdict=verdict,
+    )
+
+
+@st.composite
+def playbooks_and_alerts(draw: st.DrawFn) -> tuple[Playbook, Alert]:
+    """A playbook and an alert naming, among random others, an entity each rule selects."""
+    playbook = draw(playbooks)
+    selected = [draw(chosen_by(r.entities)) for r in playbook.rules]
+    others = draw(st.lists(entities, max_size=4))
+    return playbook, alert(*draw(st.permutations(selected + others)))
+
+
+@st.composite
+def guarded_cases(draw: st.DrawFn) -> tuple[Playbook, Alert, list[str]]:
+    """As `playbooks_and_alerts`, with protected identities drawn mostly from the names the
+    alert uses, by object id or UPN, in any case."""
+    playbook, incoming = draw(playbooks_and_alerts())
+    named = sorted({n for e in incoming.entities for n in (e.user_id, e.upn) if n})
+    pool = st.sampled_from(named) | protected_name if named else protected_name
+    guarded = draw(st.lists(pool, max_size=3))
+    return playbook, incoming, [g.upper() if draw(st.booleans()) else g for g in guarded]
+
+
+protected_name = st.sampled_from(IDS + UPNS)
 PROPERTY = settings(
     max_examples=100,
     derandomize=True,
@@ -289,10 +333,11 @@ def normalized(target: str) -> set[str]:
 
 
 @PROPERTY
-@given(playbook=playbooks, incoming=alerts, guarded=protected, dry_run=st.booleans())
+@given(case=guarded_cases(), dry_run=st.booleans())
 def test_no_action_targets_an_entity_no_selector_of_its_rule_selects(
-    playbook: Playbook, incoming: Alert, guarded: list[str], dry_run: bool
+    case: tuple[Playbook, Alert, list[str]], dry_run: bool
 ) -> None:
+    playbook, incoming, guarded = case
     settings_ = {"RESPONDER_PROTECTED_IDENTITIES": ",".join(guarded), "RESPONDER_DRY_RUN": dry_run}
     plan = Policy(playbook, Guards.from_settings(PolicySettings.model_validate(settings_))).plan(
         incoming
@@ -307,10 +352,11 @@ def test_no_action_targets_an_entity_no_selector_of_its_rule_selects(
 
 
 @PROPERTY
-@given(playbook=playbooks, incoming=alerts, guarded=protected, dry_run=st.booleans())
+@given(case=guarded_cases(), dry_run=st.booleans())
 def test_guards_and_dry_run_hold_for_every_action(
-    playbook: Playbook, incoming: Alert, guarded: list[str], dry_run: bool
+    case: tuple[Playbook, Alert, list[str]], dry_run: bool
 ) -> None:
+    playbook, incoming, guarded = case
     settings_ = {"RESPONDER_PROTECTED_IDENTITIES": ",".join(guarded), "RESPONDER_DRY_RUN": dry_run}
     plan = Policy(playbook, Guards.from_settings(PolicySettings.model_validate(settings_))).plan(
         incoming
@@ -329,10 +375,11 @@ def test_guards_and_dry_run_hold_for_every_action(
 
 
 @PROPERTY
-@given(playbook=playbooks, incoming=alerts)
+@given(case=playbooks_and_alerts())
 def test_every_selected_entity_gets_each_action_of_its_rule_or_a_reason(
-    playbook: Playbook, incoming: Alert
+    case: tuple[Playbook, Alert],
 ) -> None:
+    playbook, incoming = case
     plan = Policy(playbook, Guards()).plan(incoming)
     planned = {(a.kind, a.target) for a in plan.actions}
     skipped = {s.entity for s in plan.skipped}
