@@ -545,3 +545,15 @@ def test_a_missing_role_is_logged_with_the_caller_and_the_role(
     assert [r.getMessage() for r in caplog.records] == [
         "Principal 97710b5d-2a58-5536-a2d8-1f88c6cd1103 lacks the Audit.Read role"
     ]
+
+
+async def test_the_leeway_is_at_most_a_minute(validator: TokenValidator) -> None:
+    # expired exactly 60 s before it was issued: past the leeway however fast the check runs
+    refused = await refusal(validator, bearer(expires_in=-60))
+    assert refused.detail == "the token has expired"
+
+
+def test_a_refusal_reads_as_its_detail_in_tracebacks_and_logs() -> None:
+    refused = AuthError(403, "the Audit.Read role is required")
+    assert str(refused) == "the Audit.Read role is required"
+    assert (refused.status, refused.detail) == (403, "the Audit.Read role is required")
