@@ -47,7 +47,7 @@ from shared.adapters.watch_table import (
 )
 from shared.approvals import Approvals
 from shared.audit import AuditChain
-from shared.audit_query import AuditQuery
+from shared.audit_query import AuditQuery, index_entries
 from shared.cleanup import StateCleanup
 from shared.config import QueueKind, Settings
 from shared.defender_stream import DefenderStream
@@ -68,8 +68,10 @@ from shared.watch.ports import NotificationQueue
 from shared.watch.subscriptions import SubscriptionManager, desired_subscriptions
 
 if TYPE_CHECKING:
+    from azure.storage.blob.aio import BlobServiceClient
     from msgraph import GraphServiceClient
 
+    from shared.adapters.audit_anchor_blob import BlobAnchor
     from shared.adapters.graph import GraphDirectory
     from shared.adapters.graph_subscriptions import GraphWatch
 
@@ -82,7 +84,8 @@ class Container:
         self.tables = table_service(
             settings, None if settings.tables_connection else self.credential
         )
-        self.audit_store = AuditTable(self.tables.get_table_client(settings.audit_table))
+        audit_table = self.tables.get_table_client(settings.audit_table)
+        self.audit_store = AuditTable(audit_table)
         state_table = self.tables.get_table_client(settings.state_table)
         self.state = StateTable(state_table)
         self.blocks = TableBlockRegistry(state_table)
@@ -90,9 +93,13 @@ class Container:
         self.activations = TableActivations(state_table)
         self.leases = TableLeases(state_table)
         self.retention = TableStateRetention(state_table)
-        self.audit_index = AuditIndexTable(self.tables.get_table_client(settings.audit_index_table))
+        self.audit_index = AuditIndexTable(
+            self.tables.get_table_client(settings.audit_index_table), audit_table
+        )
         self.audit_query = AuditQuery(self.audit_store, self.audit_index, self._cursor_key())
-        self.chain = AuditChain(self.audit_store, listeners=[self.audit_query.index_records])
+        self.blobs: BlobServiceClient | None = None
+        self.anchor = self._build_anchor()
+        self.chain = AuditChain(self.audit_store, indexer=index_entries, anchor=self.anchor)
         self.queue: ActionQueue = self._build_queue()
         self.notification_queue: NotificationQueue = self._build_notification_queue()
         self.subscription_store = TableSubscriptions(state_table)
@@ -113,6 +120,17 @@ class Container:
             return hashlib.sha256(b"m365-responder audit cursor\n" + table).digest()
         secret = self.settings.webhook_secret.get_secret_value().encode()
         return hmac.new(secret, b"audit cursor\n" + table, hashlib.sha256).digest()
+
+    def _build_anchor(self) -> BlobAnchor | None:
+        """The write-once container the audit checkpoints go to; None when no blob service is
+        configured (the trail then verifies against its own links only)."""
+        from shared.adapters.audit_anchor_blob import BlobAnchor, blob_service
+
+        local = self.settings.tables_connection is not None
+        self.blobs = blob_service(self.settings, None if local else self.credential)
+        if self.blobs is None:
+            return None
+        return BlobAnchor(self.blobs.get_container_client(self.settings.audit_anchor_container))
 
     def _build_queue(self) -> ActionQueue:
         if self.settings.queue is QueueKind.MEMORY:
@@ -139,6 +157,8 @@ class Container:
                 self.settings.state_table,
                 self.settings.audit_index_table,
             )
+            if self.anchor is not None:
+                await self.anchor.ensure_container()
         self._prepared = True
         return self
 
@@ -404,6 +424,8 @@ class Container:
 
     async def close(self) -> None:
         closers = [self.tables.close(), self.credential.close()]
+        if self.blobs is not None:
+            closers.append(self.blobs.close())
         if isinstance(self.queue, ServiceBusActionQueue):
             closers.append(self.queue.close())
         if isinstance(self.notification_queue, ServiceBusNotificationQueue):

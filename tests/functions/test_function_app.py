@@ -38,6 +38,7 @@ EXPECTED = {
     "check_readiness",
     "reconcile_actions",
     "clean_up_state",
+    "checkpoint_audit",
 }
 
 

@@ -21,7 +21,7 @@ from shared.audit import (
 )
 from shared.errors import TransientError
 from shared.models import Actor, AuditEntry, AuditEvent, AuditRecord
-from shared.ports import AppendConflict
+from shared.ports import AppendConflict, IndexEntry
 from tests.fakes import MemoryAuditStore
 
 
@@ -140,6 +140,12 @@ async def chain_of(n: int) -> MemoryAuditStore:
     return store
 
 
+def unanchored(head: AuditRecord) -> dict[str, object]:
+    """The report's chain and checkpoint part for one legacy chain and no anchor."""
+    chains = {"chain": {"seq": head.chain_seq, "hash": head.hash, "position": head.seq}}
+    return {"chains": chains, "checkpoints_checked": 0, "checkpoint": None}
+
+
 async def test_a_verified_chain_reports_its_head() -> None:
     store = await chain_of(3)
     report = await AuditChain(store).verify()
@@ -150,6 +156,7 @@ async def test_a_verified_chain_reports_its_head() -> None:
         "head_hash": store.records[3].hash,
         "first_broken_seq": None,
         "problem": None,
+        **unanchored(store.records[3]),
     }
 
 
@@ -175,6 +182,7 @@ async def test_missing_records_are_named(
         "head_hash": store.records[6].hash,
         "first_broken_seq": broken_at,
         "problem": problem,
+        **unanchored(store.records[6]),
     }
 
 
@@ -269,7 +277,7 @@ async def test_listeners_hear_each_append_once_and_cannot_fail_it() -> None:
 class AlwaysTaken(MemoryAuditStore):
     attempts = 0
 
-    async def insert_all(self, records: list[AuditRecord]) -> None:
+    async def insert_all(self, records: list[AuditRecord], index: list[IndexEntry]) -> None:
         self.attempts += 1
         raise AppendConflict("sequence taken")
 
@@ -300,7 +308,7 @@ async def test_text_that_is_not_unicode_is_refused_and_nothing_is_written() -> N
     assert (await AuditChain(store).verify()).ok
 
 
-async def test_a_failed_listener_is_logged_with_the_way_to_repair_the_index(
+async def test_a_failed_listener_is_logged_and_the_append_stands(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async def broken(records: list[AuditRecord]) -> None:
@@ -310,13 +318,12 @@ async def test_a_failed_listener_is_logged_with_the_way_to_repair_the_index(
         await AuditChain(MemoryAuditStore(), listeners=[broken]).append_all([entry(1), entry(2)])
     [logged] = caplog.records
     assert logged.getMessage() == (
-        "audit listener failed for records 1..2 (the records are appended; "
-        "`responder audit reindex` rebuilds the index)"
+        "audit listener failed for records 1..2 (the records are appended)"
     )
     assert logged.exc_info is not None
 
 
-async def test_a_lost_race_is_logged_with_the_head_it_lost_after(
+async def test_a_lost_race_is_logged_with_the_chain_it_lost_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     store = MemoryAuditStore()
@@ -326,5 +333,5 @@ async def test_a_lost_race_is_logged_with_the_head_it_lost_after(
     with caplog.at_level(logging.DEBUG, logger="shared.audit"):
         await mine.append(entry(3))
     assert [r.getMessage() for r in caplog.records] == [
-        "audit append lost a race after seq 1; re-reading head"
+        "audit append lost a race on chain chain; moving on"
     ]
