@@ -37,19 +37,22 @@ logger = logging.getLogger(__name__)
 GENESIS_HASH = "0" * 64
 MAX_APPEND_ATTEMPTS = 50
 MAX_BATCH = 100
-# Table Storage's limit of operations in one entity group transaction: a record costs two
-# (its row and its chain-number row) plus one per index entry.
+# Table Storage's limit of operations in one entity group transaction: a record costs one
+# plus one per index entry.
 MAX_OPERATIONS = 100
 # Table Storage strings hold at most 32K UTF-16 characters; keep well below.
 MAX_BODY_CHARS = 30_000
 LANES = 16
-# Positions of lane records: milliseconds since POSITION_EPOCH times LANE_SLOTS, plus the lane.
+# A lane record's position: ((seconds since POSITION_EPOCH) * LANE_SLOTS + lane) * SEQ_SLOTS
+# + its number in the chain. Time first, so positions follow the clock to the second; the
+# number last, so a position names its row. Fits a signed 64-bit integer until 2049.
 LANE_SLOTS = 100
-POSITION_EPOCH_MS = int(datetime(2020, 1, 1, tzinfo=UTC).timestamp() * 1000)
+SEQ_SLOTS = 10**8
+POSITION_EPOCH_S = int(datetime(2020, 1, 1, tzinfo=UTC).timestamp())
 # Positions below this belong to the single chain of earlier versions (its sequence numbers).
 LANE_POSITION_FLOOR = 10**12
 # A marker (`head_seq`) lies this far behind the clock, against the clock stepping back.
-MARKER_SLACK_MS = 5_000
+MARKER_SLACK_S = 5
 CHECKPOINT_ATTEMPTS = 3
 
 # Called with the records of every successful append.
@@ -67,7 +70,23 @@ LANE_CHAINS = tuple(lane_chain(n) for n in range(LANES))
 
 def lane_of(position: int) -> int | None:
     """The lane a position belongs to; None for a record of the single-chain layout."""
-    return position % LANE_SLOTS if position >= LANE_POSITION_FLOOR else None
+    if position < LANE_POSITION_FLOOR:
+        return None
+    return (position // SEQ_SLOTS) % LANE_SLOTS
+
+
+def chain_seq_of(position: int) -> int:
+    return position % SEQ_SLOTS if position >= LANE_POSITION_FLOOR else position
+
+
+def lane_position(second: int, lane: int, chain_seq: int) -> int:
+    if not 0 < chain_seq < SEQ_SLOTS:
+        raise ValueError(f"lane {lane} is full ({SEQ_SLOTS - 1} records)")
+    return (second * LANE_SLOTS + lane) * SEQ_SLOTS + chain_seq
+
+
+def second_of(position: int) -> int:
+    return position // (LANE_SLOTS * SEQ_SLOTS)
 
 
 def chain_of_position(position: int) -> str:
@@ -75,13 +94,13 @@ def chain_of_position(position: int) -> str:
     return LEGACY_CHAIN if lane is None else lane_chain(lane)
 
 
-def _now_tick() -> int:
-    return time.time_ns() // 1_000_000 - POSITION_EPOCH_MS
+def _now_second() -> int:
+    return int(time.time()) - POSITION_EPOCH_S
 
 
 def position_of_time(at: datetime) -> int:
-    """The lowest position a record appended at `at` can have."""
-    return (int(at.timestamp() * 1000) - POSITION_EPOCH_MS) * LANE_SLOTS
+    """The lowest position a lane record appended at `at` can have."""
+    return max(0, int(at.timestamp()) - POSITION_EPOCH_S) * LANE_SLOTS * SEQ_SLOTS
 
 
 def canonical_json(value: Any) -> str:
@@ -302,7 +321,7 @@ class AuditChain:
     ) -> tuple[list[AuditRecord], list[IndexEntry]]:
         """The records (and their index entries) that fit one transaction, linked to `head`."""
         seq, prev = (head.seq, head.hash) if head else (0, GENESIS_HASH)
-        tick = (head.position // LANE_SLOTS) if head and chain != LEGACY_CHAIN else -1
+        second = second_of(head.position) if head and chain != LEGACY_CHAIN else 0
         records: list[AuditRecord] = []
         index: list[IndexEntry] = []
         operations = 0
@@ -310,11 +329,11 @@ class AuditChain:
             seq += 1
             position = None
             if chain != LEGACY_CHAIN:
-                tick = max(_now_tick(), tick + 1)
-                position = tick * LANE_SLOTS + int(chain[1:])
+                second = max(_now_second(), second)
+                position = lane_position(second, int(chain[1:]), seq)
             record = chain_entry(seq, prev, entry, chain, position)
             filed = self._indexer(record) if self._indexer else []
-            operations += 2 + len(filed)
+            operations += 1 + len(filed)
             if records and operations > MAX_OPERATIONS:
                 break
             records.append(record)
@@ -326,7 +345,7 @@ class AuditChain:
         """A marker: every record appended after this call has a higher position (0: none).
         Lane positions come from the clock, so the marker is the clock's, less a slack."""
         if self._timed:
-            return max(0, (_now_tick() - MARKER_SLACK_MS) * LANE_SLOTS)
+            return max(0, (_now_second() - MARKER_SLACK_S) * LANE_SLOTS * SEQ_SLOTS)
         head = await self._head_of(LEGACY_CHAIN)
         return head.position if head else 0
 
@@ -523,7 +542,8 @@ def _check_record(
     if expected != record.hash or entry_body(record.entry) != record.body:
         problems.append((record.seq, f"{_label(record)} content does not match its hash"))
     if (lane is None and record.seq != record.chain_seq) or (
-        lane is not None and lane_of(record.seq) != lane
+        lane is not None
+        and (lane_of(record.seq) != lane or chain_seq_of(record.seq) != record.chain_seq)
     ):
         problems.append((record.seq, f"{_label(record)} is out of position"))
     if record.defect:

@@ -2,17 +2,16 @@
 
 A lane chain (`c00` .. `c15`) holds, in its partition:
 
-- a record row per record, RowKey `r` + its position subtracted from a constant (a plain query
-  returns the newest first): `Seq` (the position), `Chain`, `ChainSeq`, `PrevHash`, `Hash` and
-  `Body`, the canonical text the hash covers; nothing else, so no readable copy can disagree
-  with the hashed text;
-- a number row per record, RowKey `n` + its number in the chain subtracted from a constant:
-  inserting it is what makes two writers unable to take the same number (the second insert
-  fails the whole transaction), and the newest one is the chain head in one small read;
+- a record row per record, RowKey `r` + its number in the chain subtracted from a constant (a
+  plain query returns the newest first, and the newest is the chain head in one small read):
+  `Seq` (the position), `Chain`, `ChainSeq`, `PrevHash`, `Hash` and `Body`, the canonical text
+  the hash covers; nothing else, so no readable copy can disagree with the hashed text. Two
+  writers cannot take the same number: the second insert of the row fails;
 - the record's index rows, RowKey `x` + dimension, value digest and position (see
   `audit_index_table`).
 
-All rows of a record are inserted in one entity group transaction: one round trip. The single
+A record with its index rows is inserted in one entity group transaction (one round trip);
+a record without, as one insert. The single
 chain of earlier versions (partition `chain`, RowKey its sequence number subtracted from a
 constant, copies `Event`, `Actor`, ... beside `Body`) is read and verified as it is, copies
 included, and never appended to.
@@ -32,13 +31,13 @@ from azure.data.tables import TableTransactionError
 from azure.data.tables.aio import TableClient
 
 from shared.adapters.table_service import as_int, int64
-from shared.audit import LANE_CHAINS, chain_of_position
+from shared.audit import LANE_CHAINS, chain_of_position, chain_seq_of
 from shared.models import LEGACY_CHAIN, AuditEntry, AuditRecord
 from shared.ports import AppendConflict, ChainHead, IndexDimension, IndexEntry
 
 PARTITION = LEGACY_CHAIN
 _ROW_BASE = 10**19 - 1
-RECORD, NUMBER, INDEX = "r", "n", "x"
+RECORD, INDEX = "r", "x"
 LANE_COLUMNS = frozenset(
     {"PartitionKey", "RowKey", "Seq", "Chain", "ChainSeq", "PrevHash", "Hash", "Body"}
 )
@@ -83,23 +82,13 @@ def legacy_copies(entry: AuditEntry) -> dict[str, Any]:
 def to_entity(record: AuditRecord) -> dict[str, Any]:
     return {
         "PartitionKey": record.chain,
-        "RowKey": RECORD + row_key(record.seq),
+        "RowKey": RECORD + row_key(record.chain_seq),
         "Seq": int64(record.seq),
         "Chain": record.chain,
         "ChainSeq": record.chain_seq,
         "PrevHash": record.prev_hash,
         "Hash": record.hash,
         "Body": record.body,
-    }
-
-
-def number_entity(record: AuditRecord) -> dict[str, Any]:
-    return {
-        "PartitionKey": record.chain,
-        "RowKey": NUMBER + row_key(record.chain_seq),
-        "Seq": record.chain_seq,
-        "Hash": record.hash,
-        "Position": int64(record.seq),
     }
 
 
@@ -166,16 +155,15 @@ class AuditTable:
         if chain == LEGACY_CHAIN:
             query = f"PartitionKey eq '{LEGACY_CHAIN}'"
         else:
-            query = f"PartitionKey eq '{chain}' and RowKey ge '{NUMBER}' and RowKey lt 'o'"
-        pages = self._table.query_entities(query, results_per_page=1).by_page()
+            query = f"PartitionKey eq '{chain}' and RowKey ge '{RECORD}' and RowKey lt 's'"
+        pages = self._table.query_entities(
+            query, results_per_page=1, select=["Seq", "ChainSeq", "Hash"]
+        ).by_page()
         async for page in pages:
             async for entity in page:
-                if chain == LEGACY_CHAIN:
-                    seq = as_int(entity["Seq"])
-                    return ChainHead(chain, seq, entity["Hash"], seq)
-                return ChainHead(
-                    chain, as_int(entity["Seq"]), entity["Hash"], as_int(entity["Position"])
-                )
+                position = as_int(entity["Seq"])
+                seq = int(entity.get("ChainSeq") or position)
+                return ChainHead(chain, seq, entity["Hash"], position)
         return None
 
     async def heads(self) -> dict[str, ChainHead]:
@@ -187,12 +175,15 @@ class AuditTable:
         chain = records[0].chain
         if chain == LEGACY_CHAIN or any(record.chain != chain for record in records):
             raise ValueError("appends go to one lane chain at a time")
-        operations = [("create", e) for r in records for e in (number_entity(r), to_entity(r))]
+        operations = [("create", to_entity(record)) for record in records]
         # One transaction may not name the same row twice (an entry filed twice).
         rows = {row["RowKey"]: row for row in map(index_entity, index)}
         operations += [("create", row) for row in rows.values()]
         try:
-            await self._table.submit_transaction(operations)
+            if len(operations) == 1:
+                await self._table.create_entity(operations[0][1])
+            else:
+                await self._table.submit_transaction(operations)
         except TableTransactionError as exc:
             if exc.status_code == 409 or getattr(exc, "error_code", None) == "EntityAlreadyExists":
                 raise AppendConflict(str(exc)) from exc
@@ -202,14 +193,16 @@ class AuditTable:
 
     async def get(self, seq: int) -> AuditRecord | None:
         chain = chain_of_position(seq)
-        key = row_key(seq) if chain == LEGACY_CHAIN else RECORD + row_key(seq)
+        number = row_key(chain_seq_of(seq))
+        key = number if chain == LEGACY_CHAIN else RECORD + number
         try:
             entity = await self._table.get_entity(chain, key)
         except ResourceNotFoundError as exc:
             if getattr(exc, "error_code", None) == "TableNotFound":
                 raise
             return None
-        return from_entity(entity)
+        record = from_entity(entity)
+        return record if record.seq == seq else None
 
     async def newest_first(self, before_seq: int | None = None) -> AsyncIterator[AuditRecord]:
         lanes = [self._records(chain, before_seq) for chain in self.chains]
@@ -229,8 +222,9 @@ class AuditTable:
                 # Lower sequence numbers have higher row keys.
                 query += f" and RowKey gt '{row_key(before_seq)}'"
         else:
-            low = RECORD + row_key(before_seq) if before_seq is not None else RECORD
-            op = "gt" if before_seq is not None else "ge"
-            query = f"PartitionKey eq '{chain}' and RowKey {op} '{low}' and RowKey lt 's'"
+            query = f"PartitionKey eq '{chain}' and RowKey ge '{RECORD}' and RowKey lt 's'"
+            if before_seq is not None:
+                # A lane's numbers follow its positions; the position bound is a filter.
+                query += f" and Seq lt {before_seq}L"
         async for entity in self._table.query_entities(query):
             yield from_entity(entity)

@@ -107,7 +107,7 @@ async def test_the_head_is_found_with_one_small_read(table: TableClient) -> None
 
 async def test_an_edit_made_with_storage_keys_is_found(table: TableClient) -> None:
     records = await AuditChain(AuditTable(table)).append_all([entry(n) for n in range(6)])
-    tampered = await table.get_entity(records[3].chain, "r" + row_key(records[3].seq))
+    tampered = await table.get_entity(records[3].chain, "r" + row_key(records[3].chain_seq))
     tampered["Body"] = tampered["Body"].replace("adele.vance", "megan.bowen")
     await table.update_entity(tampered, mode=UpdateMode.REPLACE)
     report = await AuditChain(AuditTable(table)).verify()
@@ -116,7 +116,7 @@ async def test_an_edit_made_with_storage_keys_is_found(table: TableClient) -> No
 
 async def test_a_readable_copy_added_beside_the_hashed_text_is_found(table: TableClient) -> None:
     records = await AuditChain(AuditTable(table)).append_all([entry(n) for n in range(3)])
-    tampered = await table.get_entity(records[1].chain, "r" + row_key(records[1].seq))
+    tampered = await table.get_entity(records[1].chain, "r" + row_key(records[1].chain_seq))
     tampered["Target"] = "megan.bowen@contoso.com"
     await table.update_entity(tampered, mode=UpdateMode.REPLACE)
     report = await AuditChain(AuditTable(table)).verify()
@@ -126,7 +126,7 @@ async def test_a_readable_copy_added_beside_the_hashed_text_is_found(table: Tabl
 
 async def test_a_deleted_record_is_found(table: TableClient) -> None:
     records = await AuditChain(AuditTable(table)).append_all([entry(n) for n in range(6)])
-    await table.delete_entity(records[2].chain, "r" + row_key(records[2].seq))
+    await table.delete_entity(records[2].chain, "r" + row_key(records[2].chain_seq))
     report = await AuditChain(AuditTable(table)).verify()
     assert report.first_broken_seq == records[3].seq and "missing" in (report.problem or "")
 
