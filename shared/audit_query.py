@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
+from shared.audit import export_line
 from shared.errors import InvalidInput
 from shared.models import ActionKind, AuditEntry, AuditEvent, AuditRecord, validate_ip_target
 from shared.ports import AuditIndex, AuditStore, IndexDimension, IndexEntry
@@ -420,13 +421,9 @@ async def export_csv(records: AsyncIterator[AuditRecord]) -> AsyncIterator[str]:
 
 
 async def export_jsonl(records: AsyncIterator[AuditRecord]) -> AsyncIterator[str]:
-    """One JSON object per line: seq, prev_hash, hash and the entry exactly as hashed, so
+    """One JSON object per line (`shared.audit.export_line`): the record's chain, its number
+    there, prev_hash, hash and the entry exactly as hashed, so
     `sha256(f"{seq}\\n{prev_hash}\\n{canonical entry JSON}")` reproduces `hash`."""
     async for record in records:
-        line = {
-            "seq": record.seq,
-            "prev_hash": record.prev_hash,
-            "hash": record.hash,
-            "entry": json.loads(record.body),
-        }
+        line = export_line(record)
         yield json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n"
