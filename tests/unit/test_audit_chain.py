@@ -11,6 +11,7 @@ import pytest
 
 from shared.audit import (
     GENESIS_HASH,
+    LANE_CHAINS,
     MAX_APPEND_ATTEMPTS,
     MAX_BODY_CHARS,
     AuditChain,
@@ -22,7 +23,7 @@ from shared.audit import (
 from shared.errors import TransientError
 from shared.models import Actor, AuditEntry, AuditEvent, AuditRecord
 from shared.ports import AppendConflict, IndexEntry
-from tests.fakes import MemoryAuditStore
+from tests.fakes import MemoryAnchor, MemoryAuditStore
 
 
 def entry(n: int, **extra: object) -> AuditEntry:
@@ -335,3 +336,62 @@ async def test_a_lost_race_is_logged_with_the_chain_it_lost_on(
     assert [r.getMessage() for r in caplog.records] == [
         "audit append lost a race on chain chain; moving on"
     ]
+
+
+# checkpoints ---------------------------------------------------------------------------------
+
+
+async def test_a_checkpoint_that_fails_is_retried_then_raised_and_logged_as_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    anchor = MemoryAnchor()
+    chain = AuditChain(MemoryAuditStore(chains=LANE_CHAINS[:2]), anchor=anchor)
+    await chain.append_all([entry(1), entry(2)])
+    anchor.fail = 2
+    point = await chain.checkpoint(retry_delay_s=0)
+    assert anchor.written == [point] and point.count == 2
+    anchor.fail = 3
+    with caplog.at_level(logging.ERROR, logger="shared.audit"), pytest.raises(OSError):
+        await chain.checkpoint(retry_delay_s=0)
+    assert "audit checkpoint could not be written after 3 attempts" in caplog.text
+    assert len(anchor.written) == 1
+
+
+async def test_verify_reports_the_last_checkpoint_and_whether_it_matches() -> None:
+    anchor = MemoryAnchor()
+    store = MemoryAuditStore(chains=LANE_CHAINS[:2])
+    chain = AuditChain(store, anchor=anchor)
+    await chain.append_all([entry(n) for n in range(4)])
+    point = await chain.checkpoint()
+    await chain.append(entry(9))
+    report = await chain.verify()
+    assert report.ok and report.checkpoints_checked == 1
+    assert report.as_dict()["checkpoint"] == {
+        "at": point.at.isoformat().replace("+00:00", "Z"),
+        "count": 4,
+        "matches": True,
+    }
+    newest = max(store.records)
+    del store.records[newest]  # not checkpointed yet: only the links can tell, and cannot
+    assert (await chain.verify()).ok
+    del store.records[max(store.records)]  # checkpointed: the cut is found
+    report = await chain.verify()
+    assert not report.ok and report.checkpoint is not None and not report.checkpoint.matches
+    assert "missing" in (report.problem or "")
+
+
+async def test_lane_writers_never_conflict_while_each_has_a_chain_of_its_own() -> None:
+    store = MemoryAuditStore(chains=LANE_CHAINS)
+    writers = [AuditChain(store) for _ in range(4)]
+    for n, writer in enumerate(writers):
+        writer._free = [LANE_CHAINS[n], *[c for c in LANE_CHAINS if c != LANE_CHAINS[n]]]
+
+    async def write(chain: AuditChain, base: int) -> None:
+        for n in range(10):
+            await chain.append(entry(base + n))
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(write(chain, i * 100) for i, chain in enumerate(writers)))
+    assert len(store.records) == 40 and store.conflicts == 0
+    assert len(await store.heads()) == 4
+    assert (await AuditChain(store).verify()).ok
