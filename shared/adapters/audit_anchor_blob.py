@@ -35,8 +35,10 @@ def blob_service(
 ) -> BlobServiceClient | None:
     """The blob service the checkpoints go to; None when none is configured."""
     connection = settings.tables_connection
-    if connection is not None and "BlobEndpoint=" in connection.get_secret_value():
-        return BlobServiceClient.from_connection_string(connection.get_secret_value())
+    if connection is not None:
+        text = connection.get_secret_value()
+        if "BlobEndpoint=" in text or text.startswith("UseDevelopmentStorage=true"):
+            return BlobServiceClient.from_connection_string(text)
     if settings.blob_endpoint is not None and credential is not None:
         return BlobServiceClient(str(settings.blob_endpoint), credential=credential)
     return None
