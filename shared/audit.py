@@ -402,6 +402,15 @@ class AuditChain:
                 await asyncio.sleep(retry_delay_s * attempt)
         raise AssertionError("unreachable")
 
+    async def newest_checkpoint_or_record(self) -> tuple[str, datetime] | None:
+        """When the newest checkpoint was written (`checkpoint`); with none yet, the newest
+        record's time (`record`): a trail idle that long was never anchored. None: empty."""
+        points = await self.checkpoints()
+        if points:
+            return "checkpoint", points[-1].at
+        head = await self._store.head()
+        return ("record", head.entry.at) if head else None
+
     async def checkpoints(self) -> list[Checkpoint]:
         """Every checkpoint the anchor holds, oldest first (none without an anchor)."""
         return await self.anchor.checkpoints() if self.anchor else []

@@ -415,6 +415,7 @@ class Container:
             exchange=self.exchange,
             jwks_keys=self.jwks.published if self.jwks else None,
             clock=self.clock,
+            audit=self.chain,
         )
 
     @cached_property
