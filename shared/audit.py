@@ -42,7 +42,7 @@ MAX_BATCH = 100
 MAX_OPERATIONS = 100
 # Table Storage strings hold at most 32K UTF-16 characters; keep well below.
 MAX_BODY_CHARS = 30_000
-LANES = 16
+LANES = 32
 # A lane record's position: ((seconds since POSITION_EPOCH) * LANE_SLOTS + lane) * SEQ_SLOTS
 # + its number in the chain. Time first, so positions follow the clock to the second; the
 # number last, so a position names its row. Fits a signed 64-bit integer until 2049.
@@ -289,6 +289,9 @@ class AuditChain:
                             f"audit append conflicted {MAX_APPEND_ATTEMPTS} times in a row"
                         ) from None
                     await self._give(chain, contended=True)
+                    if attempts > 1:
+                        # Losing again: step back a random moment so racers spread out.
+                        await asyncio.sleep(random.uniform(0, 0.005 * attempts))
                     chain = await self._take()
                     continue
                 last = batch[-1]

@@ -1,6 +1,6 @@
 """The audit trail in Azure Table Storage: one partition per hash chain.
 
-A lane chain (`c00` .. `c15`) holds, in its partition:
+A lane chain (`c00` .. `c31`) holds, in its partition:
 
 - a record row per record, RowKey `r` + its number in the chain subtracted from a constant (a
   plain query returns the newest first, and the newest is the chain head in one small read):
