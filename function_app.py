@@ -6,6 +6,7 @@ from functions import (
     actions,
     alerts,
     api,
+    audit_anchor,
     audit_ui,
     blocks,
     cleanup,
@@ -30,3 +31,4 @@ app.register_functions(defender_stream.bp)
 app.register_functions(readiness.bp)
 app.register_functions(reconcile.bp)
 app.register_functions(cleanup.bp)
+app.register_functions(audit_anchor.bp)

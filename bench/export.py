@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 from shared.audit import GENESIS_HASH, chain_entry  # noqa: E402
 from shared.audit_export import AuditExport, verify_export  # noqa: E402
 from shared.audit_query import AuditFilter, AuditQuery  # noqa: E402
-from shared.models import Actor, AuditEntry, AuditEvent, AuditRecord  # noqa: E402
-from shared.ports import IndexDimension, IndexEntry, NoCheckpoints  # noqa: E402
+from shared.models import LEGACY_CHAIN, Actor, AuditEntry, AuditEvent, AuditRecord  # noqa: E402
+from shared.ports import ChainHead, IndexDimension, IndexEntry, NoCheckpoints  # noqa: E402
 
 START = datetime(2026, 3, 14, 8, 0, tzinfo=UTC)
 
@@ -40,13 +40,23 @@ START = datetime(2026, 3, 14, 8, 0, tzinfo=UTC)
 class ListStore:
     """An `AuditStore` over a list built up front (record n at index n - 1)."""
 
+    chains: tuple[str, ...] = (LEGACY_CHAIN,)
+
     def __init__(self, records: list[AuditRecord]) -> None:
         self._records = records
 
     async def head(self) -> AuditRecord | None:
         return self._records[-1] if self._records else None
 
-    async def insert_all(self, records: list[AuditRecord]) -> None:
+    async def chain_head(self, chain: str) -> ChainHead | None:
+        top = self._records[-1] if self._records and chain == LEGACY_CHAIN else None
+        return ChainHead(chain, top.seq, top.hash, top.seq) if top else None
+
+    async def heads(self) -> dict[str, ChainHead]:
+        head = await self.chain_head(LEGACY_CHAIN)
+        return {LEGACY_CHAIN: head} if head else {}
+
+    async def insert_all(self, records: list[AuditRecord], index: list[IndexEntry]) -> None:
         raise NotImplementedError("the benchmark trail is read-only")
 
     async def get(self, seq: int) -> AuditRecord | None:
@@ -56,6 +66,9 @@ class ListStore:
         top = len(self._records) if before_seq is None else min(before_seq - 1, len(self._records))
         for seq in range(top, 0, -1):
             yield self._records[seq - 1]
+
+    def chain_newest_first(self, chain: str) -> AsyncIterator[AuditRecord]:
+        return self.newest_first()
 
 
 class NoIndex:

@@ -1,5 +1,6 @@
-"""Starts Azurite's table service (from the repo's node_modules) on a free loopback port, or
-uses one that is already running, and hands out its connection string.
+"""Starts Azurite's table and blob services (from the repo's node_modules) on free loopback
+ports, or uses ones that are already running, and hands out their connection string (the blob
+service holds the audit checkpoints).
 
 With `persistent=True` the tables live on disk (Azurite's `--location`, without
 `--inMemoryPersistence`), so a drill can stop Azurite for a storage outage and start it again on
@@ -20,16 +21,19 @@ from types import TracebackType
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 AZURITE_BIN = REPO_ROOT / "node_modules" / ".bin" / "azurite-table"
+AZURITE_BLOB_BIN = REPO_ROOT / "node_modules" / ".bin" / "azurite-blob"
 # Azurite's published development account; it guards nothing and is the same everywhere.
 DEV_ACCOUNT = "devstoreaccount1"
 DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 ENV_ENDPOINT = "AZURITE_TABLE_ENDPOINT"
+ENV_BLOB_ENDPOINT = "AZURITE_BLOB_ENDPOINT"
 
 
-def connection_string(endpoint: str) -> str:
+def connection_string(endpoint: str, blob_endpoint: str = "") -> str:
+    blob = f"BlobEndpoint={blob_endpoint.rstrip('/')};" if blob_endpoint else ""
     return (
         f"DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_KEY};"
-        f"TableEndpoint={endpoint.rstrip('/')};"
+        f"TableEndpoint={endpoint.rstrip('/')};{blob}"
     )
 
 
@@ -60,14 +64,17 @@ class Azurite:
     def __init__(self, persistent: bool = False) -> None:
         # A persistent one is always our own: only then can it go down and come back.
         self.endpoint = "" if persistent else os.environ.get(ENV_ENDPOINT, "")
+        self.blob_endpoint = "" if persistent else os.environ.get(ENV_BLOB_ENDPOINT, "")
         self.persistent = persistent
         self._process: subprocess.Popen[bytes] | None = None
+        self._blob_process: subprocess.Popen[bytes] | None = None
+        self._blob_port: int | None = None
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
         self._port: int | None = None
 
     @property
     def connection_string(self) -> str:
-        return connection_string(self.endpoint)
+        return connection_string(self.endpoint, self.blob_endpoint)
 
     @property
     def owned(self) -> bool:
@@ -80,9 +87,13 @@ class Azurite:
         if not AZURITE_BIN.exists():
             raise RuntimeError(f"{AZURITE_BIN} is missing: run `npm ci` first")
         self._port = _free_port()
+        if AZURITE_BLOB_BIN.exists():
+            self._blob_port = _free_port()
         self._workdir = tempfile.TemporaryDirectory(prefix="azurite-")
         self._launch()
         self.endpoint = f"http://127.0.0.1:{self._port}/{DEV_ACCOUNT}"
+        if self._blob_port is not None:
+            self.blob_endpoint = f"http://127.0.0.1:{self._blob_port}/{DEV_ACCOUNT}"
         return self
 
     def _launch(self) -> None:
@@ -107,18 +118,38 @@ class Azurite:
             stderr=subprocess.DEVNULL,
         )
         _wait_for_port(self._port, self._process, timeout_s=30)
+        if self._blob_port is not None:
+            self._blob_process = subprocess.Popen(
+                [
+                    str(AZURITE_BLOB_BIN),
+                    "--blobHost",
+                    "127.0.0.1",
+                    "--blobPort",
+                    str(self._blob_port),
+                    *storage,
+                    "--disableTelemetry",
+                    "--skipApiVersionCheck",
+                    "--silent",
+                ],
+                cwd=self._workdir.name,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            _wait_for_port(self._blob_port, self._blob_process, timeout_s=30)
 
     def _halt(self) -> None:
-        """Stop the process: SIGINT first, on which Azurite saves its database and closes."""
-        process, self._process = self._process, None
-        if process is None:
-            return
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        """Stop the processes: SIGINT first, on which Azurite saves its data and closes."""
+        processes = (self._process, self._blob_process)
+        self._process = self._blob_process = None
+        for process in processes:
+            if process is None:
+                continue
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
     def outage_begin(self) -> None:
         """Take storage away: the process stops and its port refuses connections."""
@@ -137,6 +168,9 @@ class Azurite:
         if self._port is not None:
             self._port = None
             self.endpoint = ""
+        if self._blob_port is not None:
+            self._blob_port = None
+            self.blob_endpoint = ""
         if self._workdir is not None:
             self._workdir.cleanup()
             self._workdir = None

@@ -278,6 +278,7 @@ module rbac 'app/rbac.bicep' = {
     auditTableName: storage.outputs.auditTableName
     stateTableName: storage.outputs.stateTableName
     auditIndexTableName: storage.outputs.auditIndexTableName
+    auditAnchorContainerName: storage.outputs.auditAnchorContainerName
     serviceBusNamespaceName: serviceBus.outputs.name
     actionsQueueName: serviceBus.outputs.queueName
     notificationsQueueName: serviceBus.outputs.notificationsQueueName
@@ -322,6 +323,7 @@ module api 'app/api.bicep' = {
     auditTableName: storage.outputs.auditTableName
     stateTableName: storage.outputs.stateTableName
     auditIndexTableName: storage.outputs.auditIndexTableName
+    auditAnchorContainerName: storage.outputs.auditAnchorContainerName
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     serviceBusFullyQualifiedNamespace: serviceBus.outputs.fullyQualifiedNamespace
     actionsQueueName: serviceBus.outputs.queueName

@@ -28,10 +28,10 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeGuard
 
-from shared.audit import GENESIS_HASH, canonical_json, record_hash
+from shared.audit import GENESIS_HASH, AuditChain, canonical_json, checkpoint_json, record_hash
 from shared.audit_query import AuditFilter, AuditQuery
 from shared.errors import InvalidInput
-from shared.models import AuditRecord
+from shared.models import LEGACY_CHAIN, AuditRecord
 from shared.ports import AuditCheckpoints
 
 EXPORT_VERSION = 1
@@ -231,16 +231,31 @@ def _json_line(value: dict[str, Any]) -> str:
 
 
 def jsonl_record(record: AuditRecord) -> str:
-    """A record line: the body is the exact text the hash covers."""
+    """A record line: its chain, its number there (`seq`, which the hash covers), its position
+    in the whole trail, and the body: the exact text the hash covers."""
     return _json_line(
         {
             "type": "record",
-            "seq": record.seq,
+            "chain": record.chain,
+            "seq": record.chain_seq,
+            "position": record.seq,
             "prev_hash": record.prev_hash,
             "hash": record.hash,
             "body": record.body,
         }
     )
+
+
+class ChainCheckpoints:
+    """`AuditCheckpoints` from the trail's anchor: each checkpoint as `checkpoint_json` writes
+    it (`at`, `count`, and per chain the head's `seq`, `hash` and `position`)."""
+
+    def __init__(self, chain: AuditChain) -> None:
+        self._chain = chain
+
+    async def checkpoints(self) -> AsyncIterator[dict[str, Any]]:
+        for point in await self._chain.checkpoints():
+            yield checkpoint_json(point)
 
 
 # --- CSV -------------------------------------------------------------------------------------
@@ -329,18 +344,32 @@ class _Broken(Exception):
         self.fatal = fatal
 
 
+@dataclass
+class _Chain:
+    """Where the check stands in one chain: the record read last (the newer neighbour of the
+    next one, newest first): its number, back-link and position."""
+
+    seq: int
+    prev_hash: str
+    position: int
+
+
 class _ExportCheck:
-    """Reads an export line by line (newest record first), in constant memory but for the
-    checkpoints. A problem is raised as `_Broken` once the line's record is accounted for, so
-    reading can go on and the lowest broken record be named."""
+    """Reads an export line by line (newest record first, by position), in memory bounded by
+    the checkpoints and the number of chains. Each chain is checked on its own: hashes over the
+    bodies, canonical bodies, and for a whole-trail export the links down to its record 1 and
+    every checkpoint's head. A problem is raised as `_Broken` once the line's record is
+    accounted for, so reading can go on and the lowest broken record be named."""
 
     def __init__(self) -> None:
         self.records = 0
-        self.checkpoints: dict[int, tuple[str, str]] = {}
+        self.checkpoints = 0
+        # chain -> number -> (hash, checkpoint time, position) of the heads checkpoints saw.
+        self.expected: dict[str, dict[int, tuple[str, str, int]]] = {}
         self.whole = False
         self.head: tuple[int, str] | None = None
-        # The record read last (newer than the one being read): seq, prev_hash.
-        self.last: tuple[int, str] | None = None
+        self.chains: dict[str, _Chain] = {}
+        self.position: int | None = None  # of the record read last
         self.ended = False
         self.started = False
 
@@ -351,7 +380,7 @@ class _ExportCheck:
             item = json.loads(text)
         except ValueError:
             problem = f"line {number} is not JSON (cut off or edited)"
-            raise _Broken(self._next_seq(), problem) from None
+            raise _Broken(self._next_position(), problem) from None
         kind = item.get("type") if isinstance(item, dict) else None
         if kind == "record" and self.started:
             self._record(number, item)
@@ -367,90 +396,175 @@ class _ExportCheck:
         elif kind == "end":
             self._end(where, item)
         else:
-            raise _Broken(self._next_seq(), f"{where}: unknown line type {str(kind)[:40]!r}")
+            raise _Broken(self._next_position(), f"{where}: unknown line type {str(kind)[:40]!r}")
 
-    def _next_seq(self) -> int | None:
-        """The record expected next (newest first), named when a line cannot be read."""
-        if self.last is None:
+    def _next_position(self) -> int | None:
+        """The record expected after the one read last, named when a line cannot be read: in
+        the single chain the next lower number; a lane chain's next record could be in any
+        chain, so none is named there (the problem text says where reading stopped)."""
+        last = self.chains.get(LEGACY_CHAIN)
+        if last is None or last.position != self.position or last.seq <= 1:
             return None
-        return self.last[0] - 1 if self.last[0] > 1 else None
+        return last.seq - 1
 
     def _checkpoint(self, where: str, item: dict[str, Any]) -> None:
-        seq, digest = item.get("seq"), item.get("hash")
-        if self.records or not _count(seq) or not isinstance(digest, str):
+        heads = item.get("heads")
+        if self.records or not isinstance(heads, dict):
             raise _Broken(None, f"{where}: a malformed or misplaced checkpoint")
-        self.checkpoints[seq] = (digest, str(item.get("at", "")))
+        at = str(item.get("at", ""))[:40]
+        for name, head in heads.items():
+            if not isinstance(head, dict):
+                raise _Broken(None, f"{where}: a malformed checkpoint head")
+            seq, digest, position = head.get("seq"), head.get("hash"), head.get("position")
+            if not (_count(seq) and isinstance(digest, str) and _count(position)):
+                raise _Broken(None, f"{where}: a malformed checkpoint head")
+            self.expected.setdefault(str(name), {})[seq] = (digest, at, position)
+        self.checkpoints += 1
 
     def _record(self, number: int, item: dict[str, Any]) -> None:
-        seq, prev, digest, body = (
-            item.get("seq"),
-            item.get("prev_hash"),
-            item.get("hash"),
-            item.get("body"),
-        )
-        if not (_count(seq) and seq and isinstance(prev, str) and isinstance(digest, str)):
-            raise _Broken(self._next_seq(), f"line {number}: a malformed record")
-        problem = self._problem(number, seq, prev, digest, body)
+        chain, seq, position = item.get("chain"), item.get("seq"), item.get("position")
+        prev, digest, body = item.get("prev_hash"), item.get("hash"), item.get("body")
+        if not (
+            isinstance(chain, str)
+            and _count(seq)
+            and seq
+            and _count(position)
+            and position
+            and isinstance(prev, str)
+            and isinstance(digest, str)
+        ):
+            raise _Broken(self._next_position(), f"line {number}: a malformed record")
+        problem = self._problem(number, chain, seq, position, prev, digest, body)
         if self.head is None:
-            self.head = (seq, digest)
-            newest = max(self.checkpoints, default=0)
-            if self.whole and newest > seq and problem is None:
-                problem = _Broken(
-                    seq + 1,
-                    f"records {seq + 1}..{newest} are missing: "
-                    f"the checkpoint of {self.checkpoints[newest][1]} holds {newest}",
-                )
-        self.last = (seq, prev)
+            self.head = (position, digest)
+        if chain not in self.chains and problem is None:
+            problem = self._newest_missing(chain, seq)
+        self.chains[chain] = _Chain(seq, prev, position)
+        self.position = position
         self.records += 1
         if problem is not None:
             raise problem
 
+    def _newest_missing(self, chain: str, seq: int) -> _Broken | None:
+        """For the newest record of a chain in a whole-trail export: the checkpoints saw no
+        newer one (deleting the newest records is noticed)."""
+        heads = self.expected.get(chain, {})
+        newest = max(heads, default=0)
+        if not self.whole or newest <= seq:
+            return None
+        _, at, position = heads[newest]
+        return _Broken(
+            position,
+            f"{_label(chain, seq + 1)}..{newest} are missing: the checkpoint of {at} holds "
+            f"{_label(chain, newest, position)}",
+        )
+
     def _problem(
-        self, number: int, seq: int, prev: str, digest: str, body: object
+        self,
+        number: int,
+        chain: str,
+        seq: int,
+        position: int,
+        prev: str,
+        digest: str,
+        body: object,
     ) -> _Broken | None:
-        if self.last is not None:
-            newer_seq, newer_prev = self.last
-            if seq >= newer_seq:
+        label = _label(chain, seq, position)
+        if self.position is not None and position >= self.position:
+            return _Broken(position, f"line {number}: {label} is out of order")
+        newer = self.chains.get(chain)
+        if newer is not None:
+            if seq >= newer.seq:
+                return _Broken(position, f"line {number}: {label} is out of order in its chain")
+            if self.whole and seq != newer.seq - 1:
                 return _Broken(
-                    seq, f"line {number}: record {seq} is out of order after {newer_seq}"
-                )
-            if self.whole and seq != newer_seq - 1:
-                return _Broken(
-                    seq + 1, f"line {number}: records {seq + 1}..{newer_seq - 1} are missing"
+                    _missing(chain, seq + 1, newer.position),
+                    f"line {number}: {_label(chain, seq + 1)}..{newer.seq - 1} are missing",
                 )
         if not isinstance(body, str) or record_hash(seq, prev, body) != digest:
-            return _Broken(seq, f"line {number}: record {seq} content does not match its hash")
+            return _Broken(position, f"line {number}: {label} content does not match its hash")
         try:
             canonical = canonical_json(json.loads(body)) == body
         except ValueError:
             canonical = False
         if not canonical:
-            return _Broken(seq, f"line {number}: record {seq} body is not canonical JSON")
-        if self.last is not None and self.whole and self.last[1] != digest:
+            return _Broken(position, f"line {number}: {label} body is not canonical JSON")
+        if newer is not None and self.whole and newer.prev_hash != digest:
             return _Broken(
-                self.last[0], f"line {number}: record {self.last[0]} does not link to {seq}"
+                newer.position,
+                f"line {number}: {_label(chain, newer.seq, newer.position)} does not link "
+                f"to {label}",
             )
-        if seq in self.checkpoints and self.checkpoints[seq][0] != digest:
-            at = self.checkpoints[seq][1]
-            return _Broken(seq, f"line {number}: record {seq} differs from the checkpoint of {at}")
+        expected = self.expected.get(chain, {}).get(seq)
+        if expected is not None and expected[0] != digest:
+            return _Broken(
+                position, f"line {number}: {label} differs from the checkpoint of {expected[1]}"
+            )
         return None
 
     def _end(self, where: str, item: dict[str, Any]) -> None:
         self.ended = True
-        if self.whole and self.last is not None:
-            if self.last[0] != 1:
-                raise _Broken(1, f"records 1..{self.last[0] - 1} are missing")
-            if self.last[1] != GENESIS_HASH:
-                raise _Broken(1, "record 1 does not start from the genesis hash")
-        if item.get("records") != self.records or item.get("checkpoints") != len(self.checkpoints):
-            raise _Broken(None, f"{where}: the end line counts other lines than the file holds")
+        found: list[_Broken] = []
+        if self.whole:
+            for chain, last in self.chains.items():
+                if last.seq != 1:
+                    found.append(
+                        _Broken(
+                            _missing(chain, 1, last.position),
+                            f"{_label(chain, 1)}..{last.seq - 1} are missing",
+                        )
+                    )
+                elif last.prev_hash != GENESIS_HASH:
+                    found.append(
+                        _Broken(
+                            last.position,
+                            f"{_label(chain, 1, last.position)} does not start from the "
+                            "genesis hash",
+                        )
+                    )
+            for chain, heads in self.expected.items():
+                if chain not in self.chains and heads:
+                    newest = max(heads)
+                    _, at, position = heads[newest]
+                    found.append(
+                        _Broken(
+                            position,
+                            f"every record of chain {chain} is missing: the checkpoint of "
+                            f"{at} holds {_label(chain, newest, position)}",
+                        )
+                    )
+        if item.get("records") != self.records or item.get("checkpoints") != self.checkpoints:
+            found.append(
+                _Broken(None, f"{where}: the end line counts other lines than the file holds")
+            )
+        if found:
+            raise min(found, key=lambda b: (b.seq is None, b.seq or 0))
+
+    def _last_label(self) -> str:
+        for chain, last in self.chains.items():
+            if last.position == self.position:
+                return _label(chain, last.seq, last.position)
+        return f"position {self.position}"
 
     def finish(self) -> None:
         if not self.started:
             raise _Broken(None, "the file is empty")
         if not self.ended:
-            after = f"after record {self.last[0]}" if self.last else "before any record"
-            raise _Broken(self._next_seq(), f"the file is cut off {after}: it has no end line")
+            after = f"after {self._last_label()}" if self.position else "before any record"
+            raise _Broken(self._next_position(), f"the file is cut off {after}: it has no end line")
+
+
+def _missing(chain: str, seq: int, after: int) -> int:
+    """How a missing record is named: in the single chain by its number; a lane record has no
+    position of its own, so the record after the gap is named."""
+    return seq if chain == LEGACY_CHAIN else after
+
+
+def _label(chain: str, seq: int, position: int | None = None) -> str:
+    if chain == LEGACY_CHAIN:
+        return f"record {seq}"
+    where = f" (position {position})" if position is not None else ""
+    return f"record {chain}#{seq}{where}"
 
 
 def verify_export(lines: Iterable[str]) -> ExportVerdict:
@@ -475,7 +589,7 @@ def verify_export(lines: Iterable[str]) -> ExportVerdict:
     first = min(found, key=lambda b: (b.seq is None, b.seq or 0), default=None)
     return ExportVerdict(
         records_checked=check.records,
-        checkpoints_checked=len(check.checkpoints),
+        checkpoints_checked=check.checkpoints,
         whole_trail=check.whole,
         head_seq=check.head[0] if check.head else None,
         head_hash=check.head[1] if check.head else None,

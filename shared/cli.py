@@ -112,7 +112,10 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="a scenario option, repeatable (chaos: users, outage_s, throttle_rate, ...)",
+        help=(
+            "a scenario option, repeatable (chaos: users, outage_s, throttle_rate, ...; "
+            "audit: writers, per_writer)"
+        ),
     )
 
     audit = commands.add_parser("audit", help="work with the audit trail")
@@ -166,6 +169,7 @@ class _ScenarioListFormatter(argparse.RawDescriptionHelpFormatter):
                 f"  {name:<20} {re.split(r'[;.] ', make().description)[0].rstrip('.')}"
                 for name, make in SCENARIOS.items()
             ]
+            rows.append(f"  {AUDIT_DRILL:<20} Concurrent audit writers, then tampering detected")
             text = "\n".join([SCENARIO_LIST, *rows])
         super().add_text(text)
 
@@ -309,10 +313,48 @@ async def _doctor(services: Container, args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
+AUDIT_DRILL = "audit"
+
+
+def _audit_drill(args: argparse.Namespace) -> int:
+    """The audit drill: concurrent writers, a checkpoint, each kind of tampering on a copy."""
+    from drill.audit_trail import drill
+
+    options = dict(item.partition("=")[::2] for item in args.set)
+    unknown = sorted(set(options) - {"writers", "per_writer"})
+    if unknown:
+        return _fail(f"unknown option {unknown[0]!r}; known: writers, per_writer")
+    try:
+        writers = int(options.get("writers", "8"))
+        per_writer = int(options.get("per_writer", "1000"))
+    except ValueError:
+        return _fail("writers and per_writer must be whole numbers")
+    if not (1 <= writers <= 64 and 2 <= per_writer <= 100_000):
+        return _fail("writers must lie in 1..64 and per_writer in 2..100000")
+    if not args.json:
+        print(f"drill audit: {writers} writers x {per_writer} records, then tampering", flush=True)
+    report = asyncio.run(drill(writers, per_writer))
+    if args.json:
+        _print_json(report)
+    else:
+        print(
+            f"{report['records']} records, {report['append_failures']} failed appends, "
+            f"{report['appends_per_s']} appends/s against {report['plain_inserts_per_s']} "
+            f"plain inserts/s (ratio {report['ratio']})"
+        )
+        for kind, found in report["tamper"].items():
+            state = "detected" if found["detected"] else "NOT DETECTED"
+            print(f"  [{state}] {kind}: {found['problem']}")
+        print(f"result: {'PASS' if report['passed'] else 'FAIL'}")
+    return EXIT_OK if report["passed"] else EXIT_FAILED
+
+
 def cmd_drill(args: argparse.Namespace) -> int:
     from drill.runner import run_scenario
     from drill.scenarios import SCENARIOS, WITH_OPTIONS
 
+    if args.scenario == AUDIT_DRILL:
+        return _audit_drill(args)
     make = SCENARIOS.get(args.scenario)
     if make is None:
         return _fail(f"unknown scenario {args.scenario!r}; known: {', '.join(SCENARIOS)}")

@@ -239,6 +239,25 @@ class Settings(PolicySettings):
         pattern=r"^[A-Za-z][A-Za-z0-9]{2,62}$",
         description="Table holding the audit index (derived from the trail, rebuildable).",
     )
+    blob_endpoint: AnyHttpUrl | None = Field(
+        None,
+        alias="RESPONDER_BLOB_ENDPOINT",
+        description=(
+            "Blob service URL holding the audit checkpoints, used with the managed identity "
+            "(locally a BlobEndpoint in RESPONDER_TABLES_CONNECTION serves instead)."
+        ),
+    )
+    audit_anchor_container: str = Field(
+        "audit-anchors",
+        alias="RESPONDER_AUDIT_ANCHOR_CONTAINER",
+        pattern=r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$",
+        description="Blob container (write-once policy) holding the audit checkpoints.",
+    )
+    audit_checkpoint_schedule: str = Field(
+        "0 */5 * * * *",
+        alias="AUDIT_CHECKPOINT_SCHEDULE",
+        description="NCRONTAB schedule of the audit checkpoint.",
+    )
     graph_base_url: AnyHttpUrl = Field(
         AnyHttpUrl("https://graph.microsoft.com/v1.0"),
         alias="GRAPH_BASE_URL",

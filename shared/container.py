@@ -49,8 +49,8 @@ from shared.adapters.watch_table import (
 )
 from shared.approvals import Approvals
 from shared.audit import AuditChain
-from shared.audit_export import AuditExport
-from shared.audit_query import AuditQuery
+from shared.audit_export import AuditExport, ChainCheckpoints
+from shared.audit_query import AuditQuery, index_entries
 from shared.cleanup import StateCleanup
 from shared.config import QueueKind, Settings
 from shared.defender_stream import DefenderStream
@@ -66,7 +66,7 @@ from shared.outbox import Outbox
 from shared.permissions import EXCHANGE_AUDIENCE, GRAPH_AUDIENCE
 from shared.policy import Guards, Playbook, Policy
 from shared.poller import AlertPoller
-from shared.ports import ActionQueue, NoCheckpoints
+from shared.ports import ActionQueue
 from shared.readiness import Readiness
 from shared.waiting import WaitingApprovals
 from shared.watch.changes import ActiveIncident, ChangeProcessor
@@ -76,8 +76,10 @@ from shared.watch.ports import NotificationQueue
 from shared.watch.subscriptions import SubscriptionManager, desired_subscriptions
 
 if TYPE_CHECKING:
+    from azure.storage.blob.aio import BlobServiceClient
     from msgraph import GraphServiceClient
 
+    from shared.adapters.audit_anchor_blob import BlobAnchor
     from shared.adapters.graph import GraphDirectory
     from shared.adapters.graph_subscriptions import GraphWatch
 
@@ -97,7 +99,8 @@ class Container:
         self.tables = table_service(
             settings, None if settings.tables_connection else self.credential, storage_hook
         )
-        self.audit_store = AuditTable(self.tables.get_table_client(settings.audit_table))
+        audit_table = self.tables.get_table_client(settings.audit_table)
+        self.audit_store = AuditTable(audit_table)
         state_table = self.tables.get_table_client(settings.state_table)
         self.state = StateTable(state_table)
         self.blocks = TableBlockRegistry(state_table, clock)
@@ -105,11 +108,15 @@ class Container:
         self.activations = TableActivations(state_table)
         self.leases = TableLeases(state_table)
         self.retention = TableStateRetention(state_table)
-        self.audit_index = AuditIndexTable(self.tables.get_table_client(settings.audit_index_table))
+        self.audit_index = AuditIndexTable(
+            self.tables.get_table_client(settings.audit_index_table), audit_table
+        )
         self.audit_query = AuditQuery(self.audit_store, self.audit_index, self._cursor_key())
-        self.chain = AuditChain(self.audit_store, listeners=[self.audit_query.index_records])
+        self.blobs: BlobServiceClient | None = None
+        self.anchor = self._build_anchor()
+        self.chain = AuditChain(self.audit_store, indexer=index_entries, anchor=self.anchor)
         self.audit_export = AuditExport(
-            self.audit_query, NoCheckpoints(), self._cursor_key(), self.clock
+            self.audit_query, ChainCheckpoints(self.chain), self._cursor_key(), self.clock
         )
         self.queue: ActionQueue = self._build_queue()
         self.notification_queue: NotificationQueue = self._build_notification_queue()
@@ -133,6 +140,17 @@ class Container:
             return hashlib.sha256(b"m365-responder audit cursor\n" + table).digest()
         secret = self.settings.webhook_secret.get_secret_value().encode()
         return hmac.new(secret, b"audit cursor\n" + table, hashlib.sha256).digest()
+
+    def _build_anchor(self) -> BlobAnchor | None:
+        """The write-once container the audit checkpoints go to; None when no blob service is
+        configured (the trail then verifies against its own links only)."""
+        from shared.adapters.audit_anchor_blob import BlobAnchor, blob_service
+
+        local = self.settings.tables_connection is not None
+        self.blobs = blob_service(self.settings, None if local else self.credential)
+        if self.blobs is None:
+            return None
+        return BlobAnchor(self.blobs.get_container_client(self.settings.audit_anchor_container))
 
     def _build_queue(self) -> ActionQueue:
         if self.settings.queue is QueueKind.MEMORY:
@@ -167,6 +185,8 @@ class Container:
                 self.settings.state_table,
                 self.settings.audit_index_table,
             )
+            if self.anchor is not None:
+                await self.anchor.ensure_container()
         self._prepared = True
         return self
 
@@ -514,6 +534,7 @@ class Container:
             exchange=self.exchange,
             jwks_keys=self.jwks.published if self.jwks else None,
             clock=self.clock,
+            audit=self.chain,
         )
 
     @cached_property
@@ -523,6 +544,8 @@ class Container:
 
     async def close(self) -> None:
         closers = [self.tables.close(), self.credential.close()]
+        if self.blobs is not None:
+            closers.append(self.blobs.close())
         if isinstance(self.queue, ServiceBusActionQueue):
             closers.append(self.queue.close())
         if isinstance(self.notification_queue, ServiceBusNotificationQueue):

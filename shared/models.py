@@ -417,11 +417,26 @@ def action_entry(
     )
 
 
+LEGACY_CHAIN = "chain"
+
+
 class AuditRecord(BaseModel):
-    """A chained audit record: its sequence number, the previous record's hash and its own."""
+    """A chained audit record. `seq` is the record's number in the whole trail (its position:
+    what the ledger, the index and the pages refer to); `chain` and `chain_seq` place it in
+    one hash chain, where `prev_hash` links it to record `chain_seq - 1`. In the single-chain
+    layout of earlier versions (chain `chain`) the two numbers are the same."""
 
     seq: int = Field(ge=1)
     prev_hash: str
     hash: str
     entry: AuditEntry
     body: str = Field(repr=False, description="The canonical text the hash covers, as stored.")
+    chain: str = LEGACY_CHAIN
+    chain_seq: int = Field(0, ge=0, description="0 on construction means: the same as seq")
+    defect: str | None = Field(
+        None, repr=False, description="What the store found wrong beside the hashed text."
+    )
+
+    def model_post_init(self, context: Any, /) -> None:
+        if self.chain_seq == 0:
+            self.chain_seq = self.seq

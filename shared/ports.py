@@ -49,21 +49,53 @@ class AlertFeed(Protocol):
     def alerts_updated_since(self, since: datetime) -> AsyncIterator[list[dict[str, Any]]]: ...
 
 
+@dataclass(frozen=True)
+class ChainHead:
+    """The newest record of one hash chain: its number in the chain, its hash, and its
+    position in the whole trail."""
+
+    chain: str
+    seq: int
+    hash: str
+    position: int
+
+
 class AuditStore(Protocol):
-    """Insert-only storage of chained audit records."""
+    """Insert-only storage of chained audit records, in one or more hash chains.
 
-    async def head(self) -> AuditRecord | None: ...
+    `chains` names the chains appends go to; reads cover those and any older chain the store
+    holds (the single chain of earlier versions)."""
 
-    async def insert_all(self, records: list[AuditRecord]) -> None:
-        """Insert atomically; raise `AppendConflict` if any sequence number exists already."""
+    chains: tuple[str, ...]
+
+    async def head(self) -> AuditRecord | None:
+        """The record with the highest position, whichever chain holds it."""
+        ...
+
+    async def chain_head(self, chain: str) -> ChainHead | None:
+        """The newest record of one chain (one small read)."""
+        ...
+
+    async def heads(self) -> dict[str, ChainHead]:
+        """The newest record of every chain that holds records."""
+        ...
+
+    async def insert_all(self, records: list[AuditRecord], index: list[IndexEntry]) -> None:
+        """Insert consecutive records of one chain, with their index entries, atomically (one
+        round trip); raise `AppendConflict` if any of their chain numbers exists already."""
         ...
 
     async def get(self, seq: int) -> AuditRecord | None:
-        """The record with sequence number `seq`, or None when there is none (one read)."""
+        """The record at position `seq`, or None when there is none (one read)."""
         ...
 
     def newest_first(self, before_seq: int | None = None) -> AsyncIterator[AuditRecord]:
-        """Every record, newest first; with `before_seq`, only those below that number."""
+        """Every record, highest position first; with `before_seq`, only those below it."""
+        ...
+
+    def chain_newest_first(self, chain: str) -> AsyncIterator[AuditRecord]:
+        """Every record of one chain, newest first, with `defect` set where a stored copy
+        beside the hashed text differs from it."""
         ...
 
 
@@ -123,6 +155,26 @@ class AuditIndex(Protocol):
     ) -> AsyncIterator[int]:
         """Sequence numbers filed under (dimension, value), newest first; with `before_seq`,
         only those below it."""
+        ...
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The trail's state at one moment, written outside the table: every chain's head and
+    the number of records (the sum of the heads' chain numbers)."""
+
+    at: datetime
+    heads: dict[str, ChainHead]
+    count: int
+
+
+class AuditAnchor(Protocol):
+    """Append-only storage of checkpoints outside the audit table (a write-once container)."""
+
+    async def append(self, checkpoint: Checkpoint) -> None: ...
+
+    async def checkpoints(self) -> list[Checkpoint]:
+        """Every checkpoint written, oldest first."""
         ...
 
 

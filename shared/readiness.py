@@ -36,6 +36,8 @@ from shared.watch.ports import GraphSubscriptions, SubscriptionSpec, Subscriptio
 logger = logging.getLogger(__name__)
 
 READINESS_TITLE = "The responder is not ready"
+# Three missed five-minute checkpoints.
+CHECKPOINT_STALE = timedelta(minutes=15)
 GLOBAL_ADMINISTRATOR = "62e90394-69f5-4237-9190-012177145e10"
 TOKEN_CACHE_NOTE = (
     " (a grant made in the last hours shows once the identity's cached token expires, up to "
@@ -104,6 +106,7 @@ class Readiness:
     exchange: TransportRules | None
     jwks_keys: Callable[[], Awaitable[int]] | None
     clock: Callable[[], datetime]
+    audit: AuditChain | None = None
 
     @property
     def features(self) -> tuple[Feature, ...]:
@@ -120,6 +123,7 @@ class Readiness:
             self._tables,
             self._queue,
             self._audit_insert_only,
+            self._audit_checkpoints,
             self._api_registration,
             self._settings,
         ]
@@ -365,6 +369,35 @@ class Readiness:
                 "RESPONDER_TABLES_ENDPOINT with the managed identity",
             )
         ]
+
+    async def _audit_checkpoints(self) -> list[Check]:
+        """A checkpoint that cannot be written fails its timer run; this names it too."""
+        if self.audit is None:
+            return []
+        name = "audit checkpoints current"
+        if self.audit.anchor is None:
+            return [
+                Check(
+                    name,
+                    False,
+                    "no checkpoint container is configured",
+                    "set RESPONDER_BLOB_ENDPOINT and RESPONDER_AUDIT_ANCHOR_CONTAINER as "
+                    "infra/app/api.bicep does",
+                )
+            ]
+        newest = await self.audit.newest_checkpoint_or_record()
+        fix = (
+            "see the error `audit checkpoint could not be written` of the checkpoint_audit "
+            "timer; the app's identity needs the audit anchor role on the container"
+        )
+        if newest is None:
+            return [Check(name, True, "the trail is empty")]
+        kind, at = newest
+        age = self.clock() - at
+        if age <= CHECKPOINT_STALE:
+            detail = f"newest {kind} at {at.isoformat()}"
+            return [Check(name, True, detail)]
+        return [Check(name, False, f"no checkpoint since {at.isoformat()} ({kind})", fix)]
 
     async def _api_registration(self) -> list[Check]:
         audience, tenant = self.settings.auth_audience, self.settings.auth_tenant_id

@@ -10,6 +10,7 @@ param auditTableName string
 param stateTableName string
 // The name storage.bicep gives the audit index table.
 param auditIndexTableName string
+param auditAnchorContainerName string
 param applicationInsightsName string
 param serviceBusFullyQualifiedNamespace string
 param actionsQueueName string
@@ -130,6 +131,10 @@ var appSettings = {
   RESPONDER_AUDIT_TABLE: auditTableName
   RESPONDER_STATE_TABLE: stateTableName
   RESPONDER_AUDIT_INDEX_TABLE: auditIndexTableName
+  // The audit checkpoints: a write-once container, and the timer writing them.
+  RESPONDER_BLOB_ENDPOINT: storage.properties.primaryEndpoints.blob
+  RESPONDER_AUDIT_ANCHOR_CONTAINER: auditAnchorContainerName
+  AUDIT_CHECKPOINT_SCHEDULE: '0 */5 * * * *'
 
   // Graph, as the user-assigned identity (a function app may hold several identities).
   GRAPH_BASE_URL: graphBaseUrl

@@ -18,6 +18,8 @@ param auditTableName string
 param stateTableName string
 // The name storage.bicep gives the audit index table.
 param auditIndexTableName string
+// The write-once container of the audit checkpoints.
+param auditAnchorContainerName string
 param serviceBusNamespaceName string
 param actionsQueueName string
 param notificationsQueueName string
@@ -38,6 +40,14 @@ var monitoringMetricsPublisherRoleId = '3913510d-42f4-4e42-8a64-420c390055eb' //
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
+
+  resource blobService 'blobServices' existing = {
+    name: 'default'
+
+    resource auditAnchorContainer 'containers' existing = {
+      name: auditAnchorContainerName
+    }
+  }
 
   resource tableService 'tableServices' existing = {
     name: 'default'
@@ -111,6 +121,43 @@ resource auditAppenderRole 'Microsoft.Authorization/roleDefinitions@2022-04-01' 
     assignableScopes: [
       resourceGroup().id
     ]
+  }
+}
+
+// Read and append only, for the audit checkpoints: no built-in blob role stops short of write and
+// delete. `add/action` creates a blob and appends blocks (Put Blob for a new blob, Append Block);
+// `read` lists and reads them. The container's time-based immutability policy keeps every
+// checkpoint unchanged whatever role reaches it.
+resource auditAnchorAppenderRole 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
+  name: guid(resourceGroup().id, 'M365 Responder Audit Anchor Appender')
+  properties: {
+    roleName: 'M365 Responder Audit Anchor Appender (${resourceGroup().name})'
+    description: 'Reads and appends audit checkpoints; cannot change or remove them.'
+    type: 'CustomRole'
+    permissions: [
+      {
+        actions: []
+        notActions: []
+        dataActions: [
+          'Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read'
+          'Microsoft.Storage/storageAccounts/blobServices/containers/blobs/add/action'
+        ]
+        notDataActions: []
+      }
+    ]
+    assignableScopes: [
+      resourceGroup().id
+    ]
+  }
+}
+
+resource auditAnchorAppender 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storage::blobService::auditAnchorContainer.id, managedIdentityPrincipalId, auditAnchorAppenderRole.name)
+  scope: storage::blobService::auditAnchorContainer
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', auditAnchorAppenderRole.name)
+    principalId: managedIdentityPrincipalId
+    principalType: 'ServicePrincipal'
   }
 }
 

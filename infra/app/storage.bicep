@@ -10,6 +10,12 @@ param deploymentStorageContainerName string
 var auditTableName = 'AuditTrail'
 var stateTableName = 'ResponderState'
 var auditIndexTableName = 'AuditIndex'
+var auditAnchorContainerName = 'audit-anchors'
+
+@description('Days each audit checkpoint stays write-once (time-based immutability) after it is written.')
+@minValue(1)
+@maxValue(146000)
+param auditAnchorRetentionDays int = 3650
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   name: name
@@ -44,6 +50,25 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
         publicAccess: 'None'
       }
     }
+
+    // The audit checkpoints (append blobs): write-once for the retention period, appends
+    // allowed. Lock the policy after the first deployment (docs/audit.md): a locked policy can
+    // only be lengthened, and nobody, the account's owners included, can change or delete a
+    // checkpoint before it expires.
+    resource auditAnchorContainer 'containers' = {
+      name: auditAnchorContainerName
+      properties: {
+        publicAccess: 'None'
+      }
+
+      resource auditAnchorPolicy 'immutabilityPolicies' = {
+        name: 'default'
+        properties: {
+          immutabilityPeriodSinceCreationInDays: auditAnchorRetentionDays
+          allowProtectedAppendWrites: true
+        }
+      }
+    }
   }
 
   // The deployment creates the tables: the app's roles cannot create tables.
@@ -70,3 +95,4 @@ output deploymentContainerName string = storage::blobService::deploymentContaine
 output auditTableName string = storage::tableService::auditTable.name
 output stateTableName string = storage::tableService::stateTable.name
 output auditIndexTableName string = storage::tableService::auditIndexTable.name
+output auditAnchorContainerName string = storage::blobService::auditAnchorContainer.name

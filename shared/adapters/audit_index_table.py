@@ -1,10 +1,16 @@
-"""The audit index in Azure Table Storage: one partition per (dimension, value), one row per
-audit record filed there, newest first.
+"""The audit index in Azure Table Storage, newest first per (dimension, value).
 
-The index is derived from the audit trail and never part of it: rows are upserted (a rebuild
-or a repeated write changes nothing) and readers re-check every record it points to. Values
-are hashed into the PartitionKey because they may hold characters keys forbid (/ \\ # ?).
-Least privilege: Storage Table Data Contributor on this table only.
+A lane record's index rows live in the audit table beside the record, in its chain's partition
+(RowKey `x` + dimension, value digest, position; see `audit_table`), written in the record's own
+transaction; a lookup reads that key range in every lane partition. Records of the single-chain
+layout of earlier versions keep their index in the index table, one partition per
+(dimension, value), as that layout wrote it.
+
+The index is derived from the trail and never part of it: readers re-check every record it
+points to. Values are hashed into the keys because they may hold characters keys forbid
+(/ \\ # ?). A rebuild only adds rows that are missing.
+Least privilege: audit table as in `audit_table`; Storage Table Data Contributor on the index
+table only.
 """
 
 from __future__ import annotations
@@ -14,9 +20,12 @@ import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+from azure.core.exceptions import ResourceExistsError
 from azure.data.tables.aio import TableClient
 
-from shared.adapters.audit_table import row_key
+from shared.adapters.audit_table import index_entity, index_prefix, key_upper, row_key
+from shared.adapters.table_service import as_int
+from shared.audit import LANE_CHAINS, LANE_POSITION_FLOOR
 from shared.ports import IndexDimension, IndexEntry
 
 MAX_TRANSACTION = 100  # Table Storage's limit of operations in one entity group transaction
@@ -28,6 +37,7 @@ def partition_key(dimension: IndexDimension, value: str) -> str:
 
 
 def to_entity(entry: IndexEntry) -> dict[str, Any]:
+    """An index row of the single-chain layout, in the index table."""
     return {
         "PartitionKey": partition_key(entry.dimension, entry.value),
         "RowKey": row_key(entry.seq),
@@ -36,15 +46,35 @@ def to_entity(entry: IndexEntry) -> dict[str, Any]:
     }
 
 
-class AuditIndexTable:
-    """`AuditIndex` on a Table Storage table."""
+async def _merged(streams: list[AsyncIterator[int]]) -> AsyncIterator[int]:
+    heads: list[int | None] = list(await asyncio.gather(*(anext(s, None) for s in streams)))
+    while any(h is not None for h in heads):
+        n = max((i for i, h in enumerate(heads) if h is not None), key=lambda i: heads[i] or 0)
+        yield heads[n] or 0
+        heads[n] = await anext(streams[n], None)
 
-    def __init__(self, table: TableClient) -> None:
-        self._table = table
+
+class AuditIndexTable:
+    """`AuditIndex` on the audit table's lane partitions and the older index table."""
+
+    def __init__(self, legacy: TableClient, audit: TableClient) -> None:
+        self._legacy = legacy
+        self._audit = audit
 
     async def add(self, entries: list[IndexEntry]) -> None:
+        gate = asyncio.Semaphore(PARALLEL_WRITES)
+        lane = [e for e in entries if e.seq >= LANE_POSITION_FLOOR]
+        older = [e for e in entries if e.seq < LANE_POSITION_FLOOR]
+
+        async def create(row: dict[str, Any]) -> None:
+            async with gate:
+                try:
+                    await self._audit.create_entity(row)
+                except ResourceExistsError:
+                    pass  # insert-only table: a row already filed stays as it is
+
         partitions: dict[str, dict[str, dict[str, Any]]] = {}
-        for entry in entries:
+        for entry in older:
             entity = to_entity(entry)
             # One transaction may not name the same row twice.
             partitions.setdefault(entity["PartitionKey"], {})[entity["RowKey"]] = entity
@@ -53,19 +83,42 @@ class AuditIndexTable:
             for rows in (list(p.values()) for p in partitions.values())
             for start in range(0, len(rows), MAX_TRANSACTION)
         ]
-        gate = asyncio.Semaphore(PARALLEL_WRITES)
 
         async def write(batch: list[dict[str, Any]]) -> None:
             async with gate:
-                await self._table.submit_transaction([("upsert", row) for row in batch])
+                await self._legacy.submit_transaction([("upsert", row) for row in batch])
 
-        await asyncio.gather(*(write(batch) for batch in batches))
+        rows = {(r["PartitionKey"], r["RowKey"]): r for r in map(index_entity, lane)}
+        await asyncio.gather(
+            *(create(row) for row in rows.values()), *(write(batch) for batch in batches)
+        )
 
     async def seqs(
         self, dimension: IndexDimension, value: str, before_seq: int | None = None
     ) -> AsyncIterator[int]:
+        streams = [self._lane(chain, dimension, value, before_seq) for chain in LANE_CHAINS]
+        async for seq in _merged(streams):
+            yield seq
+        if before_seq is None or before_seq > 1:
+            async for seq in self._older(dimension, value, before_seq):
+                yield seq
+
+    async def _lane(
+        self, chain: str, dimension: IndexDimension, value: str, before_seq: int | None
+    ) -> AsyncIterator[int]:
+        prefix = index_prefix(dimension, value)
+        low = (
+            f"RowKey gt '{prefix + row_key(before_seq)}'" if before_seq else f"RowKey ge '{prefix}'"
+        )
+        query = f"PartitionKey eq '{chain}' and {low} and RowKey lt '{key_upper(prefix)}'"
+        async for entity in self._audit.query_entities(query, select=["Seq"]):
+            yield as_int(entity["Seq"])
+
+    async def _older(
+        self, dimension: IndexDimension, value: str, before_seq: int | None
+    ) -> AsyncIterator[int]:
         query = f"PartitionKey eq '{partition_key(dimension, value)}'"
         if before_seq is not None:
             query += f" and RowKey gt '{row_key(before_seq)}'"
-        async for entity in self._table.query_entities(query, select=["Seq"]):
+        async for entity in self._legacy.query_entities(query, select=["Seq"]):
             yield int(entity["Seq"])

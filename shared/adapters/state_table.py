@@ -20,6 +20,7 @@ from azure.core.exceptions import (
 from azure.data.tables import TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient
 
+from shared.adapters.table_service import as_int, int64
 from shared.errors import TransientError
 from shared.models import ActionRequest, OutcomeStatus
 from shared.ports import (
@@ -94,7 +95,7 @@ class StateTable:
                     "Request": action.model_dump_json(),
                     "ClaimedAt": at,
                     "Sent": False,
-                    "ClaimSeq": claim_seq,
+                    "ClaimSeq": int64(claim_seq),
                     "Alerted": False,
                 }
             )
@@ -145,11 +146,13 @@ class StateTable:
         )
 
     async def recording(self, action: ActionRequest, from_seq: int) -> None:
-        await self._upsert(action, {"RecordFrom": from_seq})
+        await self._upsert(action, {"RecordFrom": int64(from_seq)})
 
     async def finish(self, action: ActionRequest, status: OutcomeStatus, audit_seq: int) -> None:
         # Scheduled reverts reach the executor without a claim, so this may create the row.
-        await self._upsert(action, {"State": str(status), "AuditSeq": audit_seq, "RecordFrom": 0})
+        await self._upsert(
+            action, {"State": str(status), "AuditSeq": int64(audit_seq), "RecordFrom": 0}
+        )
 
     async def unsent(self, claimed_before: datetime) -> list[LedgerEntry]:
         query = (
@@ -203,12 +206,12 @@ def _ledger_entry(entity: Any) -> LedgerEntry:
         state=entity.get("State") or LEDGER_QUEUED,
         kind=entity["Kind"],
         target=entity["Target"],
-        audit_seq=entity.get("AuditSeq"),
+        audit_seq=as_int(entity["AuditSeq"]) if "AuditSeq" in entity else None,
         request=ActionRequest.model_validate_json(request) if request else None,
         claimed_at=claimed_at if isinstance(claimed_at, datetime) else None,
         sent=entity.get("Sent") is not False,
-        claim_seq=int(entity.get("ClaimSeq") or 0),
-        record_from=int(entity.get("RecordFrom") or 0),
+        claim_seq=as_int(entity.get("ClaimSeq")),
+        record_from=as_int(entity.get("RecordFrom")),
         intent=(
             Intent(
                 call=call,

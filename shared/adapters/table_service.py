@@ -8,6 +8,7 @@ from typing import Any
 
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import ResourceExistsError
+from azure.data.tables import EdmType, EntityProperty
 from azure.data.tables.aio import TableServiceClient
 
 from shared.config import Settings
@@ -40,3 +41,16 @@ async def ensure_tables(service: TableServiceClient, *names: str) -> None:
             await service.create_table(name)
         except ResourceExistsError:
             continue
+
+
+def int64(value: int) -> EntityProperty:
+    """An integer column that may exceed 32 bits (audit positions do): the SDK refuses a plain
+    int beyond Int32 and hands Int64 columns back as `EntityProperty`, read with `as_int`."""
+    return EntityProperty(value, EdmType.INT64)
+
+
+def as_int(value: object) -> int:
+    """An integer column as written by `int64` or as a plain Int32; 0 when absent."""
+    if isinstance(value, EntityProperty):
+        return int(value.value)
+    return int(value) if isinstance(value, int | str) else 0

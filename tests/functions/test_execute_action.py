@@ -225,11 +225,11 @@ async def test_an_audit_outage_after_execution_is_redelivered_not_reported_as_fa
     real_insert = store.insert_all
     outages = [1]
 
-    async def flaky_insert(records: Any) -> None:
+    async def flaky_insert(records: Any, index: Any) -> None:
         if outages:
             outages.pop()
             raise ConnectionError("table service unreachable")
-        await real_insert(records)
+        await real_insert(records, index)
 
     monkeypatch.setattr(store, "insert_all", flaky_insert)
     await LocalHost().pump(queue_of(services))

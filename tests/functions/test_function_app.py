@@ -41,6 +41,7 @@ EXPECTED = {
     "clean_up_state",
     "dispatch_notices",
     "send_notice",
+    "checkpoint_audit",
 }
 
 

@@ -8,7 +8,6 @@ import asyncio
 import csv
 import io
 import json
-import logging
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 
 from drill.azurite import Azurite
 from drill.host import LocalHost
-from shared.adapters.audit_index_table import partition_key
+from shared.adapters.audit_table import index_prefix, row_key
 from shared.adapters.queue import InMemoryActionQueue
 from shared.adapters.table_service import ensure_tables
 from shared.audit_export import CSV_FIELDS, export_lines, verify_export
@@ -91,8 +90,9 @@ async def seqs(services: Container, flt: AuditFilter, limit: int = 3) -> list[in
 
 
 async def empty_index(services: Container) -> None:
-    table = services.tables.get_table_client(services.settings.audit_index_table)
-    async for entity in table.query_entities("PartitionKey ne ''"):
+    """Delete the index rows beside the records (as only the storage keys can)."""
+    table = services.tables.get_table_client(services.settings.audit_table)
+    async for entity in table.query_entities("RowKey ge 'x'"):
         await table.delete_entity(entity["PartitionKey"], entity["RowKey"])
 
 
@@ -136,12 +136,14 @@ async def test_actions_are_indexed_as_they_are_audited(responder: Container) -> 
     [revoked] = await seqs(responder, both)
     assert await responder.audit_store.get(revoked) in records
 
-    # The index holds the values hashed into its partition keys, never the values themselves.
-    table = responder.tables.get_table_client(responder.settings.audit_index_table)
-    rows = [e async for e in table.query_entities("PartitionKey ne ''")]
-    assert {r["PartitionKey"] for r in rows} >= {
-        partition_key(IndexDimension.TARGET, target),
-        partition_key(IndexDimension.INCIDENT, "INC-1"),
+    # The index rows sit beside the records, the values hashed into their keys, never the
+    # values themselves.
+    table = responder.tables.get_table_client(responder.settings.audit_table)
+    rows = [e async for e in table.query_entities("RowKey ge 'x'")]
+    prefixes = {r["RowKey"][: -len(row_key(0))] for r in rows}
+    assert prefixes >= {
+        index_prefix(IndexDimension.TARGET, target),
+        index_prefix(IndexDimension.INCIDENT, "INC-1"),
     }
     assert len(rows) == sum(
         len([v for v in (e.kind, e.target, e.incident_id, e.alert_id) if v]) + 2 + other_names(e)
@@ -201,13 +203,14 @@ async def test_an_export_of_300_records_follows_its_pages_on_azurite(responder: 
     export = responder.audit_export
 
     pages: list[int] = []
+    positions = [r.seq for r in await chain(responder)]
     csv_lines = export_lines(
         export, AuditFilter(), "csv", 70, lambda page: pages.append(page.records)
     )
     csv_text = "".join([line async for line in csv_lines])
     assert pages == [70, 70, 70, 70, 20]
     rows = list(csv.reader(io.StringIO(csv_text, newline="")))
-    assert len(rows) == 301 and [int(row[0]) for row in rows[1:]] == list(range(300, 0, -1))
+    assert len(rows) == 301 and [int(row[0]) for row in rows[1:]] == positions
     reason = CSV_FIELDS.index("reason")
     assert all(not row[reason].startswith("=") for row in rows[1:])
 
@@ -217,26 +220,25 @@ async def test_an_export_of_300_records_follows_its_pages_on_azurite(responder: 
     by_target = AuditFilter(target=ADELE.user_principal_name)
     lines = [line async for line in export_lines(export, by_target, "jsonl", 64)]
     records = [json.loads(line) for line in lines[1:-1]]
+    assert [record["position"] for record in records] == positions
     assert [record["seq"] for record in records] == list(range(300, 0, -1))
     by_incident = AuditFilter(incident="INC-1")
     lines = [line async for line in export_lines(export, by_incident, "jsonl", 64)]
     assert len(lines) == 75 + 2 and verify_export(lines).ok
 
 
-async def test_an_unreachable_index_never_fails_an_append(
-    sim: SimulatedTenant, azurite: Azurite, caplog: pytest.LogCaptureFixture
+async def test_a_missing_index_table_never_fails_an_append(
+    sim: SimulatedTenant, azurite: Azurite
 ) -> None:
+    """The index rows of new records sit beside them: the older index table plays no part."""
     settings = indexed_settings(sim, azurite)
     services = Container(settings)
     try:
-        # The audit table exists, the index table does not: every index write fails.
         await ensure_tables(services.tables, settings.audit_table)
-        with caplog.at_level(logging.ERROR, logger="shared.audit"):
-            record = await services.chain.append(
-                AuditEntry(event=AuditEvent.ACTION_PLANNED, actor=Actor(), reason="no index")
-            )
-        assert record.seq == 1 and (await services.chain.verify()).ok
-        assert "audit listener failed for records 1..1" in caplog.text
+        record = await services.chain.append(
+            AuditEntry(event=AuditEvent.ACTION_PLANNED, actor=Actor(), reason="no index table")
+        )
+        assert record.chain_seq == 1 and (await services.chain.verify()).ok
     finally:
         await services.close()
 
@@ -244,14 +246,20 @@ async def test_an_unreachable_index_never_fails_an_append(
 # The command line -----------------------------------------------------------------------------
 
 
+POSITIONS: dict[int, str] = {}
+
+
 @pytest.fixture
 def configured(sim: SimulatedTenant, azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """A trail of 12 records, and the environment `responder` reads its settings from."""
+    """A trail of 12 records (their positions in POSITIONS, by bulk number), and the
+    environment `responder` reads its settings from."""
     settings = indexed_settings(sim, azurite)
 
     async def write() -> None:
         services = await Container(settings).prepare()
-        await services.chain.append_all([bulk(n) for n in range(1, 13)])
+        records = await services.chain.append_all([bulk(n) for n in range(1, 13)])
+        POSITIONS.clear()
+        POSITIONS.update({n: str(r.seq) for n, r in enumerate(records, 1)})
         await services.close()
 
     asyncio.run(write())
@@ -269,17 +277,18 @@ def test_cli_query_pages_with_the_same_filters(
     args = ["audit", "query", "--actor", "ENGINEER1@contoso.com", "--kind", "disable_account"]
     assert main([*args, "--limit", "1", "--json"]) == 0
     first = json.loads(capsys.readouterr().out)
-    assert [r["seq"] for r in first["records"]] == ["10"] and first["continuation"]
+    at = POSITIONS
+    assert [r["seq"] for r in first["records"]] == [at[10]] and first["continuation"]
     assert main([*args, "--limit", "5", "--json", "--continuation", first["continuation"]]) == 0
     second = json.loads(capsys.readouterr().out)
-    assert [r["seq"] for r in second["records"]] == ["7", "4", "1"]
+    assert [r["seq"] for r in second["records"]] == [at[7], at[4], at[1]]
     assert second["continuation"] is None
     assert set(second["records"][0]) >= {"seq", "at", "event", "actor", "reason", "hash"}
 
     assert main(["audit", "query", "--kind", "disable_account", "--limit", "3"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split() == ["seq", "at", "event", "actor", "kind", "target", "incident", "reason"]
-    assert [line.split()[0] for line in out[1:4]] == ["12", "11", "10"]
+    assert [line.split()[0] for line in out[1:4]] == [at[12], at[11], at[10]]
     assert out[-1].startswith("more: --continuation ")
 
     assert main(["audit", "query", "--target", "nobody@contoso.com"]) == 0
@@ -307,21 +316,26 @@ def test_cli_export_follows_the_pages_and_verifies_the_file_offline(
     ]
     assert main(["audit", "verify", "--file", str(trail), "--json"]) == 0
     verdict = json.loads(capsys.readouterr().out)
-    assert verdict["verified"] and verdict["records_checked"] == 12 and verdict["head_seq"] == 12
+    assert verdict["verified"] and verdict["records_checked"] == 12
+    assert verdict["head_seq"] == int(POSITIONS[12])
 
     lines = trail.read_text(encoding="utf-8").splitlines(keepends=True)
     tampered = tmp_path / "tampered.jsonl"
     tampered.write_text("".join(lines[:3] + [lines[3].replace("Kennwort", "Passwort")] + lines[4:]))
     assert main(["audit", "verify", "--file", str(tampered)]) == 1
-    assert capsys.readouterr().out.startswith("export BROKEN at record 10: line 4: record 10")
+    broken = capsys.readouterr().out
+    assert broken.startswith(f"export BROKEN at record {POSITIONS[10]}: line 4: record c")
+    assert f"#10 (position {POSITIONS[10]}) content does not match its hash" in broken
     cut = tmp_path / "cut.jsonl"
     cut.write_text("".join(lines[:6]))
     assert main(["audit", "verify", "--file", str(cut)]) == 1
-    assert "BROKEN at record 7" in capsys.readouterr().out
+    assert "the file is cut off after record c" in capsys.readouterr().out
 
     assert main(["audit", "export", "--format", "jsonl", "--since", "2000-01-01"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [json.loads(line).get("seq") for line in lines[1:-1]] == list(range(12, 0, -1))
+    assert [json.loads(line).get("position") for line in lines[1:-1]] == [
+        int(POSITIONS[n]) for n in range(12, 0, -1)
+    ]
 
     assert main(["audit", "export", "--format", "xml", "--output", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err == "responder: --format must be csv or jsonl\n"
@@ -345,4 +359,4 @@ def test_cli_reindex_rebuilds_the_index(
     assert capsys.readouterr().out == "audit index rebuilt: 60 entries for 12 records\n"
     assert main(["audit", "query", "--incident", "INC-2", "--json"]) == 0
     records = json.loads(capsys.readouterr().out)["records"]
-    assert [r["seq"] for r in records] == ["10", "6", "2"]
+    assert [r["seq"] for r in records] == [POSITIONS[10], POSITIONS[6], POSITIONS[2]]

@@ -11,6 +11,7 @@ import pytest
 
 from shared.audit import (
     GENESIS_HASH,
+    LANE_CHAINS,
     MAX_APPEND_ATTEMPTS,
     MAX_BODY_CHARS,
     AuditChain,
@@ -21,8 +22,8 @@ from shared.audit import (
 )
 from shared.errors import TransientError
 from shared.models import Actor, AuditEntry, AuditEvent, AuditRecord
-from shared.ports import AppendConflict
-from tests.fakes import MemoryAuditStore
+from shared.ports import AppendConflict, IndexEntry
+from tests.fakes import MemoryAnchor, MemoryAuditStore
 
 
 def entry(n: int, **extra: object) -> AuditEntry:
@@ -140,6 +141,12 @@ async def chain_of(n: int) -> MemoryAuditStore:
     return store
 
 
+def unanchored(head: AuditRecord) -> dict[str, object]:
+    """The report's chain and checkpoint part for one legacy chain and no anchor."""
+    chains = {"chain": {"seq": head.chain_seq, "hash": head.hash, "position": head.seq}}
+    return {"chains": chains, "checkpoints_checked": 0, "checkpoint": None}
+
+
 async def test_a_verified_chain_reports_its_head() -> None:
     store = await chain_of(3)
     report = await AuditChain(store).verify()
@@ -150,6 +157,7 @@ async def test_a_verified_chain_reports_its_head() -> None:
         "head_hash": store.records[3].hash,
         "first_broken_seq": None,
         "problem": None,
+        **unanchored(store.records[3]),
     }
 
 
@@ -175,6 +183,7 @@ async def test_missing_records_are_named(
         "head_hash": store.records[6].hash,
         "first_broken_seq": broken_at,
         "problem": problem,
+        **unanchored(store.records[6]),
     }
 
 
@@ -269,7 +278,7 @@ async def test_listeners_hear_each_append_once_and_cannot_fail_it() -> None:
 class AlwaysTaken(MemoryAuditStore):
     attempts = 0
 
-    async def insert_all(self, records: list[AuditRecord]) -> None:
+    async def insert_all(self, records: list[AuditRecord], index: list[IndexEntry]) -> None:
         self.attempts += 1
         raise AppendConflict("sequence taken")
 
@@ -300,7 +309,7 @@ async def test_text_that_is_not_unicode_is_refused_and_nothing_is_written() -> N
     assert (await AuditChain(store).verify()).ok
 
 
-async def test_a_failed_listener_is_logged_with_the_way_to_repair_the_index(
+async def test_a_failed_listener_is_logged_and_the_append_stands(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async def broken(records: list[AuditRecord]) -> None:
@@ -310,13 +319,12 @@ async def test_a_failed_listener_is_logged_with_the_way_to_repair_the_index(
         await AuditChain(MemoryAuditStore(), listeners=[broken]).append_all([entry(1), entry(2)])
     [logged] = caplog.records
     assert logged.getMessage() == (
-        "audit listener failed for records 1..2 (the records are appended; "
-        "`responder audit reindex` rebuilds the index)"
+        "audit listener failed for records 1..2 (the records are appended)"
     )
     assert logged.exc_info is not None
 
 
-async def test_a_lost_race_is_logged_with_the_head_it_lost_after(
+async def test_a_lost_race_is_logged_with_the_chain_it_lost_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     store = MemoryAuditStore()
@@ -326,5 +334,64 @@ async def test_a_lost_race_is_logged_with_the_head_it_lost_after(
     with caplog.at_level(logging.DEBUG, logger="shared.audit"):
         await mine.append(entry(3))
     assert [r.getMessage() for r in caplog.records] == [
-        "audit append lost a race after seq 1; re-reading head"
+        "audit append lost a race on chain chain; moving on"
     ]
+
+
+# checkpoints ---------------------------------------------------------------------------------
+
+
+async def test_a_checkpoint_that_fails_is_retried_then_raised_and_logged_as_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    anchor = MemoryAnchor()
+    chain = AuditChain(MemoryAuditStore(chains=LANE_CHAINS[:2]), anchor=anchor)
+    await chain.append_all([entry(1), entry(2)])
+    anchor.fail = 2
+    point = await chain.checkpoint(retry_delay_s=0)
+    assert anchor.written == [point] and point.count == 2
+    anchor.fail = 3
+    with caplog.at_level(logging.ERROR, logger="shared.audit"), pytest.raises(OSError):
+        await chain.checkpoint(retry_delay_s=0)
+    assert "audit checkpoint could not be written after 3 attempts" in caplog.text
+    assert len(anchor.written) == 1
+
+
+async def test_verify_reports_the_last_checkpoint_and_whether_it_matches() -> None:
+    anchor = MemoryAnchor()
+    store = MemoryAuditStore(chains=LANE_CHAINS[:2])
+    chain = AuditChain(store, anchor=anchor)
+    await chain.append_all([entry(n) for n in range(4)])
+    point = await chain.checkpoint()
+    await chain.append(entry(9))
+    report = await chain.verify()
+    assert report.ok and report.checkpoints_checked == 1
+    assert report.as_dict()["checkpoint"] == {
+        "at": point.at.isoformat().replace("+00:00", "Z"),
+        "count": 4,
+        "matches": True,
+    }
+    newest = max(store.records)
+    del store.records[newest]  # not checkpointed yet: only the links can tell, and cannot
+    assert (await chain.verify()).ok
+    del store.records[max(store.records)]  # checkpointed: the cut is found
+    report = await chain.verify()
+    assert not report.ok and report.checkpoint is not None and not report.checkpoint.matches
+    assert "missing" in (report.problem or "")
+
+
+async def test_lane_writers_never_conflict_while_each_has_a_chain_of_its_own() -> None:
+    store = MemoryAuditStore(chains=LANE_CHAINS)
+    writers = [AuditChain(store) for _ in range(4)]
+    for n, writer in enumerate(writers):
+        writer._free = [LANE_CHAINS[n], *[c for c in LANE_CHAINS if c != LANE_CHAINS[n]]]
+
+    async def write(chain: AuditChain, base: int) -> None:
+        for n in range(10):
+            await chain.append(entry(base + n))
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(write(chain, i * 100) for i, chain in enumerate(writers)))
+    assert len(store.records) == 40 and store.conflicts == 0
+    assert len(await store.heads()) == 4
+    assert (await AuditChain(store).verify()).ok

@@ -55,7 +55,11 @@ async def exporter(
 ) -> tuple[CountingStore, AuditExport, Clock]:
     store, _, query = await trail(entry(n, incident=f"INC-{n % 3}") for n in range(1, count + 1))
     marks = [
-        {"seq": seq, "hash": store.records[seq].hash, "at": f"2026-03-14T0{i}:00:00Z", "count": seq}
+        {
+            "at": f"2026-03-14T0{i}:00:00Z",
+            "count": seq,
+            "heads": {"chain": {"seq": seq, "hash": store.records[seq].hash, "position": seq}},
+        }
         for i, seq in enumerate(checkpoint_at)
     ]
     clock = Clock()
@@ -96,7 +100,9 @@ async def test_a_whole_trail_export_has_a_header_checkpoints_records_newest_firs
     record = store.records[7]
     assert found[3] == {
         "type": "record",
+        "chain": "chain",
         "seq": 7,
+        "position": 7,
         "prev_hash": record.prev_hash,
         "hash": record.hash,
         "body": record.body,
@@ -146,7 +152,7 @@ async def test_records_appended_during_an_export_do_not_shift_its_pages() -> Non
     first = await export.page(AuditFilter(), "jsonl", limit=3)
     head = await store.head()
     assert head is not None
-    await store.insert_all([chain_entry(7, head.hash, entry(7))])
+    await store.insert_all([chain_entry(7, head.hash, entry(7))], [])
     rest = await export.page(AuditFilter(), "jsonl", 3, first.continuation)
     lines = first.lines + rest.lines
     assert [item["seq"] for item in items(lines) if item["type"] == "record"] == [6, 5, 4, 3, 2, 1]
@@ -376,7 +382,7 @@ async def test_records_with_actor_ids_export_and_verify() -> None:
     store, _, query = await trail([])
     actor = Actor(kind="engineer", name="lead@contoso.com", object_id="o-1", tenant_id="t-1")
     record = chain_entry(1, GENESIS_HASH, AuditEntry(event=AuditEvent.ACTION_APPROVED, actor=actor))
-    await store.insert_all([record])
+    await store.insert_all([record], [])
     export = AuditExport(query, Checkpoints([]), KEY, Clock())
     lines = (await export.page(AuditFilter(), "jsonl")).lines
     assert verify_export(lines).ok

@@ -11,13 +11,20 @@ from typing import Any
 
 import pytest
 
-from shared.audit import GENESIS_HASH, AuditChain, canonical_json, chain_entry, entry_body
-from shared.audit_export import AuditExport, export_lines
+from shared.audit import (
+    GENESIS_HASH,
+    LANE_CHAINS,
+    AuditChain,
+    canonical_json,
+    chain_entry,
+    entry_body,
+)
+from shared.audit_export import AuditExport, ChainCheckpoints, export_lines, verify_export
 from shared.audit_query import AuditFilter, AuditQuery
 from shared.models import Actor, AuditEntry, AuditEvent, utcnow
-from shared.ports import IndexDimension, IndexEntry, NoCheckpoints
+from shared.ports import AuditCheckpoints, IndexDimension, IndexEntry, NoCheckpoints
 from tests import independent_verifier as auditor
-from tests.fakes import MemoryAuditStore
+from tests.fakes import MemoryAnchor, MemoryAuditStore
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS: list[dict[str, Any]] = json.loads(
@@ -91,10 +98,10 @@ def entries() -> list[AuditEntry]:
     return [*[AuditEntry.model_validate(v["entry"]) for v in VECTORS], *plain, huge]
 
 
-async def exported(store: MemoryAuditStore) -> str:
+async def exported(store: MemoryAuditStore, checkpoints: AuditCheckpoints | None = None) -> str:
     """The trail as the product exports it (`responder audit export --format jsonl`)."""
     query = AuditQuery(store, NoIndex(), b"k" * 32)
-    export = AuditExport(query, NoCheckpoints(), b"k" * 32, utcnow)
+    export = AuditExport(query, checkpoints or NoCheckpoints(), b"k" * 32, utcnow)
     return "".join([line async for line in export_lines(export, AuditFilter(), "jsonl", 4)])
 
 
@@ -186,3 +193,85 @@ async def test_the_oversized_result_is_stored_as_its_digest_which_the_auditor_re
         "sha256": hashlib.sha256(result.encode()).hexdigest(),
     }
     assert record.body == auditor.body_of(huge.model_dump(mode="json"))
+
+
+# several chains and their checkpoints -----------------------------------------------------
+
+
+async def lane_trail() -> tuple[MemoryAuditStore, str]:
+    """A trail over three lane chains written by three writers, exported with a checkpoint."""
+    store = MemoryAuditStore(chains=LANE_CHAINS[:3])
+    anchor = MemoryAnchor()
+    writers = [AuditChain(store, anchor=anchor) for _ in range(3)]
+    for n, entry in enumerate(entries() * 2):
+        await writers[n % 3].append(entry)
+    await writers[0].checkpoint()
+    return store, await exported(store, ChainCheckpoints(writers[0]))
+
+
+async def test_an_export_of_several_chains_verifies_with_the_independent_verifier() -> None:
+    store, text = await lane_trail()
+    verdict = auditor.verify_jsonl(text)
+    assert verdict.first_broken is None, verdict.problem
+    assert verdict.records == len(store.records) and verdict.checkpoints == 1
+    heads = await store.heads()
+    assert len(heads) > 1 and verdict.heads == {n: h.hash for n, h in heads.items()}
+
+
+async def test_the_independent_verifier_finds_newest_records_cut_off_against_a_checkpoint() -> None:
+    store, text = await lane_trail()
+    lines = [json.loads(line) for line in text.splitlines()]
+    records = [line for line in lines if line["type"] == "record"]
+    newest = max(records, key=lambda line: line["position"])
+    kept = [line for line in lines if line is not newest]
+    kept[-1]["records"] -= 1  # the end line made to agree, as a careful forger would
+    verdict = auditor.verify_jsonl("".join(json.dumps(line) + "\n" for line in kept))
+    assert verdict.first_broken == newest["position"]
+    assert "missing" in (verdict.problem or "")
+
+
+async def test_the_independent_verifier_finds_a_rechained_forgery_by_the_checkpoint() -> None:
+    store, text = await lane_trail()
+    lines = [json.loads(line) for line in text.splitlines()]
+    records = [line for line in lines if line["type"] == "record"]
+    chain = records[0]["chain"]
+    mine = sorted((line for line in records if line["chain"] == chain), key=lambda x: x["seq"])
+    entry = json.loads(mine[0]["body"])
+    entry["reason"] = "nothing happened"
+    mine[0]["body"] = auditor.canonical(entry)
+    prev = GENESIS_HASH
+    for line in mine:  # re-hash the whole chain consistently, as an attacker could
+        line["prev_hash"] = prev
+        line["hash"] = prev = auditor.record_hash(line["seq"], prev, line["body"])
+    verdict = auditor.verify_jsonl("".join(json.dumps(line) + "\n" for line in lines))
+    assert verdict.first_broken == mine[-1]["position"]
+    assert "differs from the checkpoint" in (verdict.problem or "")
+
+
+async def test_the_products_offline_check_reads_several_chains_and_their_checkpoints() -> None:
+    """`responder audit verify --file` on an export of lane chains: intact, then with the
+    newest record cut off (end line made to agree), then with one chain forged consistently."""
+    store, text = await lane_trail()
+    verdict = verify_export(text.splitlines())
+    assert verdict.ok, verdict.problem
+    assert (verdict.records_checked, verdict.checkpoints_checked) == (len(store.records), 1)
+
+    lines = [json.loads(line) for line in text.splitlines()]
+    records = [line for line in lines if line["type"] == "record"]
+    newest = max(records, key=lambda line: line["position"])
+    kept = [line for line in lines if line is not newest]
+    kept[-1]["records"] -= 1
+    cut = verify_export([json.dumps(line) for line in kept])
+    assert cut.first_broken_seq == newest["position"] and "missing" in (cut.problem or "")
+
+    mine = sorted((r for r in records if r["chain"] == newest["chain"]), key=lambda r: r["seq"])
+    entry = json.loads(mine[0]["body"])
+    entry["reason"] = "nothing happened"
+    mine[0]["body"] = canonical_json(entry)
+    prev = GENESIS_HASH
+    for line in mine:
+        line["prev_hash"] = prev
+        line["hash"] = prev = auditor.record_hash(line["seq"], prev, line["body"])
+    forged = verify_export([json.dumps(line) for line in lines])
+    assert forged.first_broken_seq == newest["position"]
+    assert "checkpoint" in (forged.problem or "")

@@ -13,7 +13,7 @@ from drill.runner import TIMELINE_ROWS, DrillReport
 from drill.scenarios import SCENARIOS
 from shared.audit import VerifyReport
 from shared.audit_query import AuditFilter
-from shared.cli import main
+from shared.cli import AUDIT_DRILL, main
 from shared.errors import ConfigError, InvalidInput
 from shared.policy import Playbook
 
@@ -24,7 +24,7 @@ def test_drill_help_lists_every_scenario_on_one_line(capsys: pytest.CaptureFixtu
     assert done.value.code == 0
     out = capsys.readouterr().out
     listed = out.split("scenarios:\n", 1)[1].splitlines()
-    assert [line.split()[0] for line in listed if line.strip()] == list(SCENARIOS)
+    assert [line.split()[0] for line in listed if line.strip()] == [*SCENARIOS, AUDIT_DRILL]
     assert "--all" in out
 
 

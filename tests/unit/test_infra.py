@@ -271,7 +271,7 @@ def audit_table_symbol() -> str:
 
 def test_audit_role_can_read_and_insert_but_never_change_or_delete() -> None:
     roles = custom_roles()
-    assert list(roles) == ["auditAppenderRole"]
+    assert sorted(roles) == ["auditAnchorAppenderRole", "auditAppenderRole"]
     permissions = block(block(roles["auditAppenderRole"].body, "properties"), "permissions")
     assert sorted(strings(block(permissions, "dataActions"))) == [
         f"{ENTITIES}/add/action",
@@ -279,6 +279,28 @@ def test_audit_role_can_read_and_insert_but_never_change_or_delete() -> None:
     ]
     assert strings(block(permissions, "actions")) == []
     assert not re.search(r"delete|update|write|\*", permissions, re.IGNORECASE)
+
+
+BLOBS = "Microsoft.Storage/storageAccounts/blobServices/containers/blobs"
+
+
+def test_audit_checkpoints_are_write_once_and_the_app_may_only_read_and_append() -> None:
+    permissions = block(
+        block(custom_roles()["auditAnchorAppenderRole"].body, "properties"), "permissions"
+    )
+    assert sorted(strings(block(permissions, "dataActions"))) == [
+        f"{BLOBS}/add/action",
+        f"{BLOBS}/read",
+    ]
+    assert not re.search(r"delete|write|\*", permissions, re.IGNORECASE)
+    scopes = {a.scope for a in role_assignments() if a.role == "auditAnchorAppenderRole"}
+    assert scopes == {"storage::blobService::auditAnchorContainer"}
+    storage = (INFRA / "app/storage.bicep").read_text()
+    policy = storage[storage.index("resource auditAnchorPolicy 'immutabilityPolicies'") :]
+    assert "allowProtectedAppendWrites: true" in policy
+    assert "immutabilityPeriodSinceCreationInDays: auditAnchorRetentionDays" in policy
+    container = Settings.model_fields["audit_anchor_container"].default
+    assert f"var auditAnchorContainerName = '{container}'" in storage
 
 
 def test_audit_table_is_append_only_for_the_app_and_the_deployer() -> None:
