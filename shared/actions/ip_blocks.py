@@ -130,8 +130,6 @@ def plan_shards(
         read = by_name.get(name)
         if read is not None and tuple(ranges) == read.ranges:
             continue
-        if read is None and not ranges:
-            continue
         mode = _mode_of(read) if read else name.removeprefix(RULE_PREFIX).split()[0]
         changes.append(ShardChange(name, mode, ranges, read))
     return changes
