@@ -18,8 +18,6 @@ its parameters and the record hash, defused for a `,` as well as a `;` reading.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import json
@@ -33,6 +31,7 @@ from shared.audit_query import AuditFilter, AuditQuery
 from shared.errors import InvalidInput
 from shared.models import LEGACY_CHAIN, AuditRecord
 from shared.ports import AuditCheckpoints
+from shared.signed_token import TokenSigner
 
 EXPORT_VERSION = 1
 EXPORT_PAGE = 5_000  # lines per answer, the default and the most a caller may ask for
@@ -101,7 +100,8 @@ class AuditExport:
     ) -> None:
         self._query = query
         self._checkpoints = checkpoints
-        self._key = hmac.new(key, b"audit export continuation", hashlib.sha256).digest()
+        own_key = hmac.new(key, b"audit export continuation", hashlib.sha256).digest()
+        self._signer = TokenSigner(own_key)
         self._clock = clock
 
     async def page(
@@ -179,22 +179,11 @@ class AuditExport:
     def _token(self, scope: str, cursor: _Cursor) -> str:
         expires = int((self._clock() + CONTINUATION_TTL).timestamp())
         state = [scope, cursor.phase, cursor.checkpoints, cursor.last_seq, cursor.records, expires]
-        payload = _b64(json.dumps(state, separators=(",", ":")).encode())
-        return f"{payload}.{_b64(self._sign(payload))}"
-
-    def _sign(self, payload: str) -> bytes:
-        return hmac.new(self._key, payload.encode(), hashlib.sha256).digest()
+        return self._signer.seal(state)
 
     def _resume(self, scope: str, token: str) -> _Cursor:
         invalid = InvalidInput("invalid continuation; start the export again")
-        if len(token) > MAX_CONTINUATION_CHARS or not token.isascii() or token.count(".") != 1:
-            raise invalid
-        payload, signature = token.split(".")
-        try:
-            signed = hmac.compare_digest(_unb64(signature), self._sign(payload))
-            state = json.loads(_unb64(payload)) if signed else None
-        except (ValueError, binascii.Error):
-            raise invalid from None
+        state = self._signer.open(token, MAX_CONTINUATION_CHARS)
         if not isinstance(state, list) or len(state) != 6 or state[0] != scope:
             raise invalid
         _, phase, checkpoints, last_seq, records, expires = state
@@ -212,14 +201,6 @@ def _scope(flt: AuditFilter, export_format: str) -> str:
 
 def _count(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def _utc_text(moment: datetime) -> str:

@@ -17,11 +17,8 @@ account's other names, as far as the newest records under the asked name link th
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
 import heapq
-import hmac
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import asdict, dataclass, fields
@@ -31,6 +28,7 @@ from typing import Any, ClassVar
 from shared.errors import InvalidInput
 from shared.models import ActionKind, AuditEntry, AuditEvent, AuditRecord, validate_ip_target
 from shared.ports import AuditIndex, AuditStore, IndexDimension, IndexEntry
+from shared.signed_token import TokenSigner
 
 MAX_VALUE_CHARS = 256
 DEFAULT_PAGE = 50
@@ -242,7 +240,7 @@ class AuditQuery:
     def __init__(self, store: AuditStore, index: AuditIndex, cursor_key: bytes) -> None:
         self._store = store
         self._index = index
-        self._key = cursor_key
+        self._signer = TokenSigner(cursor_key)
 
     async def page(
         self, flt: AuditFilter, limit: int = DEFAULT_PAGE, continuation: str | None = None
@@ -396,37 +394,17 @@ class AuditQuery:
         return high
 
     def _token(self, flt: AuditFilter, last_seq: int) -> str:
-        state = json.dumps({"s": last_seq, "f": flt.fingerprint()}, separators=(",", ":"))
-        payload = _b64(state.encode())
-        return f"{payload}.{_b64(self._sign(payload))}"
-
-    def _sign(self, payload: str) -> bytes:
-        return hmac.new(self._key, payload.encode(), hashlib.sha256).digest()
+        return self._signer.seal({"s": last_seq, "f": flt.fingerprint()})
 
     def _resume(self, flt: AuditFilter, token: str) -> int:
         invalid = InvalidInput("invalid continuation token")
-        if len(token) > MAX_TOKEN_CHARS or not token.isascii() or token.count(".") != 1:
-            raise invalid
-        payload, signature = token.split(".")
-        try:
-            signed = hmac.compare_digest(_unb64(signature), self._sign(payload))
-            state = json.loads(_unb64(payload)) if signed else None
-        except (ValueError, binascii.Error):
-            raise invalid from None
+        state = self._signer.open(token, MAX_TOKEN_CHARS)
         if not isinstance(state, dict) or state.get("f") != flt.fingerprint():
             raise invalid
         last_seq = state.get("s")
         if not isinstance(last_seq, int) or isinstance(last_seq, bool) or last_seq < 1:
             raise invalid
         return last_seq
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 async def _close(iterator: AsyncIterator[Any]) -> None:
