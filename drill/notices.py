@@ -23,7 +23,7 @@ DRILL_WORKSPACE = (
     "Microsoft.OperationalInsights/workspaces/law-sentinel"
 )
 SENTINEL_INCIDENT = "sentinel:/subscriptions/"
-# The most dispatcher passes a drill waits for (a pass reads up to 5000 records).
+# The most dispatcher passes a drill waits for (a pass reads every record up to the head).
 MAX_PASSES = 50
 _ESCAPE = re.compile(r"\\(.)")
 

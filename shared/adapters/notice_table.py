@@ -10,6 +10,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, Re
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 
+from shared.adapters.table_service import as_int, int64
 from shared.notices.ports import DeliveryState, DispatchCursor
 
 NOTICE_CURSOR = "noticecursor"
@@ -29,8 +30,8 @@ class TableNoticeRows:
         except ResourceNotFoundError:
             return None
         return DispatchCursor(
-            done=int(entity["Done"]),
-            planned=int(entity["Planned"]),
+            done=as_int(entity["Done"]),
+            planned=as_int(entity["Planned"]),
             etag=entity.metadata["etag"] or "",
         )
 
@@ -38,8 +39,8 @@ class TableNoticeRows:
         entity = {
             "PartitionKey": NOTICE_CURSOR,
             "RowKey": _CURSOR_ROW,
-            "Done": cursor.done,
-            "Planned": cursor.planned,
+            "Done": int64(cursor.done),
+            "Planned": int64(cursor.planned),
         }
         try:
             if not cursor.etag:

@@ -62,7 +62,6 @@ class NoticeConfig:
     sentinel_workspace: str | None = None
     page_url: str | None = None
     max_per_minute: int = 20
-    max_records_per_pass: int = 5000
     give_up_after: timedelta = timedelta(minutes=60)
     retry_base_s: float = 5.0
     retry_max_s: float = 300.0
@@ -125,7 +124,9 @@ class NoticeDispatcher:
             low, high = cursor.done, cursor.planned
             etag: str | None = cursor.etag
         else:
-            low, high = cursor.done, min(head_seq, cursor.done + self._config.max_records_per_pass)
+            # Positions are not counts (docs/audit.md, "Chains"): a pass reads every record
+            # after the last one read, up to the head.
+            low, high = cursor.done, head_seq
             if high <= low:
                 return report
             etag = await self._rows.save_cursor(DispatchCursor(low, high, cursor.etag))

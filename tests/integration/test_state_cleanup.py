@@ -67,7 +67,7 @@ async def test_expired_state_rows_go_current_ones_and_the_audit_trail_stay(
         AuditEntry(event=AuditEvent.ALERT_RAISED, actor=Actor(), reason="kept for ever")
     )
     audit_before = [r.seq async for r in services.audit_store.newest_first()]
-    assert audit_before == [1]
+    assert len(audit_before) == 1
 
     fresh = await services.cleanup.run()
     assert set(fresh.values()) == {0}, "nothing is deleted before its time"
