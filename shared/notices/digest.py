@@ -61,8 +61,10 @@ def item_of(record: AuditRecord) -> NoticeItem:
         event=str(entry.event),
         kind=entry.kind or "",
         target=entry.target or "",
-        upn=str(before.get("userPrincipalName") or ""),
-        display_name=str(before.get("displayName") or ""),
+        # The directory's names when the action read them, else the alert's (recorded at plan
+        # time in the parameters), so a held or planned action names its person too.
+        upn=_text(before.get("userPrincipalName") or entry.params.get("target_upn")),
+        display_name=_text(before.get("displayName") or entry.params.get("target_name")),
         action_id=entry.action_id or "",
         alert_id=entry.alert_id or "",
         rule=entry.rule or "",
@@ -148,3 +150,7 @@ def alert_source(alert_id: str) -> AlertSource | None:
         return AlertSource(prefix)
     except ValueError:
         return None
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""

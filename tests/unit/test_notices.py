@@ -138,6 +138,25 @@ def test_a_storm_of_one_incident_is_one_notice_per_class() -> None:
     ]
 
 
+def test_a_held_action_is_named_by_the_names_the_alert_gave() -> None:
+    """A held action has no directory read yet: its notice names the person by the UPN and
+    display name recorded from the alert at plan time."""
+    params = {"target_upn": "lynne.robbins@contoso.com", "target_name": "Lynne Robbins"}
+    held = record(1, AuditEvent.ACTION_HELD, kind="disable_account", target="u-1", params=params)
+    [item] = digest([held], frozenset(NoticeClass), "0-1")[0].items
+    assert (item.upn, item.display_name) == ("lynne.robbins@contoso.com", "Lynne Robbins")
+    [run] = digest(
+        [
+            executed(
+                2, "disable_account", "u-1", params=params, result={"before": {"displayName": "L"}}
+            )
+        ],
+        frozenset(NoticeClass),
+        "1-2",
+    )[0].items
+    assert (run.upn, run.display_name) == ("lynne.robbins@contoso.com", "L")
+
+
 def test_more_incidents_than_the_cap_fold_into_the_last_notice() -> None:
     records = [executed(i, "disable_account", "a@b.cd", incident_id=str(i)) for i in range(1, 51)]
     notices = capped(digest(records, frozenset(NoticeClass), "p"), 20)
