@@ -68,8 +68,8 @@ async def deliver_notices(ctx: DrillContext) -> list[str]:
         await ctx.host.fire_timer("dispatch_notices")
         await ctx.host.pump_through_time(queue, ctx.clock, "send_notice")
         cursor = await services.notice_rows.cursor()
-        head = await services.audit_store.head()
-        if cursor is None or head is None or cursor.done >= head.seq:
+        heads = await services.audit_store.heads()
+        if cursor is None or all(cursor.done.get(n, 0) >= h.seq for n, h in heads.items()):
             break
     lines = [f"teams: {_card_line(card)}" for card in ctx.sim.cards()]
     for mail in ctx.sim.mail():

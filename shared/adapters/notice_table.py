@@ -5,12 +5,13 @@ rest of it)."""
 
 from __future__ import annotations
 
+import json
+
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 
-from shared.adapters.table_service import as_int, int64
 from shared.notices.ports import DeliveryState, DispatchCursor
 
 NOTICE_CURSOR = "noticecursor"
@@ -30,8 +31,8 @@ class TableNoticeRows:
         except ResourceNotFoundError:
             return None
         return DispatchCursor(
-            done=as_int(entity["Done"]),
-            planned=as_int(entity["Planned"]),
+            done=_numbers(entity["Done"]),
+            planned=_numbers(entity["Planned"]),
             etag=entity.metadata["etag"] or "",
         )
 
@@ -39,8 +40,8 @@ class TableNoticeRows:
         entity = {
             "PartitionKey": NOTICE_CURSOR,
             "RowKey": _CURSOR_ROW,
-            "Done": int64(cursor.done),
-            "Planned": int64(cursor.planned),
+            "Done": json.dumps(cursor.done, sort_keys=True),
+            "Planned": json.dumps(cursor.planned, sort_keys=True),
         }
         try:
             if not cursor.etag:
@@ -96,3 +97,9 @@ class TableNoticeRows:
             {"PartitionKey": NOTICE_DELIVERIES, "RowKey": task_id, "State": str(state)},
             mode=UpdateMode.REPLACE,
         )
+
+
+def _numbers(text: str) -> dict[str, int]:
+    """A cursor column: each chain's number, as JSON."""
+    value = json.loads(text)
+    return {str(chain): int(seq) for chain, seq in value.items()}

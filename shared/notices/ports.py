@@ -20,12 +20,13 @@ class NoticeQueue(Protocol):
 
 @dataclass(frozen=True)
 class DispatchCursor:
-    """How far the dispatcher has read the audit trail: `done` records are dispatched;
-    records up to `planned` belong to a pass that began (a rerun repeats exactly that pass,
-    so its notice ids come out the same)."""
+    """How far the dispatcher has read the audit trail, per chain (the trail's chains are
+    numbered each on its own, which is exact where positions order chains only to the second):
+    the number of the last record dispatched (`done`), and of the last record of the pass that
+    began (`planned`; a rerun repeats exactly that pass, so its notice ids come out the same)."""
 
-    done: int
-    planned: int
+    done: dict[str, int]
+    planned: dict[str, int]
     etag: str = ""
 
 

@@ -6,6 +6,8 @@ audited, and a notice that cannot be delivered ends as a `notify.failed` audit r
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 from collections import defaultdict
@@ -109,47 +111,54 @@ class NoticeDispatcher:
     async def run(self) -> DispatchReport:
         report = DispatchReport()
         cursor = await self._rows.cursor()
-        head = await self._store.head()
-        head_seq = head.seq if head else 0
+        heads = {name: head.seq for name, head in (await self._store.heads()).items()}
         if cursor is None:
             # A new deployment starts at the present: history is not notified.
-            await self._rows.save_cursor(DispatchCursor(head_seq, head_seq))
+            await self._rows.save_cursor(DispatchCursor(heads, heads))
             return report
         if not self._config.enabled:
             # Nothing to tell anyone: keep up with the trail without reading it.
-            if head_seq > cursor.done:
-                await self._rows.save_cursor(DispatchCursor(head_seq, head_seq, cursor.etag))
+            if _ahead(heads, cursor.done):
+                await self._rows.save_cursor(DispatchCursor(heads, heads, cursor.etag))
             return report
-        if cursor.planned > cursor.done:
+        if cursor.planned != cursor.done:
             low, high = cursor.done, cursor.planned
             etag: str | None = cursor.etag
         else:
-            # Positions are not counts (docs/audit.md, "Chains"): a pass reads every record
-            # after the last one read, up to the head.
-            low, high = cursor.done, head_seq
-            if high <= low:
+            low, high = cursor.done, heads
+            if not _ahead(high, low):
                 return report
             etag = await self._rows.save_cursor(DispatchCursor(low, high, cursor.etag))
             if etag is None:
                 logger.info("another notice dispatch pass is running; this one stops")
                 return report
         records = await self._read(low, high)
-        tasks = self.tasks_for(records, f"{low}-{high}")
+        tasks = self.tasks_for(records, _pass_key(low, high))
         if tasks:
             await self._queue.send(tasks)
         await self._rows.save_cursor(DispatchCursor(high, high, etag or ""))
-        report.records, report.first_seq, report.last_seq = len(records), low + 1, high
+        report.records = len(records)
+        if records:
+            report.first_seq, report.last_seq = records[0].seq, records[-1].seq
         for task in tasks:
             report.tasks[task.channel] = report.tasks.get(task.channel, 0) + 1
         return report
 
-    async def _read(self, low: int, high: int) -> list[AuditRecord]:
+    async def _read(self, low: dict[str, int], high: dict[str, int]) -> list[AuditRecord]:
+        """The records of each chain after `low` up to `high`, oldest first (by time, then
+        position: positions order chains only to the second)."""
         records = []
-        async for record in self._store.newest_first(before_seq=high + 1):
-            if record.seq <= low:
-                break
-            records.append(record)
-        records.reverse()
+        for chain, top in sorted(high.items()):
+            after = low.get(chain, 0)
+            if top <= after:
+                continue
+            async for record in self._store.chain_newest_first(chain):
+                if record.chain_seq > top:
+                    continue
+                if record.chain_seq <= after:
+                    break
+                records.append(record)
+        records.sort(key=lambda record: (record.entry.at, record.seq))
         return records
 
     def tasks_for(self, records: list[AuditRecord], pass_key: str) -> list[NoticeTask]:
@@ -335,3 +344,14 @@ class NoticeSender:
                 },
             )
         )
+
+
+def _ahead(heads: dict[str, int], cursor: dict[str, int]) -> bool:
+    """Whether any chain has records after the cursor."""
+    return any(seq > cursor.get(chain, 0) for chain, seq in heads.items())
+
+
+def _pass_key(low: dict[str, int], high: dict[str, int]) -> str:
+    """A pass's name in its notice ids: the same range always gives the same key."""
+    text = json.dumps([low, high], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from shared.audit import AuditChain
+from shared.audit import GENESIS_HASH, AuditChain, chain_entry, lane_position
 from shared.config import Settings
 from shared.errors import ConfigError, PermanentError, TransientError
 from shared.models import Actor, AuditEntry, AuditEvent, AuditRecord
@@ -402,7 +402,7 @@ async def test_the_dispatcher_starts_at_the_present_and_repeats_an_interrupted_p
     # A pass planned (2..2) and interrupted before it finished: the rerun covers exactly it,
     # even though the trail grew meanwhile, so its ids come out the same.
     assert rows.stored is not None
-    rows.stored = DispatchCursor(1, 2, rows.stored.etag)
+    rows.stored = DispatchCursor({"chain": 1}, {"chain": 2}, rows.stored.etag)
     await chain.append(
         AuditEntry(
             event=AuditEvent.ACTION_EXECUTED,
@@ -446,4 +446,32 @@ async def test_without_any_channel_the_dispatcher_keeps_up_without_reading() -> 
     await chain.append(AuditEntry(event=AuditEvent.ACTION_FAILED, actor=Actor(), kind="block_ip"))
     report = await dispatcher.run()
     assert report.records == 0 and queue.sent == []
-    assert rows.stored is not None and rows.stored.done == 1
+    assert rows.stored is not None and rows.stored.done == {"chain": 1}
+
+
+async def test_a_record_of_a_lower_chain_in_the_same_second_is_not_left_behind() -> None:
+    """Positions order chains only to the second: a record another writer appends to a lower
+    chain in the second of the last pass's head has a lower position than that head. The
+    cursor counts each chain on its own, so the next pass still finds it."""
+    store, rows, queue = MemoryAuditStore(chains=("c01", "c05")), MemoryRows(), MemoryQueue()
+    config = NoticeConfig(teams_events=frozenset(NoticeClass))
+    dispatcher = NoticeDispatcher(store, rows, queue, config)
+    await dispatcher.run()  # starts at the present: an empty trail
+    second = 220_000_000
+
+    async def land(chain: str, lane: int, target: str) -> None:
+        entry = AuditEntry(
+            event=AuditEvent.ACTION_EXECUTED,
+            actor=Actor(),
+            kind="disable_account",
+            target=target,
+            incident_id=target,
+        )
+        position = lane_position(second, lane, 1)
+        await store.insert_all([chain_entry(1, GENESIS_HASH, entry, chain, position)], [])
+
+    await land("c05", 5, "first@b.cd")
+    await dispatcher.run()
+    await land("c01", 1, "behind@b.cd")  # lower position than the head the pass saw
+    await dispatcher.run()
+    assert [t.notice.items[0].target for t in queue.sent] == ["first@b.cd", "behind@b.cd"]
