@@ -24,6 +24,7 @@ from shared.models import ActionKind, ActionRequest, Actor, AuditRecord
 from shared.ports import GLOBAL_ADMINISTRATOR, ApprovalState
 from shared.simulator import Fault, SimulatedTenant, SimUser
 from tests.conftest import installed, settings_for
+from tests.trail import oldest_first
 
 pytestmark = pytest.mark.integration
 
@@ -89,7 +90,7 @@ async def drain(services: Container) -> int:
 
 
 async def records(services: Container) -> list[AuditRecord]:
-    return [r async for r in services.audit_store.newest_first()][::-1]
+    return await oldest_first(services.audit_store)
 
 
 def lockout_alert(alert_id: str = "lock-1") -> dict[str, Any]:

@@ -33,6 +33,7 @@ from shared.models import ActionKind, ActionRequest, Actor, AuditEntry, Decision
 from shared.ports import BlockState
 from shared.simulator import Fault, SimulatedTenant
 from tests.conftest import ADELE, BREAK_GLASS, WEBHOOK_SECRET, installed, settings_for
+from tests.trail import oldest_first
 
 pytestmark = pytest.mark.integration
 
@@ -192,7 +193,7 @@ async def deliver_all(
 
 
 async def trail(services: Container) -> list[AuditEntry]:
-    return [r.entry async for r in services.audit_store.newest_first()][::-1]
+    return [r.entry for r in await oldest_first(services.audit_store)]
 
 
 async def outcomes(services: Container) -> dict[str, list[str]]:

@@ -31,6 +31,7 @@ from shared.models import ActionKind, ActionRequest, Actor, AuditEntry
 from shared.ports import BlockState, TransportRule
 from shared.simulator import RULE_SIZE_LIMIT, Fault, SimulatedTenant, rule_size
 from tests.conftest import PARTNER_NETWORK, settings_for
+from tests.trail import oldest_first
 
 pytestmark = pytest.mark.integration
 
@@ -140,7 +141,7 @@ async def drain(services: Container) -> int:
 
 async def audit(services: Container) -> list[AuditEntry]:
     """The audit trail, oldest first."""
-    return [r.entry async for r in services.audit_store.newest_first()][::-1]
+    return [r.entry for r in await oldest_first(services.audit_store)]
 
 
 async def events(services: Container, kind: str = "block_ip") -> list[tuple[str, str | None]]:

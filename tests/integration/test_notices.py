@@ -22,6 +22,7 @@ from shared.container import Container
 from shared.models import AuditEvent, AuditRecord
 from shared.simulator import Fault, SimulatedTenant, SimUser
 from tests.conftest import ADELE, installed, settings_for
+from tests.trail import oldest_first
 
 pytestmark = pytest.mark.integration
 
@@ -108,7 +109,7 @@ async def notify(services: Container, clock: DrillClock) -> int:
 
 
 async def trail(services: Container) -> list[AuditRecord]:
-    return [r async for r in services.audit_store.newest_first()][::-1]
+    return await oldest_first(services.audit_store)
 
 
 async def test_a_contained_alert_is_told_in_teams_by_mail_and_on_the_alert_once(

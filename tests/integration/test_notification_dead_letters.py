@@ -23,6 +23,7 @@ from shared.container import Container
 from shared.models import AuditEntry, AuditEvent
 from shared.simulator import SimulatedTenant
 from tests.conftest import ADELE, BREAK_GLASS, installed, settings_for
+from tests.trail import oldest_first
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +43,7 @@ class Watch:
         return queue
 
     async def trail(self) -> list[AuditEntry]:
-        return [r.entry async for r in self.services.audit_store.newest_first()][::-1]
+        return [r.entry for r in await oldest_first(self.services.audit_store)]
 
 
 @pytest.fixture

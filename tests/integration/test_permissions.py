@@ -21,6 +21,7 @@ from shared.permissions import EXCHANGE_AUDIENCE, FEATURES, GRAPH_AUDIENCE, mani
 from shared.simulator import SimulatedTenant, SimUser
 from shared.simulator.access import GLOBAL_ADMINISTRATOR
 from tests.conftest import ADELE, installed, settings_for
+from tests.trail import oldest_first
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +52,7 @@ def action(kind: ActionKind, target: str, **params: Any) -> ActionRequest:
 
 
 async def records(services: Container) -> list[AuditRecord]:
-    return [r async for r in services.audit_store.newest_first()][::-1]
+    return await oldest_first(services.audit_store)
 
 
 async def run_once(services: Container, request: ActionRequest) -> AuditRecord:
