@@ -22,7 +22,7 @@ from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 
 from drill.azurite import Azurite
-from shared.adapters.audit_anchor_blob import BlobAnchor, blob_service
+from shared.adapters.audit_anchor_blob import blob_anchor
 from shared.adapters.audit_table import RECORD, AuditTable, row_key
 from shared.audit import AuditChain, Indexer, record_hash
 from shared.audit_query import index_entries
@@ -229,11 +229,9 @@ async def run(azurite: Azurite, writers: int = 8, per_writer: int = 1000) -> dic
             "RESPONDER_QUEUE": "memory",
         }
     )
-    blobs = blob_service(settings, None)
-    if blobs is None:
+    anchor = blob_anchor(settings, None)
+    if anchor is None:
         raise RuntimeError("the audit drill needs Azurite's blob service (azurite-blob)")
-    anchor = BlobAnchor(blobs.get_container_client(settings.audit_anchor_container))
-    await anchor.ensure_container()
     async with TableServiceClient.from_connection_string(azurite.connection_string) as service:
         trail = await service.create_table(f"AuditDrill{suffix}")
         plain = await service.create_table(f"PlainDrill{suffix}")
@@ -257,7 +255,7 @@ async def run(azurite: Azurite, writers: int = 8, per_writer: int = 1000) -> dic
             await service.delete_table(copy.table_name)
         for name in (trail.table_name, plain.table_name, indexed_trail.table_name):
             await service.delete_table(name)
-    await blobs.close()
+    await anchor.close()
     appends_per_s = load.records / load.seconds
     plain_per_s = writers * per_writer / plain_s
     indexed_per_s = indexed.records / indexed.seconds

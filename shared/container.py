@@ -76,7 +76,6 @@ from shared.watch.ports import NotificationQueue
 from shared.watch.subscriptions import SubscriptionManager, desired_subscriptions
 
 if TYPE_CHECKING:
-    from azure.storage.blob.aio import BlobServiceClient
     from msgraph import GraphServiceClient
 
     from shared.adapters.audit_anchor_blob import BlobAnchor
@@ -112,7 +111,6 @@ class Container:
             self.tables.get_table_client(settings.audit_index_table), audit_table
         )
         self.audit_query = AuditQuery(self.audit_store, self.audit_index, self._cursor_key())
-        self.blobs: BlobServiceClient | None = None
         self.anchor = self._build_anchor()
         self.chain = AuditChain(self.audit_store, indexer=index_entries, anchor=self.anchor)
         self.audit_export = AuditExport(
@@ -144,13 +142,10 @@ class Container:
     def _build_anchor(self) -> BlobAnchor | None:
         """The write-once container the audit checkpoints go to; None when no blob service is
         configured (the trail then verifies against its own links only)."""
-        from shared.adapters.audit_anchor_blob import BlobAnchor, blob_service
+        from shared.adapters.audit_anchor_blob import blob_anchor
 
         local = self.settings.tables_connection is not None
-        self.blobs = blob_service(self.settings, None if local else self.credential)
-        if self.blobs is None:
-            return None
-        return BlobAnchor(self.blobs.get_container_client(self.settings.audit_anchor_container))
+        return blob_anchor(self.settings, None if local else self.credential)
 
     def _build_queue(self) -> ActionQueue:
         if self.settings.queue is QueueKind.MEMORY:
@@ -185,8 +180,6 @@ class Container:
                 self.settings.state_table,
                 self.settings.audit_index_table,
             )
-            if self.anchor is not None:
-                await self.anchor.ensure_container()
         self._prepared = True
         return self
 
@@ -544,8 +537,8 @@ class Container:
 
     async def close(self) -> None:
         closers = [self.tables.close(), self.credential.close()]
-        if self.blobs is not None:
-            closers.append(self.blobs.close())
+        if self.anchor is not None:
+            closers.append(self.anchor.close())
         if isinstance(self.queue, ServiceBusActionQueue):
             closers.append(self.queue.close())
         if isinstance(self.notification_queue, ServiceBusNotificationQueue):

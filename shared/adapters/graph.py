@@ -164,22 +164,23 @@ class GraphDirectory:
         self._client = client
 
     async def get_user(self, user: str) -> UserState:
-        """Read a user's account state. Permission: User.Read.All."""
+        """Read a user's account state. Permission: User.Read.All. Read as raw JSON: the SDK's
+        User model imports every directory model class on first use (seconds of CPU on the
+        first containment of a fresh instance; docs/performance.md)."""
         query = UserItemRequestBuilder.UserItemRequestBuilderGetQueryParameters(select=USER_FIELDS)
-        try:
-            found = await self._client.users.by_user_id(user).get(
-                request_configuration=RequestConfiguration(query_parameters=query)
-            )
-        except Exception as exc:
-            _raise_typed(exc, f"read user {user}")
-        if found is None or not found.id:
+        request = self._client.users.by_user_id(user).to_get_request_information(
+            RequestConfiguration(query_parameters=query)
+        )
+        found = await send_raw(self._client, request, f"read user {user}")
+        user_id = found.get("id")
+        if not isinstance(user_id, str) or not user_id:
             raise PermanentError(f"read user {user}: Graph returned no user", status=404)
         return UserState(
-            id=found.id,
-            upn=found.user_principal_name or "",
-            account_enabled=bool(found.account_enabled),
-            sessions_valid_from=found.sign_in_sessions_valid_from_date_time,
-            display_name=found.display_name or "",
+            id=user_id,
+            upn=_text(found.get("userPrincipalName")),
+            account_enabled=found.get("accountEnabled") is True,
+            sessions_valid_from=_moment(found.get("signInSessionsValidFromDateTime"), user),
+            display_name=_text(found.get("displayName")),
         )
 
     async def set_account_enabled(self, user_id: str, enabled: bool) -> str | None:
@@ -234,7 +235,7 @@ class GraphDirectory:
             )
             while request is not None:
                 request.headers.try_add("Prefer", "include-unknown-enum-members")
-                page = await self._send_raw(request, "list security alerts")
+                page = await send_raw(self._client, request, "list security alerts")
                 if expected is None and isinstance(page.get("@odata.count"), int):
                     expected = page["@odata.count"]
                 items = [item for item in page.get("value", []) if isinstance(item, dict)]
@@ -288,27 +289,27 @@ class GraphDirectory:
         is direct)."""
         builder = self._client.users.by_user_id(user_id).transitive_member_of.graph_group
         what = f"list the groups of {user_id}"
-        groups = await _every_page(builder, builder.get(), what)
-        if any(g.id and g.is_assignable_to_role is None for g in groups):
+        groups = await raw_pages(self._client, builder.to_get_request_information(), what)
+        if any(g.get("id") and g.get("isAssignableToRole") is None for g in groups):
             # Without a group permission Graph lists the groups with their ids only: taking
             # that for "not role-assignable" would hide roles held through them.
             raise PermanentError(
                 f"{what}: Graph returned the groups without their properties", status=403
             )
-        return [g.id for g in groups if g.id and g.is_assignable_to_role]
+        return [g["id"] for g in groups if _text(g.get("id")) and g["isAssignableToRole"] is True]
 
     async def _role_assignments(self, expression: str) -> list[RoleAssignment]:
         builder = self._client.role_management.directory.role_assignments
         query = RoleAssignmentsRequestBuilder.RoleAssignmentsRequestBuilderGetQueryParameters(
             filter=expression
         )
-        first = builder.get(RequestConfiguration(query_parameters=query))
-        items = await _every_page(builder, first, f"list role assignments ({expression})")
+        request = builder.to_get_request_information(RequestConfiguration(query_parameters=query))
+        items = await raw_pages(self._client, request, f"list role assignments ({expression})")
         return [
             RoleAssignment(
-                role_id=(item.role_definition_id or "").lower(),
-                principal_id=(item.principal_id or "").lower(),
-                scope=item.directory_scope_id or "/",
+                role_id=_text(item.get("roleDefinitionId")).lower(),
+                principal_id=_text(item.get("principalId")).lower(),
+                scope=_text(item.get("directoryScopeId")) or "/",
             )
             for item in items
         ]
@@ -331,8 +332,10 @@ class GraphDirectory:
         item = self._client.identity.conditional_access.policies.by_conditional_access_policy_id(
             policy_id
         )
-        current = await self._send_raw(
-            item.to_get_request_information(), f"read Conditional Access policy {policy_id}"
+        current = await send_raw(
+            self._client,
+            item.to_get_request_information(),
+            f"read Conditional Access policy {policy_id}",
         )
         conditions = current.get("conditions")
         users = conditions.get("users") if isinstance(conditions, dict) else None
@@ -379,31 +382,67 @@ class GraphDirectory:
         except Exception as exc:
             _raise_typed(exc, f"update named location {location_id}")
 
-    async def _send_raw(self, request: RequestInformation, what: str) -> dict[str, Any]:
-        """Send `request` and return the JSON object Graph answered, untouched by models."""
-        try:
-            raw = await self._client.request_adapter.send_primitive_async(
-                request, "bytes", _ERROR_MAP
-            )
-        except Exception as exc:
-            _raise_typed(exc, what)
-        try:
-            page = json.loads(raw or b"{}")
-        except ValueError as exc:
-            raise TransientError(f"{what}: Graph returned invalid JSON") from exc
-        if not isinstance(page, dict):
-            raise TransientError(f"{what}: Graph returned a non-object body")
-        return page
-
 
 async def member_ids(client: GraphServiceClient, group_id: str) -> list[str]:
     """A group's direct members' object ids; PermanentError(404) when `group_id` is no group.
     Permission: GroupMember.Read.All."""
     builder = client.groups.by_group_id(group_id).members
     query = MembersRequestBuilder.MembersRequestBuilderGetQueryParameters(select=["id"])
-    first = builder.get(request_configuration=RequestConfiguration(query_parameters=query))
-    members = await _every_page(builder, first, f"list members of group {group_id}")
-    return [m.id for m in members if m.id]
+    request = builder.to_get_request_information(RequestConfiguration(query_parameters=query))
+    members = await raw_pages(client, request, f"list members of group {group_id}")
+    return [m["id"] for m in members if _text(m.get("id"))]
+
+
+async def send_raw(
+    client: GraphServiceClient, request: RequestInformation, what: str
+) -> dict[str, Any]:
+    """Send `request` through the SDK's adapter (authentication, retries, error mapping as
+    everywhere) and return the JSON object Graph answered, untouched by models."""
+    try:
+        raw = await client.request_adapter.send_primitive_async(request, "bytes", _ERROR_MAP)
+    except Exception as exc:
+        _raise_typed(exc, what)
+    try:
+        page = json.loads(raw or b"{}")
+    except ValueError as exc:
+        raise TransientError(f"{what}: Graph returned invalid JSON") from exc
+    if not isinstance(page, dict):
+        raise TransientError(f"{what}: Graph returned a non-object body")
+    return page
+
+
+async def raw_pages(
+    client: GraphServiceClient, request: RequestInformation, what: str
+) -> list[dict[str, Any]]:
+    """The JSON objects of a collection's first page and of every page its @odata.nextLink
+    leads to."""
+    items: list[dict[str, Any]] = []
+    following: RequestInformation | None = request
+    while following is not None:
+        page = await send_raw(client, following, what)
+        values = page.get("value", [])
+        if not isinstance(values, list):
+            raise TransientError(f"{what}: Graph returned a page without a value list")
+        items += [item for item in values if isinstance(item, dict)]
+        link = page.get("@odata.nextLink")
+        following = _follow(link) if isinstance(link, str) else None
+    return items
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _moment(value: Any, user: str) -> datetime | None:
+    """A Graph DateTimeOffset (ISO 8601, `Z` or an offset), or None when Graph gave none."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            pass
+    raise TransientError(f"read user {user}: Graph returned an invalid time {str(value)[:40]!r}")
 
 
 async def _every_page(builder: Any, first: Awaitable[Any], what: str) -> list[Any]:

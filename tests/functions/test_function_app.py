@@ -108,7 +108,15 @@ def test_import_needs_no_settings_and_loads_no_graph_sdk() -> None:
 
 
 # The SDKs a cold start must not pay for before a trigger runs (docs/performance.md).
-DEFERRED = ("azure.identity", "azure.servicebus", "azure.data.tables", "msgraph", "msal", "jwt")
+DEFERRED = (
+    "azure.identity",
+    "azure.servicebus",
+    "azure.data.tables",
+    "azure.storage.blob",
+    "msgraph",
+    "msal",
+    "jwt",
+)
 
 
 def loaded_after(statement: str) -> set[str]:
@@ -128,3 +136,13 @@ def test_import_defers_every_sdk_to_first_use() -> None:
     # The composition root, which the first trigger call imports, does load them: the check
     # above would see a trigger module that imported it at module level.
     assert {"azure.data.tables", "jwt"} <= loaded_after("import shared.container")
+
+
+def test_the_blob_sdk_waits_for_the_first_checkpoint() -> None:
+    build = (
+        "from shared.config import Settings; from shared.container import Container; "
+        "Container(Settings.model_validate({'RESPONDER_TABLES_CONNECTION': "
+        "'UseDevelopmentStorage=true', 'RESPONDER_QUEUE': 'memory'}))"
+    )
+    loaded = loaded_after(build)
+    assert "azure.data.tables" in loaded and "azure.storage.blob" not in loaded

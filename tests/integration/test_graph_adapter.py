@@ -3,7 +3,11 @@ the mapping of Graph errors to transient and permanent failures."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +20,8 @@ from shared.simulator import Fault, SimulatedTenant
 from tests.conftest import ADELE
 
 pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -107,3 +113,47 @@ async def test_a_wrong_token_is_permanent(sim: SimulatedTenant) -> None:
     graph = GraphDirectory(build_graph_client(settings, StaticTokenCredential("not-the-token")))
     with pytest.raises(PermanentError, match="401"):
         await graph.get_user(ADELE.id)
+
+
+# The calls of a containment, in a fresh interpreter: the SDK's models for directory objects
+# import every model class on first use (about 1,400, seconds of CPU), which the adapter avoids
+# by reading JSON itself (docs/performance.md).
+CONTAINMENT_CALLS = """
+import asyncio, sys
+from shared.adapters.credentials import build_credential
+from shared.adapters.graph import GraphDirectory, build_graph_client
+from shared.config import Settings
+
+async def main() -> None:
+    settings = Settings.model_validate({
+        "RESPONDER_TABLES_CONNECTION": "UseDevelopmentStorage=true",
+        "GRAPH_BASE_URL": sys.argv[1], "RESPONDER_CREDENTIAL": "simulator",
+        "SIMULATOR_TOKEN": sys.argv[2], "RESPONDER_QUEUE": "memory",
+    })
+    graph = GraphDirectory(build_graph_client(settings, build_credential(settings)))
+    user = await graph.get_user(sys.argv[3])
+    roles = await graph.roles_of(user.id)
+    holders = await graph.holders_of(sys.argv[4])
+    await graph.revoke_sign_in_sessions(user.id)
+    await graph.set_account_enabled(user.id, False)
+    assert roles and holders and not (await graph.get_user(user.id)).account_enabled
+    print(sum(name.startswith("msgraph.generated.models.") for name in sys.modules))
+
+asyncio.run(main())
+"""
+
+
+def test_containment_calls_load_few_sdk_models(sim: SimulatedTenant) -> None:
+    role = "62e90394-69f5-4237-9190-012177145e10"
+    sim.assign_role(ADELE.id, role)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RESPONDER_", "GRAPH_"))}
+    argv = [sim.base_url, sim.token, ADELE.user_principal_name, role]
+    result = subprocess.run(
+        [sys.executable, "-c", CONTAINMENT_CALLS, *argv],
+        cwd=ROOT,
+        env=env | {"PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.strip()) < 100
