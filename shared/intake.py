@@ -148,7 +148,7 @@ class AlertIntake:
             results[index] = IntakeResult(
                 plans[index], queued=part.queued, coalesced=part.coalesced
             )
-        await gather_bounded(self._checkpoint.mark_handled(*key) for key in todo)
+        await self._checkpoint.mark_handled(*todo)
         for index in todo.values():
             if plans[index].skipped:
                 logger.info(
@@ -170,6 +170,15 @@ class AlertIntake:
         """`submit` for several groups of requests (one per alert) at once: every group is
         claimed, then all decisions are audited and handed on together."""
         batch = _Batch(await self._outbox.claim_seq())
+        networks = {
+            a.target
+            for actions in groups
+            for a in actions
+            if a.kind is ActionKind.BLOCK_IP and a.decision is Decision.EXECUTE
+        }
+        # Every network's registry row is read side by side up front, not one after another.
+        rows = await gather_bounded(self._blocks.get(network) for network in networks)
+        batch.registry = dict(zip(networks, rows, strict=True))
         parts = [await self._claim_group(actions, batch) for actions in groups]
         await self._outbox.commit(batch.fresh, batch.unsent)
         handed_on = {a.id: a for a in batch.fresh}
@@ -244,7 +253,7 @@ class AlertIntake:
         if action.target in batch.networks:
             return None, None  # its block was claimed or looked at in this batch already
         batch.networks.add(action.target)
-        earlier = await self._blocks.get(action.target)
+        earlier = batch.registry[action.target]  # read up front with the batch's others
         if earlier is not None and earlier.state in ACTIVE_BLOCK_STATES:
             return None, earlier
         reserved = await self._blocks.reserve(action)
@@ -256,13 +265,14 @@ class AlertIntake:
 @dataclass
 class _Batch:
     """What one submission claimed so far: fresh claims, earlier claims never sent, the ids
-    of both, and the networks whose registry rows it has read."""
+    of both, the networks it has looked at, and their registry rows as read up front."""
 
     claim_seq: int
     fresh: list[ActionRequest] = field(default_factory=list)
     unsent: list[LedgerEntry] = field(default_factory=list)
     ids: set[str] = field(default_factory=set)
     networks: set[str] = field(default_factory=set)
+    registry: dict[str, BlockEntry | None] = field(default_factory=dict)
 
     def add_fresh(self, action: ActionRequest) -> None:
         self.fresh.append(action)

@@ -274,7 +274,9 @@ class AlertCheckpoint(Protocol):
 
     async def is_handled(self, alert_key: str, version: str) -> bool: ...
 
-    async def mark_handled(self, alert_key: str, version: str) -> None: ...
+    async def mark_handled(self, *versions: tuple[str, str]) -> None:
+        """Mark each (alert key, version) handled, in as few round trips as the store can."""
+        ...
 
 
 @dataclass(frozen=True)

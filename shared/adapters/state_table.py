@@ -73,15 +73,25 @@ class StateTable:
             return False
         return True
 
-    async def mark_handled(self, alert_key: str, version: str) -> None:
-        await self._table.upsert_entity(
-            {
+    async def mark_handled(self, *versions: tuple[str, str]) -> None:
+        """The rows share a partition: up to 100 are upserted in one transaction (a storm's
+        webhook body or poller page is one round trip, not one per alert)."""
+        rows = {
+            _key(f"{alert_key}|{version}"): {
                 "PartitionKey": HANDLED,
                 "RowKey": _key(f"{alert_key}|{version}"),
                 "AlertKey": alert_key,
                 "Version": version,
             }
-        )
+            for alert_key, version in versions
+        }
+        entities = list(rows.values())
+        if len(entities) == 1:
+            await self._table.upsert_entity(entities[0])
+            return
+        for start in range(0, len(entities), MAX_TRANSACTION):
+            chunk = entities[start : start + MAX_TRANSACTION]
+            await self._table.submit_transaction([("upsert", row) for row in chunk])
 
     async def claim(self, action: ActionRequest, at: datetime, claim_seq: int) -> bool:
         try:

@@ -4,6 +4,7 @@ storage or Graph call to the warm path shows here (docs/performance.md)."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Any
 
@@ -75,3 +76,44 @@ async def test_round_trips_per_contained_alert(sim: SimulatedTenant, azurite: Az
     assert counted["state"] == STATE_TRIPS, counted
     assert len(graph) == GRAPH_CALLS, graph
     assert counted["audit"] <= AUDIT_TRIPS_AT_MOST, counted
+
+
+async def test_a_batch_of_alerts_is_marked_handled_in_one_round_trip(
+    sim: SimulatedTenant, azurite: Azurite
+) -> None:
+    settings = settings_for(sim, azurite)
+    writes: list[str] = []
+
+    def count(response: Any) -> None:
+        if response.http_request.method != "GET":
+            writes.append(response.http_request.url)
+
+    services = container.Container(settings, storage_hook=count)
+    container.install(services)
+    try:
+        await services.prepare()
+        quiet = [
+            {
+                "@odata.type": "#microsoft.graph.security.alert",
+                "id": f"quiet-{n}",
+                "title": "Nothing to contain",
+                "severity": "low",
+                "evidence": [],
+            }
+            for n in range(30)
+        ]
+        writes.clear()
+        response = await LocalHost().post_json(
+            "ingest_alert", "alerts", {"value": quiet}, {KEY_HEADER: WEBHOOK_SECRET}
+        )
+        assert response.status_code == 202
+        [mark] = writes
+        assert mark.endswith("/$batch")
+        again = await LocalHost().post_json(
+            "ingest_alert", "alerts", {"value": quiet}, {KEY_HEADER: WEBHOOK_SECRET}
+        )
+        answered = json.loads(again.get_body())["alerts"]
+        assert [a["duplicate_alert"] for a in answered] == [True] * 30
+    finally:
+        container.install(None)
+        await services.close()
