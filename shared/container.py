@@ -225,6 +225,7 @@ class Container:
             self.notification_claims,
             self.state,
             self.chain,
+            self.audit_query,
             self.intake,
             self.settings.breakglass_accounts,
             ActiveIncident(

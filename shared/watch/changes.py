@@ -10,6 +10,8 @@ data, so the changed object is read from Graph and compared with the last state 
   so a new account is one never seen before whose createdDateTime is recent.
 
 Each alert is audited as `alert.raised` and handed to the intake, so the playbook decides.
+A redelivery after a failure between the two finds the earlier `alert.raised` of the same
+alert version in the trail and does not record it again.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from enum import StrEnum
 from typing import Any
 
 from shared.audit import AuditChain, canonical_json
+from shared.audit_query import AuditFilter, AuditQuery
 from shared.intake import AlertIntake
 from shared.models import (
     Actor,
@@ -99,6 +102,10 @@ def _changes(before: dict[str, Any] | None, after: dict[str, Any]) -> dict[str, 
     }
 
 
+# How many of an alert's newest `alert.raised` records are compared with a new version.
+RAISED_LOOKBACK = 10
+
+
 class ChangeProcessor:
     def __init__(
         self,
@@ -107,6 +114,7 @@ class ChangeProcessor:
         claims: NotificationClaims,
         checkpoint: AlertCheckpoint,
         chain: AuditChain,
+        trail: AuditQuery,
         intake: AlertIntake,
         breakglass: tuple[str, ...],
         incident_active: Callable[[], Awaitable[bool]],
@@ -117,6 +125,7 @@ class ChangeProcessor:
         self._claims = claims
         self._checkpoint = checkpoint
         self._chain = chain
+        self._trail = trail
         self._intake = intake
         self._breakglass = frozenset(b.lower() for b in breakglass)
         self._incident_active = incident_active
@@ -250,22 +259,32 @@ class ChangeProcessor:
     async def _raise(self, alert: Alert, changes: dict[str, Any]) -> ChangeOutcome:
         if await self._checkpoint.is_handled(alert.key, alert.version):
             return ChangeOutcome.DUPLICATE
-        await self._chain.append(
-            AuditEntry(
-                event=AuditEvent.ALERT_RAISED,
-                actor=Actor(),
-                alert_id=alert.key,
-                target=alert.entities[0].user_id if alert.entities else None,
-                reason=alert.title,
-                result={
-                    "category": alert.category,
-                    "severity": str(alert.severity),
-                    "changes": changes,
-                },
+        if not await self._raised_before(alert):
+            await self._chain.append(
+                AuditEntry(
+                    event=AuditEvent.ALERT_RAISED,
+                    actor=Actor(),
+                    alert_id=alert.key,
+                    target=alert.entities[0].user_id if alert.entities else None,
+                    reason=alert.title,
+                    result={
+                        "category": alert.category,
+                        "severity": str(alert.severity),
+                        "version": alert.version,
+                        "changes": changes,
+                    },
+                )
             )
-        )
         await self._intake.handle(alert)
         return ChangeOutcome.RAISED
+
+    async def _raised_before(self, alert: Alert) -> bool:
+        """Whether an earlier attempt recorded this alert version already (its intake then
+        failed, so it was not marked handled). The newest few of the alert's records suffice:
+        a version is raised again only after a failure."""
+        wanted = AuditFilter(alert=alert.key, outcome=str(AuditEvent.ALERT_RAISED))
+        page = await self._trail.page(wanted, limit=RAISED_LOOKBACK)
+        return any(r.entry.result.get("version") == alert.version for r in page.records)
 
 
 def _user_alert(

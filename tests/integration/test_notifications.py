@@ -151,6 +151,7 @@ async def test_a_failure_after_reading_the_change_loses_no_alert(
     assert not failures
     events = [r.entry.event for r in await watch.records()]
     assert AuditEvent.ACTION_HELD in events, "the new member's disable waits for approval"
+    assert events.count(AuditEvent.ALERT_RAISED) == 1, "the failed attempt's record is reused"
 
 
 async def test_a_replayed_notification_changes_nothing(watch: Watch) -> None:
