@@ -4,7 +4,8 @@
 `--per-writer` records, one at a time; the same number of plain concurrent inserts of rows of
 the same size into another table is measured in the same run, as the baseline. Reported for
 the trail's records alone and as the app is wired (each record's index rows in its own
-transaction), with failed appends, records that landed, and peak memory.
+transaction), with failed appends, records that landed, whether each trail verifies, and peak
+memory.
 
 Prints one JSON object. Usage: python bench/audit_writers.py [--writers 8] [--per-writer 1000]
 """
@@ -43,6 +44,7 @@ async def measure(writers: int, per_writer: int) -> dict[str, Any]:
             plain_s = await plain_inserts(plain, writers, per_writer)
             indexed = await append_load(indexed_trail, writers, per_writer, index_entries)
             report = await AuditChain(AuditTable(trail)).verify()
+            indexed_report = await AuditChain(AuditTable(indexed_trail)).verify()
     plain_per_s = writers * per_writer / plain_s
     appends_per_s = load.records / load.seconds
     indexed_per_s = indexed.records / indexed.seconds
@@ -58,6 +60,7 @@ async def measure(writers: int, per_writer: int) -> dict[str, Any]:
         "verified": report.ok,
         "indexed_records": indexed.records,
         "indexed_append_failures": indexed.failures,
+        "indexed_verified": indexed_report.ok,
         "indexed_appends_per_s": round(indexed_per_s, 1),
         "indexed_ratio": round(indexed_per_s / plain_per_s, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

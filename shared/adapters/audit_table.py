@@ -10,8 +10,8 @@ A lane chain (`c00` .. `c31`) holds, in its partition:
 - the record's index rows, RowKey `x` + dimension, value digest and position (see
   `audit_index_table`).
 
-A record with its index rows is inserted in one entity group transaction (one round trip);
-a record without, as one insert. The single
+A record with its index rows is inserted in one entity group transaction (one round trip,
+its body written by `table_batch`); a record without, as one insert. The single
 chain of earlier versions (partition `chain`, RowKey its sequence number subtracted from a
 constant, copies `Event`, `Actor`, ... beside `Body`) is read and verified as it is, copies
 included, and never appended to.
@@ -30,6 +30,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableTransactionError
 from azure.data.tables.aio import TableClient
 
+from shared.adapters.table_batch import insert_entities
 from shared.adapters.table_service import as_int, int64
 from shared.audit import LANE_CHAINS, chain_of_position, chain_seq_of
 from shared.models import LEGACY_CHAIN, AuditEntry, AuditRecord
@@ -175,15 +176,15 @@ class AuditTable:
         chain = records[0].chain
         if chain == LEGACY_CHAIN or any(record.chain != chain for record in records):
             raise ValueError("appends go to one lane chain at a time")
-        operations = [("create", to_entity(record)) for record in records]
+        entities = [to_entity(record) for record in records]
         # One transaction may not name the same row twice (an entry filed twice).
         rows = {row["RowKey"]: row for row in map(index_entity, index)}
-        operations += [("create", row) for row in rows.values()]
+        entities += rows.values()
         try:
-            if len(operations) == 1:
-                await self._table.create_entity(operations[0][1])
+            if len(entities) == 1:
+                await self._table.create_entity(entities[0])
             else:
-                await self._table.submit_transaction(operations)
+                await insert_entities(self._table, entities)
         except TableTransactionError as exc:
             if exc.status_code == 409 or getattr(exc, "error_code", None) == "EntityAlreadyExists":
                 raise AppendConflict(str(exc)) from exc

@@ -1,0 +1,172 @@
+"""Inserts in one entity group transaction, with the `$batch` body written directly.
+
+`TableClient.submit_transaction` builds one `HttpRequest` per operation, writes the multipart
+body with the standard library's `email` package and parses the multipart response with it
+again; for an audit record with its index rows (about six inserts) that was most of the
+client's CPU time per append. This writes the same body as plain text (one batch holding one
+change set of `POST` inserts, as "Performing entity group transactions" in the Table service
+REST reference describes it) and reads the status line of each part of the response. The
+request goes through the table client's own pipeline (authentication, retries, response
+hooks), as the SDK's does.
+
+Only inserts, and only the property types the SDK writes without being told: `str`, `bool`,
+`int` (Int32), `datetime` (Edm.DateTime, UTC) and `EntityProperty` of `EdmType.INT64`;
+anything else is refused rather than written differently from the SDK.
+
+A failed change set raises `TableTransactionError` as the SDK does: `status_code` and
+`error_code` of the failing part, `index` the failing operation (the number before the first
+`:` of the service's message).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceNotFoundError,
+)
+from azure.core.rest import HttpRequest
+from azure.data.tables import EdmType, EntityProperty, TableTransactionError
+from azure.data.tables.aio import TableClient
+
+MAX_OPERATIONS = 100  # the Table service's limit of operations in one transaction
+MAX_BODY_BYTES = 4 * 1024 * 1024  # and of its payload
+_STATUS_LINE = re.compile(rb"^HTTP/1\.1 (\d{3})", re.MULTILINE)
+_PART_BODY = re.compile(rb"\r?\n\r?\n(.*?)\r?\n--", re.DOTALL)
+# Errors of the whole request (the table is missing, the caller may not write) as the SDK
+# raises them.
+_REFUSALS: dict[str, type[HttpResponseError]] = {
+    "TableNotFound": ResourceNotFoundError,
+    "ResourceNotFound": ResourceNotFoundError,
+    "AuthenticationFailed": ClientAuthenticationError,
+    "InvalidAuthenticationInfo": ClientAuthenticationError,
+}
+
+
+def entity_json(entity: Mapping[str, Any]) -> dict[str, Any]:
+    """An entity's JSON properties, typed as the SDK types them."""
+    properties: dict[str, Any] = {}
+    for name, value in entity.items():
+        if value is None:
+            continue
+        if isinstance(value, str):
+            properties[name] = value
+        elif isinstance(value, bool):
+            properties[name] = value
+        elif isinstance(value, int):
+            if not -(2**31) <= value < 2**31:
+                raise TypeError(f"{name}: {value} does not fit Int32; write it as Int64")
+            properties[name] = value
+        elif isinstance(value, datetime):
+            properties[name] = value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            properties[name + "@odata.type"] = EdmType.DATETIME.value
+        elif isinstance(value, EntityProperty) and value.edm_type == EdmType.INT64:
+            number = int(value.value)
+            if not -(2**63) <= number < 2**63:
+                raise TypeError(f"{name}: {number} does not fit Int64")
+            properties[name] = str(number)
+            properties[name + "@odata.type"] = EdmType.INT64.value
+        else:
+            raise TypeError(f"{name}: {type(value).__name__} is not written by this encoder")
+    return properties
+
+
+def batch_body(
+    table_url: str, entities: Sequence[Mapping[str, Any]], batch: str, changeset: str
+) -> bytes:
+    """The multipart body of one batch holding one change set inserting `entities`."""
+    part_head = (
+        f"--{changeset}\r\n"
+        "Content-Type: application/http\r\n"
+        "Content-Transfer-Encoding: binary\r\n"
+        "Content-ID: {index}\r\n"
+        "\r\n"
+        f"POST {table_url} HTTP/1.1\r\n"
+        "Content-Type: application/json\r\n"
+        "Accept: application/json;odata=minimalmetadata\r\n"
+        "Prefer: return-no-content\r\n"
+        "DataServiceVersion: 3.0\r\n"
+        "Content-Length: {length}\r\n"
+        "\r\n"
+    )
+    parts = [f"--{batch}\r\nContent-Type: multipart/mixed; boundary={changeset}\r\n\r\n".encode()]
+    for index, entity in enumerate(entities):
+        payload = json.dumps(entity_json(entity), separators=(",", ":")).encode()
+        parts.append(part_head.format(index=index, length=len(payload)).encode())
+        parts.append(payload + b"\r\n")
+    parts.append(f"--{changeset}--\r\n\r\n--{batch}--\r\n".encode())
+    return b"".join(parts)
+
+
+def _failure(status: int, part: bytes) -> TableTransactionError:
+    """The error of a failed change set's part, as the SDK reports it."""
+    found = _PART_BODY.search(part)
+    code: str | None = None
+    message = part.decode(errors="replace")
+    try:
+        error = json.loads(found.group(1) if found else b"")["odata.error"]
+        code = error["code"]
+        message = error["message"]["value"]
+    except (ValueError, KeyError, TypeError):
+        pass
+    exc = TableTransactionError(message=f"{message}\nErrorCode:{code}")
+    exc.status_code = status
+    exc.error_code = code  # type: ignore[attr-defined]  # as the SDK sets it
+    return exc
+
+
+def check_response(status: int, body: bytes, headers: Mapping[str, str], count: int) -> None:
+    """Raise unless the batch response says every one of `count` operations succeeded."""
+    if status != 202:
+        error = headers.get("x-ms-error-code")
+        kind = _REFUSALS.get(error or "", HttpResponseError)
+        exc = kind(message=f"transaction refused: HTTP {status}: {body[:500]!r}\nErrorCode:{error}")
+        exc.status_code = status
+        exc.error_code = error  # type: ignore[attr-defined]  # as the SDK sets it
+        raise exc
+    statuses = list(_STATUS_LINE.finditer(body))
+    for n, line in enumerate(statuses):
+        code = int(line.group(1))
+        if not 200 <= code < 300:
+            end = statuses[n + 1].start() if n + 1 < len(statuses) else len(body)
+            raise _failure(code, body[line.end() : end])
+    if len(statuses) != count:
+        raise HttpResponseError(
+            message=f"transaction answered {len(statuses)} of {count} operations"
+        )
+
+
+async def insert_entities(table: TableClient, entities: Sequence[Mapping[str, Any]]) -> None:
+    """Insert `entities` (all of one partition) atomically, in one round trip."""
+    if not 0 < len(entities) <= MAX_OPERATIONS:
+        raise ValueError(f"a transaction holds 1 to {MAX_OPERATIONS} operations")
+    if len({entity["PartitionKey"] for entity in entities}) != 1:
+        raise ValueError("a transaction's entities share one partition")
+    endpoint, _, query = table.url.partition("?")
+    suffix = f"?{query}" if query else ""
+    batch, changeset = f"batch_{uuid.uuid4()}", f"changeset_{uuid.uuid4()}"
+    body = batch_body(f"{endpoint}/{table.table_name}", entities, batch, changeset)
+    if len(body) > MAX_BODY_BYTES:
+        raise ValueError(f"a transaction's payload is at most {MAX_BODY_BYTES} bytes")
+    request = HttpRequest(
+        "POST",
+        f"{endpoint}/$batch{suffix}",
+        headers={
+            "x-ms-version": table.api_version,
+            "DataServiceVersion": "3.0",
+            "MaxDataServiceVersion": "3.0;NetFx",
+            "Content-Type": f"multipart/mixed; boundary={batch}",
+            "Accept": "application/json",
+        },
+        content=body,
+    )
+    response = await table._client.send_request(request, stream=True)
+    await response.read()
+    check_response(response.status_code, response.content, response.headers, len(entities))

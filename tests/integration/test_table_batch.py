@@ -1,0 +1,172 @@
+"""The directly written entity group transaction (`table_batch`) against Azurite: rows read back
+as the SDK's own insert writes them, a failed change set lands nothing and names its failing
+operation, and the service's limits are kept before anything is sent."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from azure.data.tables import EdmType, EntityProperty, TableTransactionError
+from azure.data.tables.aio import TableClient, TableServiceClient
+
+from drill.azurite import Azurite
+from shared.adapters.table_batch import MAX_OPERATIONS, check_response, insert_entities
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def table(azurite: Azurite) -> AsyncIterator[TableClient]:
+    async with TableServiceClient.from_connection_string(azurite.connection_string) as service:
+        client = await service.create_table(f"Batch{uuid.uuid4().hex[:10]}")
+        yield client
+        await service.delete_table(client.table_name)
+
+
+def row(key: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "PartitionKey": "c07",
+        "RowKey": key,
+        "Text": 'Überprüfung "quoted" \\ back / slash – \u2603 \U0001f600',
+        "Empty": "",
+        "Flag": True,
+        "Off": False,
+        "Small": -(2**31),
+        "Position": EntityProperty(2**62 + 12345, EdmType.INT64),
+        "Negative": EntityProperty(-(2**63), EdmType.INT64),
+        "At": datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=UTC),
+        "Offset": datetime(2026, 3, 4, 7, 6, 7, tzinfo=timezone(timedelta(hours=2))),
+        "Missing": None,
+        **extra,
+    }
+
+
+def properties(entity: Any) -> dict[str, Any]:
+    """Values with their types, as the SDK reads them back (Int64 and dates are typed)."""
+    found = {}
+    for name, value in entity.items():
+        shown = value.value if isinstance(value, EntityProperty) else value
+        edm = value.edm_type if isinstance(value, EntityProperty) else None
+        found[name] = (type(shown).__name__, shown, edm)
+    return found
+
+
+async def test_rows_read_back_as_the_sdk_writes_them(table: TableClient) -> None:
+    await table.create_entity(row("by-sdk"))
+    await insert_entities(table, [row("direct-1"), row("direct-2")])
+    sdk = properties(await table.get_entity("c07", "by-sdk"))
+    for key in ("direct-1", "direct-2"):
+        direct = properties(await table.get_entity("c07", key))
+        assert direct == {**sdk, "RowKey": ("str", key, None)}
+    assert "Missing" not in sdk
+
+
+async def test_a_conflict_lands_nothing_and_names_the_failing_operation(
+    table: TableClient,
+) -> None:
+    await insert_entities(table, [row("a"), row("b")])
+    with pytest.raises(TableTransactionError) as raised:
+        await insert_entities(table, [row("c"), row("d"), row("b"), row("e")])
+    assert raised.value.status_code == 409
+    assert getattr(raised.value, "error_code", None) == "EntityAlreadyExists"
+    assert raised.value.index == 2
+    keys = [e["RowKey"] async for e in table.list_entities()]
+    assert keys == ["a", "b"]
+
+
+async def test_a_row_named_twice_is_refused_by_the_service(table: TableClient) -> None:
+    with pytest.raises(TableTransactionError) as raised:
+        await insert_entities(table, [row("a"), row("a")])
+    assert raised.value.status_code == 400
+    assert [e async for e in table.list_entities()] == []
+
+
+async def test_a_missing_table_raises_as_the_sdk_does(azurite: Azurite) -> None:
+    async with TableServiceClient.from_connection_string(azurite.connection_string) as service:
+        missing = service.get_table_client(f"Missing{uuid.uuid4().hex[:10]}")
+        with pytest.raises(TableTransactionError) as by_sdk:
+            await missing.submit_transaction([("create", row("a")), ("create", row("b"))])
+        with pytest.raises(TableTransactionError) as direct:
+            await insert_entities(missing, [row("a"), row("b")])
+    assert type(direct.value) is type(by_sdk.value)
+    assert direct.value.status_code == by_sdk.value.status_code == 404
+    assert getattr(direct.value, "error_code", None) == "TableNotFound"
+    assert getattr(by_sdk.value, "error_code", None) == "TableNotFound"
+
+
+async def test_the_largest_transaction_lands(table: TableClient) -> None:
+    await insert_entities(table, [row(f"{n:03d}") for n in range(MAX_OPERATIONS)])
+    assert len([e async for e in table.list_entities(select=["RowKey"])]) == MAX_OPERATIONS
+
+
+async def test_limits_are_kept_before_sending(table: TableClient) -> None:
+    with pytest.raises(ValueError, match="operations"):
+        await insert_entities(table, [row(f"{n:03d}") for n in range(MAX_OPERATIONS + 1)])
+    with pytest.raises(ValueError, match="partition"):
+        await insert_entities(table, [row("a"), {**row("b"), "PartitionKey": "c08"}])
+    with pytest.raises(ValueError, match="payload"):
+        big = "x" * 30_000
+        rows = [row(f"{n:03d}", **{f"Big{k}": big for k in range(8)}) for n in range(20)]
+        await insert_entities(table, rows)
+    with pytest.raises(TypeError, match="Int32"):
+        await insert_entities(table, [row("a"), row("b", Small=2**31)])
+    with pytest.raises(TypeError, match="float"):
+        await insert_entities(table, [row("a"), row("b", Ratio=0.5)])
+    assert [e async for e in table.list_entities()] == []
+
+
+# The response of the Table service in Azure, in the form of "Performing entity group
+# transactions" (Table service REST reference): CRLF lines, `204 No Content` per insert with
+# `Prefer: return-no-content`, and one part for a failed change set.
+AZURE_OK = (
+    "--batchresponse_1\r\n"
+    "Content-Type: multipart/mixed; boundary=changesetresponse_2\r\n\r\n"
+    + "".join(
+        "--changesetresponse_2\r\n"
+        "Content-Type: application/http\r\n"
+        "Content-Transfer-Encoding: binary\r\n\r\n"
+        "HTTP/1.1 204 No Content\r\n"
+        f"Content-ID: {n}\r\n"
+        "X-Content-Type-Options: nosniff\r\n"
+        "Cache-Control: no-cache\r\n"
+        "Preference-Applied: return-no-content\r\n"
+        "DataServiceVersion: 3.0;\r\n"
+        f"Location: https://acct.table.core.windows.net/Audit(PartitionKey='c01',RowKey='{n}')\r\n"
+        "ETag: W/\"datetime'2026-11-30T19%3A29%3A42.2973757Z'\"\r\n\r\n"
+        for n in range(3)
+    )
+    + "--changesetresponse_2--\r\n--batchresponse_1--\r\n"
+).encode()
+AZURE_CONFLICT = (
+    b"--batchresponse_1\r\n"
+    b"Content-Type: multipart/mixed; boundary=changesetresponse_2\r\n\r\n"
+    b"--changesetresponse_2\r\n"
+    b"Content-Type: application/http\r\n"
+    b"Content-Transfer-Encoding: binary\r\n\r\n"
+    b"HTTP/1.1 409 Conflict\r\n"
+    b"Content-ID: 2\r\n"
+    b"X-Content-Type-Options: nosniff\r\n"
+    b"Cache-Control: no-cache\r\n"
+    b"DataServiceVersion: 3.0;\r\n"
+    b"Content-Type: application/json;odata=minimalmetadata;streaming=true;charset=utf-8\r\n\r\n"
+    b'{"odata.error":{"code":"EntityAlreadyExists","message":{"lang":"en-US",'
+    b'"value":"1:The specified entity already exists.\\nRequestId:5b7f\\nTime:2026-11-30"}}}\r\n'
+    b"--changesetresponse_2--\r\n--batchresponse_1--\r\n"
+)
+
+
+def test_the_azure_response_form_is_read() -> None:
+    check_response(202, AZURE_OK, {}, 3)
+    with pytest.raises(TableTransactionError) as raised:
+        check_response(202, AZURE_CONFLICT, {}, 3)
+    assert raised.value.status_code == 409 and raised.value.index == 1
+    assert getattr(raised.value, "error_code", None) == "EntityAlreadyExists"
+
+
+def test_a_response_that_leaves_an_operation_unanswered_is_a_failure() -> None:
+    with pytest.raises(Exception, match="2 of 3"):
+        check_response(202, AZURE_OK.replace(b"HTTP/1.1 204", b"HTTP/1.1 20x", 1), {}, 3)
