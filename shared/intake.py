@@ -168,23 +168,29 @@ class AlertIntake:
 
     async def _submit_all(self, groups: list[list[ActionRequest]]) -> list[Submitted]:
         """`submit` for several groups of requests (one per alert) at once: every group is
-        claimed, then all decisions are audited and handed on together."""
-        batch = _Batch(await self._outbox.claim_seq())
+        claimed, then all decisions are audited and handed on together, all within the
+        outbox's time limit. An earlier claim still leased by its claimer (its commit may be
+        under way) coalesces: that claimer, or the reconciler once the lease ends, sends it."""
         networks = {
             a.target
             for actions in groups
             for a in actions
             if a.kind is ActionKind.BLOCK_IP and a.decision is Decision.EXECUTE
         }
-        # Every network's registry row is read side by side up front, not one after another.
-        rows = await gather_bounded(self._blocks.get(network) for network in networks)
-        batch.registry = dict(zip(networks, rows, strict=True))
-        parts = [await self._claim_group(actions, batch) for actions in groups]
-        await self._outbox.commit(batch.fresh, batch.unsent)
-        handed_on = {a.id: a for a in batch.fresh}
-        handed_on.update({e.action_id: e.request for e in batch.unsent if e.request is not None})
+        async with self._outbox.time_limit():
+            batch = _Batch(await self._outbox.claim_seq())
+            # Every network's registry row is read side by side up front, not one by one.
+            rows = await gather_bounded(self._blocks.get(network) for network in networks)
+            batch.registry = dict(zip(networks, rows, strict=True))
+            parts = [await self._claim_group(actions, batch) for actions in groups]
+            handed = await self._outbox.commit(batch.fresh, batch.unsent)
+        requests = {a.id: a for a in batch.fresh}
+        requests.update({e.action_id: e.request for e in batch.unsent if e.request is not None})
         for result, ids in parts:
-            result.queued = [i for i in ids if handed_on[i].decision in QUEUED_DECISIONS]
+            result.queued = [
+                i for i in ids if i in handed and requests[i].decision in QUEUED_DECISIONS
+            ]
+            result.coalesced += [i for i in ids if i not in handed]
         return [result for result, _ in parts]
 
     async def _claim_group(

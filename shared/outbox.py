@@ -3,19 +3,32 @@ else happens, then its decision is audited and it is handed on (queued, held for
 closed as refused), and only then marked sent. A claim that never got that far — the worker
 died, storage or Service Bus failed in between — is finished later from the ledger row, by
 the next delivery of the same alert or by the reconciler, under the same message id (Service
-Bus duplicate detection and the executor's ledger make a second send harmless). Two of those
-may find the same unsent claim at once (a sender's retry and the reconciler): each takes a
-lease on the claim and reads it again first, so its decision is audited once."""
+Bus duplicate detection and the executor's ledger make a second send harmless).
+
+Each decision is audited once, however slow a committer is:
+- A fresh claim carries its own lease, written in the insert that creates it (no extra round
+  trip): until it expires nobody else commits the claim.
+- The claimer's claims and commit run under a hard time limit (`COMMIT_LIMIT`) that ends
+  well before that lease: a commit that stalls (its audit append waiting out a storage
+  outage) is abandoned, and a request it already sent is carried out by the Table service
+  within its server timeout or not at all, still inside the lease (docs/runbook.md).
+- Committers of an earlier, unsent claim (a sender's retry, the reconciler) take it only once
+  its own lease has expired, and then take a lease on it and read it again, under the same
+  time limit, so two of them at once audit it once too. A commit that did not finish leaves
+  its leases to expire; only a finished one gives them back."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 
 from shared.audit import AuditChain
 from shared.concurrency import gather_bounded
+from shared.errors import TransientError
 from shared.models import (
     ActionRequest,
     AuditEntry,
@@ -28,8 +41,17 @@ from shared.ports import ActionLedger, ActionQueue, ApprovalStore, Leases, Ledge
 
 logger = logging.getLogger(__name__)
 
-# How long a committer holds an unsent claim; one that died holding it is waited out.
-RESEND_LEASE_TTL = timedelta(minutes=2)
+# How long a committer holds a claim (its own fresh claims, or an unsent one it took over); one
+# that died or stalled holding it is waited out.
+CLAIM_LEASE = timedelta(minutes=2)
+# The longest the Table service carries out a request it received: its server timeout for
+# inserts, updates and deletes (queries stop after 5 s and return a continuation).
+SERVER_TIMEOUT = timedelta(seconds=30)
+# Slack for a request's way to the service and for two workers' clocks.
+LEASE_MARGIN = timedelta(seconds=30)
+# How long claiming and committing may take before they are abandoned: whatever they sent
+# has been carried out, or never will be, before their lease ends.
+COMMIT_LIMIT = CLAIM_LEASE - SERVER_TIMEOUT - LEASE_MARGIN
 QUEUED_DECISIONS = frozenset({Decision.EXECUTE, Decision.DRY_RUN})
 DECISION_EVENTS = {
     Decision.REFUSED: AuditEvent.ACTION_REFUSED,
@@ -69,36 +91,63 @@ class Outbox:
         claims come after it)."""
         return await self._chain.head_seq()
 
-    async def claim(self, action: ActionRequest, claim_seq: int) -> bool:
-        return await self._ledger.claim(action, self.clock(), claim_seq)
+    @asynccontextmanager
+    async def time_limit(self) -> AsyncIterator[None]:
+        """Claims and their commit run inside this: past `COMMIT_LIMIT` they are abandoned
+        (cancelled) and a TransientError is raised, so the sender retries. Entered before the
+        first claim is made, so it ends before any of their leases."""
+        limit = asyncio.timeout(COMMIT_LIMIT.total_seconds())
+        try:
+            async with limit:
+                yield
+        except TimeoutError as exc:
+            if not limit.expired():
+                raise
+            raise TransientError(
+                f"claims not committed within {COMMIT_LIMIT.total_seconds():g} s: abandoned; "
+                "they are committed once their lease has expired"
+            ) from exc
 
-    async def commit(self, fresh: list[ActionRequest], unsent: list[LedgerEntry]) -> None:
+    async def claim(self, action: ActionRequest, claim_seq: int) -> bool:
+        """Claim `action`, leased to this claimer until `CLAIM_LEASE` from now; call it inside
+        `time_limit`, with the commit."""
+        now = self.clock()
+        return await self._ledger.claim(action, now, claim_seq, now + CLAIM_LEASE)
+
+    async def commit(self, fresh: list[ActionRequest], unsent: list[LedgerEntry]) -> set[str]:
         """Audit the decisions of the claims made just now (`fresh`) and of earlier claims
         that never reached the queue (`unsent`, audited only if their record is missing),
-        then hand every one of them on. An unsent claim another committer holds, or that
-        was handed on since it was read, is left alone."""
+        then hand every one of them on; the ids handed on. An unsent claim whose own lease
+        is live, that another committer holds, or that was handed on since it was read, is
+        left alone."""
         if not fresh and not unsent:
-            return
+            return set()
         holder = uuid.uuid4().hex
-        taken = await self._take(unsent, holder)
-        try:
-            await self._commit(fresh, taken)
-        finally:
-            await gather_bounded(self._leases.release(_lease(e.action_id), holder) for e in taken)
-
-    async def _take(self, unsent: list[LedgerEntry], holder: str) -> list[LedgerEntry]:
-        """The unsent claims this committer may hand on: leased, and still unsent when read
-        again under the lease."""
         taken: list[LedgerEntry] = []
+        async with self.time_limit():
+            await self._take(unsent, holder, taken)
+            await self._commit(fresh, taken)
+        await gather_bounded(self._leases.release(_lease(e.action_id), holder) for e in taken)
+        return {a.id for a in fresh} | {e.action_id for e in taken}
+
+    async def _take(self, unsent: list[LedgerEntry], holder: str, taken: list[LedgerEntry]) -> None:
+        """Collect into `taken` the unsent claims this committer may hand on: their own lease
+        expired, leased now to `holder`, and still unsent when read again under that lease."""
         for entry in unsent:
-            if not await self._leases.acquire(_lease(entry.action_id), holder, RESEND_LEASE_TTL):
+            if entry.leased(self.clock()):
+                continue
+            if not await self._leases.acquire(_lease(entry.action_id), holder, CLAIM_LEASE):
                 continue
             current = await self._ledger.get(entry.action_id)
-            if current is not None and current.open and not current.sent:
+            if (
+                current is not None
+                and current.open
+                and not current.sent
+                and not current.leased(self.clock())
+            ):
                 taken.append(current)
             else:
                 await self._leases.release(_lease(entry.action_id), holder)
-        return taken
 
     async def _commit(self, fresh: list[ActionRequest], unsent: list[LedgerEntry]) -> None:
         if not fresh and not unsent:

@@ -212,10 +212,16 @@ class LedgerEntry:
     record_from: int = 0
     intent: Intent | None = None
     alerted: bool = False
+    # Until when the claimer alone may commit the claim (written with it; None: no lease).
+    lease_until: datetime | None = None
 
     @property
     def open(self) -> bool:
         return self.state == LEDGER_QUEUED
+
+    def leased(self, now: datetime) -> bool:
+        """Whether the claimer's own lease on the claim is still live at `now`."""
+        return self.lease_until is not None and self.lease_until > now
 
     def ended(self, action: ActionRequest) -> bool:
         """Whether `action` has ended: the approved run of a held action has not."""
@@ -228,9 +234,11 @@ class ActionLedger(Protocol):
     """One row per action id: claims a request once (the intake's outbox), remembers whether
     it was sent, what the executor was about to write, and how it ended."""
 
-    async def claim(self, action: ActionRequest, at: datetime, claim_seq: int) -> bool:
-        """Record the action as claimed but not yet sent; False when the id was claimed
-        before."""
+    async def claim(
+        self, action: ActionRequest, at: datetime, claim_seq: int, lease_until: datetime
+    ) -> bool:
+        """Record the action as claimed but not yet sent, leased to the claimer until
+        `lease_until` (in the same write); False when the id was claimed before."""
         ...
 
     async def mark_sent(self, *action_ids: str) -> None:

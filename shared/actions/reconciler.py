@@ -1,7 +1,7 @@
 """The action reconciler: what no single delivery can guarantee, checked on a timer.
 
 - Claims that never reached the queue (the worker died or storage failed between the claim and
-  the send) are sent, under the same message id.
+  the send) are sent, under the same message id, once their claimer's lease has expired.
 - Blocks still pending in the registry with no claim, an unsent one, or a closed one (the
   registry never moved on) are claimed and sent, or settled.
 - Unblocks left `unblocking` in the registry for `stuck_after` are settled when their outcome
@@ -41,7 +41,7 @@ DEAD_LETTER_BATCH = 100
 
 @dataclass(frozen=True)
 class ReconcileLimits:
-    resend_after: timedelta  # an unsent claim this old is sent by the reconciler
+    resend_after: timedelta  # an unsent claim this old, its lease expired, is sent
     give_up_after: timedelta  # a dead letter retried this long is recorded, not re-driven
     stuck_after: timedelta  # an action open this long after its claim raises an alert
 
@@ -106,8 +106,7 @@ class ActionReconciler:
     async def resend_unsent(self, report: ReconcileReport) -> None:
         stale = await self._ledger.unsent(self._clock() - self._limits.resend_after)
         if stale:
-            await self._outbox.commit([], stale)
-            report.resent += len(stale)
+            report.resent += len(await self._outbox.commit([], stale))
 
     async def settle_pending_blocks(self, report: ReconcileReport) -> None:
         """Blocks pending in the registry for longer than the resend time."""
@@ -118,13 +117,12 @@ class ActionReconciler:
                 continue
             row = await self._ledger.get(block.id)
             if row is None:
-                seq = await self._outbox.claim_seq()
-                if await self._outbox.claim(block, seq):
-                    await self._outbox.commit([block], [])
-                    report.resent += 1
+                async with self._outbox.time_limit():
+                    seq = await self._outbox.claim_seq()
+                    if await self._outbox.claim(block, seq):
+                        report.resent += len(await self._outbox.commit([block], []))
             elif row.open and not row.sent:
-                await self._outbox.commit([], [row])
-                report.resent += 1
+                report.resent += len(await self._outbox.commit([], [row]))
             elif row.ended(block) and await self._settle_recorded(block, row.audit_seq):
                 # The outcome is audited and the ledger closed; the registry never moved on.
                 report.blocks_settled += 1
@@ -144,8 +142,7 @@ class ActionReconciler:
             if row is not None and row.open and row.claimed_at is not None:
                 # A claimed unblock (an engineer's): the outbox sends it, `raise_stuck` alerts.
                 if not row.sent:
-                    await self._outbox.commit([], [row])
-                    report.resent += 1
+                    report.resent += len(await self._outbox.commit([], [row]))
                 continue
             if not await self._registry.update(entry, BlockState.UNBLOCKING):
                 continue  # it moved on meanwhile

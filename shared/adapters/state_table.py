@@ -93,7 +93,9 @@ class StateTable:
             chunk = entities[start : start + MAX_TRANSACTION]
             await self._table.submit_transaction([("upsert", row) for row in chunk])
 
-    async def claim(self, action: ActionRequest, at: datetime, claim_seq: int) -> bool:
+    async def claim(
+        self, action: ActionRequest, at: datetime, claim_seq: int, lease_until: datetime
+    ) -> bool:
         try:
             await self._table.create_entity(
                 {
@@ -107,6 +109,7 @@ class StateTable:
                     "Sent": False,
                     "ClaimSeq": int64(claim_seq),
                     "Alerted": False,
+                    "LeaseUntil": lease_until,
                 }
             )
         except ResourceExistsError:
@@ -210,6 +213,7 @@ def _ledger_entry(entity: Any) -> LedgerEntry:
     request = entity.get("Request")
     call = entity.get("IntentCall")
     claimed_at = entity.get("ClaimedAt")
+    lease_until = entity.get("LeaseUntil")
     return LedgerEntry(
         action_id=entity["RowKey"],
         # A row only the executor wrote (a scheduled revert in progress) is open.
@@ -232,6 +236,7 @@ def _ledger_entry(entity: Any) -> LedgerEntry:
             else None
         ),
         alerted=bool(entity.get("Alerted")),
+        lease_until=lease_until if isinstance(lease_until, datetime) else None,
     )
 
 

@@ -91,7 +91,7 @@ async def test_the_report_counts_a_loss_it_is_shown_and_only_real_ones() -> None
     assert {"planned", "executed", "failed", "lost"} <= set(actions)
     assert summary["chain_verified"] is True and summary["audit_verified"] is True
     assert summary["storage_outage"]["down_s"] >= 1.0
-    assert summary["crash_points"]["dropped_message"]["fired"] == 1
+    assert summary["crash_points"]["dropped_message"]["fired"] >= 1
     assert sum(summary["outcome_records_per_planned_action"].values()) == actions["planned"]
 
     # The deliberately dropped disable: claimed and audited as planned, never delivered.

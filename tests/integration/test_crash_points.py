@@ -30,6 +30,7 @@ from shared.adapters.queue import DUPLICATE_WINDOW, Delivery, InMemoryActionQueu
 from shared.container import Container
 from shared.errors import TransientError
 from shared.models import ActionKind, ActionRequest, Actor, AuditEntry, Decision, OutcomeStatus
+from shared.outbox import CLAIM_LEASE
 from shared.ports import BlockState
 from shared.simulator import Fault, SimulatedTenant
 from tests.conftest import ADELE, BREAK_GLASS, WEBHOOK_SECRET, installed, settings_for
@@ -236,8 +237,9 @@ async def test_killed_between_claim_and_send_the_next_delivery_of_the_alert_send
         await services.intake.handle_payload(compromised())
     faults.revive()
 
-    # Defender / the Logic App delivers the alert again: it must not coalesce into claims
-    # that never reached the queue.
+    # Defender / the Logic App delivers the alert again once the dead worker's lease on its
+    # claims has run out: it must not coalesce into claims that never reached the queue.
+    clock.advance(CLAIM_LEASE)
     [again] = await services.intake.handle_payload(compromised())
     assert len(again.queued) == 2
     await deliver_all(services, faults, clock)
@@ -281,8 +283,13 @@ async def test_storage_failing_during_the_intake_commit_answers_5xx_and_loses_no
         await host.post_json("ingest_alert", "alerts", compromised(), headers)
     faults.storage_down = False
 
+    # The retry comes while the first claim's lease is live: it claims and sends the other
+    # action, and leaves that claim to the reconciler once the lease has run out.
     response = await host.post_json("ingest_alert", "alerts", compromised(), headers)
     assert response.status_code == 202
+    clock.advance(timedelta(seconds=services.settings.resend_after_s + 1))
+    report = await services.reconciler.run()
+    assert report.resent == 1
     await deliver_all(services, faults, clock)
     await assert_contained(services, sim)
 
@@ -589,7 +596,7 @@ async def test_killed_between_reserving_a_block_and_claiming_it_the_next_alert_c
 
 
 async def test_a_refusal_interrupted_before_its_ledger_update_is_closed_not_repeated(
-    services: Container, faults: Faults, sim: SimulatedTenant
+    services: Container, faults: Faults, sim: SimulatedTenant, clock: DrillClock
 ) -> None:
     alert = {
         **compromised(),
@@ -601,6 +608,7 @@ async def test_a_refusal_interrupted_before_its_ledger_update_is_closed_not_repe
     with pytest.raises(Killed):
         await services.intake.handle_payload(alert)
     faults.revive()
+    clock.advance(CLAIM_LEASE)  # the alert comes again once the dead worker's lease ran out
     await services.intake.handle_payload(alert)
 
     refusals = [e for e in await trail(services) if e.event == "action.refused"]
@@ -726,7 +734,8 @@ async def test_two_committers_of_one_unsent_claim_audit_its_decision_once(
     services: Container, faults: Faults, sim: SimulatedTenant, clock: DrillClock
 ) -> None:
     """A sender's retry of the alert and the reconciler both find the same claim unsent (its
-    first commit failed) and commit it at the same time."""
+    first commit failed, and the lease it was claimed with ran out) and commit it at the same
+    time."""
     refused = ActionRequest(
         id=ActionRequest.derive_id(ActionKind.DISABLE_ACCOUNT, BREAK_GLASS.id, "soc-9"),
         kind=ActionKind.DISABLE_ACCOUNT,
@@ -743,6 +752,7 @@ async def test_two_committers_of_one_unsent_claim_audit_its_decision_once(
     outbox = services.outbox
     seq = await outbox.claim_seq()
     assert await outbox.claim(refused, seq) and await outbox.claim(planned, seq)
+    clock.advance(CLAIM_LEASE)
     unsent = [e for e in [await services.state.get(a.id) for a in (refused, planned)] if e]
 
     await asyncio.gather(outbox.commit([], unsent), outbox.commit([], unsent))
@@ -756,3 +766,73 @@ async def test_two_committers_of_one_unsent_claim_audit_its_decision_once(
     # The leases are gone: a later commit finds nothing left to do.
     await outbox.commit([], unsent)
     assert Counter(str(e.event) for e in await trail(services)) == events
+
+
+def stall_first_refusal(services: Container) -> tuple[asyncio.Event, asyncio.Event]:
+    """Hold the first audit append of a refusal on the wire until `go` is set (the storage
+    outage it waits out); `stalled` is set once it is held."""
+    stalled, go = asyncio.Event(), asyncio.Event()
+    store = services.audit_store
+    insert = store.insert_all
+    once = [1]
+
+    async def stalling(records: Any, index: Any) -> None:
+        if once and any(r.entry.event == "action.refused" for r in records):
+            once.pop()
+            stalled.set()
+            await go.wait()
+        await insert(records, index)
+
+    store.insert_all = stalling  # type: ignore[method-assign]
+    return stalled, go
+
+
+def refused_alert() -> dict[str, Any]:
+    return {
+        **compromised("soc-11"),
+        "entities": [{"kind": "user", "user_id": BREAK_GLASS.id, "roles": ["compromised"]}],
+    }
+
+
+async def refusals(services: Container) -> Counter[str]:
+    return Counter(e.kind or "" for e in await trail(services) if e.event == "action.refused")
+
+
+async def test_a_retry_of_the_alert_during_a_stalled_first_commit_does_not_audit_it_again(
+    services: Container,
+) -> None:
+    stalled, go = stall_first_refusal(services)
+    first = asyncio.create_task(services.intake.handle_payload(refused_alert()))
+    await stalled.wait()
+
+    # The sender gave up on the first delivery and retries; the first commit still holds the
+    # lease its claims were made with, so the retry leaves them to it.
+    [again] = await services.intake.handle_payload(refused_alert())
+    assert again.queued == []
+    go.set()
+    await first
+
+    assert await refusals(services) == {"disable_account": 1, "revoke_sessions": 1}
+
+
+async def test_a_stalled_first_commit_is_abandoned_before_the_reconciler_may_take_it_over(
+    services: Container, clock: DrillClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The intake's audit append waits out a storage outage longer than the resend time. Its
+    commit is abandoned at the outbox's time limit (short here), before its claims' lease
+    ends; only then may the reconciler commit them, once."""
+    monkeypatch.setattr("shared.outbox.COMMIT_LIMIT", timedelta(seconds=2), raising=False)
+    stalled, go = stall_first_refusal(services)
+    first = asyncio.create_task(services.intake.handle_payload(refused_alert()))
+    # Bounded only so that code without the time limit gets on to show its double record.
+    await asyncio.wait({first}, timeout=60)
+    assert stalled.is_set()
+
+    clock.advance(timedelta(seconds=services.settings.resend_after_s + 1))
+    report = await services.reconciler.run()
+    go.set()  # a request still on the wire would land now
+    outcome = await asyncio.gather(first, return_exceptions=True)
+
+    assert await refusals(services) == {"disable_account": 1, "revoke_sessions": 1}
+    assert report.resent == 2
+    assert isinstance(outcome[0], TransientError), outcome

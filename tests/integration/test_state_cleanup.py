@@ -49,7 +49,7 @@ async def test_expired_state_rows_go_current_ones_and_the_audit_trail_stay(
 ) -> None:
     closed, open_, held = request("a-1"), request("a-2"), request("a-3")
     for action in (closed, open_, held):
-        assert await services.state.claim(action, clock(), 0)
+        assert await services.state.claim(action, clock(), 0, clock())
     await services.state.finish(closed, OutcomeStatus.EXECUTED, 1)
     await services.state.finish(held, OutcomeStatus.HELD, 2)
     await services.state.mark_handled(("generic:a-1", "v1"))
