@@ -98,11 +98,6 @@ def _now_second() -> int:
     return int(time.time()) - POSITION_EPOCH_S
 
 
-def position_of_time(at: datetime) -> int:
-    """The lowest position a lane record appended at `at` can have."""
-    return max(0, int(at.timestamp()) - POSITION_EPOCH_S) * LANE_SLOTS * SEQ_SLOTS
-
-
 # One encoder for every call: json.dumps with options builds a new one each time.
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
@@ -157,20 +152,6 @@ def chain_entry(
     )
 
 
-def export_line(record: AuditRecord) -> dict[str, Any]:
-    """A record as the JSON Lines export carries it (docs/audit.md, "Verifying a trail")."""
-    line: dict[str, Any] = {
-        "seq": record.chain_seq,
-        "prev_hash": record.prev_hash,
-        "hash": record.hash,
-        "entry": json.loads(record.body),
-    }
-    if record.chain != LEGACY_CHAIN:
-        line["chain"] = record.chain
-        line["position"] = record.seq
-    return line
-
-
 def checkpoint_json(checkpoint: Checkpoint) -> dict[str, Any]:
     """A checkpoint as the anchor and the export carry it."""
     return {
@@ -188,7 +169,7 @@ def checkpoint_from_json(value: dict[str, Any]) -> Checkpoint:
         str(name): ChainHead(str(name), int(h["seq"]), str(h["hash"]), int(h["position"]))
         for name, h in value["heads"].items()
     }
-    at = datetime.fromisoformat(str(value["at"]).replace("Z", "+00:00"))
+    at = datetime.fromisoformat(str(value["at"]))  # Python 3.11 reads the "Z" itself
     return Checkpoint(at=at, heads=heads, count=int(value["count"]))
 
 
@@ -276,7 +257,6 @@ class AuditChain:
         to another chain. A run of records that lands in one transaction lands atomically."""
         records: list[AuditRecord] = []
         chain = await self._take()
-        contended = False
         attempts = 0
         try:
             while len(records) < len(entries):
@@ -302,7 +282,7 @@ class AuditChain:
                 self._heads[chain] = ChainHead(chain, last.chain_seq, last.hash, last.seq)
                 records += batch
         finally:
-            await self._give(chain, contended)
+            await self._give(chain, contended=False)
         await self._notify(records)
         return records
 

@@ -100,6 +100,7 @@ class MemoryPolicies:
     policies: dict[str, CaPolicy] = field(default_factory=dict)
     writes: list[tuple[str, list[str]]] = field(default_factory=list)
     gone_on_write: set[str] = field(default_factory=set)
+    request_ids: bool = True
 
     def add(self, policy_id: str, state: str = "enabled", *excluded: str) -> None:
         self.policies[policy_id] = CaPolicy(policy_id, f"Policy {policy_id}", state, excluded)
@@ -116,7 +117,7 @@ class MemoryPolicies:
         policy = self.policies[policy_id]
         self.policies[policy_id] = replace(policy, excluded_users=tuple(excluded))
         self.writes.append((policy_id, list(excluded)))
-        return f"ca-req-{len(self.writes)}"
+        return f"ca-req-{len(self.writes)}" if self.request_ids else None
 
 
 @dataclass

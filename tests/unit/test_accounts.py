@@ -23,7 +23,7 @@ from shared.config import PRIVILEGED_ROLES, PolicySettings
 from shared.errors import PermanentError, TransientError
 from shared.models import ActionKind, ActionOutcome, ActionRequest, Actor, OutcomeStatus
 from shared.policy import Guards
-from shared.ports import GLOBAL_ADMINISTRATOR
+from shared.ports import GLOBAL_ADMINISTRATOR, Intent
 from tests.memory_tenant import MemoryDirectory, MemoryIntents, MemoryLeases, MemoryRoles
 
 ADELE = "5b2f3d0e-1c4a-4e8b-9f6d-2a7c8e1b4d01"
@@ -469,6 +469,7 @@ async def test_a_retry_within_the_settle_time_re_reads_and_does_not_write_again(
     tenant.directory.users[ADELE] = replace(tenant.directory.users[ADELE], account_enabled=False)
     outcome = await actions.run(action, intent)
     assert outcome.status is OutcomeStatus.EXECUTED and "confirmed" in outcome.after["note"]
+    assert [(c.guard, c.passed) for c in outcome.guards] == [("protected_identity", True)]
     assert tenant.directory.writes == []
 
 
@@ -496,3 +497,96 @@ async def test_after_the_settle_time_a_write_that_never_landed_is_made_again() -
     assert tenant.directory.writes == [("accountEnabled", ADELE, False)]
     renewed = (await tenant.ledger.get(action.id)).intent  # type: ignore[union-attr]
     assert renewed is not None and renewed.at == now[0]
+
+
+def settling(tenant: Tenant, now: list[datetime]) -> AccountActions:
+    """The tenant's executor with a settle time of 60 s, on the clock `now[0]`."""
+    return AccountActions(
+        tenant.directory,
+        tenant.roles,
+        tenant.guards,
+        LockoutLimits(frozenset(PRIVILEGED_ROLES), 2),
+        tenant.leases,
+        tenant.ledger,
+        settle=timedelta(seconds=60),
+        clock=lambda: now[0],
+    )
+
+
+async def test_the_settle_time_ends_exactly_after_the_settle_time() -> None:
+    now = [datetime(2026, 3, 14, 9, 0, tzinfo=UTC)]
+    tenant = Tenant()
+    actions = settling(tenant, now)
+    action = request(ActionKind.DISABLE_ACCOUNT, ADELE)
+    before = tenant.directory.users[ADELE].as_dict()
+    await tenant.ledger.intend(action, "PATCH", before, now[0])
+    intent = (await tenant.ledger.get(action.id)).intent  # type: ignore[union-attr]
+
+    now[0] += timedelta(seconds=59.5)
+    with pytest.raises(TransientError) as raised:
+        await actions.run(action, intent)
+    assert raised.value.retry_after == pytest.approx(0.5)
+    assert tenant.directory.writes == []
+    now[0] += timedelta(seconds=0.5)
+    assert (await actions.run(action, intent)).status is OutcomeStatus.EXECUTED
+    assert tenant.directory.writes == [("accountEnabled", ADELE, False)]
+
+
+async def test_the_intent_names_the_call_and_the_state_before_it() -> None:
+    now = [datetime(2026, 3, 14, 9, 0, tzinfo=UTC)]
+    tenant = Tenant()
+    before = tenant.directory.users[ADELE].as_dict()
+    action = request(ActionKind.DISABLE_ACCOUNT, ADELE)
+    await settling(tenant, now).run(action)
+    intent = (await tenant.ledger.get(action.id)).intent  # type: ignore[union-attr]
+    assert intent == Intent(f'PATCH /users/{ADELE} {{"accountEnabled": false}}', before, now[0])
+
+
+async def test_confirm_finds_the_intended_write_in_the_tenant() -> None:
+    tenant = Tenant()
+    action = request(ActionKind.DISABLE_ACCOUNT, ADELE)
+    assert await tenant.actions.confirm(action) is None  # no intent recorded
+    call = f'PATCH /users/{ADELE} {{"accountEnabled": false}}'
+    before = tenant.directory.users[ADELE].as_dict()
+    await tenant.ledger.intend(action, call, before, datetime(2026, 3, 14, 9, 0, tzinfo=UTC))
+    assert await tenant.actions.confirm(action) is None  # the write does not show
+    tenant.directory.users[ADELE] = replace(tenant.directory.users[ADELE], account_enabled=False)
+    assert await tenant.actions.confirm(action.model_copy(update={"dry_run": True})) is None
+    assert await tenant.actions.confirm(action) == ActionOutcome(
+        status=OutcomeStatus.EXECUTED,
+        before=before,
+        after={**tenant.directory.users[ADELE].as_dict(), "note": accounts.CONFIRMED},
+        calls=[call],
+        guards=[],
+    )
+
+
+async def test_a_disabled_account_is_not_taken_for_a_disable_whose_before_was_disabled() -> None:
+    """The tenant in the wanted state confirms the write only when the intent saw it in the
+    other state: otherwise the state is not this action's doing."""
+    tenant = Tenant()
+    tenant.directory.add(ADELE, ADELE_UPN, enabled=False)
+    action = request(ActionKind.DISABLE_ACCOUNT, ADELE)
+    before = tenant.directory.users[ADELE].as_dict()
+    await tenant.ledger.intend(action, "PATCH", before, datetime(2026, 3, 14, 9, 0, tzinfo=UTC))
+    assert await tenant.actions.confirm(action) is None
+
+
+async def test_a_sign_out_is_confirmed_by_a_new_sessions_time_only() -> None:
+    tenant = Tenant()
+    earlier = datetime(2026, 3, 14, 8, 0, tzinfo=UTC)
+    tenant.directory.users[ADELE] = replace(
+        tenant.directory.users[ADELE], sessions_valid_from=earlier
+    )
+    action = request(ActionKind.REVOKE_SESSIONS, ADELE)
+    call = f"POST /users/{ADELE}/revokeSignInSessions"
+    before = tenant.directory.users[ADELE].as_dict()
+    await tenant.ledger.intend(action, call, before, datetime(2026, 3, 14, 9, 0, tzinfo=UTC))
+    assert await tenant.actions.confirm(action) is None  # the sessions time did not move
+    later = datetime(2026, 3, 14, 9, 0, 1, tzinfo=UTC)
+    tenant.directory.users[ADELE] = replace(
+        tenant.directory.users[ADELE], sessions_valid_from=later
+    )
+    confirmed = await tenant.actions.confirm(action)
+    assert confirmed is not None and confirmed.status is OutcomeStatus.EXECUTED
+    assert confirmed.calls == [call] and confirmed.before == before

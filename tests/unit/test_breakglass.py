@@ -4,6 +4,7 @@ and the health check."""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -428,3 +429,123 @@ async def test_health_does_not_hide_a_directory_error() -> None:
     with pytest.raises(PermanentError, match="Forbidden"):
         await site.access.health()
     assert reading is not None
+
+
+# evidence and records, word for word ---------------------------------------------------------
+
+
+async def test_writes_graph_answers_without_a_request_id_record_none() -> None:
+    site = Site()
+    site.directory.request_ids = False
+    site.policies.request_ids = False
+    opened = await site.access.activate(action(ActionKind.ACTIVATE_BREAKGLASS))
+    assert opened.outcome.status is OutcomeStatus.EXECUTED and len(opened.outcome.calls) == 4
+    assert opened.outcome.request_ids == []
+    closed = await site.access.deactivate(action(ActionKind.DEACTIVATE_BREAKGLASS))
+    assert closed.outcome.status is OutcomeStatus.EXECUTED and len(closed.outcome.calls) == 4
+    assert closed.outcome.request_ids == []
+
+
+async def test_an_activation_of_more_accounts_keeps_the_exclusions_it_added_before() -> None:
+    """Access opened for one account, then for all: the record of each policy holds both, so
+    the deactivation removes both and leaves the administrator's exclusions."""
+    site = Site()
+    await site.access.activate(action(ActionKind.ACTIVATE_BREAKGLASS, target=BG2))
+    row = site.store.row
+    assert row is not None and row.exclusions == {"p-mfa": (BG2,), "p-legacy": (BG2,)}
+    await site.access.activate(action(ActionKind.ACTIVATE_BREAKGLASS))
+    row = site.store.row
+    assert row is not None and row.exclusions == {"p-mfa": (BG2, BG1), "p-legacy": (BG2,)}
+    await site.access.deactivate(action(ActionKind.DEACTIVATE_BREAKGLASS))
+    assert site.excluded("p-mfa") == (ADMIN_EXCLUDED,)
+    assert site.excluded("p-legacy") == (BG1,)
+
+
+def closed_row() -> Activation:
+    """A closed activation whose row still names changes (written by hand or an older
+    version): BG1's exclusion from p-legacy, which is the administrator's."""
+    return Activation(
+        "act-old", False, NOW - timedelta(days=1), (BG1,), {"p-legacy": (BG1,)}, etag="e"
+    )
+
+
+async def test_an_activation_never_takes_over_the_record_of_a_closed_one() -> None:
+    site = Site()
+    site.store.row = closed_row()
+    await site.access.activate(action(ActionKind.ACTIVATE_BREAKGLASS))
+    row = site.store.row
+    assert row is not None and row.exclusions == {"p-mfa": (BG1, BG2), "p-legacy": (BG2,)}
+
+
+async def test_a_deactivation_never_removes_what_a_closed_activation_names() -> None:
+    site = Site()
+    site.store.row = closed_row()
+    applied = await site.access.deactivate(action(ActionKind.DEACTIVATE_BREAKGLASS))
+    assert site.excluded("p-legacy") == (BG1,)
+    assert applied.outcome.calls == []
+
+
+async def test_dry_runs_and_a_superseded_deactivation_answer_for_their_action() -> None:
+    site = Site()
+    request = action(ActionKind.ACTIVATE_BREAKGLASS, dry_run=True)
+    assert (await site.access.activate(request)).action == request
+    first = await site.access.activate(action(ActionKind.ACTIVATE_BREAKGLASS))
+    request = action(ActionKind.DEACTIVATE_BREAKGLASS, dry_run=True)
+    assert (await site.access.deactivate(request)).action == request
+    site.now = NOW + timedelta(hours=1)
+    await site.access.activate(action(ActionKind.ACTIVATE_BREAKGLASS))
+    assert first.follow_up is not None
+    assert (await site.access.deactivate(first.follow_up)).action == first.follow_up
+
+
+async def test_a_policy_deleted_before_its_exclusion_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    site = Site()
+    site.policies.gone_on_write.add("p-mfa")
+    with caplog.at_level(logging.INFO, logger="shared.actions.breakglass"):
+        applied = await site.access.activate(action(ActionKind.ACTIVATE_BREAKGLASS))
+    assert [r.getMessage() for r in caplog.records] == [
+        "policy p-mfa was deleted before its exclusion"
+    ]
+    assert applied.outcome.calls[-1] == patch("p-legacy", [BG1, BG2])
+
+
+async def test_a_conflict_on_the_activation_row_says_it_is_retried() -> None:
+    site = Site()
+    saving = site.store.save
+
+    async def conflicting(activation: Activation) -> str | None:
+        return None if activation.enabled else await saving(activation)
+
+    site.store.save = conflicting  # type: ignore[method-assign]
+    with pytest.raises(TransientError) as raised:
+        await site.access.activate(action(ActionKind.ACTIVATE_BREAKGLASS))
+    assert str(raised.value) == "the emergency access activation changed meanwhile; retried"
+
+
+def test_no_configured_accounts_is_named_with_the_setting() -> None:
+    empty = EmergencyAccounts((), RestingState.ENABLED, timedelta(hours=1))
+    with pytest.raises(PermanentError) as raised:
+        empty.select("all")
+    assert str(raised.value) == "no emergency accounts are configured (BREAKGLASS_ACCOUNTS)"
+
+
+async def test_health_checks_every_account_after_a_missing_one() -> None:
+    site = Site(resting=RestingState.DISABLED)
+    for policy_id in ("p-mfa", "p-legacy"):
+        site.policies.add(policy_id, "enabled", BG1, BG2)
+    del site.directory.users[BG1]
+    site.directory.add(BG2, "bg-02@contoso.com", enabled=True)
+    assert await site.access.health() == [
+        Finding(BG1, "missing from the directory"),
+        Finding(BG2, "is enabled, expected otherwise"),
+    ]
+
+
+async def test_an_activation_expiring_this_moment_is_not_yet_overdue() -> None:
+    site = Site(resting=RestingState.ENABLED)
+    for policy_id in ("p-mfa", "p-legacy"):
+        site.policies.add(policy_id, "enabled", BG1, BG2)
+    site.store.row = Activation("act-1", True, NOW, etag="e")
+    assert await site.access.health() == []
