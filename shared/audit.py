@@ -254,7 +254,12 @@ class AuditChain:
         """Append entries as consecutive records, in as few transactions as they fit in.
 
         An append holds one chain; when another writer took the next number there, it moves
-        to another chain. A run of records that lands in one transaction lands atomically."""
+        to another chain. A run of records that lands in one transaction lands atomically.
+
+        A transaction whose answer was lost (the connection dropped, or the SDK resent it after
+        a 5xx and the resend found the rows taken) may have landed all the same: the record at
+        its last position is read, and when it is this one, the run counts as written instead
+        of being written again on another chain."""
         records: list[AuditRecord] = []
         chain = await self._take()
         attempts = 0
@@ -265,6 +270,9 @@ class AuditChain:
                 try:
                     await self._store.insert_all(batch, index)
                 except AppendConflict:
+                    if await self._landed(batch[-1]):
+                        self._keep(chain, batch, records)
+                        continue
                     attempts += 1
                     logger.debug("audit append lost a race on chain %s; moving on", chain)
                     self._heads.pop(chain, None)
@@ -278,13 +286,28 @@ class AuditChain:
                         await asyncio.sleep(random.uniform(0, 0.005 * attempts))
                     chain = await self._take()
                     continue
-                last = batch[-1]
-                self._heads[chain] = ChainHead(chain, last.chain_seq, last.hash, last.seq)
-                records += batch
+                except Exception:
+                    if not await self._landed(batch[-1]):
+                        raise
+                self._keep(chain, batch, records)
         finally:
             await self._give(chain, contended=False)
         await self._notify(records)
         return records
+
+    def _keep(self, chain: str, batch: list[AuditRecord], records: list[AuditRecord]) -> None:
+        last = batch[-1]
+        self._heads[chain] = ChainHead(chain, last.chain_seq, last.hash, last.seq)
+        records += batch
+
+    async def _landed(self, record: AuditRecord) -> bool:
+        """Whether `record` itself is stored at its position (a failed read says no)."""
+        try:
+            found = await self._store.get(record.seq)
+        except Exception:
+            logger.warning("could not read audit position %s back", record.seq, exc_info=True)
+            return False
+        return found is not None and found.hash == record.hash
 
     async def _take(self) -> str:
         async with self._freed:

@@ -857,3 +857,60 @@ async def test_a_lane_chain_rehashed_after_a_checkpoint_differs_from_it(
         f"record c00#4 (position {head.seq}) differs from the checkpoint of {stamp}",
     )
     assert report.checkpoint is not None and not report.checkpoint.matches
+
+
+class LostAnswers(MemoryAuditStore):
+    """A store whose next inserts land (or not) and then fail as a lost answer would: the
+    connection dropped, or the SDK's resend after a 5xx found its own rows taken."""
+
+    def __init__(self, error: Exception, land: bool, unreadable: bool = False) -> None:
+        super().__init__(LANE_CHAINS)
+        self.error, self.land, self.unreadable = error, land, unreadable
+        self.failures = 1
+
+    async def insert_all(self, records: list[AuditRecord], index: list[IndexEntry]) -> None:
+        if not self.failures:
+            return await super().insert_all(records, index)
+        self.failures -= 1
+        if self.land:
+            await super().insert_all(records, index)
+        raise self.error
+
+    async def get(self, seq: int) -> AuditRecord | None:
+        if self.unreadable:
+            raise OSError("storage unreachable")
+        return await super().get(seq)
+
+
+@pytest.mark.parametrize("error", [OSError("answer lost"), AppendConflict("resent, rows taken")])
+async def test_a_transaction_that_landed_without_an_answer_is_not_written_again(
+    error: Exception,
+) -> None:
+    store = LostAnswers(error, land=True)
+    chain = AuditChain(store)
+    written = await chain.append_all([entry(1), entry(2)])
+    assert sorted(store.records) == sorted(r.seq for r in written)
+    assert [store.records[r.seq].hash for r in written] == [r.hash for r in written]
+    # The chain's head is known: the next record follows on the same chain, no race lost.
+    following = await chain.append(entry(3))
+    assert following.chain == written[0].chain and following.chain_seq == 3
+    assert store.conflicts == 0 and (await chain.verify()).ok
+
+
+async def test_a_transaction_that_did_not_land_fails_and_nothing_is_stored() -> None:
+    store = LostAnswers(OSError("connection reset"), land=False)
+    chain = AuditChain(store)
+    with pytest.raises(OSError, match="connection reset"):
+        await chain.append(entry(1))
+    assert store.records == {}
+    await chain.append(entry(2))
+    assert len(store.records) == 1 and (await chain.verify()).ok
+
+
+async def test_an_unreadable_answer_keeps_the_original_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = LostAnswers(OSError("connection reset"), land=True, unreadable=True)
+    with pytest.raises(OSError, match="connection reset"):
+        await AuditChain(store).append(entry(1))
+    assert "could not read audit position" in caplog.text
