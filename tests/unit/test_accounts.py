@@ -443,16 +443,7 @@ async def test_a_write_without_a_request_id_records_none(kind: ActionKind) -> No
 async def test_a_retry_within_the_settle_time_re_reads_and_does_not_write_again() -> None:
     now = [datetime(2026, 3, 14, 9, 0, tzinfo=UTC)]
     tenant = Tenant()
-    actions = AccountActions(
-        tenant.directory,
-        tenant.roles,
-        tenant.guards,
-        LockoutLimits(frozenset(PRIVILEGED_ROLES), 2),
-        tenant.leases,
-        tenant.ledger,
-        settle=timedelta(seconds=60),
-        clock=lambda: now[0],
-    )
+    actions = settling(tenant, now)
     action = request(ActionKind.DISABLE_ACCOUNT, ADELE)
     call = f'PATCH /users/{ADELE} {{"accountEnabled": false}}'
     before = tenant.directory.users[ADELE].as_dict()
@@ -476,16 +467,7 @@ async def test_a_retry_within_the_settle_time_re_reads_and_does_not_write_again(
 async def test_after_the_settle_time_a_write_that_never_landed_is_made_again() -> None:
     now = [datetime(2026, 3, 14, 9, 0, tzinfo=UTC)]
     tenant = Tenant()
-    actions = AccountActions(
-        tenant.directory,
-        tenant.roles,
-        tenant.guards,
-        LockoutLimits(frozenset(PRIVILEGED_ROLES), 2),
-        tenant.leases,
-        tenant.ledger,
-        settle=timedelta(seconds=60),
-        clock=lambda: now[0],
-    )
+    actions = settling(tenant, now)
     action = request(ActionKind.DISABLE_ACCOUNT, ADELE)
     before = tenant.directory.users[ADELE].as_dict()
     await tenant.ledger.intend(action, "PATCH", before, now[0])
