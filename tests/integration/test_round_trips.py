@@ -28,8 +28,9 @@ STATE_TRIPS = 15
 # Per action the user before, the write and the user after; the disable also lists the user's
 # role assignments and role-assignable groups (the lockout guards).
 GRAPH_CALLS = 8
-# The audit store's share as it stands (chain inserts plus index rows); it only may shrink.
-AUDIT_TRIPS_AT_MOST = 19
+# The audit's share: one transaction for both decisions, one per outcome, each record with
+# its index rows in the same transaction.
+AUDIT_TRIPS = 3
 
 
 def compromised(n: int, user: SimUser) -> dict[str, Any]:
@@ -75,7 +76,7 @@ async def test_round_trips_per_contained_alert(sim: SimulatedTenant, azurite: Az
     assert not sim.user(MEGAN.id).account_enabled
     assert counted["state"] == STATE_TRIPS, counted
     assert len(graph) == GRAPH_CALLS, graph
-    assert counted["audit"] <= AUDIT_TRIPS_AT_MOST, counted
+    assert counted["audit"] == AUDIT_TRIPS, counted
 
 
 async def test_a_batch_of_alerts_is_marked_handled_in_one_round_trip(
