@@ -268,9 +268,14 @@ class AuditChain:
                 head = await self._head_of(chain)
                 batch, index = self._link(chain, head, entries[len(records) :])
                 try:
-                    await self._store.insert_all(batch, index)
+                    await self._insert(batch, index)
                 except AppendConflict:
-                    if await self._landed(batch[-1]):
+                    landed = await self._landed(batch[-1])
+                    if landed is None:
+                        raise TransientError(
+                            "audit append conflicted and the trail could not be read back"
+                        ) from None
+                    if landed:
                         self._keep(chain, batch, records)
                         continue
                     attempts += 1
@@ -300,13 +305,31 @@ class AuditChain:
         self._heads[chain] = ChainHead(chain, last.chain_seq, last.hash, last.seq)
         records += batch
 
-    async def _landed(self, record: AuditRecord) -> bool:
-        """Whether `record` itself is stored at its position (a failed read says no)."""
+    async def _insert(self, batch: list[AuditRecord], index: list[IndexEntry]) -> None:
+        """One transaction. One that failed without landing (a connection the server had just
+        closed, say) is sent once more with the very same rows: their keys let at most one of
+        the two land, and a late first one makes the second an `AppendConflict` that
+        `_landed` recognizes. When the trail cannot be read back, the error stands."""
+        try:
+            await self._store.insert_all(batch, index)
+        except AppendConflict:
+            raise
+        except Exception:
+            landed = await self._landed(batch[-1])
+            if landed is None:
+                raise
+            if landed:
+                return
+            logger.info("audit transaction at %s failed; sending it once more", batch[-1].seq)
+            await self._store.insert_all(batch, index)
+
+    async def _landed(self, record: AuditRecord) -> bool | None:
+        """Whether `record` itself is stored at its position; None when that cannot be read."""
         try:
             found = await self._store.get(record.seq)
         except Exception:
             logger.warning("could not read audit position %s back", record.seq, exc_info=True)
-            return False
+            return None
         return found is not None and found.hash == record.hash
 
     async def _take(self) -> str:

@@ -863,12 +863,16 @@ class LostAnswers(MemoryAuditStore):
     """A store whose next inserts land (or not) and then fail as a lost answer would: the
     connection dropped, or the SDK's resend after a 5xx found its own rows taken."""
 
-    def __init__(self, error: Exception, land: bool, unreadable: bool = False) -> None:
+    def __init__(
+        self, error: Exception, land: bool, unreadable: bool = False, failures: int = 1
+    ) -> None:
         super().__init__(LANE_CHAINS)
         self.error, self.land, self.unreadable = error, land, unreadable
-        self.failures = 1
+        self.failures = failures
+        self.attempts = 0
 
     async def insert_all(self, records: list[AuditRecord], index: list[IndexEntry]) -> None:
+        self.attempts += 1
         if not self.failures:
             return await super().insert_all(records, index)
         self.failures -= 1
@@ -897,14 +901,36 @@ async def test_a_transaction_that_landed_without_an_answer_is_not_written_again(
     assert store.conflicts == 0 and (await chain.verify()).ok
 
 
-async def test_a_transaction_that_did_not_land_fails_and_nothing_is_stored() -> None:
+async def test_a_transaction_that_did_not_land_is_sent_once_more_with_the_same_rows() -> None:
     store = LostAnswers(OSError("connection reset"), land=False)
+    chain = AuditChain(store)
+    written = await chain.append(entry(1))
+    assert store.attempts == 2 and list(store.records.values()) == [written]
+    assert (await chain.verify()).ok
+
+
+async def test_a_transaction_that_fails_twice_fails_and_nothing_is_stored() -> None:
+    store = LostAnswers(OSError("connection reset"), land=False, failures=2)
     chain = AuditChain(store)
     with pytest.raises(OSError, match="connection reset"):
         await chain.append(entry(1))
-    assert store.records == {}
+    assert store.attempts == 2 and store.records == {}
     await chain.append(entry(2))
     assert len(store.records) == 1 and (await chain.verify()).ok
+
+
+async def test_a_first_send_that_lands_late_turns_the_second_into_its_confirmation() -> None:
+    store = LostAnswers(OSError("timed out"), land=False)
+    late = store.insert_all
+
+    async def first_lands_meanwhile(records: list[AuditRecord], index: list[IndexEntry]) -> None:
+        if store.attempts == 1:  # the second send: the first one lands just before it
+            await MemoryAuditStore.insert_all(store, records, index)
+        await late(records, index)
+
+    store.insert_all = first_lands_meanwhile  # type: ignore[method-assign]
+    written = await AuditChain(store).append(entry(1))
+    assert list(store.records.values()) == [written] and store.conflicts == 1
 
 
 async def test_an_unreadable_answer_keeps_the_original_error(
@@ -914,3 +940,10 @@ async def test_an_unreadable_answer_keeps_the_original_error(
     with pytest.raises(OSError, match="connection reset"):
         await AuditChain(store).append(entry(1))
     assert "could not read audit position" in caplog.text
+
+
+async def test_a_conflict_that_cannot_be_read_back_fails_instead_of_moving_on() -> None:
+    store = LostAnswers(AppendConflict("resent, rows taken"), land=True, unreadable=True)
+    with pytest.raises(TransientError, match="could not be read back"):
+        await AuditChain(store).append(entry(1))
+    assert len(store.records) == 1 and store.attempts == 1
