@@ -291,9 +291,6 @@ class AuditChain:
                         await asyncio.sleep(random.uniform(0, 0.005 * attempts))
                     chain = await self._take()
                     continue
-                except Exception:
-                    if not await self._landed(batch[-1]):
-                        raise
                 self._keep(chain, batch, records)
         finally:
             await self._give(chain, contended=False)
@@ -310,18 +307,19 @@ class AuditChain:
         closed, say) is sent once more with the very same rows: their keys let at most one of
         the two land, and a late first one makes the second an `AppendConflict` that
         `_landed` recognizes. When the trail cannot be read back, the error stands."""
-        try:
-            await self._store.insert_all(batch, index)
-        except AppendConflict:
-            raise
-        except Exception:
-            landed = await self._landed(batch[-1])
-            if landed is None:
-                raise
-            if landed:
+        for attempt in (1, 2):
+            try:
+                await self._store.insert_all(batch, index)
                 return
+            except AppendConflict:
+                raise
+            except Exception:
+                landed = await self._landed(batch[-1])
+                if landed:
+                    return
+                if landed is None or attempt == 2:
+                    raise
             logger.info("audit transaction at %s failed; sending it once more", batch[-1].seq)
-            await self._store.insert_all(batch, index)
 
     async def _landed(self, record: AuditRecord) -> bool | None:
         """Whether `record` itself is stored at its position; None when that cannot be read."""

@@ -901,12 +901,17 @@ async def test_a_transaction_that_landed_without_an_answer_is_not_written_again(
     assert store.conflicts == 0 and (await chain.verify()).ok
 
 
-async def test_a_transaction_that_did_not_land_is_sent_once_more_with_the_same_rows() -> None:
+async def test_a_transaction_that_did_not_land_is_sent_once_more_with_the_same_rows(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     store = LostAnswers(OSError("connection reset"), land=False)
     chain = AuditChain(store)
-    written = await chain.append(entry(1))
+    with caplog.at_level(logging.INFO, logger="shared.audit"):
+        written = await chain.append(entry(1))
     assert store.attempts == 2 and list(store.records.values()) == [written]
     assert (await chain.verify()).ok
+    [said] = [r for r in caplog.records if r.levelno == logging.INFO]
+    assert said.getMessage() == (f"audit transaction at {written.seq} failed; sending it once more")
 
 
 async def test_a_transaction_that_fails_twice_fails_and_nothing_is_stored() -> None:
@@ -939,7 +944,10 @@ async def test_an_unreadable_answer_keeps_the_original_error(
     store = LostAnswers(OSError("connection reset"), land=True, unreadable=True)
     with pytest.raises(OSError, match="connection reset"):
         await AuditChain(store).append(entry(1))
-    assert "could not read audit position" in caplog.text
+    [stored] = store.records.values()
+    [warned] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned.getMessage() == f"could not read audit position {stored.seq} back"
+    assert warned.exc_info is not None and "storage unreachable" in str(warned.exc_info[1])
 
 
 async def test_a_conflict_that_cannot_be_read_back_fails_instead_of_moving_on() -> None:
