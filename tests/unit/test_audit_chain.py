@@ -952,6 +952,15 @@ async def test_an_unreadable_answer_keeps_the_original_error(
 
 async def test_a_conflict_that_cannot_be_read_back_fails_instead_of_moving_on() -> None:
     store = LostAnswers(AppendConflict("resent, rows taken"), land=True, unreadable=True)
-    with pytest.raises(TransientError, match="could not be read back"):
+    with pytest.raises(
+        TransientError, match="^audit append conflicted and the trail could not be read back$"
+    ):
         await AuditChain(store).append(entry(1))
     assert len(store.records) == 1 and store.attempts == 1
+
+
+async def test_a_long_append_goes_on_after_a_transaction_recognized_as_its_own() -> None:
+    store = LostAnswers(AppendConflict("resent, rows taken"), land=True)
+    written = await AuditChain(store).append_all([entry(n) for n in range(150)])
+    assert len(written) == 150 and sorted(store.records) == sorted(r.seq for r in written)
+    assert [r.chain_seq for r in written] == list(range(1, 151))
