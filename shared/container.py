@@ -22,7 +22,6 @@ from shared.adapters.audit_index_table import AuditIndexTable
 from shared.adapters.audit_table import AuditTable
 from shared.adapters.credentials import build_credential
 from shared.adapters.exchange import ExchangeAdmin
-from shared.adapters.jwks import JwksKeys
 from shared.adapters.notice_queue import InMemoryNoticeQueue, ServiceBusNoticeQueue
 from shared.adapters.notice_table import TableNoticeRows
 from shared.adapters.notification_queue import (
@@ -55,7 +54,6 @@ from shared.cleanup import StateCleanup
 from shared.config import QueueKind, Settings
 from shared.defender_stream import DefenderStream
 from shared.emergency import EmergencyMonitor
-from shared.identity import TokenValidator
 from shared.intake import AlertIntake, BlastRadius
 from shared.manual import ManualActions
 from shared.models import utcnow
@@ -81,6 +79,8 @@ if TYPE_CHECKING:
     from shared.adapters.audit_anchor_blob import BlobAnchor
     from shared.adapters.graph import GraphDirectory
     from shared.adapters.graph_subscriptions import GraphWatch
+    from shared.adapters.jwks import JwksKeys
+    from shared.identity import TokenValidator
 
 
 class Container:
@@ -478,6 +478,9 @@ class Container:
 
     @cached_property
     def jwks(self) -> JwksKeys | None:
+        # PyJWT and cryptography load with the first bearer token, not on the alert path.
+        from shared.adapters.jwks import JwksKeys
+
         jwks_url = self.settings.jwks_url
         return JwksKeys(jwks_url, self.settings.graph_timeout_s) if jwks_url else None
 
@@ -487,6 +490,8 @@ class Container:
         issuer, audience = self.settings.issuer, self.settings.auth_audience
         if self.jwks is None or not issuer or not audience:
             return None
+        from shared.identity import TokenValidator
+
         return TokenValidator(self.jwks, issuer, audience)
 
     @cached_property

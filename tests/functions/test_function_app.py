@@ -135,7 +135,20 @@ def test_import_defers_every_sdk_to_first_use() -> None:
     assert loaded_after("import function_app") == set()
     # The composition root, which the first trigger call imports, does load them: the check
     # above would see a trigger module that imported it at module level.
-    assert {"azure.data.tables", "jwt"} <= loaded_after("import shared.container")
+    assert "azure.data.tables" in loaded_after("import shared.container")
+
+
+def test_token_checking_waits_for_the_first_signed_in_request() -> None:
+    """The alert path takes no bearer tokens: PyJWT and cryptography load with the validator."""
+    build = (
+        "from shared.config import Settings; from shared.container import Container; "
+        "c = Container(Settings.model_validate({'RESPONDER_TABLES_CONNECTION': "
+        "'UseDevelopmentStorage=true', 'RESPONDER_QUEUE': 'memory', "
+        "'AUTH_TENANT_ID': '72f988bf-86f1-41af-91ab-2d7cd011db47', "
+        "'AUTH_AUDIENCE': 'api://responder'})); c.intake; c.runner"
+    )
+    assert "jwt" not in loaded_after(build)
+    assert "jwt" in loaded_after(f"{build}; c.validator")
 
 
 def test_the_blob_sdk_waits_for_the_first_checkpoint() -> None:
