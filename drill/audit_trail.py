@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from azure.core.exceptions import ServiceRequestError, ServiceResponseError
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 
@@ -30,6 +31,9 @@ from shared.config import Settings
 from shared.models import Actor, AuditEntry, AuditEvent, AuditRecord
 
 PARALLEL_COPIES = 8
+# A copy transaction that lost its connection (azure-core does not retry a POST whose
+# response never came) is sent again; it upserts, so sending it twice is harmless.
+COPY_ATTEMPTS = 3
 
 
 def _entry(writer: int, n: int) -> AuditEntry:
@@ -208,7 +212,14 @@ async def copy_trail(service: TableServiceClient, source: str, target: str) -> T
 
     async def write(batch: list[dict[str, Any]]) -> None:
         async with gate:
-            await copy.submit_transaction([("create", row) for row in batch])
+            for attempt in range(1, COPY_ATTEMPTS + 1):
+                try:
+                    await copy.submit_transaction([("upsert", row) for row in batch])
+                    return
+                except (ServiceRequestError, ServiceResponseError):
+                    if attempt == COPY_ATTEMPTS:
+                        raise
+                    await asyncio.sleep(0.2 * attempt)
 
     await asyncio.gather(
         *(
