@@ -398,6 +398,16 @@ async def send_raw(
 ) -> dict[str, Any]:
     """Send `request` through the SDK's adapter (authentication, retries, error mapping as
     everywhere) and return the JSON object Graph answered, untouched by models."""
+    # The adapter and its middleware read `request.url` several times, and each read expands
+    # the URL template again; expanded once here, it is kept as a plain URL. Setting the URL
+    # clears the parameter dictionaries, which a request shares with its request builder:
+    # the request gets copies first, so the builder stays usable.
+    request.path_parameters = {
+        **request.path_parameters,
+        "baseurl": client.request_adapter.base_url,
+    }
+    request.query_parameters = dict(request.query_parameters)
+    request.url = request.url
     try:
         raw = await client.request_adapter.send_primitive_async(request, "bytes", _ERROR_MAP)
     except Exception as exc:

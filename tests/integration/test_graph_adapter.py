@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from stduritemplate import StdUriTemplate
 
 from shared.adapters.credentials import StaticTokenCredential, build_credential
 from shared.adapters.graph import GraphDirectory, build_graph_client
@@ -42,6 +43,24 @@ async def _graph(sim: SimulatedTenant, **overrides: Any) -> GraphDirectory:
         }
     )
     return GraphDirectory(build_graph_client(settings, build_credential(settings)))
+
+
+async def test_a_raw_read_expands_its_url_template_once(
+    graph: GraphDirectory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kiota expands a request's URL template on every read of its URL (about three per
+    request); `send_raw` pins it after one (docs/performance.md)."""
+    expanded: list[str] = []
+    expand = StdUriTemplate.expand
+
+    def counted(template: str, data: Any) -> str:
+        expanded.append(template)
+        return expand(template, data)
+
+    monkeypatch.setattr(StdUriTemplate, "expand", staticmethod(counted))
+    user = await graph.get_user(ADELE.user_principal_name)
+    assert user.id == ADELE.id
+    assert len(expanded) == 1, expanded
 
 
 async def test_reads_and_writes_go_over_the_wire(
