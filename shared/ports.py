@@ -208,7 +208,8 @@ class LedgerEntry:
     sent: bool = True
     # The audit head when intake claimed the row: its decision record comes after it.
     claim_seq: int = 0
-    # The audit head before the executor first tried to append the outcome (0: not yet).
+    # The audit head before the executor first tried to append the outcome, or before it
+    # recorded its intent (written with it): an outcome record comes after it (0: not yet).
     record_from: int = 0
     intent: Intent | None = None
     alerted: bool = False
@@ -249,9 +250,15 @@ class ActionLedger(Protocol):
     async def get(self, action_id: str) -> LedgerEntry | None: ...
 
     async def intend(
-        self, action: ActionRequest, call: str, before: dict[str, Any], at: datetime
+        self,
+        action: ActionRequest,
+        call: str,
+        before: dict[str, Any],
+        at: datetime,
+        record_from: int | None = None,
     ) -> None:
-        """Record the write about to be made (before it is made), at `at`."""
+        """Record the write about to be made (before it is made), at `at`; with
+        `record_from`, in the same write, the recording mark of `recording` as well."""
         ...
 
     async def recording(self, action: ActionRequest, from_seq: int) -> None:

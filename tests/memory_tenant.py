@@ -143,6 +143,7 @@ class MemoryIntents:
 
     def __init__(self) -> None:
         self.intents: dict[str, tuple[ActionRequest, Intent]] = {}
+        self.record_from: dict[str, int] = {}
 
     async def get(self, action_id: str) -> LedgerEntry | None:
         found = self.intents.get(action_id)
@@ -150,10 +151,23 @@ class MemoryIntents:
             return None
         action, intent = found
         return LedgerEntry(
-            action_id, LEDGER_QUEUED, str(action.kind), action.target, request=action, intent=intent
+            action_id,
+            LEDGER_QUEUED,
+            str(action.kind),
+            action.target,
+            request=action,
+            intent=intent,
+            record_from=self.record_from.get(action_id, 0),
         )
 
     async def intend(
-        self, action: ActionRequest, call: str, before: dict[str, Any], at: datetime
+        self,
+        action: ActionRequest,
+        call: str,
+        before: dict[str, Any],
+        at: datetime,
+        record_from: int | None = None,
     ) -> None:
         self.intents[action.id] = (action, Intent(call, dict(before), at))
+        if record_from is not None:
+            self.record_from[action.id] = record_from

@@ -92,9 +92,17 @@ class AccountActions:
         self._settle = settle
         self._clock = clock
 
-    async def run(self, action: ActionRequest, intent: Intent | None = None) -> ActionOutcome:
+    async def run(
+        self,
+        action: ActionRequest,
+        intent: Intent | None = None,
+        record_from: int | None = None,
+    ) -> ActionOutcome:
         """Run `action`. `intent` is the write an earlier delivery recorded in the ledger
-        before it made it, if any."""
+        before it made it, if any. `record_from`, when given, goes into the ledger with the
+        intent this run records before its write: the runner's recording mark, which then
+        costs no write of its own. Without an earlier `intent`, an executed outcome always
+        comes from a write made after such an intent."""
         user = await self._directory.get_user(action.target)
         checks = self._protected(action, user)
         if checks and not checks[-1].passed:
@@ -123,8 +131,8 @@ class AccountActions:
                 # Count the enabled Global Administrators and write under one lease: two
                 # disables at once could each count the other as still enabled.
                 async with self._lease(action.id):
-                    return await self._write(action, user, checks, call, held_roles)
-        return await self._write(action, user, checks, call, held_roles)
+                    return await self._write(action, user, checks, call, held_roles, record_from)
+        return await self._write(action, user, checks, call, held_roles, record_from)
 
     async def confirm(self, action: ActionRequest) -> ActionOutcome | None:
         """Before `action` is recorded as failed: re-read the user; the executed outcome if
@@ -165,6 +173,7 @@ class AccountActions:
         checks: list[GuardCheck],
         call: str,
         held_roles: list[str],
+        record_from: int | None,
     ) -> ActionOutcome:
         if action.kind is ActionKind.DISABLE_ACCOUNT:
             checks = checks + await self._lockout(action, held_roles)
@@ -178,7 +187,7 @@ class AccountActions:
             )
         # The intent goes to the ledger first: if the response is lost, the next delivery
         # knows the write it finds in the tenant was this action's.
-        await self._ledger.intend(action, call, user.as_dict(), self._clock())
+        await self._ledger.intend(action, call, user.as_dict(), self._clock(), record_from)
         try:
             if action.kind is ActionKind.REVOKE_SESSIONS:
                 request_id = await self._directory.revoke_sign_in_sessions(user.id)

@@ -221,11 +221,19 @@ class ActionRunner:
             await self._record(applied, known=known)
             return applied
         if not action.kind.targets_ip:
-            outcome = await self._accounts.run(action, entry.intent if entry else None)
+            # The recording mark goes into the ledger with the intent the executor writes
+            # before its write (an earlier mark is kept: it is the lower bound).
+            earlier = entry.intent if entry else None
+            record_from = (entry.record_from if entry else 0) or await self._chain.head_seq()
+            outcome = await self._accounts.run(action, earlier, record_from)
             if outcome.status is OutcomeStatus.HELD:
                 await self._holds.hold(action, outcome.error or "waits for approval")
             applied = [Applied(action, outcome)]
-            await self._record(applied, known=known)
+            # Executed without an earlier intent: this run wrote its intent, and the mark.
+            marked = outcome.status is OutcomeStatus.EXECUTED and earlier is None
+            await self._record(
+                applied, known=known, marked={action.id} if marked else set(), head=record_from
+            )
             return applied
         blocklist = self._require_blocklist()
         if action.dry_run:
@@ -292,13 +300,17 @@ class ActionRunner:
         applied: list[Applied],
         settle: Settle | None = None,
         known: dict[str, LedgerEntry | None] | None = None,
+        marked: set[str] | None = None,
+        head: int | None = None,
     ) -> None:
         """Audit every outcome (one batch) that is not audited yet, schedule the expiry of
         temporary blocks, let `settle` move the registry on, close the ledger rows.
 
         Exactly one outcome record per action: an action whose ledger row is closed already
         is skipped, and one whose row says an earlier attempt began recording is looked up
-        in the trail before anything is appended. Any failure here is a `RecordingFailed`."""
+        in the trail before anything is appended. Before the append each row gets its
+        recording mark, unless this delivery wrote it already (`marked`, with the intent;
+        `head`, the audit head taken before that). Any failure here is a `RecordingFailed`."""
         try:
             entries = await gather_bounded(self._entry(a.action.id, known) for a in applied)
             live = [a for a, e in zip(applied, entries, strict=True) if not _closed(e, a.action)]
@@ -308,10 +320,11 @@ class ActionRunner:
                 ids = {a.action.id for a in live} & set(begun)
                 found = await self._chain.find(ids, OUTCOME_RECORDS, min(begun.values()))
             fresh = [a for a in live if a.action.id not in found]
-            head = await self._chain.head_seq()
-            await gather_bounded(
-                self._ledger.recording(a.action, head) for a in fresh if a.action.id not in begun
-            )
+            if head is None:
+                head = await self._chain.head_seq()
+            skip = begun.keys() | (marked or set())
+            unmarked = [a for a in fresh if a.action.id not in skip]
+            await gather_bounded(self._ledger.recording(a.action, head) for a in unmarked)
             records = await self._chain.append_all(
                 [outcome_entry(a.action, a.outcome) for a in fresh]
             )

@@ -147,16 +147,21 @@ class StateTable:
         return _ledger_entry(entity)
 
     async def intend(
-        self, action: ActionRequest, call: str, before: dict[str, Any], at: datetime
+        self,
+        action: ActionRequest,
+        call: str,
+        before: dict[str, Any],
+        at: datetime,
+        record_from: int | None = None,
     ) -> None:
-        await self._upsert(
-            action,
-            {
-                "IntentCall": call,
-                "IntentBefore": json.dumps(before, default=str),
-                "IntentAt": at,
-            },
-        )
+        values: dict[str, Any] = {
+            "IntentCall": call,
+            "IntentBefore": json.dumps(before, default=str),
+            "IntentAt": at,
+        }
+        if record_from is not None:
+            values["RecordFrom"] = int64(record_from)
+        await self._upsert(action, values)
 
     async def recording(self, action: ActionRequest, from_seq: int) -> None:
         await self._upsert(action, {"RecordFrom": int64(from_seq)})

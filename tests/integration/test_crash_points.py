@@ -323,19 +323,36 @@ async def test_killed_between_the_tenant_write_and_its_audit(
     assert "confirmed" in disable.result["after"]["note"]
 
 
+@pytest.mark.parametrize("kind", ["disable_account", "revoke_sessions"])
 async def test_killed_between_the_audit_and_the_ledger_update(
-    services: Container, faults: Faults, sim: SimulatedTenant, clock: DrillClock
+    services: Container, faults: Faults, sim: SimulatedTenant, clock: DrillClock, kind: str
 ) -> None:
+    # The recording mark that makes the redelivery look for the outcome first went into
+    # the ledger with the intent, in the same write.
     await services.intake.handle_payload(compromised())
-    faults.kill_before(
-        "StateTable.finish", lambda action, status, seq: action.kind == "disable_account"
-    )
+    faults.kill_before("StateTable.finish", lambda action, status, seq: action.kind == kind)
     await deliver_all(services, faults, clock)
     assert faults.kills == [], "the kill happened"
     await assert_contained(services, sim)
     for entry in await trail(services):
         row = await services.state.get(entry.action_id or "")
         assert row is not None and row.state == "executed"
+
+
+async def test_killed_between_an_outcome_without_a_write_and_the_ledger_update(
+    services: Container, faults: Faults, sim: SimulatedTenant, clock: DrillClock
+) -> None:
+    # The account is disabled already: the executor writes no intent, so the runner writes
+    # the recording mark itself before the outcome is audited.
+    sim.change_user(ADELE.id, account_enabled=False)
+    await services.intake.handle_payload(compromised())
+    faults.kill_before(
+        "StateTable.finish", lambda action, status, seq: action.kind == "disable_account"
+    )
+    await deliver_all(services, faults, clock)
+    assert faults.kills == [], "the kill happened"
+    assert (await outcomes(services))["disable_account"] == ["action.already_done"]
+    await assert_one_outcome_per_action(services)
 
 
 async def test_killed_after_the_audit_before_the_block_registry_moves(

@@ -522,6 +522,25 @@ async def test_the_intent_names_the_call_and_the_state_before_it() -> None:
     await settling(tenant, now).run(action)
     intent = (await tenant.ledger.get(action.id)).intent  # type: ignore[union-attr]
     assert intent == Intent(f'PATCH /users/{ADELE} {{"accountEnabled": false}}', before, now[0])
+    assert tenant.ledger.record_from == {}, "no recording mark unless one is given"
+
+
+@pytest.mark.parametrize("kind", [ActionKind.DISABLE_ACCOUNT, ActionKind.REVOKE_SESSIONS])
+async def test_the_recording_mark_goes_into_the_ledger_with_the_intent(kind: ActionKind) -> None:
+    tenant = Tenant()
+    action = request(kind, ADELE)
+    outcome = await tenant.actions.run(action, None, 4711)
+    assert outcome.status is OutcomeStatus.EXECUTED
+    assert (await tenant.ledger.get(action.id)).record_from == 4711  # type: ignore[union-attr]
+
+
+async def test_no_recording_mark_is_written_when_nothing_is_written() -> None:
+    tenant = Tenant()
+    tenant.directory.add(ADELE, ADELE_UPN, enabled=False)
+    action = request(ActionKind.DISABLE_ACCOUNT, ADELE)
+    outcome = await tenant.actions.run(action, None, 4711)
+    assert outcome.status is OutcomeStatus.ALREADY_DONE
+    assert tenant.ledger.record_from == {}
 
 
 async def test_confirm_finds_the_intended_write_in_the_tenant() -> None:
