@@ -63,6 +63,36 @@ async def test_a_raw_read_expands_its_url_template_once(
     assert len(expanded) == 1, expanded
 
 
+class _ImportAttempts:
+    """A finder first in `sys.meta_path`: it sees every import of a module not loaded yet."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        self.names.append(name)
+
+
+async def test_warm_graph_calls_attempt_no_import(graph: GraphDirectory) -> None:
+    """httpcore imports sniffio on every async request to learn which event loop runs it; a
+    package missing from the environment is searched for on all of sys.path each time, in
+    the middle of every Graph call (docs/performance.md)."""
+    user = await graph.get_user(ADELE.user_principal_name)  # the first call loads its modules
+    await graph.set_account_enabled(user.id, True)
+    await graph.revoke_sign_in_sessions(user.id)
+    await graph.roles_of(user.id)
+    attempts = _ImportAttempts()
+    sys.meta_path.insert(0, attempts)
+    try:
+        await graph.get_user(user.id)
+        await graph.set_account_enabled(user.id, True)
+        await graph.revoke_sign_in_sessions(user.id)
+        await graph.roles_of(user.id)
+    finally:
+        sys.meta_path.remove(attempts)
+    assert attempts.names == []
+
+
 async def test_reads_and_writes_go_over_the_wire(
     graph: GraphDirectory, sim: SimulatedTenant
 ) -> None:
