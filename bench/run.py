@@ -608,6 +608,7 @@ def run_all(quick: bool) -> dict[str, Any]:
     document["storm"] = script("storm.py", *storm_args)()
     document["notifications"] = script("notifications.py")()
     document["normalize"] = script("normalize.py")()
+    document["graph_calls"] = script("graph_calls.py", *(["--calls", "100"] if quick else []))()
     document["export"] = script("export.py", *(["--records", "2000,20000"] if quick else []))()
     document["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     document["seconds"] = round(time.perf_counter() - started, 1)

@@ -28,6 +28,7 @@ from shared.models import (
     Actor,
     AuditEntry,
     AuditEvent,
+    AuditRecord,
     Decision,
     OutcomeStatus,
     action_entry,
@@ -200,7 +201,7 @@ class ActionRunner:
         ledger row: finish what it left undone instead of running the action again."""
         found = await self._chain.find({action.id}, OUTCOME_RECORDS, record_from)
         record = found.get(action.id)
-        if record is None:
+        if record is None or not _own_outcome(action, record):
             return None
         outcome = ActionOutcome.model_validate(record.entry.result)
         logger.warning("action %s: outcome found in audit record %s", action.id, record.seq)
@@ -319,6 +320,8 @@ class ActionRunner:
             if begun:
                 ids = {a.action.id for a in live} & set(begun)
                 found = await self._chain.find(ids, OUTCOME_RECORDS, min(begun.values()))
+                runs = {a.action.id: a.action for a in live}
+                found = {i: r for i, r in found.items() if _own_outcome(runs[i], r)}
             fresh = [a for a in live if a.action.id not in found]
             if head is None:
                 head = await self._chain.head_seq()
@@ -374,6 +377,13 @@ class ActionRunner:
                 result={"status": "failed", "error": f"{problems} validation errors"},
             )
         )
+
+
+def _own_outcome(action: ActionRequest, record: AuditRecord) -> bool:
+    """Whether an outcome record found under `action`'s id is this run's. The approved run of
+    a held action shares its id with the held record, which may lie after the recording mark
+    (marks come from the clock, less a few seconds of slack); an approved run is never held."""
+    return not ("approved_by" in action.params and record.entry.event == AuditEvent.ACTION_HELD)
 
 
 def _closed(entry: LedgerEntry | None, action: ActionRequest) -> bool:

@@ -16,6 +16,7 @@ from drill.azurite import Azurite
 from drill.context import DrillClock
 from drill.host import LocalHost
 from shared import cli
+from shared.actions.runner import OUTCOME_RECORDS
 from shared.adapters.queue import InMemoryActionQueue
 from shared.approvals import ApprovalError
 from shared.container import Container
@@ -565,6 +566,31 @@ async def test_roles_held_through_a_role_assignable_group_count(
     await drain(services)
     failed = (await records(services))[-1].entry
     assert failed.event == "action.failed" and "403" in failed.result["error"]
+
+
+async def test_an_approved_run_retried_after_its_intent_is_not_taken_for_its_hold(
+    services: Container, tenant: SimulatedTenant, clock: DrillClock
+) -> None:
+    # The approved run records its intent, with its recording mark, before the write; the
+    # write meets a 503 and the run is retried. The mark comes from the clock less a few
+    # seconds, so the held record of the same action id lies after it: the retry must not
+    # take that for its own outcome.
+    body = parse_body({"kind": "disable_account", "target": SECADMIN.id, "reason": "phished"})
+    (action,) = (await services.manual.request(body, ADA)).actions
+    await drain(services)
+    await services.approvals.approve(action.id, BOB, "confirmed")
+    # Four answers of 503: the SDK retries three times, then the run is put back on the queue.
+    tenant.add_fault(Fault(method="PATCH", path_pattern="^/users/", status=503, times=4))
+    await LocalHost().pump_through_time(queue_of(services), clock, until=timedelta(minutes=5))
+    assert not tenant.user(SECADMIN.id).account_enabled
+    outcomes = [
+        str(r.entry.event)
+        for r in await records(services)
+        if r.entry.action_id == action.id and str(r.entry.event) in OUTCOME_RECORDS
+    ]
+    assert outcomes == ["action.held", "action.executed"]
+    row = await services.state.get(action.id)
+    assert row is not None and row.state == "executed"
 
 
 async def test_two_global_administrator_disables_at_once_leave_the_minimum_enabled(
