@@ -534,6 +534,16 @@ async def test_the_recording_mark_goes_into_the_ledger_with_the_intent(kind: Act
     assert (await tenant.ledger.get(action.id)).record_from == 4711  # type: ignore[union-attr]
 
 
+async def test_a_global_admin_disable_under_the_lease_records_the_mark_too() -> None:
+    tenant = Tenant(min_global_admins=2)
+    tenant.global_admins(True, True, True)
+    action = request(ActionKind.DISABLE_ACCOUNT, GA_1, params=APPROVED)
+    outcome = await tenant.actions.run(action, None, 4711)
+    assert outcome.status is OutcomeStatus.EXECUTED
+    assert tenant.leases.acquired == [(GA_LEASE, action.id)]
+    assert (await tenant.ledger.get(action.id)).record_from == 4711  # type: ignore[union-attr]
+
+
 async def test_no_recording_mark_is_written_when_nothing_is_written() -> None:
     tenant = Tenant()
     tenant.directory.add(ADELE, ADELE_UPN, enabled=False)
