@@ -172,4 +172,4 @@ async def test_under_fire_no_account_is_written_twice() -> None:
 
     duplicates = summary["duplicate_writes"]
     assert duplicates["duplicate_disables"] == 0 and duplicates["duplicate_enables"] == 0
-    assert report.ok
+    assert report.ok, {check: ok for check, ok in summary["checks"].items() if not ok}
