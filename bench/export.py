@@ -78,7 +78,11 @@ class NoIndex:
         return None
 
     def seqs(
-        self, dimension: IndexDimension, value: str, before_seq: int | None = None
+        self,
+        dimension: IndexDimension,
+        value: str,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
     ) -> AsyncIterator[int]:
         raise NotImplementedError("an unfiltered export reads no index")
 

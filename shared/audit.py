@@ -16,19 +16,23 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.audit_query import normalized
+from shared.concurrency import gather_bounded
 from shared.errors import TransientError
 from shared.models import LEGACY_CHAIN, AuditEntry, AuditRecord, utcnow
 from shared.ports import (
     AppendConflict,
     AuditAnchor,
+    AuditIndex,
     AuditStore,
     ChainHead,
     Checkpoint,
+    IndexDimension,
     IndexEntry,
 )
 
@@ -53,6 +57,9 @@ POSITION_EPOCH_S = int(datetime(2020, 1, 1, tzinfo=UTC).timestamp())
 LANE_POSITION_FLOOR = 10**12
 # A marker (`head_seq`) lies this far behind the clock, against the clock stepping back.
 MARKER_SLACK_S = 5
+# `find` looks up through the index by target up to this many targets; beyond, one walk of the
+# trail down to the marker costs fewer reads than a lookup in every lane per target.
+INDEXED_FIND_TARGETS = 4
 CHECKPOINT_ATTEMPTS = 3
 
 # Called with the records of every successful append.
@@ -224,9 +231,10 @@ class VerifyReport:
 class AuditChain:
     """Appends entries to, and verifies, the chains kept in an `AuditStore`.
 
-    `indexer` gives each record's index entries, stored in the record's own transaction.
-    `listeners` hear of every append once it has landed and cannot fail it. `anchor`, when
-    given, holds the checkpoints `checkpoint()` writes and `verify()` checks against."""
+    `indexer` gives each record's index entries, stored in the record's own transaction;
+    `index` reads them back (`find`). `listeners` hear of every append once it has landed and
+    cannot fail it. `anchor`, when given, holds the checkpoints `checkpoint()` writes and
+    `verify()` checks against."""
 
     def __init__(
         self,
@@ -234,10 +242,12 @@ class AuditChain:
         listeners: Sequence[AuditListener] = (),
         indexer: Indexer | None = None,
         anchor: AuditAnchor | None = None,
+        index: AuditIndex | None = None,
     ) -> None:
         self._store = store
         self._listeners = tuple(listeners)
         self._indexer = indexer
+        self._index = index if indexer is not None else None
         self.anchor = anchor
         # Heads this writer knows (None: the chain is empty); a chain absent is unknown.
         self._heads: dict[str, ChainHead | None] = {}
@@ -384,14 +394,54 @@ class AuditChain:
         return await self._store.get(seq)
 
     async def find(
-        self, action_ids: set[str], events: frozenset[str], after_seq: int
+        self,
+        action_ids: set[str],
+        events: frozenset[str],
+        after_seq: int,
+        targets: Mapping[str, str] | None = None,
     ) -> dict[str, AuditRecord]:
         """The newest record of each of `action_ids` with one of `events`, among the records
-        after `after_seq` (read newest first, down to it)."""
+        after `after_seq`. With `targets` (each action's target), a few targets and a lane
+        marker, through the index: the records filed under those targets after the marker,
+        however much of the trail lies between; otherwise the trail is read newest first,
+        down to the marker."""
+        if (
+            self._index is not None
+            and targets is not None
+            and action_ids <= targets.keys()
+            and after_seq >= LANE_POSITION_FLOOR
+            and len({targets[i] for i in action_ids}) <= INDEXED_FIND_TARGETS
+        ):
+            return await self._find_indexed(self._index, action_ids, events, after_seq, targets)
         found: dict[str, AuditRecord] = {}
         async for record in self._store.newest_first():
             if record.seq <= after_seq or len(found) == len(action_ids):
                 break
+            entry = record.entry
+            if entry.action_id in action_ids and entry.event in events:
+                found.setdefault(entry.action_id, record)
+        return found
+
+    async def _find_indexed(
+        self,
+        index: AuditIndex,
+        action_ids: set[str],
+        events: frozenset[str],
+        after_seq: int,
+        targets: Mapping[str, str],
+    ) -> dict[str, AuditRecord]:
+        # A lane record's index rows land in its own transaction: no record is missing here.
+        values = {normalized(IndexDimension.TARGET, targets[i]) for i in action_ids}
+
+        async def filed(value: str) -> list[int]:
+            return [s async for s in index.seqs(IndexDimension.TARGET, value, after_seq=after_seq)]
+
+        seqs = {seq for found in await asyncio.gather(*map(filed, values)) for seq in found}
+        records = await gather_bounded(self._store.get(seq) for seq in sorted(seqs, reverse=True))
+        found: dict[str, AuditRecord] = {}
+        for record in records:
+            if record is None:
+                continue
             entry = record.entry
             if entry.action_id in action_ids and entry.event in events:
                 found.setdefault(entry.action_id, record)

@@ -112,7 +112,9 @@ class Container:
         )
         self.audit_query = AuditQuery(self.audit_store, self.audit_index, self._cursor_key())
         self.anchor = self._build_anchor()
-        self.chain = AuditChain(self.audit_store, indexer=index_entries, anchor=self.anchor)
+        self.chain = AuditChain(
+            self.audit_store, indexer=index_entries, anchor=self.anchor, index=self.audit_index
+        )
         self.audit_export = AuditExport(
             self.audit_query, ChainCheckpoints(self.chain), self._cursor_key(), self.clock
         )

@@ -151,10 +151,14 @@ class AuditIndex(Protocol):
         ...
 
     def seqs(
-        self, dimension: IndexDimension, value: str, before_seq: int | None = None
+        self,
+        dimension: IndexDimension,
+        value: str,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
     ) -> AsyncIterator[int]:
         """Sequence numbers filed under (dimension, value), newest first; with `before_seq`,
-        only those below it."""
+        only those below it; with `after_seq`, only those above it."""
         ...
 
 

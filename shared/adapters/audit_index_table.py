@@ -94,31 +94,53 @@ class AuditIndexTable:
         )
 
     async def seqs(
-        self, dimension: IndexDimension, value: str, before_seq: int | None = None
+        self,
+        dimension: IndexDimension,
+        value: str,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
     ) -> AsyncIterator[int]:
-        streams = [self._lane(chain, dimension, value, before_seq) for chain in LANE_CHAINS]
+        streams = [
+            self._lane(chain, dimension, value, before_seq, after_seq) for chain in LANE_CHAINS
+        ]
         async for seq in _merged(streams):
             yield seq
-        if before_seq is None or before_seq > 1:
-            async for seq in self._older(dimension, value, before_seq):
+        older = after_seq is None or after_seq < LANE_POSITION_FLOOR
+        if older and (before_seq is None or before_seq > 1):
+            async for seq in self._older(dimension, value, before_seq, after_seq):
                 yield seq
 
     async def _lane(
-        self, chain: str, dimension: IndexDimension, value: str, before_seq: int | None
+        self,
+        chain: str,
+        dimension: IndexDimension,
+        value: str,
+        before_seq: int | None,
+        after_seq: int | None,
     ) -> AsyncIterator[int]:
+        # Row keys fall as positions rise: `before_seq` is a lower key bound, `after_seq` an
+        # upper one.
         prefix = index_prefix(dimension, value)
         low = (
             f"RowKey gt '{prefix + row_key(before_seq)}'" if before_seq else f"RowKey ge '{prefix}'"
         )
-        query = f"PartitionKey eq '{chain}' and {low} and RowKey lt '{key_upper(prefix)}'"
+        high = f"RowKey lt '{prefix + row_key(after_seq)}'" if after_seq else None
+        high = high or f"RowKey lt '{key_upper(prefix)}'"
+        query = f"PartitionKey eq '{chain}' and {low} and {high}"
         async for entity in self._audit.query_entities(query, select=["Seq"]):
             yield as_int(entity["Seq"])
 
     async def _older(
-        self, dimension: IndexDimension, value: str, before_seq: int | None
+        self,
+        dimension: IndexDimension,
+        value: str,
+        before_seq: int | None,
+        after_seq: int | None,
     ) -> AsyncIterator[int]:
         query = f"PartitionKey eq '{partition_key(dimension, value)}'"
         if before_seq is not None:
             query += f" and RowKey gt '{row_key(before_seq)}'"
+        if after_seq is not None:
+            query += f" and RowKey lt '{row_key(after_seq)}'"
         async for entity in self._legacy.query_entities(query, select=["Seq"]):
             yield int(entity["Seq"])

@@ -25,8 +25,8 @@ from shared.audit_query import AuditFilter
 from shared.cli import main
 from shared.config import Settings
 from shared.container import Container
-from shared.models import Actor, AuditEntry, AuditEvent, AuditRecord
-from shared.ports import IndexDimension
+from shared.models import Actor, AuditEntry, AuditEvent, AuditRecord, utcnow
+from shared.ports import IndexDimension, IndexEntry
 from shared.simulator import SimulatedTenant
 from tests.conftest import ADELE, installed, settings_for
 
@@ -225,6 +225,58 @@ async def test_an_export_of_300_records_follows_its_pages_on_azurite(responder: 
     by_incident = AuditFilter(incident="INC-1")
     lines = [line async for line in export_lines(export, by_incident, "jsonl", 64)]
     assert len(lines) == 75 + 2 and verify_export(lines).ok
+
+
+async def test_an_outcome_is_looked_up_through_the_index_however_busy_the_trail(
+    responder: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retried action looks for the outcome an earlier delivery may have audited: through
+    the index by its target, bounded by its recording mark, never by walking the trail."""
+    chain = responder.chain
+    executed = frozenset({str(AuditEvent.ACTION_EXECUTED)})
+    [before] = await chain.append_all([bulk(1)])  # act-1 on Adele, up to the mark
+    mark = before.seq
+    [outcome] = await chain.append_all([bulk(2)])
+    busy = [bulk(n).model_copy(update={"target": f"user{n}@contoso.com"}) for n in range(3, 250)]
+    await chain.append_all(busy)
+    # Adele under another spelling: the target is normalized as the index files it.
+    upper = ADELE.user_principal_name.upper()
+    walked = await chain.find({"act-1", "act-2"}, executed, mark)
+    assert {i: r.seq for i, r in walked.items()} == {"act-2": outcome.seq}
+
+    async def no_walk(before_seq: int | None = None) -> AsyncIterator[AuditRecord]:
+        raise AssertionError("the trail was walked")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(responder.audit_store, "newest_first", no_walk)
+    targets = {"act-1": upper, "act-2": upper}
+    found = await chain.find({"act-1", "act-2"}, executed, mark, targets)
+    assert {i: r.seq for i, r in found.items()} == {"act-2": outcome.seq}
+    assert found["act-2"] == outcome
+    # The mark bounds the lookup: nothing after the outcome itself; act-1 before the mark.
+    assert await chain.find({"act-2"}, executed, outcome.seq, targets) == {}
+    earlier = await chain.find({"act-1"}, executed, before.seq - 1, targets)
+    assert earlier["act-1"].seq == before.seq
+    assert await chain.find({"act-2"}, frozenset({"action.failed"}), mark, targets) == {}
+
+
+async def test_index_reads_are_bounded_on_both_sides(responder: Container) -> None:
+    records = await responder.chain.append_all([bulk(n) for n in range(1, 6)])
+    positions = [r.seq for r in records]
+    index, target = responder.audit_index, ADELE.user_principal_name.lower()
+
+    async def filed(**bounds: int) -> list[int]:
+        return [s async for s in index.seqs(IndexDimension.TARGET, target, **bounds)]
+
+    assert await filed() == positions[::-1]
+    assert await filed(after_seq=positions[1]) == positions[:1:-1]
+    assert await filed(before_seq=positions[3], after_seq=positions[0]) == positions[2:0:-1]
+    # The older index table, of the single-chain layout's small sequence numbers.
+    await index.add([IndexEntry(IndexDimension.TARGET, target, n, utcnow()) for n in (5, 9, 12)])
+    assert (await filed())[-3:] == [12, 9, 5]
+    assert await filed(after_seq=5) == [*positions[::-1], 12, 9]
+    assert await filed(before_seq=12, after_seq=5) == [9]
+    assert await filed(after_seq=positions[3]) == [positions[4]]
 
 
 async def test_a_missing_index_table_never_fails_an_append(

@@ -110,7 +110,11 @@ class NoIndex:
         return None
 
     async def seqs(
-        self, dimension: IndexDimension, value: str, before_seq: int | None = None
+        self,
+        dimension: IndexDimension,
+        value: str,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
     ) -> AsyncIterator[int]:
         for seq in ():
             yield seq

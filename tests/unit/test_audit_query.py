@@ -70,11 +70,15 @@ class MemoryIndex:
             self.partitions.setdefault((entry.dimension, entry.value), set()).add(entry.seq)
 
     async def seqs(
-        self, dimension: IndexDimension, value: str, before_seq: int | None = None
+        self,
+        dimension: IndexDimension,
+        value: str,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
     ) -> AsyncIterator[int]:
         self.read.append((dimension, value))
         for seq in sorted(self.partitions.get((dimension, value), ()), reverse=True):
-            if before_seq is None or seq < before_seq:
+            if (before_seq is None or seq < before_seq) and (after_seq is None or seq > after_seq):
                 yield seq
 
 
