@@ -62,15 +62,6 @@ class CrashPoint:
     fired: int = 0
 
 
-def _action_in(args: tuple[Any, ...]) -> ActionRequest | None:
-    for arg in args:
-        if isinstance(arg, ActionRequest):
-            return arg
-        if isinstance(arg, list) and arg and isinstance(arg[0], ActionRequest):
-            return arg[0]
-    return None
-
-
 def _actions_in(args: tuple[Any, ...]) -> list[ActionRequest]:
     for arg in args:
         if isinstance(arg, ActionRequest):
@@ -104,12 +95,11 @@ def crash_points(victims: list[SimUser], network: str) -> list[CrashPoint]:
     disable = str(ActionKind.DISABLE_ACCOUNT)
 
     def claimed(args: tuple[Any, ...], result: Any) -> bool:
-        action = _action_in(args)
-        return (
-            result is True
-            and action is not None
-            and str(action.kind) == disable
+        return any(
+            str(action.kind) == disable
             and action.target.lower() in _names(claim)
+            and action.id in result
+            for action in _actions_in(args)
         )
 
     def written(args: tuple[Any, ...], result: Any) -> bool:
@@ -144,7 +134,7 @@ def crash_points(victims: list[SimUser], network: str) -> list[CrashPoint]:
         CrashPoint(
             "claim_then_crash",
             "killed between the ledger claim and the send to the queue",
-            "claim",
+            "claim_all",
             "after",
             claimed,
             claim.id,

@@ -182,25 +182,28 @@ class AlertIntake:
             # Every network's registry row is read side by side up front, not one by one.
             rows = await gather_bounded(self._blocks.get(network) for network in networks)
             batch.registry = dict(zip(networks, rows, strict=True))
-            parts = [await self._claim_group(actions, batch) for actions in groups]
+            parts = [await self._decide_group(actions, batch) for actions in groups]
+            # Every claim of the submission in one write (one transaction per 100).
+            wanted = [action for part in parts for action in part.wanted]
+            claimed = await self._outbox.claim_all(wanted, batch.claim_seq)
+            for part in parts:
+                await self._settle_claims(part, claimed, batch)
             handed = await self._outbox.commit(batch.fresh, batch.unsent)
         requests = {a.id: a for a in batch.fresh}
         requests.update({e.action_id: e.request for e in batch.unsent if e.request is not None})
-        for result, ids in parts:
-            result.queued = [
+        for part in parts:
+            ids = [*part.fresh_ids, *part.unsent_ids]
+            part.result.queued = [
                 i for i in ids if i in handed and requests[i].decision in QUEUED_DECISIONS
             ]
-            result.coalesced += [i for i in ids if i not in handed]
-        return [result for result, _ in parts]
+            part.result.coalesced += [i for i in ids if i not in handed]
+        return [part.result for part in parts]
 
-    async def _claim_group(
-        self, actions: list[ActionRequest], batch: _Batch
-    ) -> tuple[Submitted, list[str]]:
-        """Claim one group's requests into `batch`; the group's result so far, and the ids
-        it hands on (claimed now first, then earlier claims that never reached the queue)."""
-        result = Submitted()
-        fresh_ids: list[str] = []
-        unsent_ids: list[str] = []
+    async def _decide_group(self, actions: list[ActionRequest], batch: _Batch) -> _Group:
+        """One group's requests through the blast radius and the block registry: the claims
+        it wants made (claimed together with the rest of the submission's afterwards)."""
+        group = _Group()
+        result = group.result
         for decided in actions:
             planned = await self._blast_radius.check(decided)
             action, earlier = await self._reserve(planned, batch)
@@ -209,35 +212,41 @@ class AlertIntake:
                 result.actions.append(planned)
                 result.coalesced.append(planned.id)
                 if earlier is not None and earlier.state == BlockState.PENDING:
-                    await self._resume(earlier.block, batch, fresh_ids, unsent_ids)
+                    await self._resume(earlier.block, batch, group)
                 continue
             result.actions.append(action)
-            if action.id in batch.ids:
+            if action.id in batch.ids or action.id in batch.wanted:
                 result.coalesced.append(action.id)  # the same request twice in one batch
-            elif await self._outbox.claim(action, batch.claim_seq):
-                batch.add_fresh(action)
-                fresh_ids.append(action.id)
-            elif await self._unsent(action.id, batch):
-                unsent_ids.append(action.id)
             else:
-                result.coalesced.append(action.id)
-        return result, [*fresh_ids, *unsent_ids]
+                group.wanted.append(action)
+                batch.wanted.add(action.id)
+        return group
 
-    async def _resume(
-        self, block: ActionRequest, batch: _Batch, fresh_ids: list[str], unsent_ids: list[str]
-    ) -> None:
+    async def _settle_claims(self, group: _Group, claimed: set[str], batch: _Batch) -> None:
+        """What became of the claims a group wanted: claimed now, an earlier claim that never
+        reached the queue (sent now), or an earlier request it coalesces into."""
+        for action in group.wanted:
+            if action.id in claimed:
+                batch.add_fresh(action)
+                group.fresh_ids.append(action.id)
+            elif await self._unsent(action.id, batch):
+                group.unsent_ids.append(action.id)
+            else:
+                group.result.coalesced.append(action.id)
+
+    async def _resume(self, block: ActionRequest, batch: _Batch, group: _Group) -> None:
         """A pending block whose claim is missing (a crash between reserving and claiming)
         is claimed now; one whose claim never reached the queue is sent."""
-        if block.id in batch.ids:
+        if block.id in batch.ids or block.id in batch.wanted:
             return
         entry = await self._ledger.get(block.id)
         if entry is None:
             if await self._outbox.claim(block, batch.claim_seq):
                 batch.add_fresh(block)
-                fresh_ids.append(block.id)
+                group.fresh_ids.append(block.id)
         elif entry.open and not entry.sent and entry.request is not None:
             batch.add_unsent(entry)
-            unsent_ids.append(block.id)
+            group.unsent_ids.append(block.id)
 
     async def _unsent(self, action_id: str, batch: _Batch) -> bool:
         """Collect the earlier claim of `action_id` if it never reached the queue."""
@@ -269,6 +278,18 @@ class AlertIntake:
 
 
 @dataclass
+class _Group:
+    """One group's part of a submission: its result so far, the claims it wants made, and
+    the ids it hands on (claimed now first, then earlier claims that never reached the
+    queue)."""
+
+    result: Submitted = field(default_factory=Submitted)
+    wanted: list[ActionRequest] = field(default_factory=list)
+    fresh_ids: list[str] = field(default_factory=list)
+    unsent_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
 class _Batch:
     """What one submission claimed so far: fresh claims, earlier claims never sent, the ids
     of both, the networks it has looked at, and their registry rows as read up front."""
@@ -277,6 +298,7 @@ class _Batch:
     fresh: list[ActionRequest] = field(default_factory=list)
     unsent: list[LedgerEntry] = field(default_factory=list)
     ids: set[str] = field(default_factory=set)
+    wanted: set[str] = field(default_factory=set)  # ids whose claim is still to be made
     networks: set[str] = field(default_factory=set)
     registry: dict[str, BlockEntry | None] = field(default_factory=dict)
 

@@ -246,6 +246,12 @@ class ActionLedger(Protocol):
         `lease_until` (in the same write); False when the id was claimed before."""
         ...
 
+    async def claim_all(
+        self, actions: list[ActionRequest], at: datetime, claim_seq: int, lease_until: datetime
+    ) -> set[str]:
+        """`claim` for several actions at once; the ids claimed now."""
+        ...
+
     async def mark_sent(self, *action_ids: str) -> None:
         """Note that the claims of `action_ids` reached the queue (ids without a row are
         ignored)."""

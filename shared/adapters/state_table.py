@@ -97,24 +97,35 @@ class StateTable:
         self, action: ActionRequest, at: datetime, claim_seq: int, lease_until: datetime
     ) -> bool:
         try:
-            await self._table.create_entity(
-                {
-                    "PartitionKey": ACTIONS,
-                    "RowKey": action.id,
-                    "State": LEDGER_QUEUED,
-                    "Kind": str(action.kind),
-                    "Target": action.target,
-                    "Request": action.model_dump_json(),
-                    "ClaimedAt": at,
-                    "Sent": False,
-                    "ClaimSeq": int64(claim_seq),
-                    "Alerted": False,
-                    "LeaseUntil": lease_until,
-                }
-            )
+            await self._table.create_entity(_claim_row(action, at, claim_seq, lease_until))
         except ResourceExistsError:
             return False
         return True
+
+    async def claim_all(
+        self, actions: list[ActionRequest], at: datetime, claim_seq: int, lease_until: datetime
+    ) -> set[str]:
+        """The rows share a partition: up to 100 claims are inserted in one transaction (an
+        alert's actions, the new blocks of a storm's batch: one round trip). If one was
+        claimed before, the transaction fails whole, and each is claimed on its own."""
+        unique = list({action.id: action for action in actions}.values())
+        claimed: set[str] = set()
+        for start in range(0, len(unique), MAX_TRANSACTION):
+            chunk = unique[start : start + MAX_TRANSACTION]
+            if len(chunk) > 1:
+                rows = [_claim_row(a, at, claim_seq, lease_until) for a in chunk]
+                try:
+                    await self._table.submit_transaction([("create", row) for row in rows])
+                    claimed.update(a.id for a in chunk)
+                    continue
+                except TableTransactionError as exc:
+                    code = getattr(exc, "error_code", None)
+                    if exc.status_code != 409 and code != "EntityAlreadyExists":
+                        raise
+            for action in chunk:
+                if await self.claim(action, at, claim_seq, lease_until):
+                    claimed.add(action.id)
+        return claimed
 
     async def mark_sent(self, *action_ids: str) -> None:
         """Only the flag: the executor may have finished an action already. The rows share a
@@ -212,6 +223,24 @@ class StateTable:
             },
             mode=UpdateMode.MERGE,
         )
+
+
+def _claim_row(
+    action: ActionRequest, at: datetime, claim_seq: int, lease_until: datetime
+) -> dict[str, Any]:
+    return {
+        "PartitionKey": ACTIONS,
+        "RowKey": action.id,
+        "State": LEDGER_QUEUED,
+        "Kind": str(action.kind),
+        "Target": action.target,
+        "Request": action.model_dump_json(),
+        "ClaimedAt": at,
+        "Sent": False,
+        "ClaimSeq": int64(claim_seq),
+        "Alerted": False,
+        "LeaseUntil": lease_until,
+    }
 
 
 def _ledger_entry(entity: Any) -> LedgerEntry:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from functions.http import KEY_HEADER
 from shared.adapters.queue import DUPLICATE_WINDOW, Delivery, InMemoryActionQueue
 from shared.container import Container
 from shared.errors import TransientError
+from shared.ingest import normalize
 from shared.models import ActionKind, ActionRequest, Actor, AuditEntry, Decision, OutcomeStatus
 from shared.outbox import CLAIM_LEASE
 from shared.ports import BlockState
@@ -290,8 +292,8 @@ async def test_storage_failing_during_the_intake_commit_answers_5xx_and_loses_no
             faults.storage_down = True
         return False
 
-    # Storage becomes unreachable right after the first claim landed.
-    faults.kill_after("StateTable.claim", outage)
+    # Storage becomes unreachable right after the alert's claims landed (one transaction).
+    faults.kill_after("StateTable.claim_all", outage)
     host = LocalHost()
     headers = {KEY_HEADER: WEBHOOK_SECRET}
     with pytest.raises(ServiceRequestError):
@@ -299,13 +301,46 @@ async def test_storage_failing_during_the_intake_commit_answers_5xx_and_loses_no
         await host.post_json("ingest_alert", "alerts", compromised(), headers)
     faults.storage_down = False
 
-    # The retry comes while the first claim's lease is live: it claims and sends the other
-    # action, and leaves that claim to the reconciler once the lease has run out.
+    # The retry comes while the claims' lease is live: it leaves them to the reconciler,
+    # which sends both once the lease has run out.
     response = await host.post_json("ingest_alert", "alerts", compromised(), headers)
     assert response.status_code == 202
+    [answer] = json.loads(response.get_body())["alerts"]
+    assert sorted(answer["coalesced"]) == sorted(
+        a.id for a in services.policy.plan(normalize(compromised())[0]).actions
+    )
     clock.advance(timedelta(seconds=services.settings.resend_after_s + 1))
     report = await services.reconciler.run()
-    assert report.resent == 1
+    assert report.resent == 2
+    await deliver_all(services, faults, clock)
+    await assert_contained(services, sim)
+
+
+async def test_storage_failing_between_the_claims_of_one_alert_loses_nothing(
+    services: Container, faults: Faults, sim: SimulatedTenant, clock: DrillClock
+) -> None:
+    # The sign-out was claimed before (an engineer's request with the same id), so the
+    # alert's claims cannot go in one transaction: each is claimed on its own, and storage
+    # becomes unreachable right after the first of those landed.
+    [plan] = [services.policy.plan(a) for a in normalize(compromised())]
+    [revoke] = [a for a in plan.actions if a.kind is ActionKind.REVOKE_SESSIONS]
+    assert await services.outbox.claim_all([revoke], await services.outbox.claim_seq())
+    once = [1]
+
+    def outage(*args: Any, **kwargs: Any) -> bool:
+        if once:
+            once.pop()
+            faults.storage_down = True
+        return False
+
+    faults.kill_after("StateTable.claim", outage)
+    with pytest.raises(ServiceRequestError):
+        await services.intake.handle_payload(compromised())
+    faults.storage_down = False
+    await services.intake.handle_payload(compromised())
+    clock.advance(timedelta(seconds=services.settings.resend_after_s + 1))
+    report = await services.reconciler.run()
+    assert report.resent == 2
     await deliver_all(services, faults, clock)
     await assert_contained(services, sim)
 

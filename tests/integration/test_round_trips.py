@@ -23,10 +23,10 @@ MEGAN = SimUser(
 )
 
 # Per alert naming one compromised user (revoke sessions, then disable the account):
-# intake: handled check, budget query and spend, two claims, one transaction marking both
-# sent, the handled mark; executor, per action: ledger read, intent (with the recording
-# mark), finish.
-STATE_TRIPS = 13
+# intake: handled check, budget query and spend, one transaction claiming both actions, one
+# marking both sent, the handled mark; executor, per action: ledger read, intent (with the
+# recording mark), finish.
+STATE_TRIPS = 12
 # Per action the user before, the write and the user after; the disable also lists the user's
 # role assignments and role-assignable groups (the lockout guards).
 GRAPH_CALLS = 8
