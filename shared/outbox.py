@@ -190,7 +190,8 @@ class Outbox:
         if not unsent:
             return {}
         after = min(e.claim_seq for e in unsent)
-        found = await self._chain.find({e.action_id for e in unsent}, DECISION_RECORDS, after)
+        targets = {e.action_id: e.target for e in unsent}
+        found = await self._chain.find(set(targets), DECISION_RECORDS, after, targets)
         return {action_id: record.seq for action_id, record in found.items()}
 
 
