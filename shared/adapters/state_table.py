@@ -20,6 +20,7 @@ from azure.core.exceptions import (
 from azure.data.tables import TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient
 
+from shared.adapters.table_batch import insert_entities
 from shared.adapters.table_service import as_int, int64
 from shared.errors import TransientError
 from shared.models import ActionRequest, OutcomeStatus
@@ -115,7 +116,7 @@ class StateTable:
             if len(chunk) > 1:
                 rows = [_claim_row(a, at, claim_seq, lease_until) for a in chunk]
                 try:
-                    await self._table.submit_transaction([("create", row) for row in rows])
+                    await insert_entities(self._table, rows)
                     claimed.update(a.id for a in chunk)
                     continue
                 except TableTransactionError as exc:
