@@ -77,6 +77,19 @@ class Faults:
     def kill_after(self, at: str, when: Callable[..., bool] = lambda *a, **k: True) -> None:
         self.kills.append(Kill(at, when, after=True))
 
+    def storage_down_after(self, at: str) -> None:
+        """Storage becomes unreachable right after the first call of `at` returns (until the
+        test brings it back)."""
+        once = [1]
+
+        def outage(*args: Any, **kwargs: Any) -> bool:
+            if once:
+                once.pop()
+                self.storage_down = True
+            return False
+
+        self.kill_after(at, outage)
+
     def revive(self) -> None:
         """A new worker takes over (the kill happened once)."""
         self.dead = False
@@ -284,16 +297,8 @@ async def test_killed_between_claim_and_send_the_reconciler_sends(
 async def test_storage_failing_during_the_intake_commit_answers_5xx_and_loses_nothing(
     services: Container, faults: Faults, sim: SimulatedTenant, clock: DrillClock
 ) -> None:
-    once = [1]
-
-    def outage(*args: Any, **kwargs: Any) -> bool:
-        if once:
-            once.pop()
-            faults.storage_down = True
-        return False
-
     # Storage becomes unreachable right after the alert's claims landed (one transaction).
-    faults.kill_after("StateTable.claim_all", outage)
+    faults.storage_down_after("StateTable.claim_all")
     host = LocalHost()
     headers = {KEY_HEADER: WEBHOOK_SECRET}
     with pytest.raises(ServiceRequestError):
@@ -325,15 +330,7 @@ async def test_storage_failing_between_the_claims_of_one_alert_loses_nothing(
     [plan] = [services.policy.plan(a) for a in normalize(compromised())]
     [revoke] = [a for a in plan.actions if a.kind is ActionKind.REVOKE_SESSIONS]
     assert await services.outbox.claim_all([revoke], await services.outbox.claim_seq())
-    once = [1]
-
-    def outage(*args: Any, **kwargs: Any) -> bool:
-        if once:
-            once.pop()
-            faults.storage_down = True
-        return False
-
-    faults.kill_after("StateTable.claim", outage)
+    faults.storage_down_after("StateTable.claim")
     with pytest.raises(ServiceRequestError):
         await services.intake.handle_payload(compromised())
     faults.storage_down = False
