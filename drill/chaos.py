@@ -468,7 +468,14 @@ class ChaosDrill(Scenario):
         while True:
             waiting = await self._in_progress(ctx, host) if round_ >= o.settle_rounds else []
             if round_ >= o.settle_rounds and not waiting:
-                break
+                if host.idle:
+                    break
+                # A delivery began while the ledger was read (a retry came due): its action
+                # was neither scheduled nor done at that moment. Let it finish, look again.
+                if not await host.until_idle(max(0.0, deadline - time.monotonic())):
+                    ctx.problems.append("the queue did not settle after the last round")
+                    break
+                continue
             if time.monotonic() > deadline:
                 ctx.problems.append(f"actions still in progress after settling: {waiting[:10]}")
                 break

@@ -178,7 +178,10 @@ class ChaosHost:
 
     @property
     def idle(self) -> bool:
-        return not self._in_flight and not self._relocks and len(self.queue) == 0
+        """Nothing delivered, waiting to be delivered, or due: a scheduled message that has
+        come due counts as waiting before the trigger has received it."""
+        busy = self._in_flight or self._relocks or len(self.queue) > 0
+        return not busy and not self.queue.due
 
     async def execute(self, stop: asyncio.Event) -> None:
         """The Service Bus trigger: up to maxConcurrentCalls deliveries at once, until `stop`

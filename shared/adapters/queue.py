@@ -203,6 +203,11 @@ class InMemoryQueue:
     def scheduled(self) -> list[tuple[datetime, str]]:
         return sorted((at, d.message_id) for at, _, d in self._scheduled)
 
+    @property
+    def due(self) -> bool:
+        """Whether a scheduled message has come due and waits to be received."""
+        return bool(self._scheduled) and self._scheduled[0][0] <= self._clock()
+
     def receive(self) -> Delivery | None:
         now = self._clock()
         while self._scheduled and self._scheduled[0][0] <= now:
