@@ -148,17 +148,17 @@ class ActionRunner:
             # queue's duplicate window would run side by side with that retry, and both would
             # record an outcome.
             await self._ledger.mark_sent(action.id)
-        searched = await self._recover(action, entry)
-        if isinstance(searched, ActionOutcome):
-            return searched
+        recovered = await self._recover(action, entry)
+        if recovered is not None:
+            return recovered
         if "approved_by" in action.params and not await self._holds.approved(action):
             logger.warning("action %s was not approved after all; delivery ignored", action.id)
             return None
         try:
-            applied = await self._execute(action, entry, searched)
+            applied = await self._execute(action, entry)
         except PermanentError as exc:
             applied = await self._failed(action, exc, "not retried")
-            await self._record(applied, searched=searched)
+            await self._record(applied)
         return next((a.outcome for a in applied if a.action.id == action.id), None)
 
     async def _later(self, action: ActionRequest, exc: Exception) -> ActionOutcome | None:
@@ -187,30 +187,29 @@ class ActionRunner:
         entry = await self._ledger.get(action.id)
         if _closed(entry, action):
             return None
-        searched = await self._recover(action, entry)
-        if isinstance(searched, ActionOutcome):
-            return searched
+        recovered = await self._recover(action, entry)
+        if recovered is not None:
+            return recovered
         applied = await self._failed(action, RuntimeError(reason), "dead-lettered")
-        await self._record(applied, searched=searched)
+        await self._record(applied)
         return applied[0].outcome
 
     async def _recover(
         self, action: ActionRequest, entry: LedgerEntry | None
-    ) -> ActionOutcome | set[str]:
+    ) -> ActionOutcome | None:
         """If an earlier delivery began recording this action (its ledger row has a recording
         mark), look for the outcome it may have audited before it died without closing the
-        row, and finish what it left undone instead of running the action again.
-
-        Otherwise the ids looked for in vain: until this delivery appends, the trail holds no
-        outcome of theirs, so recording need not look again."""
+        row, and finish what it left undone instead of running the action again. Recording
+        looks once more right before its append: a delivery whose lock ran out may still be
+        running beside this one."""
         if entry is None or not entry.record_from:
-            return set()
+            return None
         found = await self._chain.find(
             {action.id}, OUTCOME_RECORDS, entry.record_from, {action.id: action.target}
         )
         record = found.get(action.id)
         if record is None or not _own_outcome(action, record):
-            return {action.id}
+            return None
         outcome = ActionOutcome.model_validate(record.entry.result)
         logger.warning("action %s: outcome found in audit record %s", action.id, record.seq)
         try:
@@ -219,18 +218,15 @@ class ActionRunner:
             raise RecordingFailed(f"closing {action.id} failed") from exc
         return outcome
 
-    async def _execute(
-        self, action: ActionRequest, entry: LedgerEntry | None, searched: set[str]
-    ) -> list[Applied]:
+    async def _execute(self, action: ActionRequest, entry: LedgerEntry | None) -> list[Applied]:
         """Run the executor and audit what it did (IP passes audit before the registry moves).
         `entry` is the action's ledger row as this delivery read it: a delivery has its
         action to itself (peek-lock), so it stands for the row when the outcome is recorded;
-        a pass over the blocklist records other actions too, and reads theirs. `searched`:
-        the ids whose outcome this delivery looked for in the trail already."""
+        a pass over the blocklist records other actions too, and reads theirs."""
         known = {action.id: entry}
         if action.kind.targets_breakglass:
             applied = [await self._emergency_run(action)]
-            await self._record(applied, known=known, searched=searched)
+            await self._record(applied, known=known)
             return applied
         if not action.kind.targets_ip:
             # The recording mark goes into the ledger with the intent the executor writes
@@ -244,11 +240,7 @@ class ActionRunner:
             # Executed without an earlier intent: this run wrote its intent, and the mark.
             marked = outcome.status is OutcomeStatus.EXECUTED and earlier is None
             await self._record(
-                applied,
-                known=known,
-                marked={action.id} if marked else set(),
-                head=record_from,
-                searched=searched,
+                applied, known=known, marked={action.id} if marked else set(), head=record_from
             )
             return applied
         blocklist = self._require_blocklist()
@@ -318,7 +310,6 @@ class ActionRunner:
         known: dict[str, LedgerEntry | None] | None = None,
         marked: set[str] | None = None,
         head: int | None = None,
-        searched: set[str] | None = None,
     ) -> None:
         """Audit every outcome (one batch) that is not audited yet, schedule the expiry of
         temporary blocks, let `settle` move the registry on, close the ledger rows.
@@ -327,9 +318,7 @@ class ActionRunner:
         is skipped, and one whose row says an earlier attempt began recording is looked up
         in the trail before anything is appended. Before the append each row gets its
         recording mark, unless this delivery wrote it already (`marked`, with the intent;
-        `head`, the audit head taken before that). Ids in `searched` were looked for since
-        their mark by this delivery, and are not looked for again. Any failure here is a
-        `RecordingFailed`."""
+        `head`, the audit head taken before that). Any failure here is a `RecordingFailed`."""
         try:
             entries = await gather_bounded(self._entry(a.action.id, known) for a in applied)
             live = [a for a, e in zip(applied, entries, strict=True) if not _closed(e, a.action)]
@@ -337,7 +326,7 @@ class ActionRunner:
             found = {}
             if begun:
                 runs = {a.action.id: a.action for a in live}
-                ids = (runs.keys() & begun.keys()) - (searched or set())
+                ids = runs.keys() & begun.keys()
                 if ids:
                     targets = {i: runs[i].target for i in ids}
                     after = min(begun[i] for i in ids)
