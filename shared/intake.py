@@ -90,7 +90,7 @@ class BlastRadius:
         if action.decision is not Decision.EXECUTE:
             return action
         now = self.clock()
-        if await self.budget.spent(now - self.window) < self.disables:
+        if await self.budget.spent(now - self.window, self.disables) < self.disables:
             await self.budget.spend(action.target, now)
             return action
         minutes = int(self.window.total_seconds() // 60)

@@ -501,7 +501,10 @@ class DisableBudget(Protocol):
     """Accounts automatically disabled in a rolling window (the blast-radius budget); the same
     account counts once."""
 
-    async def spent(self, since: datetime) -> int: ...
+    async def spent(self, since: datetime, up_to: int) -> int:
+        """Accounts spent since `since`, counted up to `up_to` (a count that reached it may be
+        larger)."""
+        ...
 
     async def spend(self, target: str, at: datetime) -> None: ...
 

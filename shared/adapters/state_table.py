@@ -406,6 +406,8 @@ class TableBlockRegistry:
 
 APPROVALS = "approval"
 BUDGET = "budget"
+# The most entities Table Storage returns in one page of a query.
+MAX_PAGE = 1000
 
 
 class TableApprovals:
@@ -459,11 +461,24 @@ class TableApprovals:
             return False
         return True
 
-    async def spent(self, since: datetime) -> int:
+    async def spent(self, since: datetime, up_to: int) -> int:
+        if up_to <= 0:
+            return 0
         query = f"PartitionKey eq '{BUDGET}' and At ge @since"
-        return len(
-            [e async for e in self._table.query_entities(query, parameters={"since": since})]
+        # Only the row keys, and no more pages than the count needs: the check reads at most
+        # its budget's worth of rows however many accounts the window holds.
+        entities = self._table.query_entities(
+            query,
+            parameters={"since": since},
+            select=["RowKey"],
+            results_per_page=min(up_to, MAX_PAGE),
         )
+        count = 0
+        async for _ in entities:
+            count += 1
+            if count >= up_to:
+                break
+        return count
 
     async def spend(self, target: str, at: datetime) -> None:
         await self._table.upsert_entity(
