@@ -4,7 +4,7 @@ queue what may run. Used by the webhook, the poller and the CLI alike."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -131,8 +131,11 @@ class AlertIntake:
         """Plan, audit and queue the actions of a batch of alerts (a list page, a webhook body
         with many alerts), each alert version once, as one submission: the handled checks run
         side by side, each network's registry row is read once, and the decisions of the
-        whole batch are audited in one append and sent in one send. Any failure propagates
-        before an alert is marked handled, so the sender's retry handles the batch again."""
+        whole batch are audited in one append and sent in one send. The alerts are marked
+        handled only once their actions are on the queue, beside the claims' sent mark; any
+        failure propagates, so the sender retries (a batch not marked handled is handled
+        again; claims queued but not noted sent are noted by their delivery, or sent again by
+        the reconciler)."""
         plans = [self._policy.plan(alert) for alert in alerts]
         handled = await gather_bounded(
             self._checkpoint.is_handled(alert.key, alert.version) for alert in alerts
@@ -142,13 +145,16 @@ class AlertIntake:
         for index, (alert, done) in enumerate(zip(alerts, handled, strict=True)):
             if not done:
                 todo.setdefault((alert.key, alert.version), index)
-        submitted = await self._submit_all([plans[i].actions for i in todo.values()])
+        # The handled mark goes beside the claims' sent mark, once the actions are queued.
+        submitted = await self._submit_all(
+            [plans[i].actions for i in todo.values()],
+            then=lambda: self._checkpoint.mark_handled(*todo),
+        )
         for index, part in zip(todo.values(), submitted, strict=True):
             plans[index].actions[:] = part.actions
             results[index] = IntakeResult(
                 plans[index], queued=part.queued, coalesced=part.coalesced
             )
-        await self._checkpoint.mark_handled(*todo)
         for index in todo.values():
             if plans[index].skipped:
                 logger.info(
@@ -166,11 +172,16 @@ class AlertIntake:
         [result] = await self._submit_all([actions])
         return result
 
-    async def _submit_all(self, groups: list[list[ActionRequest]]) -> list[Submitted]:
+    async def _submit_all(
+        self,
+        groups: list[list[ActionRequest]],
+        then: Callable[[], Awaitable[object]] | None = None,
+    ) -> list[Submitted]:
         """`submit` for several groups of requests (one per alert) at once: every group is
         claimed, then all decisions are audited and handed on together, all within the
-        outbox's time limit. An earlier claim still leased by its claimer (its commit may be
-        under way) coalesces: that claimer, or the reconciler once the lease ends, sends it."""
+        outbox's time limit; `then` runs once they are handed on (`Outbox.commit`). An
+        earlier claim still leased by its claimer (its commit may be under way) coalesces:
+        that claimer, or the reconciler once the lease ends, sends it."""
         networks = {
             a.target
             for actions in groups
@@ -188,7 +199,7 @@ class AlertIntake:
             claimed = await self._outbox.claim_all(wanted, batch.claim_seq)
             for part in parts:
                 await self._settle_claims(part, claimed, batch)
-            handed = await self._outbox.commit(batch.fresh, batch.unsent)
+            handed = await self._outbox.commit(batch.fresh, batch.unsent, then)
         requests = {a.id: a for a in batch.fresh}
         requests.update({e.action_id: e.request for e in batch.unsent if e.request is not None})
         for part in parts:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 
@@ -122,19 +122,31 @@ class Outbox:
         now = self.clock()
         return await self._ledger.claim_all(actions, now, claim_seq, now + CLAIM_LEASE)
 
-    async def commit(self, fresh: list[ActionRequest], unsent: list[LedgerEntry]) -> set[str]:
+    async def commit(
+        self,
+        fresh: list[ActionRequest],
+        unsent: list[LedgerEntry],
+        then: Callable[[], Awaitable[object]] | None = None,
+    ) -> set[str]:
         """Audit the decisions of the claims made just now (`fresh`) and of earlier claims
         that never reached the queue (`unsent`, audited only if their record is missing),
         then hand every one of them on; the ids handed on. An unsent claim whose own lease
         is live, that another committer holds, or that was handed on since it was read, is
-        left alone."""
+        left alone.
+
+        `then`, when given, runs once everything is on the queue, side by side with noting
+        the claims sent (with nothing to commit, at once): what the sender writes after its
+        submission (an alert's handled mark) costs no round trip of its own. Either write
+        failing fails the commit, and the sender retries."""
         if not fresh and not unsent:
+            if then is not None:
+                await then()
             return set()
         holder = uuid.uuid4().hex
         taken: list[LedgerEntry] = []
         async with self.time_limit():
             await self._take(unsent, holder, taken)
-            await self._commit(fresh, taken)
+            await self._commit(fresh, taken, then)
         await gather_bounded(self._leases.release(_lease(e.action_id), holder) for e in taken)
         return {a.id for a in fresh} | {e.action_id for e in taken}
 
@@ -157,8 +169,15 @@ class Outbox:
             else:
                 await self._leases.release(_lease(entry.action_id), holder)
 
-    async def _commit(self, fresh: list[ActionRequest], unsent: list[LedgerEntry]) -> None:
+    async def _commit(
+        self,
+        fresh: list[ActionRequest],
+        unsent: list[LedgerEntry],
+        then: Callable[[], Awaitable[object]] | None,
+    ) -> None:
         if not fresh and not unsent:
+            if then is not None:
+                await then()
             return
         earlier = [e.request for e in unsent if e.request is not None]
         audited = await self._audited(unsent)
@@ -171,7 +190,12 @@ class Outbox:
         held_until = self.clock() + self._approval_ttl
         closing = [a for a in actions if a.decision not in QUEUED_DECISIONS]
         await gather_bounded(self._close(a, seqs[a.id], held_until) for a in closing)
-        await self._ledger.mark_sent(*(a.id for a in actions if a.decision in QUEUED_DECISIONS))
+        sent = self._ledger.mark_sent(*(a.id for a in actions if a.decision in QUEUED_DECISIONS))
+        # Both writes end (land or fail) before the commit does; then the first error is raised.
+        ended = await asyncio.gather(sent, *([then()] if then else []), return_exceptions=True)
+        for result in ended:
+            if isinstance(result, BaseException):
+                raise result
         if earlier:
             logger.warning("%s claimed actions that never reached the queue sent now", len(earlier))
 

@@ -553,6 +553,33 @@ async def test_a_claim_whose_delivery_is_being_retried_is_not_sent_again(
     assert len(patches) == 1, "the account was written once"
 
 
+async def test_an_alert_marked_handled_beside_a_failing_sent_mark_loses_nothing(
+    services: Container, sim: SimulatedTenant, faults: Faults, clock: DrillClock
+) -> None:
+    """The handled mark is written beside the claims' sent mark, after the send. When the sent
+    mark fails, the handled mark has landed all the same: the sender's retry finds the alert
+    handled, and the queued actions still run, once, without being sent again."""
+    state = services.state
+    mark_sent = state.mark_sent
+
+    async def refused(*action_ids: str) -> None:
+        raise ServiceRequestError("StateTable.mark_sent: connection refused")
+
+    state.mark_sent = refused  # type: ignore[method-assign]
+    with pytest.raises(ServiceRequestError):
+        await services.intake.handle_payload(compromised())
+    state.mark_sent = mark_sent  # type: ignore[method-assign]
+    [retried] = await services.intake.handle_payload(compromised())
+    assert retried.duplicate_alert and not retried.queued
+    await deliver_all(services, faults, clock)
+    clock.advance(timedelta(seconds=services.settings.resend_after_s) + DUPLICATE_WINDOW)
+    assert (await services.reconciler.run()).resent == 0
+    await deliver_all(services, faults, clock)
+    await assert_contained(services, sim)
+    patches = [p for m, p in sim.requests if m == "PATCH" and ADELE.id in p]
+    assert len(patches) == 1, "the account was written once"
+
+
 async def test_a_lost_response_on_revoke_does_not_revoke_twice(
     services: Container, sim: SimulatedTenant, faults: Faults, clock: DrillClock
 ) -> None:
