@@ -399,12 +399,18 @@ class AuditChain:
         events: frozenset[str],
         after_seq: int,
         targets: Mapping[str, str] | None = None,
+        accept: Callable[[AuditRecord], bool] | None = None,
     ) -> dict[str, AuditRecord]:
-        """The newest record of each of `action_ids` with one of `events`, among the records
-        after `after_seq`. With `targets` (each action's target), a few targets and a lane
-        marker, through the index: the records filed under those targets after the marker,
-        however much of the trail lies between; otherwise the trail is read newest first,
-        down to the marker."""
+        """The newest record of each of `action_ids` with one of `events` (and that `accept`
+        takes, when given), among the records after `after_seq`. With `targets` (each
+        action's target), a few targets and a lane marker, through the index: the records
+        filed under those targets after the marker, however much of the trail lies between;
+        otherwise the trail is read newest first, down to the marker.
+
+        Positions order the records of one second by lane, not by time: "newest" is by
+        position, so a caller that must tell an action's records apart says which it takes
+        with `accept` rather than judging the one returned."""
+        wanted = _wanted(action_ids, events, accept)
         if (
             self._index is not None
             and targets is not None
@@ -412,21 +418,20 @@ class AuditChain:
             and after_seq >= LANE_POSITION_FLOOR
             and len({targets[i] for i in action_ids}) <= INDEXED_FIND_TARGETS
         ):
-            return await self._find_indexed(self._index, action_ids, events, after_seq, targets)
+            return await self._find_indexed(self._index, action_ids, wanted, after_seq, targets)
         found: dict[str, AuditRecord] = {}
         async for record in self._store.newest_first():
             if record.seq <= after_seq or len(found) == len(action_ids):
                 break
-            entry = record.entry
-            if entry.action_id in action_ids and entry.event in events:
-                found.setdefault(entry.action_id, record)
+            if wanted(record) and record.entry.action_id is not None:
+                found.setdefault(record.entry.action_id, record)
         return found
 
     async def _find_indexed(
         self,
         index: AuditIndex,
         action_ids: set[str],
-        events: frozenset[str],
+        wanted: Callable[[AuditRecord], bool],
         after_seq: int,
         targets: Mapping[str, str],
     ) -> dict[str, AuditRecord]:
@@ -440,11 +445,8 @@ class AuditChain:
         records = await gather_bounded(self._store.get(seq) for seq in sorted(seqs, reverse=True))
         found: dict[str, AuditRecord] = {}
         for record in records:
-            if record is None:
-                continue
-            entry = record.entry
-            if entry.action_id in action_ids and entry.event in events:
-                found.setdefault(entry.action_id, record)
+            if record is not None and wanted(record) and record.entry.action_id is not None:
+                found.setdefault(record.entry.action_id, record)
         return found
 
     async def _notify(self, records: list[AuditRecord]) -> None:
@@ -538,6 +540,18 @@ class AuditChain:
             checkpoints_checked=len(checkpoints),
             checkpoint=last,
         )
+
+
+def _wanted(
+    action_ids: set[str], events: frozenset[str], accept: Callable[[AuditRecord], bool] | None
+) -> Callable[[AuditRecord], bool]:
+    def wanted(record: AuditRecord) -> bool:
+        entry = record.entry
+        if entry.action_id not in action_ids or entry.event not in events:
+            return False
+        return accept is None or accept(record)
+
+    return wanted
 
 
 def _label(record: AuditRecord) -> str:

@@ -205,10 +205,14 @@ class ActionRunner:
         if entry is None or not entry.record_from:
             return None
         found = await self._chain.find(
-            {action.id}, OUTCOME_RECORDS, entry.record_from, {action.id: action.target}
+            {action.id},
+            OUTCOME_RECORDS,
+            entry.record_from,
+            {action.id: action.target},
+            accept=lambda record: _own_outcome(action, record),
         )
         record = found.get(action.id)
-        if record is None or not _own_outcome(action, record):
+        if record is None:
             return None
         outcome = ActionOutcome.model_validate(record.entry.result)
         logger.warning("action %s: outcome found in audit record %s", action.id, record.seq)
@@ -330,8 +334,13 @@ class ActionRunner:
                 if ids:
                     targets = {i: runs[i].target for i in ids}
                     after = min(begun[i] for i in ids)
-                    found = await self._chain.find(ids, OUTCOME_RECORDS, after, targets)
-                    found = {i: r for i, r in found.items() if _own_outcome(runs[i], r)}
+                    found = await self._chain.find(
+                        ids,
+                        OUTCOME_RECORDS,
+                        after,
+                        targets,
+                        accept=lambda r: _own_outcome(runs[r.entry.action_id or ""], r),
+                    )
             fresh = [a for a in live if a.action.id not in found]
             if head is None:
                 head = await self._chain.head_seq()
@@ -392,7 +401,9 @@ class ActionRunner:
 def _own_outcome(action: ActionRequest, record: AuditRecord) -> bool:
     """Whether an outcome record found under `action`'s id is this run's. The approved run of
     a held action shares its id with the held record, which may lie after the recording mark
-    (marks come from the clock, less a few seconds of slack); an approved run is never held."""
+    (marks come from the clock, less a few seconds of slack); an approved run is never held.
+    Applied while the trail is searched, not to the record found: within one second a held
+    record in a higher lane has the higher position than the run's outcome appended after it."""
     return not ("approved_by" in action.params and record.entry.event == AuditEvent.ACTION_HELD)
 
 

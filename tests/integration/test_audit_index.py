@@ -17,15 +17,26 @@ import pytest
 
 from drill.azurite import Azurite
 from drill.host import LocalHost
+from shared import audit
+from shared.actions.runner import OUTCOME_RECORDS, _own_outcome
 from shared.adapters.audit_table import index_prefix, row_key
 from shared.adapters.queue import InMemoryActionQueue
 from shared.adapters.table_service import ensure_tables
+from shared.audit import lane_chain
 from shared.audit_export import CSV_FIELDS, export_lines, verify_export
 from shared.audit_query import AuditFilter
 from shared.cli import main
 from shared.config import Settings
 from shared.container import Container
-from shared.models import Actor, AuditEntry, AuditEvent, AuditRecord, utcnow
+from shared.models import (
+    ActionKind,
+    ActionRequest,
+    Actor,
+    AuditEntry,
+    AuditEvent,
+    AuditRecord,
+    utcnow,
+)
 from shared.ports import IndexDimension, IndexEntry
 from shared.simulator import SimulatedTenant
 from tests.conftest import ADELE, installed, settings_for
@@ -258,6 +269,43 @@ async def test_an_outcome_is_looked_up_through_the_index_however_busy_the_trail(
     earlier = await chain.find({"act-1"}, executed, before.seq - 1, targets)
     assert earlier["act-1"].seq == before.seq
     assert await chain.find({"act-2"}, frozenset({"action.failed"}), mark, targets) == {}
+
+
+async def test_an_approved_run_finds_its_outcome_below_its_held_record_in_one_second(
+    responder: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Positions order one second's records by lane: an approved run's outcome appended after
+    the held record of the same action can stand below it. The run's lookup must still find
+    its own outcome, through the index and by walking the trail alike."""
+    chain = responder.chain
+    second = audit._now_second()
+    monkeypatch.setattr(audit, "_now_second", lambda: second)
+    approved = ActionRequest(
+        id="act-held",
+        kind=ActionKind.DISABLE_ACCOUNT,
+        target=ADELE.user_principal_name,
+        params={"approved_by": "grace@contoso.com"},
+    )
+    mark = await chain.head_seq()
+    held, executed = (
+        bulk(1).model_copy(update={"action_id": approved.id, "event": event})
+        for event in (AuditEvent.ACTION_HELD, AuditEvent.ACTION_EXECUTED)
+    )
+    chain._free = [lane_chain(20)]  # the held record takes a high lane...
+    [held_record] = await chain.append_all([held])
+    chain._free = [lane_chain(3)]  # ...the run's outcome, appended after it, a low one
+    [outcome] = await chain.append_all([executed])
+    assert outcome.seq < held_record.seq, "the later record stands below the earlier one"
+
+    def own(record: AuditRecord) -> bool:
+        return _own_outcome(approved, record)
+
+    targets = {approved.id: approved.target}
+    indexed = await chain.find({approved.id}, OUTCOME_RECORDS, mark, targets, accept=own)
+    walked = await chain.find({approved.id}, OUTCOME_RECORDS, mark, accept=own)
+    assert indexed[approved.id].seq == walked[approved.id].seq == outcome.seq
+    newest = await chain.find({approved.id}, OUTCOME_RECORDS, mark, targets)
+    assert newest[approved.id].seq == held_record.seq, "without `accept`, the highest position"
 
 
 async def test_index_reads_are_bounded_on_both_sides(responder: Container) -> None:

@@ -442,9 +442,9 @@ async def test_a_lost_graph_response_on_disable_is_recorded_as_executed(
     find = services.chain.find
     lookups: list[tuple[set[str], Any]] = []
 
-    async def counted(ids: set[str], *args: Any) -> Any:
+    async def counted(ids: set[str], *args: Any, **kwargs: Any) -> Any:
         lookups.append((ids, args[2:]))
-        return await find(ids, *args)
+        return await find(ids, *args, **kwargs)
 
     services.chain.find = counted  # type: ignore[method-assign]
     [result] = await services.intake.handle_payload(compromised())
