@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from shared.models import ActionKind, AlertSource, AuditEvent, AuditRecord
@@ -84,6 +85,10 @@ def incident_of(record: AuditRecord) -> str:
     return entry.incident_id or entry.alert_id or NO_INCIDENT
 
 
+def _made(record: AuditRecord) -> tuple[datetime, int]:
+    return record.entry.at, record.seq
+
+
 def digest(
     records: Iterable[AuditRecord], chosen: frozenset[NoticeClass], pass_key: str
 ) -> list[Notice]:
@@ -95,8 +100,11 @@ def digest(
         if cls is not None and cls in chosen:
             groups[(incident_of(record), cls)].append(record)
     notices = []
-    for (incident, cls), members in sorted(groups.items(), key=lambda g: g[1][0].seq):
-        members.sort(key=lambda r: r.seq)
+    # Oldest first by the time each record was made: positions order one second's records by
+    # lane, not by time. The range they span is from the lowest position to the highest.
+    for members in groups.values():
+        members.sort(key=_made)
+    for (incident, cls), members in sorted(groups.items(), key=lambda g: _made(g[1][0])):
         counts: dict[str, int] = defaultdict(int)
         for record in members:
             counts[record.entry.kind or str(record.entry.event)] += 1
@@ -109,8 +117,8 @@ def digest(
                 counts=dict(counts),
                 rules=tuple(sorted({r.entry.rule for r in members if r.entry.rule})),
                 items=tuple(item_of(r) for r in members[:20]),
-                first_seq=members[0].seq,
-                last_seq=members[-1].seq,
+                first_seq=min(r.seq for r in members),
+                last_seq=max(r.seq for r in members),
             )
         )
     return notices

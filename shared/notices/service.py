@@ -139,7 +139,8 @@ class NoticeDispatcher:
         await self._rows.save_cursor(DispatchCursor(high, high, etag or ""))
         report.records = len(records)
         if records:
-            report.first_seq, report.last_seq = records[0].seq, records[-1].seq
+            seqs = [record.seq for record in records]
+            report.first_seq, report.last_seq = min(seqs), max(seqs)
         for task in tasks:
             report.tasks[task.channel] = report.tasks.get(task.channel, 0) + 1
         return report

@@ -329,6 +329,12 @@ def test_a_checkpoint_that_does_not_match_is_shown_as_such(berlin: Watched, worl
     assert "Checkpoints checked\n3" in panel or "Checkpoints checked\t3" in panel
 
 
+def made(record: dict[str, Any]) -> tuple[datetime, int]:
+    """When a record was made, to the millisecond the page compares, then its position."""
+    at = datetime.fromisoformat(record["at"])
+    return at.replace(microsecond=at.microsecond // 1000 * 1000), int(record["seq"])
+
+
 def test_the_incident_report_prints_cleanly(berlin: Watched, world: World) -> None:
     page = berlin.page
     incident = world.records(incident=INCIDENT)
@@ -342,12 +348,13 @@ def test_the_incident_report_prints_cleanly(berlin: Watched, world: World) -> No
     tables = report.locator("table")
     assert tables.count() == 3
     current, decisions, timeline = (tables.nth(n) for n in range(3))
-    # Oldest first, every record of the incident once.
+    # Oldest first by the time each record was made (positions order one second's records by
+    # lane), every record of the incident once.
     seqs = [
         cell.split(" · #")[1]
         for cell in timeline.locator("tbody tr td:first-child").all_inner_texts()
     ]
-    assert seqs == [r["seq"] for r in reversed(incident)]
+    assert seqs == [r["seq"] for r in sorted(incident, key=made)]
     states = current.locator("tbody tr").all_inner_texts()
     assert any("Disable account" in s and "Sign-in disabled" in s for s in states)
     assert any("Revoke sessions" in s and "Sessions valid only from" in s for s in states)

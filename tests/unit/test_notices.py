@@ -138,6 +138,21 @@ def test_a_storm_of_one_incident_is_one_notice_per_class() -> None:
     ]
 
 
+def test_a_notice_lists_its_records_in_the_order_they_were_made() -> None:
+    """Positions order one second's records by lane: the record made first may stand higher.
+    The items follow the time each record was made; the range spans the lowest position to
+    the highest."""
+    made = [
+        executed(
+            seq, "block_ip", f"203.0.113.{n}/32", incident_id="9", at=T0.replace(microsecond=n)
+        )
+        for n, seq in enumerate((900, 300, 600), start=1)
+    ]
+    [notice] = digest(reversed(made), frozenset({NoticeClass.EXECUTED}), "p")
+    assert [item.seq for item in notice.items] == [900, 300, 600]
+    assert (notice.first_seq, notice.last_seq) == (300, 900)
+
+
 def test_a_held_action_is_named_by_the_names_the_alert_gave() -> None:
     """A held action has no directory read yet: its notice names the person by the UPN and
     display name recorded from the alert at plan time."""
