@@ -611,6 +611,7 @@ def run_all(quick: bool) -> dict[str, Any]:
     document["graph_calls"] = script("graph_calls.py", *(["--calls", "100"] if quick else []))()
     document["export"] = script("export.py", *(["--records", "2000,20000"] if quick else []))()
     document["retry_lookup"] = script("retry_lookup.py")()
+    document["storage_requests"] = script("storage_requests.py")()
     document["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     document["seconds"] = round(time.perf_counter() - started, 1)
     return document

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
+from shared.adapters.proxy_settings import storage_client_options
 from shared.audit import checkpoint_from_json, checkpoint_json
 from shared.config import Settings
 from shared.ports import Checkpoint
@@ -73,10 +74,15 @@ class BlobAnchor:
         if self._client is None:
             from azure.storage.blob.aio import BlobServiceClient
 
+            options = storage_client_options()
             if self._connection is not None:
-                self._service = BlobServiceClient.from_connection_string(self._connection)
+                self._service = BlobServiceClient.from_connection_string(
+                    self._connection, **options
+                )
             else:
-                self._service = BlobServiceClient(str(self._endpoint), credential=self._credential)
+                self._service = BlobServiceClient(
+                    str(self._endpoint), credential=self._credential, **options
+                )
             client = self._service.get_container_client(self._name)
             if self._connection is not None:
                 try:

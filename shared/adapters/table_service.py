@@ -11,6 +11,7 @@ from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import EdmType, EntityProperty
 from azure.data.tables.aio import TableServiceClient
 
+from shared.adapters.proxy_settings import storage_client_options
 from shared.config import Settings
 
 
@@ -21,7 +22,9 @@ def table_service(
 ) -> TableServiceClient:
     """`response_hook`, when given, sees every HTTP response of every table client made from
     this service (the benchmark and a test count storage round trips with it)."""
-    options: dict[str, Any] = {"raw_response_hook": response_hook} if response_hook else {}
+    options: dict[str, Any] = dict(storage_client_options())
+    if response_hook:
+        options["raw_response_hook"] = response_hook
     if settings.tables_connection is not None:
         return TableServiceClient.from_connection_string(
             settings.tables_connection.get_secret_value(), **options
