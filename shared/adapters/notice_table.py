@@ -12,7 +12,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, Re
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 
-from shared.notices.ports import DeliveryState, DispatchCursor
+from shared.notices.ports import Claim, DeliveryState, DispatchCursor
 
 NOTICE_CURSOR = "noticecursor"
 NOTICE_DELIVERIES = "notice"
@@ -64,7 +64,7 @@ class TableNoticeRows:
             return None
         return DeliveryState(entity["State"])
 
-    async def claim(self, task_id: str) -> bool:
+    async def claim(self, task_id: str) -> Claim | None:
         entity = {
             "PartitionKey": NOTICE_DELIVERIES,
             "RowKey": task_id,
@@ -72,15 +72,15 @@ class TableNoticeRows:
         }
         try:
             await self._table.create_entity(entity)
-            return True
+            return Claim.FIRST
         except ResourceExistsError:
             pass
         try:
             current = await self._table.get_entity(NOTICE_DELIVERIES, task_id)
         except ResourceNotFoundError:
-            return False
+            return None
         if current["State"] != DeliveryState.RETRY:
-            return False
+            return None
         try:
             await self._table.update_entity(
                 entity,
@@ -89,8 +89,8 @@ class TableNoticeRows:
                 match_condition=MatchConditions.IfNotModified,
             )
         except ResourceModifiedError:
-            return False
-        return True
+            return None
+        return Claim.AGAIN
 
     async def settle(self, task_id: str, state: DeliveryState) -> None:
         await self._table.upsert_entity(

@@ -37,6 +37,13 @@ class DeliveryState(StrEnum):
     FAILED = "failed"
 
 
+class Claim(StrEnum):
+    """How a notice task was claimed for sending."""
+
+    FIRST = "first"  # its row was created now: no attempt before this one
+    AGAIN = "again"  # taken over from an attempt that ended in `retry`
+
+
 class NoticeRows(Protocol):
     """The dispatcher's cursor and one row per notice task (at most once per event)."""
 
@@ -49,9 +56,10 @@ class NoticeRows(Protocol):
 
     async def delivery(self, task_id: str) -> DeliveryState | None: ...
 
-    async def claim(self, task_id: str) -> bool:
-        """Mark the task as being sent, if no row exists or the last attempt is known not to
-        have been delivered (`retry`); False otherwise."""
+    async def claim(self, task_id: str) -> Claim | None:
+        """Mark the task as being sent, if no row exists (`Claim.FIRST`: no attempt was ever
+        made) or the last attempt is known not to have been delivered (`retry`;
+        `Claim.AGAIN`: that attempt's write may still have landed); None otherwise."""
         ...
 
     async def settle(self, task_id: str, state: DeliveryState) -> None: ...

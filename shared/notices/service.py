@@ -22,6 +22,7 @@ from shared.notices.digest import alert_source, capped, digest
 from shared.notices.model import Channel, Notice, NoticeClass, NoticeTask, digest_id
 from shared.notices.ports import (
     AlertComments,
+    Claim,
     DeliveryState,
     DispatchCursor,
     IncidentComments,
@@ -262,10 +263,14 @@ class NoticeSender:
             await self._rows.settle(task.id, DeliveryState.FAILED)
             await self._audit_failed(task, "an earlier attempt stopped while sending")
             return "failed"
-        if state is not DeliveryState.SENDING and not await self._rows.claim(task.id):
-            return "duplicate"
+        claim = None
+        if state is not DeliveryState.SENDING:
+            claim = await self._rows.claim(task.id)
+            if claim is None:
+                return "duplicate"
         try:
-            await self._send(task)
+            # Only a first claim knows that no earlier attempt can have written anything.
+            await self._send(task, first=claim is Claim.FIRST)
         except TransientError as exc:
             await self._rows.settle(task.id, DeliveryState.RETRY)
             return await self._later(task, exc)
@@ -285,7 +290,7 @@ class NoticeSender:
             return True
         return False
 
-    async def _send(self, task: NoticeTask) -> None:
+    async def _send(self, task: NoticeTask, first: bool) -> None:
         notice, page = task.notice, self._config.page_url
         channels = self._channels
         match task.channel:
@@ -296,10 +301,11 @@ class NoticeSender:
                     task.recipients, mail_subject(notice), mail_html(notice, page)
                 )
             case Channel.ALERT_COMMENT if channels.alert_comments:
-                if not await channels.alert_comments.has_comment(task.alert_id, task.id):
-                    await channels.alert_comments.add_comment(
-                        task.alert_id, comment_text(notice, task.id)
-                    )
+                # The alert is read for an earlier attempt's comment only when there may have
+                # been one (a retry after a lost answer, a resumed send), not on a first claim.
+                comments = channels.alert_comments
+                if first or not await comments.has_comment(task.alert_id, task.id):
+                    await comments.add_comment(task.alert_id, comment_text(notice, task.id))
             case Channel.INCIDENT_COMMENT if channels.incident_comments:
                 await channels.incident_comments.put_comment(
                     task.alert_id, task.id, comment_text(notice, task.id)

@@ -153,6 +153,27 @@ async def test_a_contained_alert_is_told_in_teams_by_mail_and_on_the_alert_once(
     assert len(sim.alert_comments("da-notice-1")) == 1
 
 
+async def test_an_alert_comment_whose_answer_was_lost_is_not_written_twice(
+    sim: SimulatedTenant, notifying: tuple[Container, DrillClock]
+) -> None:
+    """A first attempt comments without reading the alert (nothing can be there yet). The
+    comment lands but its answer is lost: the retry reads the alert, finds the comment by its
+    marker, and does not write it again."""
+    services, clock = notifying
+    await notify(services, clock)
+    alert = graph_alert("da-notice-lost", "Token replay from an anonymising proxy")
+    sim.add_alert(alert)
+    await contain(services, alert)
+    sim.add_fault(
+        Fault(method="POST", path_pattern="/comments$", status=0, drop_response=True, times=1)
+    )
+    await notify(services, clock)
+    assert sim.faults_applied.get("lost_response") == 1
+    assert len(sim.alert_comments("da-notice-lost")) == 1, "written once, by the first attempt"
+    reads = [p for m, p in sim.requests if m == "GET" and p.endswith("/alerts_v2/da-notice-lost")]
+    assert len(reads) == 1, "read by the retry only"
+
+
 async def test_a_throttled_webhook_is_retried_and_a_failing_one_is_audited_not_in_the_way(
     sim: SimulatedTenant, notifying: tuple[Container, DrillClock]
 ) -> None:

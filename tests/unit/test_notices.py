@@ -15,7 +15,7 @@ from shared.errors import ConfigError, PermanentError, TransientError
 from shared.models import Actor, AuditEntry, AuditEvent, AuditRecord
 from shared.notices.digest import capped, classify, digest
 from shared.notices.model import Channel, Notice, NoticeClass, NoticeTask
-from shared.notices.ports import DeliveryState, DispatchCursor
+from shared.notices.ports import Claim, DeliveryState, DispatchCursor
 from shared.notices.render import (
     comment_text,
     mail_html,
@@ -278,11 +278,12 @@ class MemoryRows:
     async def delivery(self, task_id: str) -> DeliveryState | None:
         return self.states.get(task_id)
 
-    async def claim(self, task_id: str) -> bool:
-        if self.states.get(task_id) not in (None, DeliveryState.RETRY):
-            return False
+    async def claim(self, task_id: str) -> Claim | None:
+        before = self.states.get(task_id)
+        if before not in (None, DeliveryState.RETRY):
+            return None
         self.states[task_id] = DeliveryState.SENDING
-        return True
+        return Claim.FIRST if before is None else Claim.AGAIN
 
     async def settle(self, task_id: str, state: DeliveryState) -> None:
         self.states[task_id] = state
