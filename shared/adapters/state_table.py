@@ -20,7 +20,7 @@ from azure.core.exceptions import (
 from azure.data.tables import TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient
 
-from shared.adapters.table_batch import insert_entities
+from shared.adapters.table_batch import MERGE, UPSERT, insert_entities, write_entities
 from shared.adapters.table_service import as_int, int64
 from shared.errors import TransientError
 from shared.models import ActionRequest, OutcomeStatus
@@ -91,8 +91,7 @@ class StateTable:
             await self._table.upsert_entity(entities[0])
             return
         for start in range(0, len(entities), MAX_TRANSACTION):
-            chunk = entities[start : start + MAX_TRANSACTION]
-            await self._table.submit_transaction([("upsert", row) for row in chunk])
+            await write_entities(self._table, entities[start : start + MAX_TRANSACTION], UPSERT)
 
     async def claim(
         self, action: ActionRequest, at: datetime, claim_seq: int, lease_until: datetime
@@ -135,16 +134,9 @@ class StateTable:
         for start in range(0, len(action_ids), MAX_TRANSACTION):
             chunk = action_ids[start : start + MAX_TRANSACTION]
             if len(chunk) > 1:
-                operations: list[Any] = [
-                    (
-                        "update",
-                        {"PartitionKey": ACTIONS, "RowKey": action_id, "Sent": True},
-                        {"mode": UpdateMode.MERGE},
-                    )
-                    for action_id in chunk
-                ]
+                rows = [{"PartitionKey": ACTIONS, "RowKey": i, "Sent": True} for i in chunk]
                 try:
-                    await self._table.submit_transaction(operations)
+                    await write_entities(self._table, rows, MERGE)
                     continue
                 except TableTransactionError:
                     pass

@@ -1,17 +1,20 @@
-"""Inserts in one entity group transaction, with the `$batch` body written directly.
+"""Entity group transactions with the `$batch` body written directly.
 
 `TableClient.submit_transaction` builds one `HttpRequest` per operation, writes the multipart
 body with the standard library's `email` package and parses the multipart response with it
 again; for an audit record with its index rows (about six inserts) that was most of the
 client's CPU time per append. This writes the same body as plain text (one batch holding one
-change set of `POST` inserts, as "Performing entity group transactions" in the Table service
-REST reference describes it) and reads the status line of each part of the response. The
-request goes through the table client's own pipeline (authentication, retries, response
-hooks), as the SDK's does.
+change set, as "Performing entity group transactions" in the Table service REST reference
+describes it) and reads the status line of each part of the response. The request goes
+through the table client's own pipeline (authentication, retries, response hooks), as the
+SDK's does.
 
-Only inserts, and only the property types the SDK writes without being told: `str`, `bool`,
-`int` (Int32), `datetime` (Edm.DateTime, UTC) and `EntityProperty` of `EdmType.INT64`;
-anything else is refused rather than written differently from the SDK.
+Two kinds of operation, each as the SDK writes it: inserts (`POST` to the table), and merges
+(`PATCH` to the entity's address; with `If-Match: *` an update that fails when the entity is
+missing, without it an insert-or-merge, which is the SDK's `upsert`). Only the property types
+the SDK writes without being told: `str`, `bool`, `int` (Int32), `datetime` (Edm.DateTime,
+UTC) and `EntityProperty` of `EdmType.INT64`; anything else is refused rather than written
+differently from the SDK.
 
 A failed change set raises `TableTransactionError` as the SDK does: `status_code` and
 `error_code` of the failing part, `index` the failing operation (the number before the first
@@ -24,8 +27,10 @@ import json
 import re
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from azure.core.exceptions import (
     ClientAuthenticationError,
@@ -78,28 +83,57 @@ def entity_json(entity: Mapping[str, Any]) -> dict[str, Any]:
     return properties
 
 
+@dataclass(frozen=True)
+class Operation:
+    """How each entity of a transaction is written: `POST` to the table inserts; `PATCH` to
+    the entity's address merges (`if_match` "*": only into an existing entity)."""
+
+    method: str
+    if_match: str | None = None
+
+
+INSERT = Operation("POST")
+MERGE = Operation("PATCH", if_match="*")
+UPSERT = Operation("PATCH")
+
+
+def entity_url(table_url: str, entity: Mapping[str, Any]) -> str:
+    """An entity's address: its keys quoted as OData string literals, then percent-encoded."""
+
+    def literal(key: str) -> str:
+        return quote(str(entity[key]).replace("'", "''"), safe="")
+
+    return f"{table_url}(PartitionKey='{literal('PartitionKey')}',RowKey='{literal('RowKey')}')"
+
+
 def batch_body(
-    table_url: str, entities: Sequence[Mapping[str, Any]], batch: str, changeset: str
+    table_url: str,
+    entities: Sequence[Mapping[str, Any]],
+    batch: str,
+    changeset: str,
+    operation: Operation = INSERT,
 ) -> bytes:
-    """The multipart body of one batch holding one change set inserting `entities`."""
+    """The multipart body of one batch holding one change set writing `entities`."""
     part_head = (
         f"--{changeset}\r\n"
         "Content-Type: application/http\r\n"
         "Content-Transfer-Encoding: binary\r\n"
         "Content-ID: {index}\r\n"
         "\r\n"
-        f"POST {table_url} HTTP/1.1\r\n"
+        f"{operation.method} {{url}} HTTP/1.1\r\n"
         "Content-Type: application/json\r\n"
         "Accept: application/json;odata=minimalmetadata\r\n"
-        "Prefer: return-no-content\r\n"
-        "DataServiceVersion: 3.0\r\n"
+        + ("Prefer: return-no-content\r\n" if operation.method == "POST" else "")
+        + (f"If-Match: {operation.if_match}\r\n" if operation.if_match else "")
+        + "DataServiceVersion: 3.0\r\n"
         "Content-Length: {length}\r\n"
         "\r\n"
     )
     parts = [f"--{batch}\r\nContent-Type: multipart/mixed; boundary={changeset}\r\n\r\n".encode()]
     for index, entity in enumerate(entities):
+        url = table_url if operation.method == "POST" else entity_url(table_url, entity)
         payload = json.dumps(entity_json(entity), separators=(",", ":")).encode()
-        parts.append(part_head.format(index=index, length=len(payload)).encode())
+        parts.append(part_head.format(index=index, url=url, length=len(payload)).encode())
         parts.append(payload + b"\r\n")
     parts.append(f"--{changeset}--\r\n\r\n--{batch}--\r\n".encode())
     return b"".join(parts)
@@ -145,6 +179,14 @@ def check_response(status: int, body: bytes, headers: Mapping[str, str], count: 
 
 async def insert_entities(table: TableClient, entities: Sequence[Mapping[str, Any]]) -> None:
     """Insert `entities` (all of one partition) atomically, in one round trip."""
+    await write_entities(table, entities, INSERT)
+
+
+async def write_entities(
+    table: TableClient, entities: Sequence[Mapping[str, Any]], operation: Operation
+) -> None:
+    """Write `entities` (all of one partition) with `operation`, atomically, in one round
+    trip."""
     if not 0 < len(entities) <= MAX_OPERATIONS:
         raise ValueError(f"a transaction holds 1 to {MAX_OPERATIONS} operations")
     if len({entity["PartitionKey"] for entity in entities}) != 1:
@@ -152,7 +194,7 @@ async def insert_entities(table: TableClient, entities: Sequence[Mapping[str, An
     endpoint, _, query = table.url.partition("?")
     suffix = f"?{query}" if query else ""
     batch, changeset = f"batch_{uuid.uuid4()}", f"changeset_{uuid.uuid4()}"
-    body = batch_body(f"{endpoint}/{table.table_name}", entities, batch, changeset)
+    body = batch_body(f"{endpoint}/{table.table_name}", entities, batch, changeset, operation)
     if len(body) > MAX_BODY_BYTES:
         raise ValueError(f"a transaction's payload is at most {MAX_BODY_BYTES} bytes")
     request = HttpRequest(

@@ -10,11 +10,18 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from azure.data.tables import EdmType, EntityProperty, TableTransactionError
+from azure.data.tables import EdmType, EntityProperty, TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 
 from drill.azurite import Azurite
-from shared.adapters.table_batch import MAX_OPERATIONS, check_response, insert_entities
+from shared.adapters.table_batch import (
+    MAX_OPERATIONS,
+    MERGE,
+    UPSERT,
+    check_response,
+    insert_entities,
+    write_entities,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -63,6 +70,49 @@ async def test_rows_read_back_as_the_sdk_writes_them(table: TableClient) -> None
         direct = properties(await table.get_entity("c07", key))
         assert direct == {**sdk, "RowKey": ("str", key, None)}
     assert "Missing" not in sdk
+
+
+# Row keys the entity's address must quote: OData quotes, a space, percent, URL delimiters,
+# non-ASCII (the service refuses "/", "\\", "#" and "?" in keys).
+AWKWARD_KEYS = ("o'brien", "two words", "100%", "a+b&c=d", "Überprüfung", "a''b")
+
+
+async def test_merges_read_back_as_the_sdks_merges_write_them(table: TableClient) -> None:
+    keys = [*AWKWARD_KEYS, "plain"]
+    await insert_entities(table, [row(f"sdk-{k}") for k in keys])
+    await insert_entities(table, [row(f"direct-{k}") for k in keys])
+    change = {"Sent": True, "Text": "changed", "Position": EntityProperty(7, EdmType.INT64)}
+    for key in keys:
+        await table.update_entity({**row(f"sdk-{key}"), **change}, mode=UpdateMode.MERGE)
+    await write_entities(
+        table,
+        [{"PartitionKey": "c07", "RowKey": f"direct-{k}", **change} for k in keys],
+        MERGE,
+    )
+    for key in keys:
+        sdk = properties(await table.get_entity("c07", f"sdk-{key}"))
+        direct = properties(await table.get_entity("c07", f"direct-{key}"))
+        assert direct == {**sdk, "RowKey": ("str", f"direct-{key}", None)}
+        assert direct["Flag"] == ("bool", True, None), "the other properties stay"
+
+
+async def test_an_upsert_inserts_the_missing_and_merges_the_present(table: TableClient) -> None:
+    await insert_entities(table, [row("present")])
+    rows = [{"PartitionKey": "c07", "RowKey": key, "Version": "v2"} for key in ("present", "o'new")]
+    await write_entities(table, rows, UPSERT)
+    present = await table.get_entity("c07", "present")
+    assert present["Version"] == "v2" and present["Flag"] is True
+    assert dict(await table.get_entity("c07", "o'new")) == rows[1]
+
+
+async def test_a_merge_into_a_missing_row_lands_nothing(table: TableClient) -> None:
+    await insert_entities(table, [row("a"), row("c")])
+    merges = [{"PartitionKey": "c07", "RowKey": key, "Sent": True} for key in ("a", "b", "c")]
+    with pytest.raises(TableTransactionError) as raised:
+        await write_entities(table, merges, MERGE)
+    assert raised.value.status_code == 404
+    assert raised.value.index == 1
+    assert [e.get("Sent") async for e in table.list_entities()] == [None, None]
 
 
 async def test_a_conflict_lands_nothing_and_names_the_failing_operation(
