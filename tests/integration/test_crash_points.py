@@ -27,7 +27,9 @@ from drill.azurite import Azurite
 from drill.context import DrillClock
 from drill.host import LocalHost
 from functions.http import KEY_HEADER
+from shared import audit
 from shared.adapters.queue import DUPLICATE_WINDOW, Delivery, InMemoryActionQueue
+from shared.audit import lane_chain
 from shared.container import Container
 from shared.errors import TransientError
 from shared.ingest import normalize
@@ -385,6 +387,48 @@ async def test_killed_between_the_audit_and_the_ledger_update(
     for entry in await trail(services):
         row = await services.state.get(entry.action_id or "")
         assert row is not None and row.state == "executed"
+
+
+async def test_an_approved_run_killed_before_the_ledger_update_is_not_recorded_twice(
+    sim: SimulatedTenant, azurite: Azurite, clock: DrillClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The approved run of a held disable shares its id with the held record. Within one
+    second, positions order records by lane: the run's outcome, appended later in a lower lane,
+    stands below the held record. A redelivery after a kill between the outcome's append and
+    the ledger update must still find that outcome, not take the held record for the newest
+    and record the disable a second time."""
+    second = audit._now_second()
+    monkeypatch.setattr(audit, "_now_second", lambda: second)
+    settings = settings_for(sim, azurite, IP_BLOCK_BATCH_SECONDS=0, AUTO_DISABLE_BUDGET=0)
+    async with installed(settings, clock) as services:
+        faults = Faults(services)
+        chain = services.chain
+        chain._free = [lane_chain(20)]  # the held record takes a high lane...
+        [result] = await services.intake.handle_payload(compromised())
+        [disable] = [a for a in result.plan.actions if a.kind is ActionKind.DISABLE_ACCOUNT]
+        assert disable.decision is Decision.NEEDS_APPROVAL
+        await deliver_all(services, faults, clock)  # the sign-out runs; the disable waits
+        await services.approvals.approve(
+            disable.id, Actor(kind="engineer", name="grace@contoso.com"), ""
+        )
+        chain._free = [lane_chain(3)]  # ...the approved run's outcome a lower one
+        faults.kill_before(
+            "StateTable.finish", lambda action, status, seq: action.kind == "disable_account"
+        )
+        await deliver_all(services, faults, clock)
+        assert faults.kills == [], "the kill happened"
+        records = await oldest_first(services.audit_store)
+        held = [r for r in records if r.entry.event == "action.held"]
+        done = [
+            r
+            for r in records
+            if r.entry.event == "action.executed" and r.entry.kind == "disable_account"
+        ]
+        assert len(held) == 1 and len(done) == 1, "the disable was recorded once"
+        assert done[0].seq < held[0].seq, "the outcome stands below the held record"
+        row = await services.state.get(disable.id)
+        assert row is not None and row.state == "executed"
+        assert not sim.user(ADELE.id).account_enabled
 
 
 async def test_killed_between_an_outcome_without_a_write_and_the_ledger_update(
