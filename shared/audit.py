@@ -423,15 +423,15 @@ class AuditChain:
         async for record in self._store.newest_first():
             if record.seq <= after_seq or len(found) == len(action_ids):
                 break
-            if wanted(record) and record.entry.action_id is not None:
-                found.setdefault(record.entry.action_id, record)
+            if (action_id := wanted(record)) is not None:
+                found.setdefault(action_id, record)
         return found
 
     async def _find_indexed(
         self,
         index: AuditIndex,
         action_ids: set[str],
-        wanted: Callable[[AuditRecord], bool],
+        wanted: Callable[[AuditRecord], str | None],
         after_seq: int,
         targets: Mapping[str, str],
     ) -> dict[str, AuditRecord]:
@@ -445,8 +445,8 @@ class AuditChain:
         records = await gather_bounded(self._store.get(seq) for seq in sorted(seqs, reverse=True))
         found: dict[str, AuditRecord] = {}
         for record in records:
-            if record is not None and wanted(record) and record.entry.action_id is not None:
-                found.setdefault(record.entry.action_id, record)
+            if record is not None and (action_id := wanted(record)) is not None:
+                found.setdefault(action_id, record)
         return found
 
     async def _notify(self, records: list[AuditRecord]) -> None:
@@ -544,12 +544,15 @@ class AuditChain:
 
 def _wanted(
     action_ids: set[str], events: frozenset[str], accept: Callable[[AuditRecord], bool] | None
-) -> Callable[[AuditRecord], bool]:
-    def wanted(record: AuditRecord) -> bool:
+) -> Callable[[AuditRecord], str | None]:
+    """The test `find` puts each record to: the record's action id if it is one looked for,
+    else None."""
+
+    def wanted(record: AuditRecord) -> str | None:
         entry = record.entry
         if entry.action_id not in action_ids or entry.event not in events:
-            return False
-        return accept is None or accept(record)
+            return None
+        return entry.action_id if accept is None or accept(record) else None
 
     return wanted
 

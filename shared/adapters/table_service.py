@@ -22,7 +22,7 @@ def table_service(
 ) -> TableServiceClient:
     """`response_hook`, when given, sees every HTTP response of every table client made from
     this service (the benchmark and a test count storage round trips with it)."""
-    options: dict[str, Any] = dict(storage_client_options())
+    options = storage_client_options()
     if response_hook:
         options["raw_response_hook"] = response_hook
     if settings.tables_connection is not None:
