@@ -74,6 +74,7 @@ from shared.watch.ports import NotificationQueue
 from shared.watch.subscriptions import SubscriptionManager, desired_subscriptions
 
 if TYPE_CHECKING:
+    import httpx
     from msgraph import GraphServiceClient
 
     from shared.adapters.audit_anchor_blob import BlobAnchor
@@ -186,10 +187,16 @@ class Container:
         return self
 
     @cached_property
+    def graph_http(self) -> httpx.AsyncClient:
+        from shared.adapters.http_transport import http_client
+
+        return http_client(self.settings.graph_timeout_s)
+
+    @cached_property
     def graph_client(self) -> GraphServiceClient:
         from shared.adapters.graph import build_graph_client
 
-        return build_graph_client(self.settings, self.credential)
+        return build_graph_client(self.settings, self.credential, self.graph_http)
 
     @cached_property
     def token_grants(self) -> TokenGrants:
@@ -567,6 +574,8 @@ class Container:
             closers.append(self.exchange.close())
         if "jwks" in self.__dict__ and self.jwks is not None:
             closers.append(self.jwks.close())
+        if "graph_http" in self.__dict__:
+            closers.append(self.graph_http.aclose())
         for closer in closers:
             await closer
 

@@ -15,6 +15,7 @@ from azure.core.credentials import AccessToken
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import ClientAuthenticationError
 
+from shared.adapters.http_transport import http_client
 from shared.config import CredentialKind, Settings
 from shared.errors import ConfigError
 
@@ -45,7 +46,7 @@ class SimulatorCredential:
     def __init__(self, token_url: str, client_secret: str, timeout_s: float = 30) -> None:
         self._token_url = token_url
         self._secret = client_secret
-        self._client = httpx.AsyncClient(timeout=timeout_s)
+        self._client = http_client(timeout_s)
         self._tokens: dict[str, AccessToken] = {}
         self._lock = asyncio.Lock()
 

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import httpx
 from azure.core.credentials_async import AsyncTokenCredential
 
+from shared.adapters.http_transport import http_client
 from shared.errors import ConfigError, NotFoundError, PermanentError, TransientError
 from shared.ports import TransportRule
 
@@ -119,7 +120,11 @@ class ExchangeAdmin:
         self._anchor = ANCHOR_MAILBOX.format(tenant=tenant)
         self._credential = credential
         # `transport` replaces the network, for replaying recorded answers in tests.
-        self._client = httpx.AsyncClient(timeout=timeout_s, transport=transport)
+        self._client = (
+            http_client(timeout_s)
+            if transport is None
+            else httpx.AsyncClient(timeout=timeout_s, transport=transport)
+        )
         self._warnings: list[str] = []
         self.calls = 0
 

@@ -45,6 +45,7 @@ from msgraph.generated.security.alerts_v2.alerts_v2_request_builder import (
 from msgraph.generated.users.item.user_item_request_builder import UserItemRequestBuilder
 from msgraph_core import GraphClientFactory
 
+from shared.adapters.http_transport import http_client
 from shared.config import Settings
 from shared.errors import PermanentError, TransientError
 from shared.models import is_guid
@@ -66,7 +67,11 @@ USER_FIELDS = [
 _ERROR_MAP: dict[str, Any] = {"XXX": ODataError}
 
 
-def build_graph_client(settings: Settings, credential: AsyncTokenCredential) -> GraphServiceClient:
+def build_graph_client(
+    settings: Settings, credential: AsyncTokenCredential, http: httpx.AsyncClient | None = None
+) -> GraphServiceClient:
+    """A Graph client sending through `http` (its owner closes it), or through a client of its
+    own (`request_adapter._http_client`)."""
     base_url = str(settings.graph_base_url).rstrip("/")
     host = httpx.URL(base_url).host
     auth = AzureIdentityAuthenticationProvider(
@@ -75,11 +80,11 @@ def build_graph_client(settings: Settings, credential: AsyncTokenCredential) -> 
     retry = RetryHandlerOption(
         delay=settings.graph_retry_delay_s, max_retries=settings.graph_max_retries
     )
-    http_client = GraphClientFactory.create_with_default_middleware(
-        client=httpx.AsyncClient(timeout=settings.graph_timeout_s, http2=False),
+    client = GraphClientFactory.create_with_default_middleware(
+        client=http or http_client(settings.graph_timeout_s),
         options={RetryHandlerOption.get_key(): retry},
     )
-    adapter = GraphRequestAdapter(auth, client=http_client)
+    adapter = GraphRequestAdapter(auth, client=client)
     adapter.base_url = base_url
     return GraphServiceClient(request_adapter=adapter)
 

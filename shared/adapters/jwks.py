@@ -16,6 +16,7 @@ import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
+from shared.adapters.http_transport import http_client
 from shared.errors import TransientError
 from shared.identity import ALGORITHM, AuthError
 
@@ -38,7 +39,7 @@ class JwksKeys:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._url = url
-        self._client = httpx.AsyncClient(timeout=timeout_s)
+        self._client = http_client(timeout_s)
         self._min_refresh_s = min_refresh_s
         self._max_age_s = max_age_s
         self._clock = clock

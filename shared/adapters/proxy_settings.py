@@ -1,4 +1,5 @@
-"""Whether the storage clients read proxy settings from the environment on every request.
+"""Whether the storage clients (and the httpx clients' aiohttp transport, `http_transport`)
+read proxy settings from the environment on every request.
 
 azure-core's aiohttp transport, told to use the environment's settings (its default), looks up
 the proxy for the request's URL and reads ~/.netrc for every request, on a worker thread of
@@ -17,8 +18,12 @@ from typing import Any
 from urllib.request import getproxies_environment
 
 
+def proxy_configured() -> bool:
+    """Whether the environment names a proxy for any scheme (`NO_PROXY` alone names none)."""
+    return any(scheme != "no" for scheme in getproxies_environment())
+
+
 def storage_client_options() -> dict[str, Any]:
     """The keyword arguments that tell an Azure storage client whether to read the
     environment's proxy settings (`use_env_settings`)."""
-    proxies = {scheme for scheme in getproxies_environment() if scheme != "no"}
-    return {"use_env_settings": bool(proxies)}
+    return {"use_env_settings": proxy_configured()}

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import httpx
 from azure.core.credentials_async import AsyncTokenCredential
 
+from shared.adapters.http_transport import http_client
 from shared.errors import (
     ConfigError,
     NotFoundError,
@@ -78,7 +79,7 @@ class BearerJson:
     def __init__(self, credential: AsyncTokenCredential, scope: str, timeout_s: float) -> None:
         self._credential = credential
         self._scope = scope
-        self._client = httpx.AsyncClient(timeout=timeout_s)
+        self._client = http_client(timeout_s)
 
     async def request(
         self, method: str, url: str, what: str, body: dict[str, Any] | None = None

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from shared.adapters.http_transport import http_client
 from shared.adapters.rest import raise_for
 from shared.errors import TransientError
 
@@ -19,7 +20,7 @@ class TeamsWorkflow:
 
     def __init__(self, url: str, timeout_s: float) -> None:
         self._url = url
-        self._client = httpx.AsyncClient(timeout=timeout_s)
+        self._client = http_client(timeout_s)
         self.posted = 0
 
     async def post(self, card: dict[str, Any]) -> None:
