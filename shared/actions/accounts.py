@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from shared.concurrency import ahead
 from shared.config import PRIVILEGED_ROLES
 from shared.errors import MissingPermission, PermanentError, TransientError
 from shared.models import (
@@ -31,6 +32,7 @@ from shared.models import (
     ActionRequest,
     GuardCheck,
     OutcomeStatus,
+    is_guid,
     utcnow,
 )
 from shared.policy import PROTECTED_KINDS, Guards
@@ -41,6 +43,7 @@ from shared.ports import (
     DirectoryRoles,
     Intent,
     Leases,
+    RoleAssignment,
     UserState,
 )
 
@@ -103,6 +106,20 @@ class AccountActions:
         intent this run records before its write: the runner's recording mark, which then
         costs no write of its own. Without an earlier `intent`, an executed outcome always
         comes from a write made after such an intent."""
+        # A disable naming the user by id reads its roles beside the user (the lockout guards
+        # need both): one Graph round trip fewer in sequence.
+        if action.kind is ActionKind.DISABLE_ACCOUNT and is_guid(action.target):
+            async with ahead(self._roles.roles_of(action.target.lower())) as roles_read:
+                return await self._run(action, intent, record_from, roles_read)
+        return await self._run(action, intent, record_from, None)
+
+    async def _run(
+        self,
+        action: ActionRequest,
+        intent: Intent | None,
+        record_from: int | None,
+        roles_read: Awaitable[list[RoleAssignment]] | None,
+    ) -> ActionOutcome:
         user = await self._directory.get_user(action.target)
         checks = self._protected(action, user)
         if checks and not checks[-1].passed:
@@ -126,7 +143,8 @@ class AccountActions:
                 )
         held_roles: list[str] = []
         if action.kind is ActionKind.DISABLE_ACCOUNT:
-            held_roles = [a.role_id for a in await self._roles.roles_of(user.id)]
+            assignments = await (roles_read or self._roles.roles_of(user.id))
+            held_roles = [a.role_id for a in assignments]
             if GLOBAL_ADMINISTRATOR in held_roles and not action.dry_run:
                 # Count the enabled Global Administrators and write under one lease: two
                 # disables at once could each count the other as still enabled.

@@ -601,3 +601,73 @@ async def test_a_sign_out_is_confirmed_by_a_new_sessions_time_only() -> None:
     confirmed = await tenant.actions.confirm(action)
     assert confirmed is not None and confirmed.status is OutcomeStatus.EXECUTED
     assert confirmed.calls == [call] and confirmed.before == before
+
+
+class Recorded(MemoryDirectory):
+    """A directory and roles that note when each read starts and ends."""
+
+    def __init__(self, events: list[str]) -> None:
+        super().__init__()
+        self.events = events
+
+    async def get_user(self, user: str) -> Any:
+        self.events.append("user read starts")
+        for _ in range(3):
+            await asyncio.sleep(0)
+        try:
+            return await super().get_user(user)
+        finally:
+            self.events.append("user read ends")
+
+
+class RecordedRoles(MemoryRoles):
+    def __init__(self, events: list[str], fail: Exception | None = None) -> None:
+        super().__init__()
+        self.events = events
+        self.fail = fail
+
+    async def roles_of(self, principal_id: str) -> Any:
+        self.events.append(f"roles read starts for {principal_id}")
+        if self.fail is not None:
+            raise self.fail
+        return await super().roles_of(principal_id)
+
+
+def recorded_tenant(events: list[str], fail: Exception | None = None) -> Tenant:
+    tenant = Tenant()
+    directory = Recorded(events)
+    directory.users = tenant.directory.users
+    tenant.directory, tenant.roles = directory, RecordedRoles(events, fail)
+    tenant.actions = AccountActions(
+        directory,
+        tenant.roles,
+        tenant.guards,
+        LockoutLimits(frozenset(PRIVILEGED_ROLES), 2),
+        tenant.leases,
+        tenant.ledger,
+    )
+    return tenant
+
+
+async def test_a_disable_naming_its_user_by_id_reads_the_roles_beside_the_user() -> None:
+    events: list[str] = []
+    tenant = recorded_tenant(events)
+    outcome = await tenant.run(ActionKind.DISABLE_ACCOUNT, ADELE.upper())
+    assert outcome.status is OutcomeStatus.EXECUTED
+    # Started before the user read ended, under the id Graph answers with (lower case).
+    assert events.index(f"roles read starts for {ADELE}") < events.index("user read ends")
+
+    events.clear()
+    tenant.directory.add(ADELE, ADELE_UPN)  # enabled again
+    await tenant.run(ActionKind.DISABLE_ACCOUNT, ADELE_UPN)
+    # A user principal name is no principal id: the roles wait for the user's id.
+    assert events[:3] == ["user read starts", "user read ends", f"roles read starts for {ADELE}"]
+
+
+async def test_a_failed_user_read_is_the_error_even_when_the_roles_read_beside_it_fails() -> None:
+    events: list[str] = []
+    tenant = recorded_tenant(events, fail=TransientError("roles unavailable"))
+    missing = "7d000000-0000-4000-8000-000000000404"
+    with pytest.raises(PermanentError, match="does not exist"):
+        await tenant.run(ActionKind.DISABLE_ACCOUNT, missing)
+    assert events[0] == "user read starts" and f"roles read starts for {missing}" in events
