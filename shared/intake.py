@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from shared.concurrency import gather_bounded
+from shared.concurrency import ahead, gather_bounded
 from shared.ingest import normalize
 from shared.models import ActionKind, ActionRequest, Alert, Decision
 from shared.outbox import QUEUED_DECISIONS, Outbox
@@ -83,15 +83,30 @@ class BlastRadius:
     window: timedelta
     clock: Callable[[], datetime]
 
-    async def check(self, action: ActionRequest) -> ActionRequest:
+    def applies(self, action: ActionRequest) -> bool:
+        """Whether `action` spends from the budget: an automatic disable about to run."""
         automatic = action.requested_by.kind == "app"
-        if not (automatic and action.kind is ActionKind.DISABLE_ACCOUNT):
+        return (
+            automatic
+            and action.kind is ActionKind.DISABLE_ACCOUNT
+            and action.decision is Decision.EXECUTE
+        )
+
+    async def spent(self) -> int:
+        """The disables spent in the window, counted as far as the budget."""
+        return await self.budget.spent(self.clock() - self.window, self.disables)
+
+    async def check(self, action: ActionRequest, tally: _Tally) -> ActionRequest:
+        """`action` as it may go on: an automatic disable beyond the budget waits for an
+        engineer's approval. `tally` is the submission's count, read once (beside the alerts'
+        handled checks) and moved on by each disable it lets through."""
+        if not self.applies(action):
             return action
-        if action.decision is not Decision.EXECUTE:
-            return action
-        now = self.clock()
-        if await self.budget.spent(now - self.window, self.disables) < self.disables:
-            await self.budget.spend(action.target, now)
+        if tally.spent is None:
+            tally.spent = await (tally.counted or self.spent())
+        if tally.spent < self.disables:
+            await self.budget.spend(action.target, self.clock())
+            tally.spent += 1
             return action
         minutes = int(self.window.total_seconds() // 60)
         reason = (
@@ -137,6 +152,15 @@ class AlertIntake:
         again; claims queued but not noted sent are noted by their delivery, or sent again by
         the reconciler)."""
         plans = [self._policy.plan(alert) for alert in alerts]
+        if any(self._blast_radius.applies(a) for plan in plans for a in plan.actions):
+            # The budget is counted beside the handled checks, not after them.
+            async with ahead(self._blast_radius.spent()) as counted:
+                return await self._handle_plans(alerts, plans, _Tally(counted))
+        return await self._handle_plans(alerts, plans, _Tally())
+
+    async def _handle_plans(
+        self, alerts: list[Alert], plans: list[Plan], tally: _Tally
+    ) -> list[IntakeResult]:
         handled = await gather_bounded(
             self._checkpoint.is_handled(alert.key, alert.version) for alert in alerts
         )
@@ -149,6 +173,7 @@ class AlertIntake:
         submitted = await self._submit_all(
             [plans[i].actions for i in todo.values()],
             then=lambda: self._checkpoint.mark_handled(*todo),
+            tally=tally,
         )
         for index, part in zip(todo.values(), submitted, strict=True):
             plans[index].actions[:] = part.actions
@@ -176,6 +201,7 @@ class AlertIntake:
         self,
         groups: list[list[ActionRequest]],
         then: Callable[[], Awaitable[object]] | None = None,
+        tally: _Tally | None = None,
     ) -> list[Submitted]:
         """`submit` for several groups of requests (one per alert) at once: every group is
         claimed, then all decisions are audited and handed on together, all within the
@@ -193,7 +219,8 @@ class AlertIntake:
             # Every network's registry row is read side by side up front, not one by one.
             rows = await gather_bounded(self._blocks.get(network) for network in networks)
             batch.registry = dict(zip(networks, rows, strict=True))
-            parts = [await self._decide_group(actions, batch) for actions in groups]
+            tally = tally or _Tally()
+            parts = [await self._decide_group(actions, batch, tally) for actions in groups]
             # Every claim of the submission in one write (one transaction per 100).
             wanted = [action for part in parts for action in part.wanted]
             claimed = await self._outbox.claim_all(wanted, batch.claim_seq)
@@ -210,13 +237,15 @@ class AlertIntake:
             part.result.coalesced += [i for i in ids if i not in handed]
         return [part.result for part in parts]
 
-    async def _decide_group(self, actions: list[ActionRequest], batch: _Batch) -> _Group:
+    async def _decide_group(
+        self, actions: list[ActionRequest], batch: _Batch, tally: _Tally
+    ) -> _Group:
         """One group's requests through the blast radius and the block registry: the claims
         it wants made (claimed together with the rest of the submission's afterwards)."""
         group = _Group()
         result = group.result
         for decided in actions:
-            planned = await self._blast_radius.check(decided)
+            planned = await self._blast_radius.check(decided, tally)
             action, earlier = await self._reserve(planned, batch)
             if action is None:
                 # The network is pending or blocked: this request joins that generation.
@@ -286,6 +315,16 @@ class AlertIntake:
         if reserved is None:  # another intake reserved it meanwhile
             return None, await self._blocks.get(action.target)
         return reserved, None
+
+
+@dataclass
+class _Tally:
+    """A submission's count of the budget spent: `counted` when it was started ahead, then
+    `spent` once read, one more for each disable let through (a disable of a target spent
+    on before counts again: on the safe side)."""
+
+    counted: Awaitable[int] | None = None
+    spent: int | None = None
 
 
 @dataclass

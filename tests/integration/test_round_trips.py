@@ -12,6 +12,8 @@ from drill.azurite import Azurite
 from drill.host import LocalHost
 from functions.http import KEY_HEADER
 from shared import container
+from shared.ingest import normalize
+from shared.models import ActionKind
 from shared.simulator import SimulatedTenant, SimUser
 from tests.conftest import ADELE, WEBHOOK_SECRET, settings_for
 from tests.trail import oldest_first
@@ -130,3 +132,45 @@ async def test_a_batch_of_alerts_is_marked_handled_in_one_round_trip(
     finally:
         container.install(None)
         await services.close()
+
+
+async def test_a_batch_counts_the_budget_once(sim: SimulatedTenant, azurite: Azurite) -> None:
+    """Three alerts in one submission, each naming another user, against a budget of two:
+    the budget is read once for the batch (beside the handled checks), each disable let
+    through counts on top, and the third waits for an engineer."""
+    users = [
+        SimUser(
+            id=f"7c1e4b2a-9d3f-4a6e-8b5c-3f2a1d9e8c1{n}",
+            user_principal_name=f"budget{n}@contoso.onmicrosoft.com",
+            display_name=f"Budget {n}",
+        )
+        for n in range(3)
+    ]
+    for user in users:
+        sim.add_user(user)
+    settings = settings_for(sim, azurite, AUTO_DISABLE_BUDGET=2)
+    budget_reads: list[str] = []
+
+    def count(response: Any) -> None:
+        request = response.http_request
+        if request.method == "GET" and "budget" in request.url:
+            budget_reads.append(request.url)
+
+    services = container.Container(settings, storage_hook=count)
+    container.install(services)
+    try:
+        await services.prepare()
+        # One submission of three alerts, as a list page or an incident's alerts arrive.
+        alerts = [normalize(compromised(10 + n, user))[0] for n, user in enumerate(users)]
+        results = await services.intake.handle_many(alerts)
+        decisions = [
+            [str(a.decision) for a in r.plan.actions if a.kind is ActionKind.DISABLE_ACCOUNT]
+            for r in results
+        ]
+        await LocalHost().pump(services.queue)
+    finally:
+        container.install(None)
+        await services.close()
+    assert len(budget_reads) == 1, budget_reads
+    assert decisions == [["execute"], ["execute"], ["needs_approval"]]
+    assert [sim.user(u.id).account_enabled for u in users] == [False, False, True]
