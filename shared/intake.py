@@ -92,21 +92,22 @@ class BlastRadius:
             and action.decision is Decision.EXECUTE
         )
 
-    async def spent(self) -> int:
-        """The disables spent in the window, counted as far as the budget."""
+    async def spent(self) -> set[str]:
+        """The accounts disabled in the window, read as far as the budget."""
         return await self.budget.spent(self.clock() - self.window, self.disables)
 
     async def check(self, action: ActionRequest, tally: _Tally) -> ActionRequest:
         """`action` as it may go on: an automatic disable beyond the budget waits for an
-        engineer's approval. `tally` is the submission's count, read once (beside the alerts'
-        handled checks) and moved on by each disable it lets through."""
+        engineer's approval. `tally` is the submission's view of the window, read once (beside
+        the alerts' handled checks) and joined by each account it lets through; an account
+        counts once."""
         if not self.applies(action):
             return action
         if tally.spent is None:
             tally.spent = await (tally.counted or self.spent())
-        if tally.spent < self.disables:
+        if len(tally.spent) < self.disables:
             await self.budget.spend(action.target, self.clock())
-            tally.spent += 1
+            tally.spent.add(action.target)
             return action
         minutes = int(self.window.total_seconds() // 60)
         reason = (
@@ -319,12 +320,12 @@ class AlertIntake:
 
 @dataclass
 class _Tally:
-    """A submission's count of the budget spent: `counted` when it was started ahead, then
-    `spent` once read, one more for each disable let through (a disable of a target spent
-    on before counts again: on the safe side)."""
+    """A submission's view of the budget: the accounts spent on in the window (`counted`,
+    when the read was started ahead), then `spent` once read, joined by each account the
+    submission lets through."""
 
-    counted: Awaitable[int] | None = None
-    spent: int | None = None
+    counted: Awaitable[set[str]] | None = None
+    spent: set[str] | None = None
 
 
 @dataclass

@@ -501,9 +501,9 @@ class DisableBudget(Protocol):
     """Accounts automatically disabled in a rolling window (the blast-radius budget); the same
     account counts once."""
 
-    async def spent(self, since: datetime, up_to: int) -> int:
-        """Accounts spent since `since`, counted up to `up_to` (a count that reached it may be
-        larger)."""
+    async def spent(self, since: datetime, up_to: int) -> set[str]:
+        """The accounts spent on since `since`, read as far as `up_to` of them (a set that
+        reached it may be missing some)."""
         ...
 
     async def spend(self, target: str, at: datetime) -> None: ...

@@ -453,24 +453,24 @@ class TableApprovals:
             return False
         return True
 
-    async def spent(self, since: datetime, up_to: int) -> int:
+    async def spent(self, since: datetime, up_to: int) -> set[str]:
         if up_to <= 0:
-            return 0
+            return set()
         query = f"PartitionKey eq '{BUDGET}' and At ge @since"
-        # Only the row keys, and no more pages than the count needs: the check reads at most
-        # its budget's worth of rows however many accounts the window holds.
+        # Only the accounts, and no more pages than the check needs: it reads at most its
+        # budget's worth of rows however many accounts the window holds.
         entities = self._table.query_entities(
             query,
             parameters={"since": since},
-            select=["RowKey"],
+            select=["Target"],
             results_per_page=min(up_to, MAX_PAGE),
         )
-        count = 0
-        async for _ in entities:
-            count += 1
-            if count >= up_to:
+        targets: set[str] = set()
+        async for entity in entities:
+            targets.add(entity["Target"])
+            if len(targets) >= up_to:
                 break
-        return count
+        return targets
 
     async def spend(self, target: str, at: datetime) -> None:
         await self._table.upsert_entity(

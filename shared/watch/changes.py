@@ -84,7 +84,7 @@ class ActiveIncident:
     clock: Callable[[], datetime]
 
     async def __call__(self) -> bool:
-        return await self.budget.spent(self.clock() - self.window, 1) > 0
+        return bool(await self.budget.spent(self.clock() - self.window, 1))
 
 
 def _digest(value: Any) -> str:

@@ -76,7 +76,9 @@ async def test_an_already_disabled_account_is_not_patched_again(
     repeat = action.model_copy(update={"id": "act-" + "0" * 32})
     outcome = await services.runner.run(repeat)
     assert outcome is not None and outcome.status == "already_done"
-    assert [method for method, _ in sim.requests] == ["GET"]
+    # Only reads: the user, and its roles, read beside it before the user showed it disabled.
+    assert {method for method, _ in sim.requests} == {"GET"}
+    assert sum(p.split("?")[0].endswith(f"/users/{ADELE.id}") for _, p in sim.requests) == 1
 
 
 async def test_a_redelivered_message_of_a_finished_action_changes_nothing(

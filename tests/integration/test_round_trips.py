@@ -15,7 +15,7 @@ from shared import container
 from shared.ingest import normalize
 from shared.models import ActionKind
 from shared.simulator import SimulatedTenant, SimUser
-from tests.conftest import ADELE, WEBHOOK_SECRET, settings_for
+from tests.conftest import ADELE, WEBHOOK_SECRET, installed, settings_for
 from tests.trail import oldest_first
 
 MEGAN = SimUser(
@@ -174,3 +174,31 @@ async def test_a_batch_counts_the_budget_once(sim: SimulatedTenant, azurite: Azu
     assert len(budget_reads) == 1, budget_reads
     assert decisions == [["execute"], ["execute"], ["needs_approval"]]
     assert [sim.user(u.id).account_enabled for u in users] == [False, False, True]
+
+
+async def test_an_account_named_by_several_alerts_of_a_batch_counts_once(
+    sim: SimulatedTenant, azurite: Azurite
+) -> None:
+    """Five alerts in one submission about the same user and one about another, against a
+    budget of two: the budget counts accounts, so both accounts are disabled."""
+    other = SimUser(
+        id="7c1e4b2a-9d3f-4a6e-8b5c-3f2a1d9e8c20",
+        user_principal_name="other@contoso.onmicrosoft.com",
+        display_name="Other",
+    )
+    sim.add_user(SimUser(**vars(MEGAN)))
+    sim.add_user(other)
+    settings = settings_for(sim, azurite, AUTO_DISABLE_BUDGET=2)
+    async with installed(settings) as services:
+        named = [MEGAN] * 5 + [other]
+        alerts = [normalize(compromised(20 + n, user))[0] for n, user in enumerate(named)]
+        results = await services.intake.handle_many(alerts)
+        await LocalHost().pump(services.queue)
+    decisions = {
+        str(a.decision)
+        for r in results
+        for a in r.plan.actions
+        if a.kind is ActionKind.DISABLE_ACCOUNT
+    }
+    assert decisions == {"execute"}
+    assert not sim.user(MEGAN.id).account_enabled and not sim.user(other.id).account_enabled

@@ -82,7 +82,7 @@ async def test_expired_state_rows_go_current_ones_and_the_audit_trail_stay(
     assert not await services.state.is_handled("generic:a-1", "v1")
     assert await services.approval_store.get(settled.id) is None
     assert await services.approval_store.get(pending.id) is not None, "pending approvals stay"
-    assert await services.approval_store.spent(clock() - timedelta(days=365), 10) == 0
+    assert await services.approval_store.spent(clock() - timedelta(days=365), 10) == set()
     assert await services.notification_claims.claim("subscription-1:change-1")
     assert await services.stream_rows.info("da-1") is None
     assert await services.stream_rows.evidence("da-1") == []
@@ -97,7 +97,9 @@ async def test_the_budget_keeps_the_entries_of_its_window(
     await services.approval_store.spend(BREAK_GLASS.id, clock())
     deleted = await services.cleanup.run()
     assert deleted["budget"] == 1
-    assert await services.approval_store.spent(clock() - timedelta(days=365), 10) == 1
+    assert await services.approval_store.spent(clock() - timedelta(days=365), 10) == {
+        BREAK_GLASS.id
+    }
 
 
 async def test_the_budget_is_counted_only_as_far_as_the_check_needs(
@@ -119,11 +121,12 @@ async def test_the_budget_is_counted_only_as_far_as_the_check_needs(
 
     table.query_entities = recorded
     since = clock() - timedelta(hours=1)
-    assert await store.spent(since, 10) == 10
-    assert await store.spent(since, 100) == 25, "the row outside the window is not counted"
-    assert await store.spent(since, 0) == 0
+    assert len(await store.spent(since, 10)) == 10
+    everyone = {f"user-{n}" for n in range(25)}
+    assert await store.spent(since, 100) == everyone, "the row outside the window is not read"
+    assert await store.spent(since, 0) == set()
     assert pages == [10, 100], "no query for a budget of nothing"
-    assert await store.spent(since - timedelta(hours=2), 100) == 26
+    assert await store.spent(since - timedelta(hours=2), 100) == everyone | {"user-old"}
 
 
 def block(network: str) -> ActionRequest:
