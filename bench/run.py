@@ -612,6 +612,9 @@ def run_all(quick: bool) -> dict[str, Any]:
     document["export"] = script("export.py", *(["--records", "2000,20000"] if quick else []))()
     document["retry_lookup"] = script("retry_lookup.py")()
     document["storage_requests"] = script("storage_requests.py")()
+    document["http_clients"] = script(
+        "http_clients.py", *(["--requests", "300"] if quick else [])
+    )()
     document["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     document["seconds"] = round(time.perf_counter() - started, 1)
     return document
