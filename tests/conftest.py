@@ -117,3 +117,15 @@ async def services(sim: SimulatedTenant, azurite: Azurite) -> AsyncIterator[cont
     """The container the functions use in this test."""
     async with installed(settings_for(sim, azurite)) as built:
         yield built
+
+
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+@pytest.fixture
+def no_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No proxy variable in the environment, either case; set one with the returned patch."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    return monkeypatch

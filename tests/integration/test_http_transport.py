@@ -18,15 +18,6 @@ from shared.adapters.http_transport import AiohttpTransport, http_client
 pytestmark = pytest.mark.integration
 
 Handler = Callable[[bytes, bytes, asyncio.StreamWriter], Awaitable[None]]
-PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
-
-
-@pytest.fixture
-def no_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name in PROXY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
-    return monkeypatch
 
 
 class Server:

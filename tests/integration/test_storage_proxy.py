@@ -18,16 +18,6 @@ from tests.conftest import settings_for
 
 pytestmark = pytest.mark.integration
 
-PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
-
-
-@pytest.fixture
-def no_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name in PROXY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
-    return monkeypatch
-
 
 @pytest.fixture
 async def proxy() -> AsyncIterator[tuple[str, list[str]]]:
