@@ -16,21 +16,11 @@ from typing import TYPE_CHECKING, Any
 from shared.actions.accounts import AccountActions, LockoutLimits
 from shared.actions.breakglass import EmergencyAccess, EmergencyAccounts
 from shared.actions.ip_blocks import IpBlocklist, IpBlockSweeper
-from shared.actions.reconciler import ActionReconciler, ReconcileLimits
 from shared.actions.runner import ActionRunner, Holds, RetryPolicy
 from shared.adapters.audit_index_table import AuditIndexTable
 from shared.adapters.audit_table import AuditTable
 from shared.adapters.credentials import build_credential
-from shared.adapters.exchange import ExchangeAdmin
-from shared.adapters.notice_queue import InMemoryNoticeQueue, ServiceBusNoticeQueue
-from shared.adapters.notice_table import TableNoticeRows
-from shared.adapters.notification_queue import (
-    InMemoryNotificationQueue,
-    ServiceBusNotificationQueue,
-)
 from shared.adapters.queue import InMemoryActionQueue, ServiceBusActionQueue
-from shared.adapters.readiness_probes import AzureProbes, QueuePeek
-from shared.adapters.state_retention import TableStateRetention
 from shared.adapters.state_table import (
     StateTable,
     TableActivations,
@@ -40,48 +30,51 @@ from shared.adapters.state_table import (
 )
 from shared.adapters.table_service import ensure_tables, table_service
 from shared.adapters.token_grants import TokenGrants, explain_refusals
-from shared.adapters.watch_table import (
-    TableNotificationClaims,
-    TableSnapshots,
-    TableStreamRows,
-    TableSubscriptions,
-)
-from shared.approvals import Approvals
 from shared.audit import AuditChain
-from shared.audit_export import AuditExport, ChainCheckpoints
 from shared.audit_query import AuditQuery, index_entries
-from shared.cleanup import StateCleanup
 from shared.config import QueueKind, Settings
-from shared.defender_stream import DefenderStream
-from shared.emergency import EmergencyMonitor
 from shared.intake import AlertIntake, BlastRadius
-from shared.manual import ManualActions
 from shared.models import utcnow
-from shared.notices.model import NoticeClass
-from shared.notices.ports import NoticeQueue
-from shared.notices.service import Channels, NoticeConfig, NoticeDispatcher, NoticeSender
 from shared.outbox import Outbox
 from shared.permissions import EXCHANGE_AUDIENCE, GRAPH_AUDIENCE
 from shared.policy import Guards, Playbook, Policy
-from shared.poller import AlertPoller
 from shared.ports import ActionQueue
-from shared.readiness import Readiness
-from shared.waiting import WaitingApprovals
-from shared.watch.changes import ActiveIncident, ChangeProcessor
-from shared.watch.dead_letters import NotificationDeadLetters
-from shared.watch.gate import NotificationGate
-from shared.watch.ports import NotificationQueue
-from shared.watch.subscriptions import SubscriptionManager, desired_subscriptions
 
 if TYPE_CHECKING:
     import httpx
     from msgraph import GraphServiceClient
 
+    from shared.actions.reconciler import ActionReconciler
     from shared.adapters.audit_anchor_blob import BlobAnchor
+    from shared.adapters.exchange import ExchangeAdmin
     from shared.adapters.graph import GraphDirectory
     from shared.adapters.graph_subscriptions import GraphWatch
     from shared.adapters.jwks import JwksKeys
+    from shared.adapters.notice_table import TableNoticeRows
+    from shared.adapters.state_retention import TableStateRetention
+    from shared.adapters.watch_table import (
+        TableNotificationClaims,
+        TableSnapshots,
+        TableStreamRows,
+        TableSubscriptions,
+    )
+    from shared.approvals import Approvals
+    from shared.audit_export import AuditExport
+    from shared.cleanup import StateCleanup
+    from shared.defender_stream import DefenderStream
+    from shared.emergency import EmergencyMonitor
     from shared.identity import TokenValidator
+    from shared.manual import ManualActions
+    from shared.notices.ports import NoticeQueue
+    from shared.notices.service import Channels, NoticeConfig, NoticeDispatcher, NoticeSender
+    from shared.poller import AlertPoller
+    from shared.readiness import Readiness
+    from shared.waiting import WaitingApprovals
+    from shared.watch.changes import ChangeProcessor
+    from shared.watch.dead_letters import NotificationDeadLetters
+    from shared.watch.gate import NotificationGate
+    from shared.watch.ports import NotificationQueue
+    from shared.watch.subscriptions import SubscriptionManager
 
 
 class Container:
@@ -107,7 +100,6 @@ class Container:
         self.approval_store = TableApprovals(state_table)
         self.activations = TableActivations(state_table)
         self.leases = TableLeases(state_table)
-        self.retention = TableStateRetention(state_table)
         self.audit_index = AuditIndexTable(
             self.tables.get_table_client(settings.audit_index_table), audit_table
         )
@@ -116,17 +108,8 @@ class Container:
         self.chain = AuditChain(
             self.audit_store, indexer=index_entries, anchor=self.anchor, index=self.audit_index
         )
-        self.audit_export = AuditExport(
-            self.audit_query, ChainCheckpoints(self.chain), self._cursor_key(), self.clock
-        )
         self.queue: ActionQueue = self._build_queue()
-        self.notification_queue: NotificationQueue = self._build_notification_queue()
-        self.notice_queue: NoticeQueue = self._build_notice_queue()
-        self.notice_rows = TableNoticeRows(state_table)
-        self.subscription_store = TableSubscriptions(state_table)
-        self.snapshots = TableSnapshots(state_table)
-        self.notification_claims = TableNotificationClaims(state_table)
-        self.stream_rows = TableStreamRows(state_table)
+        self._state_client = state_table
         self.guards = Guards.from_settings(settings)
         self.playbook = Playbook.load(settings.playbook_path)
         self.policy = Policy(self.playbook, self.guards)
@@ -158,7 +141,60 @@ class Container:
             self.settings.service_bus_namespace, self.settings.actions_queue, self.credential
         )
 
-    def _build_notification_queue(self) -> NotificationQueue:
+    # Built on first use, with the modules of their features: an alert's way from the webhook
+    # to its executed actions loads none of them (docs/performance.md, "First containment").
+
+    @cached_property
+    def retention(self) -> TableStateRetention:
+        from shared.adapters.state_retention import TableStateRetention
+
+        return TableStateRetention(self._state_client)
+
+    @cached_property
+    def audit_export(self) -> AuditExport:
+        from shared.audit_export import AuditExport, ChainCheckpoints
+
+        return AuditExport(
+            self.audit_query, ChainCheckpoints(self.chain), self._cursor_key(), self.clock
+        )
+
+    @cached_property
+    def notice_rows(self) -> TableNoticeRows:
+        from shared.adapters.notice_table import TableNoticeRows
+
+        return TableNoticeRows(self._state_client)
+
+    @cached_property
+    def subscription_store(self) -> TableSubscriptions:
+        from shared.adapters.watch_table import TableSubscriptions
+
+        return TableSubscriptions(self._state_client)
+
+    @cached_property
+    def snapshots(self) -> TableSnapshots:
+        from shared.adapters.watch_table import TableSnapshots
+
+        return TableSnapshots(self._state_client)
+
+    @cached_property
+    def notification_claims(self) -> TableNotificationClaims:
+        from shared.adapters.watch_table import TableNotificationClaims
+
+        return TableNotificationClaims(self._state_client)
+
+    @cached_property
+    def stream_rows(self) -> TableStreamRows:
+        from shared.adapters.watch_table import TableStreamRows
+
+        return TableStreamRows(self._state_client)
+
+    @cached_property
+    def notification_queue(self) -> NotificationQueue:
+        from shared.adapters.notification_queue import (
+            InMemoryNotificationQueue,
+            ServiceBusNotificationQueue,
+        )
+
         if self.settings.queue is QueueKind.MEMORY:
             return InMemoryNotificationQueue(self.settings.max_deliveries, self.clock)
         assert self.settings.service_bus_namespace is not None  # checked by Settings
@@ -166,7 +202,10 @@ class Container:
             self.settings.service_bus_namespace, self.settings.notifications_queue, self.credential
         )
 
-    def _build_notice_queue(self) -> NoticeQueue:
+    @cached_property
+    def notice_queue(self) -> NoticeQueue:
+        from shared.adapters.notice_queue import InMemoryNoticeQueue, ServiceBusNoticeQueue
+
         if self.settings.queue is QueueKind.MEMORY:
             return InMemoryNoticeQueue(self.settings.max_deliveries, self.clock)
         assert self.settings.service_bus_namespace is not None  # checked by Settings
@@ -219,6 +258,8 @@ class Container:
 
     @cached_property
     def notification_gate(self) -> NotificationGate:
+        from shared.watch.gate import NotificationGate
+
         return NotificationGate(
             self.subscription_store,
             self.notification_queue,
@@ -228,6 +269,8 @@ class Container:
 
     @cached_property
     def changes(self) -> ChangeProcessor:
+        from shared.watch.changes import ActiveIncident, ChangeProcessor
+
         return ChangeProcessor(
             self.graph_watch,
             self.snapshots,
@@ -247,6 +290,8 @@ class Container:
 
     @cached_property
     def subscriptions(self) -> SubscriptionManager:
+        from shared.watch.subscriptions import SubscriptionManager, desired_subscriptions
+
         settings = self.settings
         return SubscriptionManager(
             self.graph_watch,
@@ -267,6 +312,8 @@ class Container:
 
     @cached_property
     def defender_stream(self) -> DefenderStream:
+        from shared.defender_stream import DefenderStream
+
         tenant = self.settings.notification_tenant_id or self.settings.auth_tenant_id
         return DefenderStream(self.stream_rows, self.intake, tenant)
 
@@ -275,6 +322,8 @@ class Container:
         """The Exchange admin client; None when EXCHANGE_TENANT is not set (no IP blocks)."""
         if self.settings.exchange_tenant is None:
             return None
+        from shared.adapters.exchange import ExchangeAdmin
+
         admin = ExchangeAdmin(
             str(self.settings.exchange_base_url),
             self.settings.exchange_tenant,
@@ -326,10 +375,14 @@ class Container:
 
     @cached_property
     def approvals(self) -> Approvals:
+        from shared.approvals import Approvals
+
         return Approvals(self.approval_store, self.chain, self.state, self.queue, self.clock)
 
     @cached_property
     def waiting(self) -> WaitingApprovals:
+        from shared.waiting import WaitingApprovals
+
         return WaitingApprovals(self.approvals, self.state, self.audit_store, self.clock)
 
     @cached_property
@@ -360,6 +413,8 @@ class Container:
 
     @cached_property
     def monitor(self) -> EmergencyMonitor:
+        from shared.emergency import EmergencyMonitor
+
         return EmergencyMonitor(self.emergency, self.chain)
 
     @cached_property
@@ -383,6 +438,9 @@ class Container:
 
     @cached_property
     def notice_config(self) -> NoticeConfig:
+        from shared.notices.model import NoticeClass
+        from shared.notices.service import NoticeConfig
+
         settings = self.settings
         teams = settings.notice_teams_webhook_url is not None
         return NoticeConfig(
@@ -403,6 +461,8 @@ class Container:
 
     @cached_property
     def notice_dispatcher(self) -> NoticeDispatcher:
+        from shared.notices.service import NoticeDispatcher
+
         return NoticeDispatcher(
             self.audit_store, self.notice_rows, self.notice_queue, self.notice_config
         )
@@ -413,6 +473,7 @@ class Container:
         from shared.adapters.comments import GraphAlertComments, SentinelIncidentComments
         from shared.adapters.mail import GraphMail
         from shared.adapters.teams import TeamsWorkflow
+        from shared.notices.service import Channels
 
         settings, timeout = self.settings, self.settings.graph_timeout_s
         graph = str(settings.graph_base_url)
@@ -438,6 +499,8 @@ class Container:
 
     @cached_property
     def notice_sender(self) -> NoticeSender:
+        from shared.notices.service import NoticeSender
+
         return NoticeSender(
             self.notice_channels,
             self.notice_rows,
@@ -449,6 +512,8 @@ class Container:
 
     @cached_property
     def cleanup(self) -> StateCleanup:
+        from shared.cleanup import StateCleanup
+
         return StateCleanup(
             self.retention,
             timedelta(days=self.settings.state_ttl_days),
@@ -458,6 +523,8 @@ class Container:
 
     @cached_property
     def reconciler(self) -> ActionReconciler:
+        from shared.actions.reconciler import ActionReconciler, ReconcileLimits
+
         return ActionReconciler(
             self.outbox,
             self.state,
@@ -476,6 +543,8 @@ class Container:
 
     @cached_property
     def notification_dead_letters(self) -> NotificationDeadLetters:
+        from shared.watch.dead_letters import NotificationDeadLetters
+
         return NotificationDeadLetters(
             self.notification_queue,
             self.changes,
@@ -505,6 +574,8 @@ class Container:
 
     @cached_property
     def manual(self) -> ManualActions:
+        from shared.manual import ManualActions
+
         return ManualActions(self.intake, self.guards, self.state)
 
     @cached_property
@@ -513,6 +584,10 @@ class Container:
 
     @cached_property
     def readiness(self) -> Readiness:
+        from shared.adapters.readiness_probes import AzureProbes, QueuePeek
+        from shared.readiness import Readiness
+        from shared.watch.subscriptions import desired_subscriptions
+
         settings = self.settings
         peek = None
         if settings.queue is not QueueKind.MEMORY:
@@ -547,6 +622,8 @@ class Container:
 
     @cached_property
     def poller(self) -> AlertPoller:
+        from shared.poller import AlertPoller
+
         lookback = timedelta(minutes=self.settings.poll_lookback_minutes)
         return AlertPoller(self.graph, self.state, self.intake, lookback)
 
@@ -556,10 +633,16 @@ class Container:
             closers.append(self.anchor.close())
         if isinstance(self.queue, ServiceBusActionQueue):
             closers.append(self.queue.close())
-        if isinstance(self.notification_queue, ServiceBusNotificationQueue):
-            closers.append(self.notification_queue.close())
-        if isinstance(self.notice_queue, ServiceBusNoticeQueue):
-            closers.append(self.notice_queue.close())
+        if "notification_queue" in self.__dict__:
+            from shared.adapters.notification_queue import ServiceBusNotificationQueue
+
+            if isinstance(self.notification_queue, ServiceBusNotificationQueue):
+                closers.append(self.notification_queue.close())
+        if "notice_queue" in self.__dict__:
+            from shared.adapters.notice_queue import ServiceBusNoticeQueue
+
+            if isinstance(self.notice_queue, ServiceBusNoticeQueue):
+                closers.append(self.notice_queue.close())
         if "notice_channels" in self.__dict__:
             channels = self.notice_channels
             for adapter in (

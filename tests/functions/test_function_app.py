@@ -159,3 +159,59 @@ def test_the_blob_sdk_waits_for_the_first_checkpoint() -> None:
     )
     loaded = loaded_after(build)
     assert "azure.data.tables" in loaded and "azure.storage.blob" not in loaded
+
+
+# The modules of the features an alert's way to its executed actions does not use: the
+# composition root loads them with the first use of their feature (docs/performance.md).
+OTHER_FEATURES = (
+    "shared.actions.reconciler",
+    "shared.adapters.exchange",
+    "shared.adapters.notice_queue",
+    "shared.adapters.notification_queue",
+    "shared.adapters.readiness_probes",
+    "shared.adapters.state_retention",
+    "shared.adapters.watch_table",
+    "shared.approvals",
+    "shared.audit_export",
+    "shared.cleanup",
+    "shared.defender_stream",
+    "shared.emergency",
+    "shared.manual",
+    "shared.notices.service",
+    "shared.poller",
+    "shared.readiness",
+    "shared.waiting",
+    "shared.watch.changes",
+    "shared.watch.gate",
+    "shared.watch.subscriptions",
+)
+
+
+def modules_after(statement: str, names: tuple[str, ...]) -> set[str]:
+    script = f"import sys; {statement}; print(' '.join(m for m in {names!r} if m in sys.modules))"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RESPONDER_", "GRAPH_"))}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    return set(result.stdout.split())
+
+
+def test_the_alert_path_loads_no_other_features_modules() -> None:
+    build = (
+        "from shared.config import Settings; from shared.container import Container; "
+        "c = Container(Settings.model_validate({'RESPONDER_TABLES_CONNECTION': "
+        "'UseDevelopmentStorage=true', 'RESPONDER_QUEUE': 'memory'})); c.intake; c.runner"
+    )
+    assert modules_after(build, OTHER_FEATURES) == set()
+    # Each loads with its feature: the check above would pass on a misspelt list.
+    features = "c.reconciler; c.readiness; c.notice_sender; c.notice_dispatcher; c.cleanup; "
+    features += "c.manual; c.waiting; c.poller; c.defender_stream; c.monitor; c.audit_export; "
+    features += "c.notification_dead_letters; c.notification_gate"
+    with_exchange = build.replace(
+        "'RESPONDER_QUEUE': 'memory'",
+        "'RESPONDER_QUEUE': 'memory', 'EXCHANGE_TENANT': 'contoso.onmicrosoft.com'",
+    )
+    assert modules_after(f"{with_exchange}; {features}; c.exchange", OTHER_FEATURES) == set(
+        OTHER_FEATURES
+    )
