@@ -31,6 +31,7 @@ from azure.data.tables import TableTransactionError
 from azure.data.tables.aio import TableClient
 
 from shared.adapters.table_batch import insert_entities
+from shared.adapters.table_query import query_json
 from shared.adapters.table_service import as_int, int64
 from shared.audit import LANE_CHAINS, chain_of_position, chain_seq_of
 from shared.models import LEGACY_CHAIN, AuditEntry, AuditRecord
@@ -227,5 +228,12 @@ class AuditTable:
             if before_seq is not None:
                 # A lane's numbers follow its positions; the position bound is a filter.
                 query += f" and Seq lt {before_seq}L"
-        async for entity in self._table.query_entities(query):
+        # Lane columns are strings and integers: read as plain JSON (table_query); the single
+        # chain's copied columns keep the SDK's typed reading.
+        entities = (
+            self._table.query_entities(query)
+            if chain == LEGACY_CHAIN
+            else query_json(self._table, query)
+        )
+        async for entity in entities:
             yield from_entity(entity)
