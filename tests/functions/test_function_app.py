@@ -119,10 +119,9 @@ DEFERRED = (
 )
 
 
-def loaded_after(statement: str) -> set[str]:
-    script = (
-        f"import sys; {statement}; print(' '.join(m for m in {DEFERRED!r} if m in sys.modules))"
-    )
+def loaded_after(statement: str, names: tuple[str, ...] = DEFERRED) -> set[str]:
+    """Which of `names` a fresh interpreter has imported after `statement`."""
+    script = f"import sys; {statement}; print(' '.join(m for m in {names!r} if m in sys.modules))"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RESPONDER_", "GRAPH_"))}
     result = subprocess.run(
         [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
@@ -187,23 +186,13 @@ OTHER_FEATURES = (
 )
 
 
-def modules_after(statement: str, names: tuple[str, ...]) -> set[str]:
-    script = f"import sys; {statement}; print(' '.join(m for m in {names!r} if m in sys.modules))"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RESPONDER_", "GRAPH_"))}
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr
-    return set(result.stdout.split())
-
-
 def test_the_alert_path_loads_no_other_features_modules() -> None:
     build = (
         "from shared.config import Settings; from shared.container import Container; "
         "c = Container(Settings.model_validate({'RESPONDER_TABLES_CONNECTION': "
         "'UseDevelopmentStorage=true', 'RESPONDER_QUEUE': 'memory'})); c.intake; c.runner"
     )
-    assert modules_after(build, OTHER_FEATURES) == set()
+    assert loaded_after(build, OTHER_FEATURES) == set()
     # Each loads with its feature: the check above would pass on a misspelt list.
     features = "c.reconciler; c.readiness; c.notice_sender; c.notice_dispatcher; c.cleanup; "
     features += "c.manual; c.waiting; c.poller; c.defender_stream; c.monitor; c.audit_export; "
@@ -212,6 +201,6 @@ def test_the_alert_path_loads_no_other_features_modules() -> None:
         "'RESPONDER_QUEUE': 'memory'",
         "'RESPONDER_QUEUE': 'memory', 'EXCHANGE_TENANT': 'contoso.onmicrosoft.com'",
     )
-    assert modules_after(f"{with_exchange}; {features}; c.exchange", OTHER_FEATURES) == set(
+    assert loaded_after(f"{with_exchange}; {features}; c.exchange", OTHER_FEATURES) == set(
         OTHER_FEATURES
     )
