@@ -67,7 +67,7 @@ class ListStore:
         for seq in range(top, 0, -1):
             yield self._records[seq - 1]
 
-    def chain_newest_first(self, chain: str) -> AsyncIterator[AuditRecord]:
+    def chain_newest_first(self, chain: str, whole: bool = False) -> AsyncIterator[AuditRecord]:
         return self.newest_first()
 
 

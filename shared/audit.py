@@ -515,7 +515,7 @@ class AuditChain:
         newest: AuditRecord | None = None
         for chain in sorted(set(heads) | set(expected)):
             walk = _ChainWalk(chain, expected.get(chain, {}))
-            async for record in self._store.chain_newest_first(chain):
+            async for record in self._store.chain_newest_first(chain, whole=True):
                 checked += 1
                 walk.step(record)
             problems += walk.finish()

@@ -93,9 +93,10 @@ class AuditStore(Protocol):
         """Every record, highest position first; with `before_seq`, only those below it."""
         ...
 
-    def chain_newest_first(self, chain: str) -> AsyncIterator[AuditRecord]:
+    def chain_newest_first(self, chain: str, whole: bool = False) -> AsyncIterator[AuditRecord]:
         """Every record of one chain, newest first, with `defect` set where a stored copy
-        beside the hashed text differs from it."""
+        beside the hashed text differs from it. `whole`: the caller reads the chain to its
+        end (a store may then fetch ahead)."""
         ...
 
 

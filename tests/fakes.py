@@ -54,7 +54,9 @@ class MemoryAuditStore:
             if before_seq is None or seq < before_seq:
                 yield self.records[seq]
 
-    async def chain_newest_first(self, chain: str) -> AsyncIterator[AuditRecord]:
+    async def chain_newest_first(
+        self, chain: str, whole: bool = False
+    ) -> AsyncIterator[AuditRecord]:
         for record in self._of(chain):
             yield record
 

@@ -214,10 +214,12 @@ class AuditTable:
         async for record in self._records(LEGACY_CHAIN, before_seq):
             yield record
 
-    def chain_newest_first(self, chain: str) -> AsyncIterator[AuditRecord]:
-        return self._records(chain, None)
+    def chain_newest_first(self, chain: str, whole: bool = False) -> AsyncIterator[AuditRecord]:
+        return self._records(chain, None, read_ahead=whole)
 
-    async def _records(self, chain: str, before_seq: int | None) -> AsyncIterator[AuditRecord]:
+    async def _records(
+        self, chain: str, before_seq: int | None, read_ahead: bool = False
+    ) -> AsyncIterator[AuditRecord]:
         if chain == LEGACY_CHAIN:
             query = f"PartitionKey eq '{LEGACY_CHAIN}'"
             if before_seq is not None:
@@ -233,7 +235,7 @@ class AuditTable:
         entities = (
             self._table.query_entities(query)
             if chain == LEGACY_CHAIN
-            else query_json(self._table, query)
+            else query_json(self._table, query, read_ahead=read_ahead)
         )
         async for entity in entities:
             yield from_entity(entity)

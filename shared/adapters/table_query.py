@@ -16,6 +16,7 @@ For tables whose columns the caller reads as such: the audit lanes (strings and 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -30,40 +31,59 @@ MAX_PAGE = 1000
 
 
 async def query_json(
-    table: TableClient, query: str, page_size: int = MAX_PAGE
+    table: TableClient, query: str, page_size: int = MAX_PAGE, *, read_ahead: bool = False
 ) -> AsyncIterator[dict[str, Any]]:
-    """The entities `query` (an OData filter) selects, page by page, in the service's order."""
+    """The entities `query` (an OData filter) selects, page by page, in the service's order.
+    With `read_ahead` (for a caller that reads to the end) the next page is requested while
+    this one is handed out, so the service's time overlaps the caller's."""
+    following: dict[str, str] | None = {}
+    ahead: asyncio.Task[tuple[list[dict[str, Any]], dict[str, str] | None]] | None = None
+    try:
+        while following is not None:
+            items, following = await (ahead or _page(table, query, page_size, following))
+            ahead = None
+            if read_ahead and following is not None:
+                ahead = asyncio.ensure_future(_page(table, query, page_size, following))
+            for item in items:
+                yield item
+    finally:
+        if ahead is not None and not ahead.done():
+            ahead.cancel()
+        elif ahead is not None and not ahead.cancelled():
+            ahead.exception()  # read: a page nobody waits for any more is no lost error
+
+
+async def _page(
+    table: TableClient, query: str, page_size: int, following: dict[str, str]
+) -> tuple[list[dict[str, Any]], dict[str, str] | None]:
+    """One page's entities, and the continuation to the next page (None after the last)."""
     endpoint, _, sas = table.url.partition("?")
-    following: dict[str, str] = {}
-    while True:
-        parameters = urlencode(
-            {"$filter": query, "$top": str(page_size), **following}, quote_via=quote
-        )
-        request = HttpRequest(
-            "GET",
-            f"{endpoint}/{table.table_name}()?{sas + '&' if sas else ''}{parameters}",
-            headers={
-                "x-ms-version": table.api_version,
-                "DataServiceVersion": "3.0",
-                "MaxDataServiceVersion": "3.0;NetFx",
-                "Accept": "application/json;odata=minimalmetadata",
-            },
-        )
-        response = await table._client.send_request(request, stream=True)
-        await response.read()
-        if response.status_code != 200:
-            kind = ResourceNotFoundError if response.status_code == 404 else HttpResponseError
-            raise kind(response=response)
-        for item in json.loads(response.content)["value"]:
-            yield {
-                name: value
-                for name, value in item.items()
-                if name != "Timestamp" and not name.startswith("odata.") and "@odata." not in name
-            }
-        partition = response.headers.get("x-ms-continuation-NextPartitionKey")
-        if not partition:
-            return
-        following = {"NextPartitionKey": partition}
-        row = response.headers.get("x-ms-continuation-NextRowKey")
-        if row:
-            following["NextRowKey"] = row
+    parameters = urlencode({"$filter": query, "$top": str(page_size), **following}, quote_via=quote)
+    request = HttpRequest(
+        "GET",
+        f"{endpoint}/{table.table_name}()?{sas + '&' if sas else ''}{parameters}",
+        headers={
+            "x-ms-version": table.api_version,
+            "DataServiceVersion": "3.0",
+            "MaxDataServiceVersion": "3.0;NetFx",
+            "Accept": "application/json;odata=minimalmetadata",
+        },
+    )
+    response = await table._client.send_request(request, stream=True)
+    await response.read()
+    if response.status_code != 200:
+        kind = ResourceNotFoundError if response.status_code == 404 else HttpResponseError
+        raise kind(response=response)
+    items = [
+        {
+            name: value
+            for name, value in item.items()
+            if name != "Timestamp" and not name.startswith("odata.") and "@odata." not in name
+        }
+        for item in json.loads(response.content)["value"]
+    ]
+    partition = response.headers.get("x-ms-continuation-NextPartitionKey")
+    if not partition:
+        return items, None
+    row = response.headers.get("x-ms-continuation-NextRowKey")
+    return items, {"NextPartitionKey": partition, **({"NextRowKey": row} if row else {})}

@@ -41,10 +41,17 @@ async def test_a_query_reads_what_the_sdk_reads_page_after_page(
         query = "PartitionKey eq 'lane-1' and RowKey ge 'r001'"
         expected = [e async for e in table.query_entities(query)]
         read = [e async for e in query_json(table, query, page_size=2)]
+        ahead = [e async for e in query_json(table, query, page_size=2, read_ahead=True)]
+        first = None
+        async for entity in query_json(table, query, page_size=2, read_ahead=True):
+            first = entity
+            break  # the page read ahead is let go
         with pytest.raises(ResourceNotFoundError):
             [e async for e in query_json(service.get_table_client("Missing" + name), query)]
 
     assert [e["RowKey"] for e in read] == [f"r{n:03d}" for n in range(1, 7)], "in order, 3 pages"
+    assert ahead == read, "reading a page ahead changes nothing"
+    assert first == read[0]
     for ours, theirs in zip(read, expected, strict=True):
         assert set(ours) == set(theirs), "the same columns, no annotations, no Timestamp"
         assert as_int(ours["Seq"]) == as_int(theirs["Seq"])
