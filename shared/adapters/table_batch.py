@@ -55,6 +55,19 @@ _REFUSALS: dict[str, type[HttpResponseError]] = {
 }
 
 
+def refused(what: str, status: int, body: bytes, headers: Mapping[str, str]) -> HttpResponseError:
+    """The error the SDK raises for a request the service refused, chosen by the service's
+    error code: a missing table or entity is a `ResourceNotFoundError`, a refused signature a
+    `ClientAuthenticationError`, anything else an `HttpResponseError`; with the status and
+    the error code set as the SDK sets them."""
+    error = headers.get("x-ms-error-code")
+    kind = _REFUSALS.get(error or "", HttpResponseError)
+    exc = kind(message=f"{what} refused: HTTP {status}: {body[:500]!r}\nErrorCode:{error}")
+    exc.status_code = status
+    exc.error_code = error  # type: ignore[attr-defined]  # as the SDK sets it
+    return exc
+
+
 def entity_json(entity: Mapping[str, Any]) -> dict[str, Any]:
     """An entity's JSON properties, typed as the SDK types them."""
     properties: dict[str, Any] = {}
@@ -159,12 +172,7 @@ def _failure(status: int, part: bytes) -> TableTransactionError:
 def check_response(status: int, body: bytes, headers: Mapping[str, str], count: int) -> None:
     """Raise unless the batch response says every one of `count` operations succeeded."""
     if status != 202:
-        error = headers.get("x-ms-error-code")
-        kind = _REFUSALS.get(error or "", HttpResponseError)
-        exc = kind(message=f"transaction refused: HTTP {status}: {body[:500]!r}\nErrorCode:{error}")
-        exc.status_code = status
-        exc.error_code = error  # type: ignore[attr-defined]  # as the SDK sets it
-        raise exc
+        raise refused("transaction", status, body, headers)
     statuses = list(_STATUS_LINE.finditer(body))
     for n, line in enumerate(statuses):
         code = int(line.group(1))

@@ -22,9 +22,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.core.rest import HttpRequest
 from azure.data.tables.aio import TableClient
+
+from shared.adapters.table_batch import refused
 
 # The most entities the service returns in one page.
 MAX_PAGE = 1000
@@ -72,8 +73,7 @@ async def _page(
     response = await table._client.send_request(request, stream=True)
     await response.read()
     if response.status_code != 200:
-        kind = ResourceNotFoundError if response.status_code == 404 else HttpResponseError
-        raise kind(response=response)
+        raise refused("query", response.status_code, response.content, response.headers)
     items = [
         {
             name: value

@@ -3,11 +3,13 @@ same entities, in the same order, as the SDK's own query, across continuation pa
 
 from __future__ import annotations
 
+import base64
 import uuid
 
 import pytest
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.data.tables import EdmType, EntityProperty
+from pydantic import SecretStr
 
 from drill.azurite import Azurite
 from shared.adapters.table_query import query_json
@@ -48,6 +50,19 @@ async def test_a_query_reads_what_the_sdk_reads_page_after_page(
             break  # the page read ahead is let go
         with pytest.raises(ResourceNotFoundError):
             [e async for e in query_json(service.get_table_client("Missing" + name), query)]
+    # A signature the service refuses raises what the SDK's own query raises, with its status
+    # (the command line tells a sign-in failure from a refused role by them).
+    forged = settings.model_copy(
+        update={"tables_connection": SecretStr(_wrong_key(azurite.connection_string))}
+    )
+    async with table_service(forged, None) as service:
+        table = service.get_table_client(name)
+        with pytest.raises(HttpResponseError) as by_sdk:
+            [e async for e in table.query_entities(query)]
+        with pytest.raises(HttpResponseError) as by_json:
+            [e async for e in query_json(table, query)]
+    assert type(by_json.value) is type(by_sdk.value)
+    assert by_json.value.status_code == by_sdk.value.status_code == 403
 
     assert [e["RowKey"] for e in read] == [f"r{n:03d}" for n in range(1, 7)], "in order, 3 pages"
     assert ahead == read, "reading a page ahead changes nothing"
@@ -58,3 +73,9 @@ async def test_a_query_reads_what_the_sdk_reads_page_after_page(
         assert {k: v for k, v in ours.items() if k != "Seq"} == {
             k: v for k, v in theirs.items() if k != "Seq"
         }
+
+
+def _wrong_key(connection: str) -> str:
+    parts = dict(part.split("=", 1) for part in connection.split(";") if part)
+    parts["AccountKey"] = base64.b64encode(b"not the account key").decode()
+    return ";".join(f"{k}={v}" for k, v in parts.items())
