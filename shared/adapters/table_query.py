@@ -7,9 +7,10 @@ This sends the same request ("Query Entities" in the Table service REST referenc
 `$top`, and the `NextPartitionKey` / `NextRowKey` continuation the service answers in its
 `x-ms-continuation-*` headers) through the table client's own pipeline (authentication,
 retries, response hooks) and hands each entity over as the service wrote it with
-`odata=minimalmetadata`: strings, booleans and Int32 numbers as JSON values, Int64 values as
-strings, DateTime values as ISO 8601 strings. The `odata.*` annotations and the service's own
-`Timestamp` are left out, as the SDK leaves them out of the entity's keys.
+`odata=nometadata`: strings, booleans and Int32 numbers as JSON values, Int64 values as
+strings, DateTime values as ISO 8601 strings, and no `odata.*` annotations (the type
+annotations `minimalmetadata` adds cost a pass over every property to drop). The service's own
+`Timestamp` is left out, as the SDK leaves it out of the entity's keys.
 
 For tables whose columns the caller reads as such: the audit lanes (strings and integers).
 """
@@ -67,21 +68,16 @@ async def _page(
             "x-ms-version": table.api_version,
             "DataServiceVersion": "3.0",
             "MaxDataServiceVersion": "3.0;NetFx",
-            "Accept": "application/json;odata=minimalmetadata",
+            "Accept": "application/json;odata=nometadata",
         },
     )
     response = await table._client.send_request(request, stream=True)
     await response.read()
     if response.status_code != 200:
         raise refused("query", response.status_code, response.content, response.headers)
-    items = [
-        {
-            name: value
-            for name, value in item.items()
-            if name != "Timestamp" and not name.startswith("odata.") and "@odata." not in name
-        }
-        for item in json.loads(response.content)["value"]
-    ]
+    items = json.loads(response.content)["value"]
+    for item in items:
+        item.pop("Timestamp", None)
     partition = response.headers.get("x-ms-continuation-NextPartitionKey")
     if not partition:
         return items, None
