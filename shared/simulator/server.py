@@ -185,9 +185,9 @@ class _GraphApi:
         raise _GraphError(404, "UnknownRoute", f"Unsupported route: {method} /{'/'.join(segments)}")
 
     def _alert(self, alert_id: str) -> JsonObject:
-        for alert in self._state.alerts():
-            if alert.get("id") == alert_id:
-                return alert
+        alert = self._state.alert(alert_id)
+        if alert is not None:
+            return alert
         raise _GraphError(404, "NotFound", f"Alert {alert_id} was not found.")
 
     def _send_mail(self, key: str, body: bytes) -> _Reply:

@@ -204,6 +204,11 @@ class TenantState:
             ordered = sorted(self._alerts.values(), key=_alert_key)
             return copy.deepcopy(ordered)
 
+    def alert(self, alert_id: str) -> JsonObject | None:
+        with self._lock:
+            found = self._alerts.get(alert_id)
+            return copy.deepcopy(found) if found is not None else None
+
     def alerts_page(
         self,
         *,
