@@ -57,14 +57,7 @@ class TableNoticeRows:
             return None
         return str(stored["etag"])
 
-    async def delivery(self, task_id: str) -> DeliveryState | None:
-        try:
-            entity = await self._table.get_entity(NOTICE_DELIVERIES, task_id)
-        except ResourceNotFoundError:
-            return None
-        return DeliveryState(entity["State"])
-
-    async def claim(self, task_id: str) -> Claim | None:
+    async def claim(self, task_id: str) -> Claim | DeliveryState | None:
         entity = {
             "PartitionKey": NOTICE_DELIVERIES,
             "RowKey": task_id,
@@ -79,8 +72,9 @@ class TableNoticeRows:
             current = await self._table.get_entity(NOTICE_DELIVERIES, task_id)
         except ResourceNotFoundError:
             return None
-        if current["State"] != DeliveryState.RETRY:
-            return None
+        state = DeliveryState(current["State"])
+        if state is not DeliveryState.RETRY:
+            return state
         try:
             await self._table.update_entity(
                 entity,
