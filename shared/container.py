@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from shared.adapters.exchange import ExchangeAdmin
     from shared.adapters.graph import GraphDirectory
     from shared.adapters.graph_subscriptions import GraphWatch
+    from shared.adapters.http_transport import AiohttpTransport
     from shared.adapters.jwks import JwksKeys
     from shared.adapters.notice_table import TableNoticeRows
     from shared.adapters.state_retention import TableStateRetention
@@ -226,10 +227,18 @@ class Container:
         return self
 
     @cached_property
+    def graph_transport(self) -> AiohttpTransport:
+        """The Graph client's connections. Closed on their own: the Graph SDK wraps the
+        client's transport in its middleware transport, whose close does not reach this one."""
+        from shared.adapters.http_transport import AiohttpTransport
+
+        return AiohttpTransport()
+
+    @cached_property
     def graph_http(self) -> httpx.AsyncClient:
         from shared.adapters.http_transport import http_client
 
-        return http_client(self.settings.graph_timeout_s)
+        return http_client(self.settings.graph_timeout_s, self.graph_transport)
 
     @cached_property
     def graph_client(self) -> GraphServiceClient:
@@ -659,6 +668,7 @@ class Container:
             closers.append(self.jwks.close())
         if "graph_http" in self.__dict__:
             closers.append(self.graph_http.aclose())
+            closers.append(self.graph_transport.aclose())
         for closer in closers:
             await closer
 

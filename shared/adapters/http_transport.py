@@ -118,9 +118,12 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def http_client(timeout_s: float, **options: Any) -> httpx.AsyncClient:
-    """An httpx client over `AiohttpTransport`. httpx reads no environment itself: the
-    transport decides about proxies, and a client that read them too would route around it."""
+def http_client(
+    timeout_s: float, transport: AiohttpTransport | None = None, **options: Any
+) -> httpx.AsyncClient:
+    """An httpx client over `transport` (a new `AiohttpTransport` unless given). httpx reads no
+    environment itself: the transport decides about proxies, and a client that read them too
+    would route around it."""
     return httpx.AsyncClient(
-        timeout=timeout_s, transport=AiohttpTransport(), trust_env=False, **options
+        timeout=timeout_s, transport=transport or AiohttpTransport(), trust_env=False, **options
     )

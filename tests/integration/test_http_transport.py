@@ -13,7 +13,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
+from drill.azurite import Azurite
 from shared.adapters.http_transport import AiohttpTransport, http_client
+from shared.container import Container
+from shared.simulator import SimulatedTenant
+from tests.conftest import ADELE, settings_for
 
 pytestmark = pytest.mark.integration
 
@@ -191,3 +195,16 @@ def test_each_event_loop_gets_a_session_of_its_own(no_proxy_settings: pytest.Mon
     assert asyncio.run(serve_once()) == 204
     assert asyncio.run(serve_once()) == 204
     asyncio.run(transport.aclose())
+
+
+async def test_closing_the_container_closes_the_graph_clients_connections(
+    sim: SimulatedTenant, azurite: Azurite
+) -> None:
+    """The Graph SDK wraps the client's transport in its own, whose close does not reach the
+    transport underneath: the container closes that one itself."""
+    services = Container(settings_for(sim, azurite))
+    await services.graph.get_user(ADELE.id)
+    session = services.graph_transport._session
+    assert session is not None and not session.closed
+    await services.close()
+    assert session.closed
