@@ -136,7 +136,11 @@ class ExchangeDos(Scenario):
                 now = ctx.clock()
                 for start in range(0, len(webhook), self.per_post):
                     page = webhook[start : start + self.per_post]
-                    await ctx.post_alert({"value": [graph_alert(n, ns, now) for n, ns in page]})
+                    alerts = [graph_alert(n, ns, now) for n, ns in page]
+                    for alert in alerts:
+                        # Defender holds every alert it forwards: comments on it land.
+                        ctx.sim.add_alert(alert)
+                    await ctx.post_alert({"value": alerts})
             else:
                 for n, names in webhook:
                     await ctx.post_alert(webhook_alert(n, names))

@@ -96,6 +96,20 @@ async def test_the_exchange_dos_drill_blocks_each_attacker_once_and_lifts_it(
     assert summary["exchange_calls"] < 60
 
 
+async def test_alerts_forwarded_in_pages_get_their_comments(
+    azurite: Azurite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defender holds every alert a Logic App forwards, so the comments on them land: none of
+    the storm's notices fails."""
+    monkeypatch.setenv(ENV_ENDPOINT, azurite.endpoint)
+    monkeypatch.setenv(ENV_BLOB_ENDPOINT, azurite.blob_endpoint)
+    report = await run_scenario(ExchangeDos(alerts=200, addresses=20, per_post=25))
+    assert report.ok, report.checks
+    events = [r.entry.event for r in report.records]
+    assert AuditEvent.NOTIFY_FAILED not in events
+    assert any("alert" in line for line in report.notices), report.notices
+
+
 async def test_the_tamper_drill_detects_through_change_notifications(
     azurite: Azurite, monkeypatch: pytest.MonkeyPatch
 ) -> None:
