@@ -21,6 +21,7 @@ from azure.data.tables import TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient
 
 from shared.adapters.table_batch import MERGE, UPSERT, insert_entities, write_entities
+from shared.adapters.table_query import get_json
 from shared.adapters.table_service import as_int, int64
 from shared.errors import TransientError
 from shared.models import ActionRequest, OutcomeStatus
@@ -68,11 +69,9 @@ class StateTable:
         )
 
     async def is_handled(self, alert_key: str, version: str) -> bool:
-        try:
-            await self._table.get_entity(HANDLED, _key(f"{alert_key}|{version}"))
-        except ResourceNotFoundError:
-            return False
-        return True
+        # A storm makes one of these per alert: read as plain JSON, only the key.
+        key = _key(f"{alert_key}|{version}")
+        return await get_json(self._table, HANDLED, key, select=("RowKey",)) is not None
 
     async def mark_handled(self, *versions: tuple[str, str]) -> None:
         """The rows share a partition: up to 100 are upserted in one transaction (a storm's
@@ -298,7 +297,10 @@ def _block_entity(
     }
 
 
-def _block_entry(entity: Any) -> BlockEntry:
+def _block_entry(entity: Any, etag: str, written: datetime | str | None) -> BlockEntry:
+    """A registry row, typed by the SDK or as plain JSON (times as ISO 8601 strings);
+    `written`, the service's timestamp, stands in for rows older than `ChangedAt`."""
+    changed = entity.get("ChangedAt") or written
     return BlockEntry(
         network=entity["Network"],
         generation=int(entity["Generation"]),
@@ -308,8 +310,8 @@ def _block_entry(entity: Any) -> BlockEntry:
             ActionRequest.model_validate_json(entity["Unblock"]) if entity["Unblock"] else None
         ),
         expires_at=datetime.fromisoformat(entity["ExpiresAt"]) if entity["ExpiresAt"] else None,
-        etag=entity.metadata["etag"],
-        changed_at=entity.get("ChangedAt") or entity.metadata.get("timestamp"),
+        etag=etag,
+        changed_at=datetime.fromisoformat(changed) if isinstance(changed, str) else changed,
     )
 
 
@@ -355,17 +357,22 @@ class TableBlockRegistry:
         return int(self._clock().timestamp())
 
     async def get(self, network: str) -> BlockEntry | None:
-        try:
-            return _block_entry(await self._table.get_entity(BLOCKS, _network_key(network)))
-        except ResourceNotFoundError:
+        # A storm reads the row of every network its alerts name: read as plain JSON.
+        found = await get_json(self._table, BLOCKS, _network_key(network))
+        if found is None:
             return None
+        entity, etag = found
+        return _block_entry(entity, etag, entity.get("Timestamp"))
 
     async def entries(self, *states: str) -> list[BlockEntry]:
         query = f"PartitionKey eq '{BLOCKS}'"
         if states:
             wanted = " or ".join(f"State eq '{state}'" for state in states)
             query += f" and ({wanted})"
-        return [_block_entry(e) async for e in self._table.query_entities(query)]
+        return [
+            _block_entry(e, e.metadata["etag"] or "", e.metadata.get("timestamp"))
+            async for e in self._table.query_entities(query)
+        ]
 
     async def update(
         self,

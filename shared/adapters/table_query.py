@@ -12,7 +12,9 @@ strings, DateTime values as ISO 8601 strings, and no `odata.*` annotations (the 
 annotations `minimalmetadata` adds cost a pass over every property to drop). The service's own
 `Timestamp` is left out, as the SDK leaves it out of the entity's keys.
 
-For tables whose columns the caller reads as such: the audit lanes (strings and integers).
+For tables whose columns the caller reads as such: the audit lanes (strings and integers),
+and the point reads an alert storm makes per alert (`get_json`: the handled check, the block
+registry's rows).
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from shared.adapters.table_batch import refused
 
 # The most entities the service returns in one page.
 MAX_PAGE = 1000
+# The service's error code for an entity that does not exist (a missing table's is
+# `TableNotFound`).
+NO_ENTITY = "ResourceNotFound"
 
 
 async def query_json(
@@ -55,15 +60,33 @@ async def query_json(
             ahead.exception()  # read: a page nobody waits for any more is no lost error
 
 
-async def _page(
-    table: TableClient, query: str, page_size: int, following: dict[str, str]
-) -> tuple[list[dict[str, Any]], dict[str, str] | None]:
-    """One page's entities, and the continuation to the next page (None after the last)."""
+async def get_json(
+    table: TableClient, partition: str, row: str, select: tuple[str, ...] = ()
+) -> tuple[dict[str, Any], str] | None:
+    """One entity ("Query Entities" addressed by its keys), with the service's `Timestamp` as
+    an ISO 8601 string, and its ETag; None when it does not exist. With `select`, only those
+    columns."""
     endpoint, _, sas = table.url.partition("?")
-    parameters = urlencode({"$filter": query, "$top": str(page_size), **following}, quote_via=quote)
+    address = f"(PartitionKey='{_quoted(partition)}',RowKey='{_quoted(row)}')"
+    parameters = urlencode({"$select": ",".join(select)}, quote_via=quote) if select else ""
+    query = "&".join(part for part in (sas, parameters) if part)
+    response = await _send(table, f"{endpoint}/{table.table_name}{address}?{query}")
+    if response.status_code == 404 and response.headers.get("x-ms-error-code") == NO_ENTITY:
+        return None  # a missing table is an error, as it is to the SDK
+    if response.status_code != 200:
+        raise refused("get", response.status_code, response.content, response.headers)
+    return json.loads(response.content), response.headers.get("ETag", "")
+
+
+def _quoted(key: str) -> str:
+    """A key inside the request's path: quotes doubled (OData), then percent-encoded."""
+    return quote(key.replace("'", "''"), safe="")
+
+
+async def _send(table: TableClient, url: str) -> Any:
     request = HttpRequest(
         "GET",
-        f"{endpoint}/{table.table_name}()?{sas + '&' if sas else ''}{parameters}",
+        url,
         headers={
             "x-ms-version": table.api_version,
             "DataServiceVersion": "3.0",
@@ -73,6 +96,18 @@ async def _page(
     )
     response = await table._client.send_request(request, stream=True)
     await response.read()
+    return response
+
+
+async def _page(
+    table: TableClient, query: str, page_size: int, following: dict[str, str]
+) -> tuple[list[dict[str, Any]], dict[str, str] | None]:
+    """One page's entities, and the continuation to the next page (None after the last)."""
+    endpoint, _, sas = table.url.partition("?")
+    parameters = urlencode({"$filter": query, "$top": str(page_size), **following}, quote_via=quote)
+    response = await _send(
+        table, f"{endpoint}/{table.table_name}()?{sas + '&' if sas else ''}{parameters}"
+    )
     if response.status_code != 200:
         raise refused("query", response.status_code, response.content, response.headers)
     items = json.loads(response.content)["value"]

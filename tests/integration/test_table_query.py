@@ -7,12 +7,13 @@ import base64
 import uuid
 
 import pytest
+from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.data.tables import EdmType, EntityProperty
 from pydantic import SecretStr
 
 from drill.azurite import Azurite
-from shared.adapters.table_query import query_json
+from shared.adapters.table_query import get_json, query_json
 from shared.adapters.table_service import as_int, ensure_tables, table_service
 from shared.simulator import SimulatedTenant
 from tests.conftest import settings_for
@@ -73,6 +74,39 @@ async def test_a_query_reads_what_the_sdk_reads_page_after_page(
         assert {k: v for k, v in ours.items() if k != "Seq"} == {
             k: v for k, v in theirs.items() if k != "Seq"
         }
+
+
+async def test_a_point_read_reads_what_the_sdk_reads_with_an_etag_it_accepts(
+    sim: SimulatedTenant, azurite: Azurite
+) -> None:
+    settings = settings_for(sim, azurite)
+    name = f"Point{uuid.uuid4().hex[:8]}"
+    key = "it's a key: grüße %41 & more"
+    async with table_service(settings, None) as service:
+        await ensure_tables(service, name)
+        table = service.get_table_client(name)
+        await table.create_entity(
+            {"PartitionKey": "p'1", "RowKey": key, "State": "pending", "Generation": 1_700_000_000}
+        )
+        sdk = await table.get_entity("p'1", key)
+        found = await get_json(table, "p'1", key)
+        only_key = await get_json(table, "p'1", key, select=("RowKey",))
+        missing = await get_json(table, "p'1", key + "x")
+        assert found is not None and only_key is not None
+        entity, etag = found
+        # The ETag is the one the SDK reports, and a write conditioned on it lands.
+        assert etag == sdk.metadata["etag"]
+        await table.update_entity(
+            {"PartitionKey": "p'1", "RowKey": key, "State": "blocked"},
+            etag=etag,
+            match_condition=MatchConditions.IfNotModified,
+        )
+        with pytest.raises(ResourceNotFoundError):
+            await get_json(service.get_table_client("Missing" + name), "p", "r")
+    assert missing is None
+    assert {k: v for k, v in entity.items() if k != "Timestamp"} == dict(sdk)
+    assert isinstance(entity["Timestamp"], str)
+    assert set(only_key[0]) == {"RowKey"}
 
 
 def _wrong_key(connection: str) -> str:
