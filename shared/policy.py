@@ -8,6 +8,7 @@ and turn everything into plans when dry-run is on.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import tomllib
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from shared.config import BreakGlassApproval, PolicySettings
 from shared.errors import ConfigError
 from shared.models import (
     ALL_BREAKGLASS,
+    IP_CACHE_SIZE,
     ActionKind,
     ActionRequest,
     Actor,
@@ -221,31 +223,7 @@ class Guards:
     def ip_block_reason(self, target: str) -> str | None:
         """Why a network must not be blocked, or None: it is not publicly routable, belongs to
         the company or a partner, or is broader than the configured prefix."""
-        network = parse_ip_target(target)
-        address = network.network_address
-        for documentation in DOCUMENTATION_NETWORKS:
-            same_family = network.version == documentation.version
-            if same_family and network.subnet_of(documentation):  # type: ignore[arg-type]
-                return f"{network} is reserved for documentation ({documentation})"
-        for flag in (
-            "is_loopback",
-            "is_link_local",
-            "is_multicast",
-            "is_unspecified",
-            "is_reserved",
-            "is_private",
-        ):
-            if getattr(address, flag) or getattr(network, flag):
-                return f"{network} is {flag.removeprefix('is_').replace('_', '-')}"
-        if not network.is_global:
-            return f"{network} is not publicly routable"
-        minimum = self.min_prefix_v4 if network.version == 4 else self.min_prefix_v6
-        if network.prefixlen < minimum:
-            return f"{network} is broader than /{minimum}"
-        for allowed in self.ip_allowlist:
-            if network.version == allowed.version and network.overlaps(allowed):
-                return f"{network} overlaps the allow-listed network {allowed}"
-        return None
+        return _ip_block_reason(self, target)
 
     def breakglass_reason(self, *identities: str | None) -> str | None:
         """Why `enable_account` must not open an emergency account, or None."""
@@ -295,6 +273,37 @@ class Guards:
             return True
         human = action.requested_by.kind == "engineer"
         return human and self.breakglass_approval is BreakGlassApproval.HUMAN
+
+
+@functools.lru_cache(maxsize=IP_CACHE_SIZE)
+def _ip_block_reason(guards: Guards, target: str) -> str | None:
+    """`Guards.ip_block_reason`, remembered per guards and target (both immutable): a storm
+    asks about the same networks over and over."""
+    network = parse_ip_target(target)
+    address = network.network_address
+    for documentation in DOCUMENTATION_NETWORKS:
+        same_family = network.version == documentation.version
+        if same_family and network.subnet_of(documentation):  # type: ignore[arg-type]
+            return f"{network} is reserved for documentation ({documentation})"
+    for flag in (
+        "is_loopback",
+        "is_link_local",
+        "is_multicast",
+        "is_unspecified",
+        "is_reserved",
+        "is_private",
+    ):
+        if getattr(address, flag) or getattr(network, flag):
+            return f"{network} is {flag.removeprefix('is_').replace('_', '-')}"
+    if not network.is_global:
+        return f"{network} is not publicly routable"
+    minimum = guards.min_prefix_v4 if network.version == 4 else guards.min_prefix_v6
+    if network.prefixlen < minimum:
+        return f"{network} is broader than /{minimum}"
+    for allowed in guards.ip_allowlist:
+        if network.version == allowed.version and network.overlaps(allowed):
+            return f"{network} overlaps the allow-listed network {allowed}"
+    return None
 
 
 MAX_ACTIONS_PER_ALERT = 500

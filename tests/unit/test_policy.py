@@ -379,6 +379,16 @@ def test_the_reason_an_address_is_refused_reads_as_prose(address: str, reason: s
     assert Guards().ip_block_reason(address) == reason
 
 
+def test_each_guards_judges_a_network_by_its_own_settings_however_often_asked() -> None:
+    """The verdicts are remembered per guards and network, never across guards."""
+    partner = guards(RESPONDER_IP_ALLOWLIST="185.220.101.0/24")
+    for _ in range(3):
+        assert Guards().ip_block_reason("185.220.101.47") is None
+        assert partner.ip_block_reason("185.220.101.47") == (
+            "185.220.101.47/32 overlaps the allow-listed network 185.220.101.0/24"
+        )
+
+
 def test_the_broadest_network_blocked_is_configurable() -> None:
     wide = guards(IP_BLOCK_MIN_PREFIX_V4="16", IP_BLOCK_MIN_PREFIX_V6="32")
     assert wide.ip_block_reason("185.220.0.0/16") is None
