@@ -57,7 +57,14 @@ class TableNoticeRows:
             return None
         return str(stored["etag"])
 
-    async def claim(self, task_id: str) -> Claim | DeliveryState | None:
+    async def delivery(self, task_id: str) -> DeliveryState | None:
+        try:
+            entity = await self._table.get_entity(NOTICE_DELIVERIES, task_id)
+        except ResourceNotFoundError:
+            return None
+        return DeliveryState(entity["State"])
+
+    async def claim(self, task_id: str) -> Claim | None:
         entity = {
             "PartitionKey": NOTICE_DELIVERIES,
             "RowKey": task_id,
@@ -72,9 +79,8 @@ class TableNoticeRows:
             current = await self._table.get_entity(NOTICE_DELIVERIES, task_id)
         except ResourceNotFoundError:
             return None
-        state = DeliveryState(current["State"])
-        if state is not DeliveryState.RETRY:
-            return state
+        if current["State"] != DeliveryState.RETRY:
+            return None
         try:
             await self._table.update_entity(
                 entity,

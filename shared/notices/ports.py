@@ -54,12 +54,12 @@ class NoticeRows(Protocol):
         empty etag means none was stored). The new etag; None on such a conflict."""
         ...
 
-    async def claim(self, task_id: str) -> Claim | DeliveryState | None:
+    async def delivery(self, task_id: str) -> DeliveryState | None: ...
+
+    async def claim(self, task_id: str) -> Claim | None:
         """Mark the task as being sent, if no row exists (`Claim.FIRST`: no attempt was ever
         made) or the last attempt is known not to have been delivered (`retry`;
-        `Claim.AGAIN`: that attempt's write may still have landed). Otherwise the state of the
-        row that is there, read only then (a first delivery costs one write, no read); None
-        when another attempt took it over meanwhile or it is gone."""
+        `Claim.AGAIN`: that attempt's write may still have landed); None otherwise."""
         ...
 
     async def settle(self, task_id: str, state: DeliveryState) -> None: ...

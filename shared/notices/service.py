@@ -254,17 +254,20 @@ class NoticeSender:
 
     async def deliver(self, task: NoticeTask) -> str:
         """What became of `task`: sent, duplicate, retrying or failed."""
-        claim = await self._rows.claim(task.id)
-        if claim is DeliveryState.SENDING:
-            if not await self._resumable(task):
-                # An earlier attempt stopped mid-send: it may have been delivered, and a
-                # notice is sent at most once, so it is not repeated.
-                await self._rows.settle(task.id, DeliveryState.FAILED)
-                await self._audit_failed(task, "an earlier attempt stopped while sending")
-                return "failed"
-        elif not isinstance(claim, Claim):
-            # Sent or failed already, or taken over by another attempt.
+        state = await self._rows.delivery(task.id)
+        if state in (DeliveryState.SENT, DeliveryState.FAILED):
             return "duplicate"
+        if state is DeliveryState.SENDING and not await self._resumable(task):
+            # An earlier attempt stopped mid-send: it may have been delivered, and a notice
+            # is sent at most once, so it is not repeated.
+            await self._rows.settle(task.id, DeliveryState.FAILED)
+            await self._audit_failed(task, "an earlier attempt stopped while sending")
+            return "failed"
+        claim = None
+        if state is not DeliveryState.SENDING:
+            claim = await self._rows.claim(task.id)
+            if claim is None:
+                return "duplicate"
         try:
             # Only a first claim knows that no earlier attempt can have written anything.
             await self._send(task, first=claim is Claim.FIRST)

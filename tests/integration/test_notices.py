@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,12 +17,9 @@ from drill.azurite import Azurite
 from drill.context import DrillClock
 from drill.host import LocalHost
 from shared.adapters.notice_queue import InMemoryNoticeQueue
-from shared.adapters.notice_table import TableNoticeRows
 from shared.adapters.queue import InMemoryActionQueue
-from shared.adapters.table_service import ensure_tables, table_service
 from shared.container import Container
 from shared.models import AuditEvent, AuditRecord
-from shared.notices.ports import Claim, DeliveryState
 from shared.simulator import Fault, SimulatedTenant, SimUser
 from tests.conftest import ADELE, installed, settings_for
 from tests.trail import oldest_first
@@ -230,25 +226,3 @@ async def test_a_sentinel_incident_gets_one_comment_and_an_alert_source_is_never
     assert isinstance(queue, InMemoryNoticeQueue)
     await notify(services, clock)
     assert len(sim.incident_comments(arm_id)) == 1
-
-
-async def test_a_notice_row_is_claimed_in_one_write_and_read_only_when_it_is_there(
-    sim: SimulatedTenant, azurite: Azurite
-) -> None:
-    """A first delivery creates its row and reads nothing; a later one learns the row's state
-    from the refused create, and only a `retry` row is taken over (under its etag)."""
-    methods: list[str] = []
-    name = f"Notices{uuid.uuid4().hex[:8]}"
-    hook = lambda response: methods.append(response.http_request.method)  # noqa: E731
-    async with table_service(settings_for(sim, azurite), None, hook) as service:
-        await ensure_tables(service, name)
-        rows = TableNoticeRows(service.get_table_client(name))
-        methods.clear()
-        assert await rows.claim("ntc-1") is Claim.FIRST
-        assert methods == ["POST"], "one insert, no read"
-        assert await rows.claim("ntc-1") is DeliveryState.SENDING
-        await rows.settle("ntc-1", DeliveryState.RETRY)
-        assert await rows.claim("ntc-1") is Claim.AGAIN
-        assert await rows.claim("ntc-1") is DeliveryState.SENDING
-        await rows.settle("ntc-1", DeliveryState.SENT)
-        assert await rows.claim("ntc-1") is DeliveryState.SENT

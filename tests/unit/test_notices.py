@@ -275,10 +275,13 @@ class MemoryRows:
         self.stored = DispatchCursor(cursor.done, cursor.planned, str(self.version))
         return str(self.version)
 
-    async def claim(self, task_id: str) -> Claim | DeliveryState | None:
+    async def delivery(self, task_id: str) -> DeliveryState | None:
+        return self.states.get(task_id)
+
+    async def claim(self, task_id: str) -> Claim | None:
         before = self.states.get(task_id)
-        if before is not None and before is not DeliveryState.RETRY:
-            return before
+        if before not in (None, DeliveryState.RETRY):
+            return None
         self.states[task_id] = DeliveryState.SENDING
         return Claim.FIRST if before is None else Claim.AGAIN
 
