@@ -72,7 +72,7 @@ async def get_json(
     query = "&".join(part for part in (sas, parameters) if part)
     response = await _send(table, f"{endpoint}/{table.table_name}{address}?{query}")
     if response.status_code == 404 and response.headers.get("x-ms-error-code") == NO_ENTITY:
-        return None  # a missing table is an error, as it is to the SDK
+        return None  # only a missing row: a missing table (`TableNotFound`) raises
     if response.status_code != 200:
         raise refused("get", response.status_code, response.content, response.headers)
     return json.loads(response.content), response.headers.get("ETag", "")
