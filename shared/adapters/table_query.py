@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from azure.core.rest import HttpRequest
+from azure.core.rest import AsyncHttpResponse, HttpRequest
 from azure.data.tables.aio import TableClient
 
 from shared.adapters.table_batch import refused
@@ -83,7 +83,7 @@ def _quoted(key: str) -> str:
     return quote(key.replace("'", "''"), safe="")
 
 
-async def _send(table: TableClient, url: str) -> Any:
+async def _send(table: TableClient, url: str) -> AsyncHttpResponse:
     request = HttpRequest(
         "GET",
         url,
