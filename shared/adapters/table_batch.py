@@ -18,7 +18,8 @@ differently from the SDK.
 
 A failed change set raises `TableTransactionError` as the SDK does: `status_code` and
 `error_code` of the failing part, `index` the failing operation (the number before the first
-`:` of the service's message).
+`:` of the service's message). A change set that lands gives each operation's new ETag, from
+the `ETag` header of its part of the response (parts answer the operations in their order).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ MAX_OPERATIONS = 100  # the Table service's limit of operations in one transacti
 MAX_BODY_BYTES = 4 * 1024 * 1024  # and of its payload
 _STATUS_LINE = re.compile(rb"^HTTP/1\.1 (\d{3})", re.MULTILINE)
 _PART_BODY = re.compile(rb"\r?\n\r?\n(.*?)\r?\n--", re.DOTALL)
+_ETAG = re.compile(rb"^ETag:[ \t]*(\S+)[ \t]*\r?$", re.MULTILINE | re.IGNORECASE)
 # Errors of the whole request (the table is missing, the caller may not write) as the SDK
 # raises them.
 _REFUSALS: dict[str, type[HttpResponseError]] = {
@@ -169,32 +171,41 @@ def _failure(status: int, part: bytes) -> TableTransactionError:
     return exc
 
 
-def check_response(status: int, body: bytes, headers: Mapping[str, str], count: int) -> None:
-    """Raise unless the batch response says every one of `count` operations succeeded."""
+def check_response(
+    status: int, body: bytes, headers: Mapping[str, str], count: int
+) -> list[str | None]:
+    """Raise unless the batch response says every one of `count` operations succeeded; the
+    ETag each operation's part of the response gives (None where a part has none)."""
     if status != 202:
         raise refused("transaction", status, body, headers)
     statuses = list(_STATUS_LINE.finditer(body))
+    etags: list[str | None] = []
     for n, line in enumerate(statuses):
         code = int(line.group(1))
+        end = statuses[n + 1].start() if n + 1 < len(statuses) else len(body)
         if not 200 <= code < 300:
-            end = statuses[n + 1].start() if n + 1 < len(statuses) else len(body)
             raise _failure(code, body[line.end() : end])
+        found = _ETAG.search(body, line.end(), end)
+        etags.append(found.group(1).decode() if found else None)
     if len(statuses) != count:
         raise HttpResponseError(
             message=f"transaction answered {len(statuses)} of {count} operations"
         )
+    return etags
 
 
-async def insert_entities(table: TableClient, entities: Sequence[Mapping[str, Any]]) -> None:
-    """Insert `entities` (all of one partition) atomically, in one round trip."""
-    await write_entities(table, entities, INSERT)
+async def insert_entities(
+    table: TableClient, entities: Sequence[Mapping[str, Any]]
+) -> list[str | None]:
+    """Insert `entities` (all of one partition) atomically, in one round trip; their ETags."""
+    return await write_entities(table, entities, INSERT)
 
 
 async def write_entities(
     table: TableClient, entities: Sequence[Mapping[str, Any]], operation: Operation
-) -> None:
+) -> list[str | None]:
     """Write `entities` (all of one partition) with `operation`, atomically, in one round
-    trip."""
+    trip; the ETag each has now (None where the response gave none)."""
     if not 0 < len(entities) <= MAX_OPERATIONS:
         raise ValueError(f"a transaction holds 1 to {MAX_OPERATIONS} operations")
     if len({entity["PartitionKey"] for entity in entities}) != 1:
@@ -219,4 +230,4 @@ async def write_entities(
     )
     response = await table._client.send_request(request, stream=True)
     await response.read()
-    check_response(response.status_code, response.content, response.headers, len(entities))
+    return check_response(response.status_code, response.content, response.headers, len(entities))

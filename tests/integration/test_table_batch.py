@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceModifiedError
 from azure.data.tables import EdmType, EntityProperty, TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 
@@ -94,6 +96,31 @@ async def test_merges_read_back_as_the_sdks_merges_write_them(table: TableClient
         direct = properties(await table.get_entity("c07", f"direct-{key}"))
         assert direct == {**sdk, "RowKey": ("str", f"direct-{key}", None)}
         assert direct["Flag"] == ("bool", True, None), "the other properties stay"
+
+
+async def test_each_operation_gets_the_etag_a_conditional_write_then_accepts(
+    table: TableClient,
+) -> None:
+    inserted = await insert_entities(table, [row("tagged-1"), row("tagged-2")])
+    merged = await write_entities(
+        table, [{"PartitionKey": "c07", "RowKey": "tagged-2", "Text": "merged"}], MERGE
+    )
+    assert inserted[0] == (await table.get_entity("c07", "tagged-1")).metadata["etag"]
+    assert merged[0] == (await table.get_entity("c07", "tagged-2")).metadata["etag"]
+    assert inserted[1] != merged[0]
+    await table.update_entity(
+        {"PartitionKey": "c07", "RowKey": "tagged-1", "Text": "by etag"},
+        mode=UpdateMode.MERGE,
+        etag=inserted[0],
+        match_condition=MatchConditions.IfNotModified,
+    )
+    with pytest.raises(ResourceModifiedError):
+        await table.update_entity(
+            {"PartitionKey": "c07", "RowKey": "tagged-2", "Text": "stale"},
+            mode=UpdateMode.MERGE,
+            etag=inserted[1],
+            match_condition=MatchConditions.IfNotModified,
+        )
 
 
 async def test_an_upsert_inserts_the_missing_and_merges_the_present(table: TableClient) -> None:
@@ -186,7 +213,7 @@ AZURE_OK = (
         "Preference-Applied: return-no-content\r\n"
         "DataServiceVersion: 3.0;\r\n"
         f"Location: https://acct.table.core.windows.net/Audit(PartitionKey='c01',RowKey='{n}')\r\n"
-        "ETag: W/\"datetime'2026-11-30T19%3A29%3A42.2973757Z'\"\r\n\r\n"
+        f"ETag: W/\"datetime'2026-11-30T19%3A29%3A42.297375{n}Z'\"\r\n\r\n"
         for n in range(3)
     )
     + "--changesetresponse_2--\r\n--batchresponse_1--\r\n"
@@ -210,7 +237,8 @@ AZURE_CONFLICT = (
 
 
 def test_the_azure_response_form_is_read() -> None:
-    check_response(202, AZURE_OK, {}, 3)
+    etags = check_response(202, AZURE_OK, {}, 3)
+    assert etags == [f"W/\"datetime'2026-11-30T19%3A29%3A42.297375{n}Z'\"" for n in range(3)]
     with pytest.raises(TableTransactionError) as raised:
         check_response(202, AZURE_CONFLICT, {}, 3)
     assert raised.value.status_code == 409 and raised.value.index == 1
