@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import azure.functions as func
-from azure.functions.servicebus import ServiceBusMessage
 from azure.functions.timer import TimerRequest
 
 from drill.crashes import INVOCATION, Invocation, WorkerKilled
-from drill.host import MAX_CONCURRENT_CALLS, LocalHost, registered_functions
+from drill.host import MAX_CONCURRENT_CALLS, LocalHost, host_message, registered_functions
 from functions.http import KEY_HEADER
 from shared.adapters.queue import Delivery, InMemoryQueue
 
@@ -139,7 +138,7 @@ class ChaosHost:
         waiting, self.queue.dead_letters[:] = list(self.queue.dead_letters), []
         for delivery in waiting:
             try:
-                alive, _ = await self.invoke(handler, self._message(delivery))
+                alive, _ = await self.invoke(handler, host_message(delivery))
             except Exception:
                 alive = False
                 self.failures[handler] += 1
@@ -148,20 +147,9 @@ class ChaosHost:
             else:
                 self.queue.dead_letters.append(delivery)
 
-    @staticmethod
-    def _message(delivery: Delivery) -> ServiceBusMessage:
-        return ServiceBusMessage(
-            body=delivery.body,
-            message_id=delivery.message_id,
-            content_type=delivery.content_type,
-            delivery_count=delivery.delivery_count,
-            application_properties={},
-            user_properties={},
-        )
-
     async def _deliver(self, delivery: Delivery) -> None:
         try:
-            alive, _ = await self.invoke("execute_action", self._message(delivery))
+            alive, _ = await self.invoke("execute_action", host_message(delivery))
         except Exception:
             self.failures["execute_action"] += 1
             self.queue.abandon(delivery)  # the host abandons; Service Bus redelivers at once

@@ -38,6 +38,19 @@ MAX_CONCURRENT_CALLS = int(
 )
 
 
+def host_message(delivery: Delivery) -> ServiceBusMessage:
+    """A delivery as the host hands it to a Service Bus-triggered function, its application
+    properties included."""
+    return ServiceBusMessage(
+        body=delivery.body,
+        message_id=delivery.message_id,
+        content_type=delivery.content_type,
+        delivery_count=delivery.delivery_count,
+        application_properties=dict(delivery.properties),
+        user_properties={},
+    )
+
+
 @cache
 def registered_functions() -> dict[str, Function]:
     """The app's functions by name. Built once: the app refuses a second get_functions()."""
@@ -107,16 +120,8 @@ class LocalHost:
         return deliveries
 
     async def _deliver(self, queue: InMemoryQueue, delivery: Delivery, function: str) -> None:
-        message = ServiceBusMessage(
-            body=delivery.body,
-            message_id=delivery.message_id,
-            content_type=delivery.content_type,
-            delivery_count=delivery.delivery_count,
-            application_properties={},
-            user_properties={},
-        )
         try:
-            await self.functions[function](message)
+            await self.functions[function](host_message(delivery))
         except Exception as exc:
             logger.debug("delivery of %s failed", delivery.message_id, exc_info=True)
             logger.info(

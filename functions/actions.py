@@ -22,6 +22,7 @@ async def execute_action(message: func.ServiceBusMessage) -> None:
     from pydantic import ValidationError
 
     from shared.models import ActionRequest
+    from shared.ports import claim_etag
 
     services = await worker.services()
     try:
@@ -29,4 +30,4 @@ async def execute_action(message: func.ServiceBusMessage) -> None:
     except ValidationError as exc:
         await services.runner.reject_message(message.message_id, exc.error_count())
         return
-    await services.runner.run(action)
+    await services.runner.run(action, claim_etag(message.application_properties))

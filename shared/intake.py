@@ -170,11 +170,9 @@ class AlertIntake:
         for index, (alert, done) in enumerate(zip(alerts, handled, strict=True)):
             if not done:
                 todo.setdefault((alert.key, alert.version), index)
-        # The handled mark goes beside the claims' sent mark, once the actions are queued.
+        # The handled marks go with the claims' sent marks, once the actions are queued.
         submitted = await self._submit_all(
-            [plans[i].actions for i in todo.values()],
-            then=lambda: self._checkpoint.mark_handled(*todo),
-            tally=tally,
+            [plans[i].actions for i in todo.values()], handled=list(todo), tally=tally
         )
         for index, part in zip(todo.values(), submitted, strict=True):
             plans[index].actions[:] = part.actions
@@ -201,12 +199,13 @@ class AlertIntake:
     async def _submit_all(
         self,
         groups: list[list[ActionRequest]],
-        then: Callable[[], Awaitable[object]] | None = None,
+        handled: list[tuple[str, str]] | None = None,
         tally: _Tally | None = None,
     ) -> list[Submitted]:
         """`submit` for several groups of requests (one per alert) at once: every group is
         claimed, then all decisions are audited and handed on together, all within the
-        outbox's time limit; `then` runs once they are handed on (`Outbox.commit`). An
+        outbox's time limit; the alert versions `handled` are marked handled with the claims'
+        sent marks (`Outbox.commit`). An
         earlier claim still leased by its claimer (its commit may be under way) coalesces:
         that claimer, or the reconciler once the lease ends, sends it."""
         networks = {
@@ -227,7 +226,9 @@ class AlertIntake:
             claimed = await self._outbox.claim_all(wanted, batch.claim_seq)
             for part in parts:
                 await self._settle_claims(part, claimed, batch)
-            handed = await self._outbox.commit(batch.fresh, batch.unsent, then)
+            handed = await self._outbox.commit(
+                batch.fresh, batch.unsent, handled or (), batch.etags
+            )
         requests = {a.id: a for a in batch.fresh}
         requests.update({e.action_id: e.request for e in batch.unsent if e.request is not None})
         for part in parts:
@@ -263,12 +264,12 @@ class AlertIntake:
                 batch.wanted.add(action.id)
         return group
 
-    async def _settle_claims(self, group: _Group, claimed: set[str], batch: _Batch) -> None:
+    async def _settle_claims(self, group: _Group, claimed: dict[str, str], batch: _Batch) -> None:
         """What became of the claims a group wanted: claimed now, an earlier claim that never
         reached the queue (sent now), or an earlier request it coalesces into."""
         for action in group.wanted:
             if action.id in claimed:
-                batch.add_fresh(action)
+                batch.add_fresh(action, claimed[action.id])
                 group.fresh_ids.append(action.id)
             elif await self._unsent(action.id, batch):
                 group.unsent_ids.append(action.id)
@@ -282,8 +283,9 @@ class AlertIntake:
             return
         entry = await self._ledger.get(block.id)
         if entry is None:
-            if await self._outbox.claim(block, batch.claim_seq):
-                batch.add_fresh(block)
+            etag = await self._outbox.claim(block, batch.claim_seq)
+            if etag is not None:
+                batch.add_fresh(block, etag)
                 group.fresh_ids.append(block.id)
         elif entry.open and not entry.sent and entry.request is not None:
             batch.add_unsent(entry)
@@ -342,19 +344,22 @@ class _Group:
 
 @dataclass
 class _Batch:
-    """What one submission claimed so far: fresh claims, earlier claims never sent, the ids
-    of both, the networks it has looked at, and their registry rows as read up front."""
+    """What one submission claimed so far: fresh claims (with their ETags), earlier claims
+    never sent, the ids of both, the networks it has looked at, and their registry rows as
+    read up front."""
 
     claim_seq: int
     fresh: list[ActionRequest] = field(default_factory=list)
+    etags: dict[str, str] = field(default_factory=dict)
     unsent: list[LedgerEntry] = field(default_factory=list)
     ids: set[str] = field(default_factory=set)
     wanted: set[str] = field(default_factory=set)  # ids whose claim is still to be made
     networks: set[str] = field(default_factory=set)
     registry: dict[str, BlockEntry | None] = field(default_factory=dict)
 
-    def add_fresh(self, action: ActionRequest) -> None:
+    def add_fresh(self, action: ActionRequest, etag: str) -> None:
         self.fresh.append(action)
+        self.etags[action.id] = etag
         self.ids.add(action.id)
 
     def add_unsent(self, entry: LedgerEntry) -> None:

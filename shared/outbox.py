@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 
@@ -108,17 +108,17 @@ class Outbox:
                 "they are committed once their lease has expired"
             ) from exc
 
-    async def claim(self, action: ActionRequest, claim_seq: int) -> bool:
+    async def claim(self, action: ActionRequest, claim_seq: int) -> str | None:
         """Claim `action`, leased to this claimer until `CLAIM_LEASE` from now; call it inside
-        `time_limit`, with the commit."""
+        `time_limit`, with the commit. The claim's ETag, None when it was claimed before."""
         now = self.clock()
         return await self._ledger.claim(action, now, claim_seq, now + CLAIM_LEASE)
 
-    async def claim_all(self, actions: list[ActionRequest], claim_seq: int) -> set[str]:
+    async def claim_all(self, actions: list[ActionRequest], claim_seq: int) -> dict[str, str]:
         """`claim` for several actions in as few writes as the ledger allows; the ids claimed
-        now."""
+        now, with their ETags."""
         if not actions:
-            return set()
+            return {}
         now = self.clock()
         return await self._ledger.claim_all(actions, now, claim_seq, now + CLAIM_LEASE)
 
@@ -126,27 +126,28 @@ class Outbox:
         self,
         fresh: list[ActionRequest],
         unsent: list[LedgerEntry],
-        then: Callable[[], Awaitable[object]] | None = None,
+        handled: Sequence[tuple[str, str]] = (),
+        claims: Mapping[str, str] | None = None,
     ) -> set[str]:
-        """Audit the decisions of the claims made just now (`fresh`) and of earlier claims
-        that never reached the queue (`unsent`, audited only if their record is missing),
-        then hand every one of them on; the ids handed on. An unsent claim whose own lease
-        is live, that another committer holds, or that was handed on since it was read, is
-        left alone.
+        """Audit the decisions of the claims made just now (`fresh`, with their ETags in
+        `claims`) and of earlier claims that never reached the queue (`unsent`, audited only
+        if their record is missing), then hand every one of them on; the ids handed on. An
+        unsent claim whose own lease is live, that another committer holds, or that was
+        handed on since it was read, is left alone. Each message carries its claim's ETag.
 
-        `then`, when given, runs once everything is on the queue, side by side with noting
-        the claims sent (with nothing to commit, at once): what the sender writes after its
-        submission (an alert's handled mark) costs no round trip of its own. Either write
-        failing fails the commit, and the sender retries."""
+        `handled`, the alert versions (key, version) of the submission, are marked handled
+        once everything is on the queue, in the same write as the claims' sent marks (with
+        nothing to commit, at once): the handled mark costs no round trip of its own. A failed
+        write fails the commit, and the sender retries."""
         if not fresh and not unsent:
-            if then is not None:
-                await then()
+            if handled:
+                await self._ledger.mark_sent(handled=handled)
             return set()
         holder = uuid.uuid4().hex
         taken: list[LedgerEntry] = []
         async with self.time_limit():
             await self._take(unsent, holder, taken)
-            await self._commit(fresh, taken, then)
+            await self._commit(fresh, taken, handled, claims or {})
         await gather_bounded(self._leases.release(_lease(e.action_id), holder) for e in taken)
         return {a.id for a in fresh} | {e.action_id for e in taken}
 
@@ -173,11 +174,12 @@ class Outbox:
         self,
         fresh: list[ActionRequest],
         unsent: list[LedgerEntry],
-        then: Callable[[], Awaitable[object]] | None,
+        handled: Sequence[tuple[str, str]],
+        claims: Mapping[str, str],
     ) -> None:
         if not fresh and not unsent:
-            if then is not None:
-                await then()
+            if handled:
+                await self._ledger.mark_sent(handled=handled)
             return
         earlier = [e.request for e in unsent if e.request is not None]
         audited = await self._audited(unsent)
@@ -186,16 +188,13 @@ class Outbox:
         seqs = {a.id: r.seq for a, r in zip([*fresh, *missing], records, strict=True)}
         seqs.update(audited)
         actions = [*fresh, *earlier]
-        await self._queue.send([a for a in actions if a.decision in QUEUED_DECISIONS])
+        queued = [a for a in actions if a.decision in QUEUED_DECISIONS]
+        etags = {**claims, **{e.action_id: e.etag for e in unsent if e.etag}}
+        await self._queue.send(queued, etags)
         held_until = self.clock() + self._approval_ttl
         closing = [a for a in actions if a.decision not in QUEUED_DECISIONS]
         await gather_bounded(self._close(a, seqs[a.id], held_until) for a in closing)
-        sent = self._ledger.mark_sent(*(a.id for a in actions if a.decision in QUEUED_DECISIONS))
-        # Both writes end (land or fail) before the commit does; then the first error is raised.
-        ended = await asyncio.gather(sent, *([then()] if then else []), return_exceptions=True)
-        for result in ended:
-            if isinstance(result, BaseException):
-                raise result
+        await self._ledger.mark_sent(*(a.id for a in queued), handled=handled)
         if earlier:
             logger.warning("%s claimed actions that never reached the queue sent now", len(earlier))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -220,6 +220,8 @@ class LedgerEntry:
     alerted: bool = False
     # Until when the claimer alone may commit the claim (written with it; None: no lease).
     lease_until: datetime | None = None
+    # The row's ETag as read or as claimed (None: not known).
+    etag: str | None = None
 
     @property
     def open(self) -> bool:
@@ -236,26 +238,33 @@ class LedgerEntry:
         return not (self.state == OutcomeStatus.HELD and "approved_by" in action.params)
 
 
+class ClaimChanged(Exception):
+    """A conditional ledger write found the claim changed since the ETag it was given: another
+    delivery of the action wrote to it first. Nothing was written; the row is read again."""
+
+
 class ActionLedger(Protocol):
     """One row per action id: claims a request once (the intake's outbox), remembers whether
     it was sent, what the executor was about to write, and how it ended."""
 
     async def claim(
         self, action: ActionRequest, at: datetime, claim_seq: int, lease_until: datetime
-    ) -> bool:
+    ) -> str | None:
         """Record the action as claimed but not yet sent, leased to the claimer until
-        `lease_until` (in the same write); False when the id was claimed before."""
+        `lease_until` (in the same write): the claim's ETag ("" when the service gave none);
+        None when the id was claimed before."""
         ...
 
     async def claim_all(
         self, actions: list[ActionRequest], at: datetime, claim_seq: int, lease_until: datetime
-    ) -> set[str]:
-        """`claim` for several actions at once; the ids claimed now."""
+    ) -> dict[str, str]:
+        """`claim` for several actions at once: the ids claimed now, with their ETags."""
         ...
 
-    async def mark_sent(self, *action_ids: str) -> None:
-        """Note that the claims of `action_ids` reached the queue (ids without a row are
-        ignored)."""
+    async def mark_sent(self, *action_ids: str, handled: Sequence[tuple[str, str]] = ()) -> None:
+        """Note that the claims of `action_ids` reached the queue, without touching the claims
+        themselves (their ETags stay what the executor was sent); with the alert versions
+        `handled` (alert key, version) marked handled in the same write."""
         ...
 
     async def get(self, action_id: str) -> LedgerEntry | None: ...
@@ -267,13 +276,18 @@ class ActionLedger(Protocol):
         before: dict[str, Any],
         at: datetime,
         record_from: int | None = None,
+        claim_etag: str | None = None,
     ) -> None:
         """Record the write about to be made (before it is made), at `at`; with
-        `record_from`, in the same write, the recording mark of `recording` as well."""
+        `record_from`, in the same write, the recording mark of `recording` as well. With
+        `claim_etag`, only into the claim as it was then (else `ClaimChanged`)."""
         ...
 
-    async def recording(self, action: ActionRequest, from_seq: int) -> None:
-        """Note that the outcome is about to be appended after audit record `from_seq`."""
+    async def recording(
+        self, action: ActionRequest, from_seq: int, claim_etag: str | None = None
+    ) -> None:
+        """Note that the outcome is about to be appended after audit record `from_seq`; with
+        `claim_etag`, only into the claim as it was then (else `ClaimChanged`)."""
         ...
 
     async def finish(
@@ -318,10 +332,28 @@ class DeadLetter:
 DeadLetterHandler = Callable[[DeadLetter], Awaitable[bool]]
 
 
+# The application property of an action's message that carries its claim's ETag.
+CLAIM_ETAG = "claim_etag"
+
+
+def claim_etag(properties: Mapping[str, object] | None) -> str | None:
+    """The claim ETag a received action message carries, if any."""
+    value = (properties or {}).get(CLAIM_ETAG)
+    if isinstance(value, bytes):
+        value = value.decode()
+    return value if isinstance(value, str) and value else None
+
+
 class ActionQueue(Protocol):
     """Where planned actions wait for the executor."""
 
-    async def send(self, actions: list[ActionRequest]) -> None: ...
+    async def send(
+        self, actions: list[ActionRequest], claims: Mapping[str, str] | None = None
+    ) -> None:
+        """Queue `actions`; each message carries its action's claim ETag from `claims`, if
+        known, so the executor's first ledger write can be conditional on it instead of
+        reading the row first."""
+        ...
 
     async def schedule(self, actions: list[ActionRequest], at: datetime) -> None:
         """Deliver `actions` not before `at` (temporary containment reverting itself, a retry

@@ -17,6 +17,7 @@ from shared.ports import (
     LEDGER_QUEUED,
     Activation,
     CaPolicy,
+    ClaimChanged,
     Intent,
     LedgerEntry,
     RoleAssignment,
@@ -167,7 +168,10 @@ class MemoryIntents:
         before: dict[str, Any],
         at: datetime,
         record_from: int | None = None,
+        claim_etag: str | None = None,
     ) -> None:
+        if claim_etag is not None and action.id in self.intents:
+            raise ClaimChanged(f"the claim of {action.id} changed since it was sent")
         self.intents[action.id] = (action, Intent(call, dict(before), at))
         if record_from is not None:
             self.record_from[action.id] = record_from

@@ -65,6 +65,15 @@ class LockoutLimits:
     min_global_admins: int
 
 
+@dataclass(frozen=True)
+class _Marks:
+    """What goes into the ledger with a run's intent: the recording mark, and the ETag of the
+    claim the intent must find unchanged."""
+
+    record_from: int | None
+    claim_etag: str | None
+
+
 class AccountActions:
     """The executors of `disable_account`, `enable_account` and `revoke_sessions`.
 
@@ -100,24 +109,28 @@ class AccountActions:
         action: ActionRequest,
         intent: Intent | None = None,
         record_from: int | None = None,
+        claim_etag: str | None = None,
     ) -> ActionOutcome:
         """Run `action`. `intent` is the write an earlier delivery recorded in the ledger
         before it made it, if any. `record_from`, when given, goes into the ledger with the
         intent this run records before its write: the runner's recording mark, which then
-        costs no write of its own. Without an earlier `intent`, an executed outcome always
-        comes from a write made after such an intent."""
+        costs no write of its own. With `claim_etag`, the intent goes only into the claim as
+        it was sent (`ClaimChanged` otherwise, before anything is written to the tenant).
+        Without an earlier `intent`, an executed outcome always comes from a write made after
+        such an intent."""
+        marks = _Marks(record_from, claim_etag)
         # A disable naming the user by id reads its roles beside the user (the lockout guards
         # need both): one Graph round trip fewer in sequence.
         if action.kind is ActionKind.DISABLE_ACCOUNT and is_guid(action.target):
             async with ahead(self._roles.roles_of(action.target.lower())) as roles_read:
-                return await self._run(action, intent, record_from, roles_read)
-        return await self._run(action, intent, record_from, None)
+                return await self._run(action, intent, marks, roles_read)
+        return await self._run(action, intent, marks, None)
 
     async def _run(
         self,
         action: ActionRequest,
         intent: Intent | None,
-        record_from: int | None,
+        marks: _Marks,
         roles_read: Awaitable[list[RoleAssignment]] | None,
     ) -> ActionOutcome:
         user = await self._directory.get_user(action.target)
@@ -149,8 +162,8 @@ class AccountActions:
                 # Count the enabled Global Administrators and write under one lease: two
                 # disables at once could each count the other as still enabled.
                 async with self._lease(action.id):
-                    return await self._write(action, user, checks, call, held_roles, record_from)
-        return await self._write(action, user, checks, call, held_roles, record_from)
+                    return await self._write(action, user, checks, call, held_roles, marks)
+        return await self._write(action, user, checks, call, held_roles, marks)
 
     async def confirm(self, action: ActionRequest) -> ActionOutcome | None:
         """Before `action` is recorded as failed: re-read the user; the executed outcome if
@@ -191,7 +204,7 @@ class AccountActions:
         checks: list[GuardCheck],
         call: str,
         held_roles: list[str],
-        record_from: int | None,
+        marks: _Marks,
     ) -> ActionOutcome:
         if action.kind is ActionKind.DISABLE_ACCOUNT:
             checks = checks + await self._lockout(action, held_roles)
@@ -205,7 +218,9 @@ class AccountActions:
             )
         # The intent goes to the ledger first: if the response is lost, the next delivery
         # knows the write it finds in the tenant was this action's.
-        await self._ledger.intend(action, call, user.as_dict(), self._clock(), record_from)
+        await self._ledger.intend(
+            action, call, user.as_dict(), self._clock(), marks.record_from, marks.claim_etag
+        )
         try:
             if action.kind is ActionKind.REVOKE_SESSIONS:
                 request_id = await self._directory.revoke_sign_in_sessions(user.id)

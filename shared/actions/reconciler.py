@@ -119,8 +119,10 @@ class ActionReconciler:
             if row is None:
                 async with self._outbox.time_limit():
                     seq = await self._outbox.claim_seq()
-                    if await self._outbox.claim(block, seq):
-                        report.resent += len(await self._outbox.commit([block], []))
+                    etag = await self._outbox.claim(block, seq)
+                    if etag is not None:
+                        claims = {block.id: etag}
+                        report.resent += len(await self._outbox.commit([block], [], claims=claims))
             elif row.open and not row.sent:
                 report.resent += len(await self._outbox.commit([], [row]))
             elif row.ended(block) and await self._settle_recorded(block, row.audit_seq):

@@ -5,6 +5,12 @@ outcome once and records it in the ledger.
 Permanent errors are audited as failed, after the tenant is re-read. Infrastructure errors put
 the action back on the queue with backoff (Retry-After when given) until the give-up time has
 passed; only then is the failure recorded.
+
+A first delivery of an account action that carries its claim's ETag does not read the ledger:
+the claim is as the outbox sent it unless someone wrote to it since, and the run's first
+ledger write (its intent, or the recording mark of an outcome without a write) is made only
+on that ETag. When it is refused (`ClaimChanged`, nothing written to the tenant yet) the row
+is read and the delivery runs as any other.
 """
 
 from __future__ import annotations
@@ -33,7 +39,15 @@ from shared.models import (
     OutcomeStatus,
     action_entry,
 )
-from shared.ports import ActionLedger, ActionQueue, ApprovalState, ApprovalStore, LedgerEntry
+from shared.ports import (
+    LEDGER_QUEUED,
+    ActionLedger,
+    ActionQueue,
+    ApprovalState,
+    ApprovalStore,
+    ClaimChanged,
+    LedgerEntry,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +81,31 @@ class Holds:
 
 
 OUTCOME_RECORDS = frozenset(str(AuditEvent.for_outcome(status)) for status in OutcomeStatus)
+
+
+def _runs_as_claimed(action: ActionRequest) -> bool:
+    """Whether a delivery of `action` carrying its claim's ETag may run from the claim as
+    sent: a first delivery of an account action. Retries, approved runs of held actions, IP
+    blocks (a pass records other actions too) and emergency access read the row."""
+    return (
+        action.retry == 0
+        and "approved_by" not in action.params
+        and not action.kind.targets_ip
+        and not action.kind.targets_breakglass
+    )
+
+
+def _as_claimed(action: ActionRequest, etag: str) -> LedgerEntry:
+    """The claim of `action` as the outbox made and sent it."""
+    return LedgerEntry(
+        action_id=action.id,
+        state=LEDGER_QUEUED,
+        kind=str(action.kind),
+        target=action.target,
+        request=action,
+        sent=True,
+        etag=etag,
+    )
 
 
 @dataclass(frozen=True)
@@ -122,21 +161,44 @@ class ActionRunner:
         self._retry = retry
         self._clock = clock
 
-    async def run(self, action: ActionRequest) -> ActionOutcome | None:
-        """Execute `action` once. None means another delivery or a batch already ended it,
-        or it was put back on the queue to run later.
+    async def run(
+        self, action: ActionRequest, claim_etag: str | None = None
+    ) -> ActionOutcome | None:
+        """Execute `action` once; `claim_etag`, the ETag of its claim the message carries.
+        None means another delivery or a batch already ended it, or it was put back on the
+        queue to run later.
 
         Infrastructure errors (storage, the queue, throttling, anything not permanent) put
         the action back on the queue with backoff; once it has been retried for the give-up
         time, its failure is recorded. If even that cannot be recorded, the error propagates
         and the message ends in the dead-letter queue, which the reconciler drains."""
+        etag = claim_etag if claim_etag and _runs_as_claimed(action) else None
         try:
-            return await self._attempt(action)
+            if etag is not None:
+                try:
+                    return await self._attempt(action, _as_claimed(action, etag), etag)
+                except ClaimChanged:
+                    logger.info("action %s: its claim changed since it was sent", action.id)
+            return await self._attempt(action, await self._ledger.get(action.id))
         except Exception as exc:
+            if etag is not None:
+                await self._note_sent(action)
             return await self._later(action, exc)
 
-    async def _attempt(self, action: ActionRequest) -> ActionOutcome | None:
-        entry = await self._ledger.get(action.id)
+    async def _note_sent(self, action: ActionRequest) -> None:
+        """A delivery that did not read its claim does not know whether the outbox noted it
+        sent: noted now, before its retry is scheduled, so that the reconciler does not send
+        a second copy beside that retry. Best effort: the retry reads the row and notes it."""
+        try:
+            await self._ledger.mark_sent(action.id)
+        except Exception as exc:
+            logger.warning("action %s could not be noted sent (%s)", action.id, exc)
+
+    async def _attempt(
+        self, action: ActionRequest, entry: LedgerEntry | None, claim_etag: str | None = None
+    ) -> ActionOutcome | None:
+        """Run `action` from its ledger row `entry`; with `claim_etag`, `entry` is the claim
+        as sent, and the run's first ledger write is conditional on it."""
         if entry is not None and entry.ended(action):
             logger.info("action %s already ended (%s); delivery ignored", action.id, entry.state)
             return None
@@ -155,7 +217,7 @@ class ActionRunner:
             logger.warning("action %s was not approved after all; delivery ignored", action.id)
             return None
         try:
-            applied = await self._execute(action, entry)
+            applied = await self._execute(action, entry, claim_etag)
         except PermanentError as exc:
             applied = await self._failed(action, exc, "not retried")
             await self._record(applied)
@@ -222,11 +284,14 @@ class ActionRunner:
             raise RecordingFailed(f"closing {action.id} failed") from exc
         return outcome
 
-    async def _execute(self, action: ActionRequest, entry: LedgerEntry | None) -> list[Applied]:
+    async def _execute(
+        self, action: ActionRequest, entry: LedgerEntry | None, claim_etag: str | None = None
+    ) -> list[Applied]:
         """Run the executor and audit what it did (IP passes audit before the registry moves).
-        `entry` is the action's ledger row as this delivery read it: a delivery has its
-        action to itself (peek-lock), so it stands for the row when the outcome is recorded;
-        a pass over the blocklist records other actions too, and reads theirs."""
+        `entry` is the action's ledger row as this delivery read it (or, with `claim_etag`,
+        as it was claimed): a delivery has its action to itself (peek-lock), so it stands for
+        the row when the outcome is recorded; a pass over the blocklist records other actions
+        too, and reads theirs."""
         known = {action.id: entry}
         if action.kind.targets_breakglass:
             applied = [await self._emergency_run(action)]
@@ -237,14 +302,18 @@ class ActionRunner:
             # before its write (an earlier mark is kept: it is the lower bound).
             earlier = entry.intent if entry else None
             record_from = (entry.record_from if entry else 0) or await self._chain.head_seq()
-            outcome = await self._accounts.run(action, earlier, record_from)
+            outcome = await self._accounts.run(action, earlier, record_from, claim_etag)
             if outcome.status is OutcomeStatus.HELD:
                 await self._holds.hold(action, outcome.error or "waits for approval")
             applied = [Applied(action, outcome)]
             # Executed without an earlier intent: this run wrote its intent, and the mark.
             marked = outcome.status is OutcomeStatus.EXECUTED and earlier is None
             await self._record(
-                applied, known=known, marked={action.id} if marked else set(), head=record_from
+                applied,
+                known=known,
+                marked={action.id} if marked else set(),
+                head=record_from,
+                claims={action.id: claim_etag} if claim_etag and not marked else None,
             )
             return applied
         blocklist = self._require_blocklist()
@@ -314,6 +383,7 @@ class ActionRunner:
         known: dict[str, LedgerEntry | None] | None = None,
         marked: set[str] | None = None,
         head: int | None = None,
+        claims: dict[str, str] | None = None,
     ) -> None:
         """Audit every outcome (one batch) that is not audited yet, schedule the expiry of
         temporary blocks, let `settle` move the registry on, close the ledger rows.
@@ -322,7 +392,9 @@ class ActionRunner:
         is skipped, and one whose row says an earlier attempt began recording is looked up
         in the trail before anything is appended. Before the append each row gets its
         recording mark, unless this delivery wrote it already (`marked`, with the intent;
-        `head`, the audit head taken before that). Any failure here is a `RecordingFailed`."""
+        `head`, the audit head taken before that); a row in `claims` only on the claim's ETag
+        given there (`ClaimChanged` propagates: nothing is recorded). Any other failure here
+        is a `RecordingFailed`."""
         try:
             entries = await gather_bounded(self._entry(a.action.id, known) for a in applied)
             live = [a for a, e in zip(applied, entries, strict=True) if not _closed(e, a.action)]
@@ -346,13 +418,18 @@ class ActionRunner:
                 head = await self._chain.head_seq()
             skip = begun.keys() | (marked or set())
             unmarked = [a for a in fresh if a.action.id not in skip]
-            await gather_bounded(self._ledger.recording(a.action, head) for a in unmarked)
+            etags = claims or {}
+            await gather_bounded(
+                self._ledger.recording(a.action, head, etags.get(a.action.id)) for a in unmarked
+            )
             records = await self._chain.append_all(
                 [outcome_entry(a.action, a.outcome) for a in fresh]
             )
             seqs = {action_id: record.seq for action_id, record in found.items()}
             seqs.update({a.action.id: r.seq for a, r in zip(fresh, records, strict=True)})
             await self._complete(live, seqs, settle)
+        except ClaimChanged:
+            raise
         except Exception as exc:
             raise RecordingFailed(f"recording {len(applied)} outcomes failed") from exc
 

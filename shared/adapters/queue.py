@@ -2,7 +2,9 @@
 semantics (deduplication by message id, peek-lock, redelivery, dead-lettering) locally.
 
 The message id is the deterministic action id, so Service Bus duplicate detection drops a
-repeated request, and the executor's ledger makes a redelivered one harmless.
+repeated request, and the executor's ledger makes a redelivered one harmless. A message sent
+by the intake's outbox carries its claim's ETag (application property `claim_etag`): the
+executor writes its first ledger entry on that condition instead of reading the claim first.
 Messages the queue gave up on (max delivery count) wait in its dead-letter queue, which the
 action reconciler drains. Least privilege: the `Azure Service Bus Data Sender` role on the
 queue, and `Azure Service Bus Data Receiver` (which the trigger needs anyway) to read its
@@ -14,10 +16,10 @@ from __future__ import annotations
 import heapq
 import logging
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage, ServiceBusSubQueue
@@ -25,24 +27,35 @@ from azure.servicebus.aio import ServiceBusClient, ServiceBusSender
 from azure.servicebus.exceptions import MessageSizeExceededError
 
 from shared.models import ActionRequest, utcnow
-from shared.ports import DeadLetter, DeadLetterHandler
+from shared.ports import CLAIM_ETAG, DeadLetter, DeadLetterHandler
 
 logger = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/json"
+
 # Service Bus duplicate detection's default window (the queue in infra/ uses the same).
 DUPLICATE_WINDOW = timedelta(minutes=10)
 # How long one drain waits for the first dead-lettered message.
 DEAD_LETTER_WAIT_S = 5.0
 
 
-def to_service_bus_message(action: ActionRequest) -> ServiceBusMessage:
+def message_properties(action: ActionRequest, claim_etag: str | None) -> dict[str, str | bool]:
+    properties: dict[str, str | bool] = {"kind": str(action.kind), "dry_run": action.dry_run}
+    if claim_etag:
+        properties[CLAIM_ETAG] = claim_etag
+    return properties
+
+
+def to_service_bus_message(
+    action: ActionRequest, claim_etag: str | None = None
+) -> ServiceBusMessage:
+    properties: dict[str | bytes, Any] = dict(message_properties(action, claim_etag).items())
     return ServiceBusMessage(
         action.model_dump_json(),
         message_id=action.message_id,
         content_type=CONTENT_TYPE,
         subject=str(action.kind),
-        application_properties={"kind": str(action.kind), "dry_run": action.dry_run},
+        application_properties=properties,
     )
 
 
@@ -134,8 +147,11 @@ class DeadLetterReceiver(Protocol):
 class ServiceBusActionQueue(ServiceBusQueue):
     """`ActionQueue` on a Service Bus queue."""
 
-    async def send(self, actions: list[ActionRequest]) -> None:
-        await self.send_messages([to_service_bus_message(a) for a in actions])
+    async def send(
+        self, actions: list[ActionRequest], claims: Mapping[str, str] | None = None
+    ) -> None:
+        claims = claims or {}
+        await self.send_messages([to_service_bus_message(a, claims.get(a.id)) for a in actions])
 
     async def schedule(self, actions: list[ActionRequest], at: datetime) -> None:
         if not actions:
@@ -153,6 +169,7 @@ class Delivery:
     content_type: str
     delivery_count: int
     enqueued_at: datetime | None = None
+    properties: dict[str, str | bool] = field(default_factory=dict)
 
 
 class InMemoryQueue:
@@ -175,7 +192,9 @@ class InMemoryQueue:
         self.sent = 0
         self.duplicates_dropped = 0
 
-    def _accept(self, message_id: str, body: bytes) -> Delivery | None:
+    def _accept(
+        self, message_id: str, body: bytes, properties: dict[str, str | bool]
+    ) -> Delivery | None:
         now = self._clock()
         seen = self._seen_ids.get(message_id)
         if seen is not None and now - seen < self._duplicate_window:
@@ -183,12 +202,18 @@ class InMemoryQueue:
             return None
         self._seen_ids[message_id] = now
         self.sent += 1
-        return Delivery(message_id, body, CONTENT_TYPE, 1, now)
+        return Delivery(message_id, body, CONTENT_TYPE, 1, now, properties)
 
-    def put(self, message_id: str, body: bytes, at: datetime | None = None) -> None:
-        """Enqueue one message (due at `at`, or now); a repeated id inside the window is
-        dropped, as Service Bus duplicate detection does."""
-        delivery = self._accept(message_id, body)
+    def put(
+        self,
+        message_id: str,
+        body: bytes,
+        at: datetime | None = None,
+        properties: dict[str, str | bool] | None = None,
+    ) -> None:
+        """Enqueue one message (due at `at`, or now) with its application `properties`; a
+        repeated id inside the window is dropped, as Service Bus duplicate detection does."""
+        delivery = self._accept(message_id, body, properties or {})
         if delivery is None:
             return
         if at is None:
@@ -252,10 +277,16 @@ class InMemoryQueue:
 class InMemoryActionQueue(InMemoryQueue):
     """`ActionQueue` in memory."""
 
-    async def send(self, actions: list[ActionRequest]) -> None:
+    async def send(
+        self, actions: list[ActionRequest], claims: Mapping[str, str] | None = None
+    ) -> None:
+        claims = claims or {}
         for action in actions:
-            self.put(action.message_id, action.model_dump_json().encode())
+            body = action.model_dump_json().encode()
+            properties = message_properties(action, claims.get(action.id))
+            self.put(action.message_id, body, properties=properties)
 
     async def schedule(self, actions: list[ActionRequest], at: datetime) -> None:
         for action in actions:
-            self.put(action.message_id, action.model_dump_json().encode(), at)
+            properties = message_properties(action, None)
+            self.put(action.message_id, action.model_dump_json().encode(), at, properties)

@@ -1,13 +1,21 @@
 """The responder's working state in Table Storage: the poller's watermark, the alert versions
 already handled, the action ledger, and the IP block registry. Unlike the audit trail this
 table is mutable; it also holds pending approvals, the disable budget and the emergency access
-activation. Least privilege: Storage Table Data Contributor on this table only."""
+activation. Least privilege: Storage Table Data Contributor on this table only.
+
+A claim's sent mark is a row of its own in the `handled` partition (`sent~<action id>`), not a
+property of the claim: the intake writes it together with its alerts' handled marks (one
+transaction), and the claim's ETag stays the one the executor was sent, so the executor's
+first write to the claim can be conditional on it instead of reading the row first. A claim
+the executor has written to carries `Sent` itself; rows written before sent marks had rows
+of their own carry it too."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,9 +28,10 @@ from azure.core.exceptions import (
 from azure.data.tables import TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient
 
-from shared.adapters.table_batch import MERGE, UPSERT, insert_entities, write_entities
+from shared.adapters.table_batch import UPSERT, insert_entities, write_entities
 from shared.adapters.table_query import get_json
 from shared.adapters.table_service import as_int, int64
+from shared.concurrency import gather_bounded
 from shared.errors import TransientError
 from shared.models import ActionRequest, OutcomeStatus
 from shared.ports import (
@@ -33,6 +42,7 @@ from shared.ports import (
     ApprovalState,
     BlockEntry,
     BlockState,
+    ClaimChanged,
     Intent,
     LedgerEntry,
 )
@@ -42,6 +52,9 @@ MAX_TRANSACTION = 100
 WATERMARKS = "watermark"
 HANDLED = "handled"
 ACTIONS = "action"
+# The row keys of sent marks in the `handled` partition: "sent~<action id>" (handled marks'
+# keys are hex digests, so the two never meet).
+SENT = "sent~"
 
 
 def _key(text: str) -> str:
@@ -74,80 +87,77 @@ class StateTable:
         return await get_json(self._table, HANDLED, key, select=("RowKey",)) is not None
 
     async def mark_handled(self, *versions: tuple[str, str]) -> None:
-        """The rows share a partition: up to 100 are upserted in one transaction (a storm's
-        webhook body or poller page is one round trip, not one per alert)."""
-        rows = {
-            _key(f"{alert_key}|{version}"): {
-                "PartitionKey": HANDLED,
-                "RowKey": _key(f"{alert_key}|{version}"),
-                "AlertKey": alert_key,
-                "Version": version,
-            }
-            for alert_key, version in versions
-        }
-        entities = list(rows.values())
-        if len(entities) == 1:
-            await self._table.upsert_entity(entities[0])
-            return
-        for start in range(0, len(entities), MAX_TRANSACTION):
-            await write_entities(self._table, entities[start : start + MAX_TRANSACTION], UPSERT)
+        await self._write_marks([_handled_row(key, version) for key, version in versions])
 
     async def claim(
         self, action: ActionRequest, at: datetime, claim_seq: int, lease_until: datetime
-    ) -> bool:
+    ) -> str | None:
         try:
-            await self._table.create_entity(_claim_row(action, at, claim_seq, lease_until))
+            created = await self._table.create_entity(
+                _claim_row(action, at, claim_seq, lease_until)
+            )
         except ResourceExistsError:
-            return False
-        return True
+            return None
+        return str(created.get("etag") or "")
 
     async def claim_all(
         self, actions: list[ActionRequest], at: datetime, claim_seq: int, lease_until: datetime
-    ) -> set[str]:
+    ) -> dict[str, str]:
         """The rows share a partition: up to 100 claims are inserted in one transaction (an
         alert's actions, the new blocks of a storm's batch: one round trip). If one was
         claimed before, the transaction fails whole, and each is claimed on its own."""
         unique = list({action.id: action for action in actions}.values())
-        claimed: set[str] = set()
+        claimed: dict[str, str] = {}
         for start in range(0, len(unique), MAX_TRANSACTION):
             chunk = unique[start : start + MAX_TRANSACTION]
             if len(chunk) > 1:
                 rows = [_claim_row(a, at, claim_seq, lease_until) for a in chunk]
                 try:
-                    await insert_entities(self._table, rows)
-                    claimed.update(a.id for a in chunk)
+                    etags = await insert_entities(self._table, rows)
+                    claimed.update((a.id, etag or "") for a, etag in zip(chunk, etags, strict=True))
                     continue
                 except TableTransactionError as exc:
                     code = getattr(exc, "error_code", None)
                     if exc.status_code != 409 and code != "EntityAlreadyExists":
                         raise
             for action in chunk:
-                if await self.claim(action, at, claim_seq, lease_until):
-                    claimed.add(action.id)
+                etag = await self.claim(action, at, claim_seq, lease_until)
+                if etag is not None:
+                    claimed[action.id] = etag
         return claimed
 
-    async def mark_sent(self, *action_ids: str) -> None:
-        """Only the flag: the executor may have finished an action already. The rows share a
-        partition, so up to 100 go in one transaction; if one is missing (cleaned up
-        meanwhile) the transaction fails whole, and each row is merged on its own instead."""
-        for start in range(0, len(action_ids), MAX_TRANSACTION):
-            chunk = action_ids[start : start + MAX_TRANSACTION]
-            if len(chunk) > 1:
-                rows = [{"PartitionKey": ACTIONS, "RowKey": i, "Sent": True} for i in chunk]
-                try:
-                    await write_entities(self._table, rows, MERGE)
-                    continue
-                except TableTransactionError:
-                    pass
-            for action_id in chunk:
-                await self._merge(action_id, {"Sent": True})
+    async def mark_sent(self, *action_ids: str, handled: Sequence[tuple[str, str]] = ()) -> None:
+        """Sent marks and handled marks share the `handled` partition: up to 100 of them are
+        upserted in one transaction (a submission's claims and its alerts: one round trip).
+        The claims are not touched, so a claim cleaned up meanwhile is no obstacle."""
+        await self._write_marks(
+            [
+                *(_sent_row(action_id) for action_id in action_ids),
+                *(_handled_row(key, version) for key, version in handled),
+            ]
+        )
+
+    async def _write_marks(self, rows: list[dict[str, Any]]) -> None:
+        unique = list({row["RowKey"]: row for row in rows}.values())
+        if len(unique) == 1:
+            await self._table.upsert_entity(unique[0])
+            return
+        for start in range(0, len(unique), MAX_TRANSACTION):
+            await write_entities(self._table, unique[start : start + MAX_TRANSACTION], UPSERT)
 
     async def get(self, action_id: str) -> LedgerEntry | None:
         try:
             entity = await self._table.get_entity(ACTIONS, action_id)
         except ResourceNotFoundError:
             return None
-        return _ledger_entry(entity)
+        return await self._with_sent_mark(_ledger_entry(entity))
+
+    async def _with_sent_mark(self, entry: LedgerEntry) -> LedgerEntry:
+        """`entry`, sent if its sent mark's row says so (an open claim not flagged itself)."""
+        if not entry.open or entry.sent:
+            return entry
+        mark = await get_json(self._table, HANDLED, SENT + entry.action_id, select=("RowKey",))
+        return dataclasses.replace(entry, sent=True) if mark is not None else entry
 
     async def intend(
         self,
@@ -156,6 +166,7 @@ class StateTable:
         before: dict[str, Any],
         at: datetime,
         record_from: int | None = None,
+        claim_etag: str | None = None,
     ) -> None:
         values: dict[str, Any] = {
             "IntentCall": call,
@@ -164,10 +175,31 @@ class StateTable:
         }
         if record_from is not None:
             values["RecordFrom"] = int64(record_from)
-        await self._upsert(action, values)
+        await self._executor_write(action, values, claim_etag)
 
-    async def recording(self, action: ActionRequest, from_seq: int) -> None:
-        await self._upsert(action, {"RecordFrom": int64(from_seq)})
+    async def recording(
+        self, action: ActionRequest, from_seq: int, claim_etag: str | None = None
+    ) -> None:
+        await self._executor_write(action, {"RecordFrom": int64(from_seq)}, claim_etag)
+
+    async def _executor_write(
+        self, action: ActionRequest, values: dict[str, Any], claim_etag: str | None
+    ) -> None:
+        """A write of the executor's: the claim reached it, so it is flagged sent as well.
+        With `claim_etag`, a merge into the claim only as it was then."""
+        values = {**values, "Sent": True}
+        if claim_etag is None:
+            await self._upsert(action, values)
+            return
+        try:
+            await self._table.update_entity(
+                _ledger_row(action, values),
+                mode=UpdateMode.MERGE,
+                etag=claim_etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except (ResourceModifiedError, ResourceNotFoundError) as exc:
+            raise ClaimChanged(f"the claim of {action.id} changed since it was sent") from exc
 
     async def finish(self, action: ActionRequest, status: OutcomeStatus, audit_seq: int) -> None:
         # Scheduled reverts reach the executor without a claim, so this may create the row.
@@ -180,7 +212,7 @@ class StateTable:
             f"PartitionKey eq '{ACTIONS}' and State eq '{LEDGER_QUEUED}' and Sent eq false "
             "and ClaimedAt lt @before"
         )
-        return await self._query(query, claimed_before)
+        return [entry for entry in await self._query(query, claimed_before) if not entry.sent]
 
     async def stuck(self, claimed_before: datetime) -> list[LedgerEntry]:
         query = (
@@ -193,8 +225,11 @@ class StateTable:
         await self._merge(action_id, {"Alerted": True})
 
     async def _query(self, query: str, before: datetime) -> list[LedgerEntry]:
+        """The rows `query` finds, each with its sent mark looked up (a point read for each
+        open claim not flagged sent itself: the reconciler's few)."""
         entities = self._table.query_entities(query, parameters={"before": before})
-        return [_ledger_entry(entity) async for entity in entities]
+        entries = [_ledger_entry(entity) async for entity in entities]
+        return await gather_bounded(self._with_sent_mark(entry) for entry in entries)
 
     async def _merge(self, action_id: str, values: dict[str, Any]) -> None:
         try:
@@ -205,16 +240,30 @@ class StateTable:
             return
 
     async def _upsert(self, action: ActionRequest, values: dict[str, Any]) -> None:
-        await self._table.upsert_entity(
-            {
-                "PartitionKey": ACTIONS,
-                "RowKey": action.id,
-                "Kind": str(action.kind),
-                "Target": action.target,
-                **values,
-            },
-            mode=UpdateMode.MERGE,
-        )
+        await self._table.upsert_entity(_ledger_row(action, values), mode=UpdateMode.MERGE)
+
+
+def _ledger_row(action: ActionRequest, values: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "PartitionKey": ACTIONS,
+        "RowKey": action.id,
+        "Kind": str(action.kind),
+        "Target": action.target,
+        **values,
+    }
+
+
+def _handled_row(alert_key: str, version: str) -> dict[str, Any]:
+    return {
+        "PartitionKey": HANDLED,
+        "RowKey": _key(f"{alert_key}|{version}"),
+        "AlertKey": alert_key,
+        "Version": version,
+    }
+
+
+def _sent_row(action_id: str) -> dict[str, Any]:
+    return {"PartitionKey": HANDLED, "RowKey": SENT + action_id, "ActionId": action_id}
 
 
 def _claim_row(
@@ -263,6 +312,7 @@ def _ledger_entry(entity: Any) -> LedgerEntry:
         ),
         alerted=bool(entity.get("Alerted")),
         lease_until=lease_until if isinstance(lease_until, datetime) else None,
+        etag=entity.metadata.get("etag"),
     )
 
 

@@ -21,14 +21,13 @@ from typing import Any
 
 import pytest
 from azure.core.exceptions import ServiceRequestError
-from azure.functions.servicebus import ServiceBusMessage
 
 from drill.azurite import Azurite
 from drill.context import DrillClock
-from drill.host import LocalHost
+from drill.host import LocalHost, host_message
 from functions.http import KEY_HEADER
 from shared import audit
-from shared.adapters.queue import DUPLICATE_WINDOW, Delivery, InMemoryActionQueue
+from shared.adapters.queue import DUPLICATE_WINDOW, InMemoryActionQueue
 from shared.audit import lane_chain
 from shared.container import Container
 from shared.errors import TransientError
@@ -184,17 +183,6 @@ def queue_of(services: Container) -> InMemoryActionQueue:
     return services.queue
 
 
-def message_of(delivery: Delivery) -> ServiceBusMessage:
-    return ServiceBusMessage(
-        body=delivery.body,
-        message_id=delivery.message_id,
-        content_type=delivery.content_type,
-        delivery_count=delivery.delivery_count,
-        application_properties={},
-        user_properties={},
-    )
-
-
 async def deliver_all(
     services: Container,
     faults: Faults,
@@ -218,7 +206,7 @@ async def deliver_all(
         before_each()
         deliveries += 1
         try:
-            await execute(message_of(delivery))
+            await execute(host_message(delivery))
         except Killed:
             faults.revive()
             queue.abandon(delivery)
@@ -518,7 +506,7 @@ async def deliver_in_real_time(services: Container, faults: Faults, seconds: flo
             await asyncio.sleep(0.05)
             continue
         try:
-            await execute(message_of(delivery))
+            await execute(host_message(delivery))
         except Killed:
             faults.revive()
             queue.abandon(delivery)
@@ -578,7 +566,7 @@ async def test_a_claim_whose_delivery_is_being_retried_is_not_sent_again(
     queue = queue_of(services)
     execute = LocalHost().functions["execute_action"]
     while (delivery := queue.receive()) is not None:
-        await execute(message_of(delivery))  # the disable meets the lost response: retried
+        await execute(host_message(delivery))  # the disable meets the lost response: retried
     assert lost == [] and len(queue.scheduled) == 1
 
     # The retry is due, and the reconciler runs past its resend time and the queue's
@@ -589,7 +577,7 @@ async def test_a_claim_whose_delivery_is_being_retried_is_not_sent_again(
     due = []
     while (delivery := queue.receive()) is not None:
         due.append(delivery)
-    await asyncio.gather(*(execute(message_of(d)) for d in due))
+    await asyncio.gather(*(execute(host_message(d)) for d in due))
     await deliver_all(services, faults, clock)
     await assert_contained(services, sim)
     assert report.resent == 0
@@ -597,16 +585,17 @@ async def test_a_claim_whose_delivery_is_being_retried_is_not_sent_again(
     assert len(patches) == 1, "the account was written once"
 
 
-async def test_an_alert_marked_handled_beside_a_failing_sent_mark_loses_nothing(
+async def test_a_failed_sent_mark_leaves_the_alert_unhandled_and_loses_nothing(
     services: Container, sim: SimulatedTenant, faults: Faults, clock: DrillClock
 ) -> None:
-    """The handled mark is written beside the claims' sent mark, after the send. When the sent
-    mark fails, the handled mark has landed all the same: the sender's retry finds the alert
-    handled, and the queued actions still run, once, without being sent again."""
+    """The handled marks go in one write with the claims' sent marks, after the send. When
+    that write fails, neither lands: the sender's retry handles the alert again, and its
+    actions coalesce into their claims (still leased to the first try) instead of being sent
+    again; the queued actions run once, and the reconciler finds nothing left unsent."""
     state = services.state
     mark_sent = state.mark_sent
 
-    async def refused(*action_ids: str) -> None:
+    async def refused(*action_ids: str, handled: object = ()) -> None:
         raise ServiceRequestError("StateTable.mark_sent: connection refused")
 
     state.mark_sent = refused  # type: ignore[method-assign]
@@ -614,7 +603,10 @@ async def test_an_alert_marked_handled_beside_a_failing_sent_mark_loses_nothing(
         await services.intake.handle_payload(compromised())
     state.mark_sent = mark_sent  # type: ignore[method-assign]
     [retried] = await services.intake.handle_payload(compromised())
-    assert retried.duplicate_alert and not retried.queued
+    assert not retried.duplicate_alert, "the handled mark failed with the sent marks"
+    assert not retried.queued and len(retried.coalesced) == 2
+    [again] = await services.intake.handle_payload(compromised())
+    assert again.duplicate_alert, "the retry marked the alert handled"
     await deliver_all(services, faults, clock)
     clock.advance(timedelta(seconds=services.settings.resend_after_s) + DUPLICATE_WINDOW)
     assert (await services.reconciler.run()).resent == 0
@@ -622,6 +614,92 @@ async def test_an_alert_marked_handled_beside_a_failing_sent_mark_loses_nothing(
     await assert_contained(services, sim)
     patches = [p for m, p in sim.requests if m == "PATCH" and ADELE.id in p]
     assert len(patches) == 1, "the account was written once"
+
+
+async def test_a_delivery_that_did_not_read_its_claim_notes_it_sent_before_retrying(
+    services: Container, sim: SimulatedTenant, faults: Faults, clock: DrillClock
+) -> None:
+    """The outbox's sent marks are lost, and each first delivery, running from its claim as
+    sent without reading it, is throttled before it writes anything. Each notes its claim sent
+    before scheduling its retry, so the reconciler does not send the claims again beside those
+    retries, and every action runs once."""
+    state, graph = services.state, services.graph
+    mark_sent, get_user = state.mark_sent, graph.get_user
+
+    async def refused(*action_ids: str, handled: object = ()) -> None:
+        raise ServiceRequestError("StateTable.mark_sent: connection refused")
+
+    throttled = [1, 1]
+
+    async def throttle(user: str) -> Any:
+        if throttled:
+            throttled.pop()
+            raise TransientError("throttled", status=429, retry_after=600)
+        return await get_user(user)
+
+    state.mark_sent = refused  # type: ignore[method-assign]
+    with pytest.raises(ServiceRequestError):
+        await services.intake.handle_payload(compromised())
+    state.mark_sent = mark_sent  # type: ignore[method-assign]
+    graph.get_user = throttle  # type: ignore[method-assign]
+    queue = queue_of(services)
+    execute = LocalHost().functions["execute_action"]
+    while (delivery := queue.receive()) is not None:
+        assert delivery.properties.get("claim_etag"), "the outbox sent each claim's ETag"
+        await execute(host_message(delivery))
+    assert not throttled and len(queue.scheduled) == 2
+    clock.advance(timedelta(seconds=services.settings.resend_after_s + 1))
+    assert (await services.reconciler.run()).resent == 0
+    await deliver_all(services, faults, clock)
+    await assert_contained(services, sim)
+    patches = [p for m, p in sim.requests if m == "PATCH" and ADELE.id in p]
+    assert len(patches) == 1, "the account was written once"
+
+
+async def test_a_redelivery_on_a_stale_claim_etag_writes_nothing(
+    services: Container, sim: SimulatedTenant, faults: Faults, clock: DrillClock
+) -> None:
+    """Every message of a contained alert delivered again, with the claim ETags they carried:
+    each first write is refused, the rows are read, the actions have ended. Reads only."""
+    await services.intake.handle_payload(compromised())
+    queue = queue_of(services)
+    execute = LocalHost().functions["execute_action"]
+    delivered = []
+    while (delivery := queue.receive()) is not None:
+        delivered.append(delivery)
+        await execute(host_message(delivery))
+    await assert_contained(services, sim)
+    before, served = await trail(services), len(sim.requests)
+    for delivery in delivered:
+        await execute(host_message(delivery))
+    assert await trail(services) == before
+    assert {method for method, _ in sim.requests[served:]} <= {"GET"}
+
+
+async def test_two_deliveries_of_one_claim_side_by_side_write_the_tenant_once(
+    services: Container,
+    sim: SimulatedTenant,
+    faults: Faults,
+    clock: DrillClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each message delivered twice at once (a lock that ran out), both copies carrying the
+    claim's ETag: only one writes its intent on it; the other finds the claim changed, reads
+    it, and leaves the write to the first. One write and one outcome record per action."""
+    await services.intake.handle_payload(compromised())
+    queue = queue_of(services)
+    execute = LocalHost().functions["execute_action"]
+    delivered = []
+    while (delivery := queue.receive()) is not None:
+        delivered.append(delivery)
+    caplog.set_level("INFO", logger="shared.actions.runner")
+    copies = [execute(host_message(d)) for d in delivered for _ in range(2)]
+    await asyncio.gather(*copies, return_exceptions=True)
+    changed = [r for r in caplog.records if "its claim changed" in r.getMessage()]
+    assert len(changed) == 2, "one copy of each found the claim written by the other"
+    await deliver_all(services, faults, clock)
+    await assert_contained(services, sim)
+    assert len([p for m, p in sim.requests if m == "PATCH" and ADELE.id in p]) == 1
 
 
 async def test_a_lost_response_on_revoke_does_not_revoke_twice(

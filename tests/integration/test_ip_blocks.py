@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -68,11 +68,13 @@ class UnreliableQueue(InMemoryActionQueue):
     async def schedule(self, actions: list[ActionRequest], at: datetime) -> None:
         self.lost.extend(actions)
 
-    async def send(self, actions: list[ActionRequest]) -> None:
+    async def send(
+        self, actions: list[ActionRequest], claims: Mapping[str, str] | None = None
+    ) -> None:
         if self.failing_sends:
             self.failing_sends -= 1
             raise ConnectionError("Service Bus unreachable")
-        await super().send(actions)
+        await super().send(actions, claims)
 
 
 @asynccontextmanager

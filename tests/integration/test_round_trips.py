@@ -26,9 +26,9 @@ MEGAN = SimUser(
 
 # Per alert naming one compromised user (revoke sessions, then disable the account):
 # intake: handled check, budget query and spend, one transaction claiming both actions, one
-# marking both sent, the handled mark; executor, per action: ledger read, intent (with the
-# recording mark), finish.
-STATE_TRIPS = 12
+# writing both sent marks with the alert's handled mark; executor, per action: intent (with
+# the recording mark, on the claim's ETag the message carries: no ledger read), finish.
+STATE_TRIPS = 9
 # Per action the user before, the write and the user after; the disable also lists the user's
 # role assignments and role-assignable groups (the lockout guards).
 GRAPH_CALLS = 8

@@ -53,6 +53,9 @@ async def test_expired_state_rows_go_current_ones_and_the_audit_trail_stay(
     await services.state.finish(closed, OutcomeStatus.EXECUTED, 1)
     await services.state.finish(held, OutcomeStatus.HELD, 2)
     await services.state.mark_handled(("generic:a-1", "v1"))
+    await services.state.mark_sent(open_.id)
+    marked = await services.state.get(open_.id)
+    assert marked is not None and marked.sent
     settled, pending = request("b-1", BREAK_GLASS.id), request("b-2", BREAK_GLASS.id)
     for action in (settled, pending):
         await services.approval_store.hold(action, clock() + timedelta(hours=4))
@@ -78,6 +81,10 @@ async def test_expired_state_rows_go_current_ones_and_the_audit_trail_stay(
     assert await services.state.get(closed.id) is None
     open_row, held_row = await services.state.get(open_.id), await services.state.get(held.id)
     assert open_row is not None and open_row.open, "an open action stays"
+    # Its sent mark went with the handled marks: an action still open this long never ran
+    # (a run writes to its claim, and a message given up on closes it), so the reconciler
+    # sends it again.
+    assert not open_row.sent
     assert held_row is not None, "an action waiting for approval stays"
     assert not await services.state.is_handled("generic:a-1", "v1")
     assert await services.approval_store.get(settled.id) is None

@@ -4,6 +4,7 @@ a rejection or an expiry ends, and what the audit trail says about each."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
@@ -73,7 +74,9 @@ class MemoryQueue:
     sent: list[ActionRequest] = field(default_factory=list)
     broken: bool = False
 
-    async def send(self, actions: list[ActionRequest]) -> None:
+    async def send(
+        self, actions: list[ActionRequest], claims: Mapping[str, str] | None = None
+    ) -> None:
         if self.broken:
             raise ConnectionError("queue unavailable")
         self.sent += actions

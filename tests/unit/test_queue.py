@@ -16,7 +16,7 @@ from shared.adapters.queue import (
     to_service_bus_message,
 )
 from shared.models import ActionKind, ActionRequest
-from shared.ports import DeadLetter
+from shared.ports import CLAIM_ETAG, DeadLetter, claim_etag
 
 TARGET = "5b2f3d0e-1c4a-4e8b-9f6d-2a7c8e1b4d01"
 
@@ -36,6 +36,32 @@ def test_the_service_bus_message_id_is_the_action_id() -> None:
     assert message.content_type == "application/json"
     assert message.subject == "disable_account"
     assert ActionRequest.model_validate_json(b"".join(message.body)) == request
+
+
+ETAG = "W/\"datetime'2026-12-01T14%3A35%3A13.5114041Z'\""
+
+
+async def test_a_sent_message_carries_its_claims_etag_to_the_trigger() -> None:
+    service_bus = ServiceBusActionQueue(
+        "sb-test.servicebus.windows.net", "actions", StaticTokenCredential("t")
+    )
+    sender = RecordingSender()
+    service_bus._sender = sender  # type: ignore[assignment]
+    claimed, unclaimed = action(), action("graph_alerts_v2:a-2")
+    await service_bus.send([claimed, unclaimed], {claimed.id: ETAG})
+    [first, second] = sender.sent[0]
+    assert first.application_properties is not None
+    assert first.application_properties[CLAIM_ETAG] == ETAG
+    assert CLAIM_ETAG not in (second.application_properties or {})
+    memory = InMemoryActionQueue()
+    await memory.send([claimed], {claimed.id: ETAG})
+    await memory.schedule([unclaimed], datetime.now(UTC))
+    received = [memory.receive(), memory.receive()]
+    assert [claim_etag(d.properties) for d in received if d] == [ETAG, None]
+    # What the trigger may be handed: nothing, an empty value, bytes.
+    assert claim_etag(None) is None and claim_etag({CLAIM_ETAG: ""}) is None
+    assert claim_etag({CLAIM_ETAG: ETAG.encode()}) == ETAG
+    await service_bus.close()
 
 
 async def test_duplicate_sends_are_dropped_like_service_bus_duplicate_detection() -> None:
