@@ -303,17 +303,19 @@ class ActionRunner:
             earlier = entry.intent if entry else None
             record_from = (entry.record_from if entry else 0) or await self._chain.head_seq()
             outcome = await self._accounts.run(action, earlier, record_from, claim_etag)
+            # Executed without an earlier intent: this run wrote its intent, and the mark.
+            marked = outcome.status is OutcomeStatus.EXECUTED and earlier is None
+            if claim_etag is not None and not marked:
+                # A run from the claim as sent that wrote no intent: its recording mark goes
+                # in on the claim's ETag before anything else is written (an approval hold
+                # from a copy of a message whose action has ended must not reopen it).
+                await self._ledger.recording(action, record_from, claim_etag)
+                marked = True
             if outcome.status is OutcomeStatus.HELD:
                 await self._holds.hold(action, outcome.error or "waits for approval")
             applied = [Applied(action, outcome)]
-            # Executed without an earlier intent: this run wrote its intent, and the mark.
-            marked = outcome.status is OutcomeStatus.EXECUTED and earlier is None
             await self._record(
-                applied,
-                known=known,
-                marked={action.id} if marked else set(),
-                head=record_from,
-                claims={action.id: claim_etag} if claim_etag and not marked else None,
+                applied, known=known, marked={action.id} if marked else set(), head=record_from
             )
             return applied
         blocklist = self._require_blocklist()
@@ -383,7 +385,6 @@ class ActionRunner:
         known: dict[str, LedgerEntry | None] | None = None,
         marked: set[str] | None = None,
         head: int | None = None,
-        claims: dict[str, str] | None = None,
     ) -> None:
         """Audit every outcome (one batch) that is not audited yet, schedule the expiry of
         temporary blocks, let `settle` move the registry on, close the ledger rows.
@@ -392,9 +393,7 @@ class ActionRunner:
         is skipped, and one whose row says an earlier attempt began recording is looked up
         in the trail before anything is appended. Before the append each row gets its
         recording mark, unless this delivery wrote it already (`marked`, with the intent;
-        `head`, the audit head taken before that); a row in `claims` only on the claim's ETag
-        given there (`ClaimChanged` propagates: nothing is recorded). Any other failure here
-        is a `RecordingFailed`."""
+        `head`, the audit head taken before that). Any failure here is a `RecordingFailed`."""
         try:
             entries = await gather_bounded(self._entry(a.action.id, known) for a in applied)
             live = [a for a, e in zip(applied, entries, strict=True) if not _closed(e, a.action)]
@@ -418,18 +417,13 @@ class ActionRunner:
                 head = await self._chain.head_seq()
             skip = begun.keys() | (marked or set())
             unmarked = [a for a in fresh if a.action.id not in skip]
-            etags = claims or {}
-            await gather_bounded(
-                self._ledger.recording(a.action, head, etags.get(a.action.id)) for a in unmarked
-            )
+            await gather_bounded(self._ledger.recording(a.action, head) for a in unmarked)
             records = await self._chain.append_all(
                 [outcome_entry(a.action, a.outcome) for a in fresh]
             )
             seqs = {action_id: record.seq for action_id, record in found.items()}
             seqs.update({a.action.id: r.seq for a, r in zip(fresh, records, strict=True)})
             await self._complete(live, seqs, settle)
-        except ClaimChanged:
-            raise
         except Exception as exc:
             raise RecordingFailed(f"recording {len(applied)} outcomes failed") from exc
 

@@ -226,7 +226,7 @@ class StateTable:
 
     async def _query(self, query: str, before: datetime) -> list[LedgerEntry]:
         """The rows `query` finds, each with its sent mark looked up (a point read for each
-        open claim not flagged sent itself: the reconciler's few)."""
+        open claim not flagged sent itself: one not yet run)."""
         entities = self._table.query_entities(query, parameters={"before": before})
         entries = [_ledger_entry(entity) async for entity in entities]
         return await gather_bounded(self._with_sent_mark(entry) for entry in entries)

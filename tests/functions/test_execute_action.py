@@ -11,7 +11,7 @@ import pytest
 
 from drill.azurite import Azurite
 from drill.context import DrillClock
-from drill.host import LocalHost
+from drill.host import LocalHost, host_message
 from shared.adapters.queue import InMemoryActionQueue
 from shared.container import Container
 from shared.models import ActionKind, ActionRequest
@@ -89,9 +89,11 @@ async def test_a_redelivered_message_of_a_finished_action_changes_nothing(
     first = queue.receive()
     assert first is not None
     host = LocalHost()
-    await host.functions["execute_action"](_message(first.body, first.message_id, 1))
+    assert first.properties.get("claim_etag"), "sent as the outbox sends: with its claim's ETag"
+    await host.functions["execute_action"](host_message(first))
     before = await events(services)
-    await host.functions["execute_action"](_message(first.body, first.message_id, 2))
+    first.delivery_count = 2
+    await host.functions["execute_action"](host_message(first))
     assert await events(services) == before
 
 

@@ -34,7 +34,7 @@ from shared.errors import TransientError
 from shared.ingest import normalize
 from shared.models import ActionKind, ActionRequest, Actor, AuditEntry, Decision, OutcomeStatus
 from shared.outbox import CLAIM_LEASE
-from shared.ports import BlockState
+from shared.ports import ApprovalState, BlockState
 from shared.simulator import Fault, SimulatedTenant
 from tests.conftest import ADELE, BREAK_GLASS, WEBHOOK_SECRET, installed, settings_for
 from tests.trail import oldest_first
@@ -674,6 +674,38 @@ async def test_a_redelivery_on_a_stale_claim_etag_writes_nothing(
         await execute(host_message(delivery))
     assert await trail(services) == before
     assert {method for method, _ in sim.requests[served:]} <= {"GET"}
+
+
+async def test_a_copy_of_a_held_disable_leaves_its_rejected_approval_alone(
+    services: Container, sim: SimulatedTenant
+) -> None:
+    """An engineer's disable of a User Administrator waits for approval; the approval is
+    rejected; then the message comes again with its claim's ETag. The copy runs from the claim
+    as sent and reaches the same hold, but its recording mark, written on that ETag before the
+    hold, is refused: the rejected approval stays rejected and nothing more is audited."""
+    sim.assign_role(ADELE.id, "fe930be7-5e62-47db-91af-98c3a49a38b1")  # User Administrator
+    engineer = Actor(kind="engineer", name="ada@contoso.onmicrosoft.com")
+    disable = ActionRequest(
+        id=ActionRequest.derive_id(ActionKind.DISABLE_ACCOUNT, ADELE.id, "engineer:ada:1"),
+        kind=ActionKind.DISABLE_ACCOUNT,
+        target=ADELE.id,
+        requested_by=engineer,
+    )
+    await services.intake.submit([disable])
+    queue = queue_of(services)
+    execute = LocalHost().functions["execute_action"]
+    delivery = queue.receive()
+    assert delivery is not None and delivery.properties.get("claim_etag")
+    await execute(host_message(delivery))
+    approval = await services.approval_store.get(disable.id)
+    assert approval is not None and approval.state is ApprovalState.PENDING
+    assert await services.approval_store.settle(approval, ApprovalState.REJECTED, "bob")
+    rejected = await services.approval_store.get(disable.id)
+    before = await trail(services)
+    await execute(host_message(delivery))
+    assert await services.approval_store.get(disable.id) == rejected
+    assert await trail(services) == before
+    assert sim.user(ADELE.id).account_enabled
 
 
 async def test_two_deliveries_of_one_claim_side_by_side_write_the_tenant_once(
