@@ -267,7 +267,10 @@ class ActionLedger(Protocol):
         `handled` (alert key, version) marked handled in the same write."""
         ...
 
-    async def get(self, action_id: str) -> LedgerEntry | None: ...
+    async def get(self, action_id: str, sent_mark: bool = True) -> LedgerEntry | None:
+        """The row of `action_id`; with `sent_mark` False its sent mark is not looked up, and
+        `sent` says only what the claim itself says (for readers that do not need it)."""
+        ...
 
     async def intend(
         self,

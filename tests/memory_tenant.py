@@ -146,7 +146,7 @@ class MemoryIntents:
         self.intents: dict[str, tuple[ActionRequest, Intent]] = {}
         self.record_from: dict[str, int] = {}
 
-    async def get(self, action_id: str) -> LedgerEntry | None:
+    async def get(self, action_id: str, sent_mark: bool = True) -> LedgerEntry | None:
         found = self.intents.get(action_id)
         if found is None:
             return None

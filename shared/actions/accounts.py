@@ -170,7 +170,7 @@ class AccountActions:
         the write this action intended shows in the tenant."""
         if action.dry_run:
             return None
-        entry = await self._ledger.get(action.id)
+        entry = await self._ledger.get(action.id, sent_mark=False)
         user = await self._directory.get_user(action.target)
         return _confirmed(action, user, [], entry.intent if entry is not None else None)
 

@@ -246,7 +246,7 @@ class ActionRunner:
         """Record the end of an action the queue gave up on (the reconciler, for a dead
         letter past its give-up time): executed if the tenant shows it, failed otherwise.
         None when it had ended already."""
-        entry = await self._ledger.get(action.id)
+        entry = await self._ledger.get(action.id, sent_mark=False)
         if _closed(entry, action):
             return None
         recovered = await self._recover(action, entry)
@@ -432,7 +432,8 @@ class ActionRunner:
     ) -> LedgerEntry | None:
         if known is not None and action_id in known:
             return known[action_id]
-        return await self._ledger.get(action_id)
+        # Recording needs the row's state and marks, not whether the claim was noted sent.
+        return await self._ledger.get(action_id, sent_mark=False)
 
     async def _complete(
         self, applied: list[Applied], seqs: dict[str, int], settle: Settle | None

@@ -145,12 +145,13 @@ class StateTable:
         for start in range(0, len(unique), MAX_TRANSACTION):
             await write_entities(self._table, unique[start : start + MAX_TRANSACTION], UPSERT)
 
-    async def get(self, action_id: str) -> LedgerEntry | None:
+    async def get(self, action_id: str, sent_mark: bool = True) -> LedgerEntry | None:
         try:
             entity = await self._table.get_entity(ACTIONS, action_id)
         except ResourceNotFoundError:
             return None
-        return await self._with_sent_mark(_ledger_entry(entity))
+        entry = _ledger_entry(entity)
+        return await self._with_sent_mark(entry) if sent_mark else entry
 
     async def _with_sent_mark(self, entry: LedgerEntry) -> LedgerEntry:
         """`entry`, sent if its sent mark's row says so (an open claim not flagged itself)."""

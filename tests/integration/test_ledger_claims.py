@@ -102,6 +102,8 @@ async def test_sent_marks_leave_the_claims_and_their_etags_as_they_were(
         entry = await state.get(action.id)
         assert entry is not None and entry.sent and entry.open
         assert entry.etag == claimed[action.id], "the claim itself was not written"
+        unlooked = await state.get(action.id, sent_mark=False)
+        assert unlooked is not None and not unlooked.sent, "what the claim itself says"
     later = clock() + timedelta(minutes=10)
     assert [e.action_id for e in await state.unsent(later)] == [unsent.id]
 
