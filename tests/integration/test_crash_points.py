@@ -27,7 +27,7 @@ from drill.context import DrillClock
 from drill.host import LocalHost, host_message
 from functions.http import KEY_HEADER
 from shared import audit
-from shared.adapters.queue import DUPLICATE_WINDOW, InMemoryActionQueue
+from shared.adapters.queue import DUPLICATE_WINDOW, Delivery, InMemoryActionQueue
 from shared.audit import lane_chain
 from shared.container import Container
 from shared.errors import TransientError
@@ -245,6 +245,45 @@ async def assert_contained(services: Container, sim: SimulatedTenant) -> None:
     }
     await assert_one_outcome_per_action(services)
     assert (await services.chain.verify()).ok
+
+
+def received(services: Container) -> list[Delivery]:
+    """Every message waiting on the action queue, taken off it."""
+    queue = queue_of(services)
+    return list(iter(queue.receive, None))
+
+
+def assert_written_once(sim: SimulatedTenant) -> None:
+    patches = [p for m, p in sim.requests if m == "PATCH" and ADELE.id in p]
+    assert len(patches) == 1, "the account was written once"
+
+
+async def assert_nothing_resent_and_contained_once(
+    services: Container, sim: SimulatedTenant, faults: Faults, clock: DrillClock
+) -> None:
+    """The reconciler finds nothing to send again; then every message is delivered, and the
+    alert is contained with the account written once."""
+    assert (await services.reconciler.run()).resent == 0
+    await deliver_all(services, faults, clock)
+    await assert_contained(services, sim)
+    assert_written_once(sim)
+
+
+async def handle_losing_the_sent_marks(services: Container) -> None:
+    """Intake of `compromised()` whose write of the sent and handled marks fails (the sender
+    gets the error); the ledger is whole again afterwards."""
+    state = services.state
+    mark_sent = state.mark_sent
+
+    async def refused(*action_ids: str, handled: object = ()) -> None:
+        raise ServiceRequestError("StateTable.mark_sent: connection refused")
+
+    state.mark_sent = refused  # type: ignore[method-assign]
+    try:
+        with pytest.raises(ServiceRequestError):
+            await services.intake.handle_payload(compromised())
+    finally:
+        state.mark_sent = mark_sent  # type: ignore[method-assign]
 
 
 # Intake ----------------------------------------------------------------------------------------
@@ -483,8 +522,7 @@ async def test_a_lost_graph_response_on_disable_is_recorded_as_executed(
     await deliver_all(services, faults, clock)
     assert lost == []
     await assert_contained(services, sim)
-    patches = [p for m, p in sim.requests if m == "PATCH" and ADELE.id in p]
-    assert len(patches) == 1, "the account was written once"
+    assert_written_once(sim)
     # The retry looked for an outcome of the first delivery by the action's target (through
     # the index): before it ran, and again right before it appended its own (a delivery whose
     # lock ran out may still be running beside it).
@@ -581,8 +619,7 @@ async def test_a_claim_whose_delivery_is_being_retried_is_not_sent_again(
     await deliver_all(services, faults, clock)
     await assert_contained(services, sim)
     assert report.resent == 0
-    patches = [p for m, p in sim.requests if m == "PATCH" and ADELE.id in p]
-    assert len(patches) == 1, "the account was written once"
+    assert_written_once(sim)
 
 
 async def test_a_failed_sent_mark_leaves_the_alert_unhandled_and_loses_nothing(
@@ -592,16 +629,7 @@ async def test_a_failed_sent_mark_leaves_the_alert_unhandled_and_loses_nothing(
     that write fails, neither lands: the sender's retry handles the alert again, and its
     actions coalesce into their claims (still leased to the first try) instead of being sent
     again; the queued actions run once, and the reconciler finds nothing left unsent."""
-    state = services.state
-    mark_sent = state.mark_sent
-
-    async def refused(*action_ids: str, handled: object = ()) -> None:
-        raise ServiceRequestError("StateTable.mark_sent: connection refused")
-
-    state.mark_sent = refused  # type: ignore[method-assign]
-    with pytest.raises(ServiceRequestError):
-        await services.intake.handle_payload(compromised())
-    state.mark_sent = mark_sent  # type: ignore[method-assign]
+    await handle_losing_the_sent_marks(services)
     [retried] = await services.intake.handle_payload(compromised())
     assert not retried.duplicate_alert, "the handled mark failed with the sent marks"
     assert not retried.queued and len(retried.coalesced) == 2
@@ -609,11 +637,7 @@ async def test_a_failed_sent_mark_leaves_the_alert_unhandled_and_loses_nothing(
     assert again.duplicate_alert, "the retry marked the alert handled"
     await deliver_all(services, faults, clock)
     clock.advance(timedelta(seconds=services.settings.resend_after_s) + DUPLICATE_WINDOW)
-    assert (await services.reconciler.run()).resent == 0
-    await deliver_all(services, faults, clock)
-    await assert_contained(services, sim)
-    patches = [p for m, p in sim.requests if m == "PATCH" and ADELE.id in p]
-    assert len(patches) == 1, "the account was written once"
+    await assert_nothing_resent_and_contained_once(services, sim, faults, clock)
 
 
 async def test_a_delivery_that_did_not_read_its_claim_notes_it_sent_before_retrying(
@@ -623,12 +647,8 @@ async def test_a_delivery_that_did_not_read_its_claim_notes_it_sent_before_retry
     sent without reading it, is throttled before it writes anything. Each notes its claim sent
     before scheduling its retry, so the reconciler does not send the claims again beside those
     retries, and every action runs once."""
-    state, graph = services.state, services.graph
-    mark_sent, get_user = state.mark_sent, graph.get_user
-
-    async def refused(*action_ids: str, handled: object = ()) -> None:
-        raise ServiceRequestError("StateTable.mark_sent: connection refused")
-
+    graph = services.graph
+    get_user = graph.get_user
     throttled = [1, 1]
 
     async def throttle(user: str) -> Any:
@@ -637,10 +657,7 @@ async def test_a_delivery_that_did_not_read_its_claim_notes_it_sent_before_retry
             raise TransientError("throttled", status=429, retry_after=600)
         return await get_user(user)
 
-    state.mark_sent = refused  # type: ignore[method-assign]
-    with pytest.raises(ServiceRequestError):
-        await services.intake.handle_payload(compromised())
-    state.mark_sent = mark_sent  # type: ignore[method-assign]
+    await handle_losing_the_sent_marks(services)
     graph.get_user = throttle  # type: ignore[method-assign]
     queue = queue_of(services)
     execute = LocalHost().functions["execute_action"]
@@ -649,11 +666,7 @@ async def test_a_delivery_that_did_not_read_its_claim_notes_it_sent_before_retry
         await execute(host_message(delivery))
     assert not throttled and len(queue.scheduled) == 2
     clock.advance(timedelta(seconds=services.settings.resend_after_s + 1))
-    assert (await services.reconciler.run()).resent == 0
-    await deliver_all(services, faults, clock)
-    await assert_contained(services, sim)
-    patches = [p for m, p in sim.requests if m == "PATCH" and ADELE.id in p]
-    assert len(patches) == 1, "the account was written once"
+    await assert_nothing_resent_and_contained_once(services, sim, faults, clock)
 
 
 async def test_a_redelivery_on_a_stale_claim_etag_writes_nothing(
@@ -662,11 +675,9 @@ async def test_a_redelivery_on_a_stale_claim_etag_writes_nothing(
     """Every message of a contained alert delivered again, with the claim ETags they carried:
     each first write is refused, the rows are read, the actions have ended. Reads only."""
     await services.intake.handle_payload(compromised())
-    queue = queue_of(services)
     execute = LocalHost().functions["execute_action"]
-    delivered = []
-    while (delivery := queue.receive()) is not None:
-        delivered.append(delivery)
+    delivered = received(services)
+    for delivery in delivered:
         await execute(host_message(delivery))
     await assert_contained(services, sim)
     before, served = await trail(services), len(sim.requests)
@@ -719,11 +730,8 @@ async def test_two_deliveries_of_one_claim_side_by_side_write_the_tenant_once(
     claim's ETag: only one writes its intent on it; the other finds the claim changed, reads
     it, and leaves the write to the first. One write and one outcome record per action."""
     await services.intake.handle_payload(compromised())
-    queue = queue_of(services)
     execute = LocalHost().functions["execute_action"]
-    delivered = []
-    while (delivery := queue.receive()) is not None:
-        delivered.append(delivery)
+    delivered = received(services)
     caplog.set_level("INFO", logger="shared.actions.runner")
     copies = [execute(host_message(d)) for d in delivered for _ in range(2)]
     await asyncio.gather(*copies, return_exceptions=True)
