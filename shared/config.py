@@ -350,8 +350,9 @@ class Settings(PolicySettings):
         alias="ACTIONS_WRITE_SETTLE_SECONDS",
         ge=0,
         le=3600,
-        description="How long after an account write that got no answer (a timeout) a retry "
-        "only re-reads the tenant, since that write may still land, before it writes again.",
+        description="How long after an account or transport rule write that got no answer (a "
+        "timeout) a retry only re-reads the tenant, since that write may still land, before it "
+        "writes again.",
     )
     resend_after_s: int = Field(
         120,

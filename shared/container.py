@@ -352,6 +352,7 @@ class Container:
             self.clock,
             self.settings.ip_block_batch_s,
             self.graph,
+            settle=timedelta(seconds=self.settings.write_settle_s),
         )
 
     @cached_property

@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -202,6 +203,7 @@ class IpBlocklist:
         clock: Callable[[], datetime],
         batch_window_s: float = 0.0,
         locations: NamedLocations | None = None,
+        settle: timedelta = timedelta(0),
     ) -> None:
         self._rules = rules
         self._locations = locations
@@ -210,6 +212,11 @@ class IpBlocklist:
         self._clock = clock
         self._batch_window_s = batch_window_s
         self._lock = asyncio.Lock()
+        # A rule write that got no answer (a timeout) may still land: until `settle` has
+        # passed, a pass only reads (and records what the rules already show), it does not
+        # plan a write from a read that the late write has not reached yet.
+        self._settle = settle
+        self._unanswered_at: datetime | None = None
 
     async def plan(self, action: ActionRequest) -> ActionOutcome:
         """Dry run: read the rules and report the write a real run would make."""
@@ -361,6 +368,8 @@ class IpBlocklist:
             managed = [r for r in every if is_managed(r)]
             taken = frozenset(r.name.lower() for r in every)
             changes = plan_shards(managed, adds, removes, taken)
+            if changes:
+                self._wait_for_settle()
             try:
                 for change in changes:
                     await self._write(change)
@@ -440,18 +449,43 @@ class IpBlocklist:
             logger.warning("named location %r created: include it in the CA block policy", name)
         return calls
 
+    def _wait_for_settle(self) -> None:
+        """Raise a TransientError (the pass runs again after the rest of the settle time)
+        while a rule write of this worker that got no answer may still land."""
+        if self._unanswered_at is None:
+            return
+        left = (self._unanswered_at + self._settle - self._clock()).total_seconds()
+        if left > 0:
+            raise TransientError(
+                f"a transport rule write at {self._unanswered_at.isoformat()} got no answer "
+                f"and may still land; the rules are written again in {left:.1f} s",
+                retry_after=left,
+            )
+
+    @contextmanager
+    def _answered(self) -> Iterator[None]:
+        """Note the time of a rule write that got no answer at all (a timeout, a dropped
+        connection: no status), which Exchange may still carry out."""
+        try:
+            yield
+        except TransientError as exc:
+            if exc.status is None:  # no answer at all: the write may still be carried out
+                self._unanswered_at = self._clock()
+            raise
+
     async def _write(self, change: ShardChange) -> None:
         if change.read is None:
             if await self._rules.get_rule(change.name) is not None:
                 raise _ShardChanged(f"{change.name} was created by another writer")
             try:
-                await self._rules.create_rule(
-                    change.name,
-                    change.ranges,
-                    f"{COMMENT_MARK}: sender IP blocklist. Edits here are overwritten.",
-                    self._rule_mode,
-                    reject=change.mode == "reject",
-                )
+                with self._answered():
+                    await self._rules.create_rule(
+                        change.name,
+                        change.ranges,
+                        f"{COMMENT_MARK}: sender IP blocklist. Edits here are overwritten.",
+                        self._rule_mode,
+                        reject=change.mode == "reject",
+                    )
             except PermanentError:
                 # Another worker may have created the shard since our read: then start over.
                 if await self._rules.get_rule(change.name) is not None:
@@ -466,12 +500,13 @@ class IpBlocklist:
         ):
             raise _ShardChanged(f"{change.name} changed since it was read")
         try:
-            if change.ranges:
-                await self._rules.set_ranges(
-                    change.name, change.ranges, self._rule_mode, reject=change.mode == "reject"
-                )
-            else:
-                await self._rules.remove_rule(change.name)
+            with self._answered():
+                if change.ranges:
+                    await self._rules.set_ranges(
+                        change.name, change.ranges, self._rule_mode, reject=change.mode == "reject"
+                    )
+                else:
+                    await self._rules.remove_rule(change.name)
         except NotFoundError:
             # Removed by someone else since the check above: plan again from a fresh read.
             raise _ShardChanged(f"{change.name} was removed meanwhile") from None
