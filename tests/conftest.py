@@ -15,6 +15,7 @@ import pytest
 from msgraph import GraphServiceClient
 
 from drill.azurite import Azurite
+from drill.context import DrillClock
 from shared import container
 from shared.adapters.credentials import StaticTokenCredential
 from shared.adapters.graph import build_graph_client
@@ -116,6 +117,22 @@ async def installed(
 async def services(sim: SimulatedTenant, azurite: Azurite) -> AsyncIterator[container.Container]:
     """The container the functions use in this test."""
     async with installed(settings_for(sim, azurite)) as built:
+        yield built
+
+
+@pytest.fixture
+def clock() -> DrillClock:
+    """A clock the test moves."""
+    return DrillClock()
+
+
+@pytest.fixture
+async def timed(
+    sim: SimulatedTenant, azurite: Azurite, clock: DrillClock
+) -> AsyncIterator[container.Container]:
+    """The container on `clock`, so what is scheduled for later comes due as the test moves
+    it."""
+    async with installed(settings_for(sim, azurite), clock) as built:
         yield built
 
 

@@ -32,11 +32,6 @@ APPROVER = "lead@contoso.onmicrosoft.com"
 
 
 @pytest.fixture
-def clock() -> DrillClock:
-    return DrillClock()
-
-
-@pytest.fixture
 async def responder(
     sim: SimulatedTenant, azurite: Azurite, clock: DrillClock
 ) -> AsyncIterator[Container]:

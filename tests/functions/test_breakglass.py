@@ -50,11 +50,6 @@ SECADMIN = _user(21, "sec-admin")
 
 
 @pytest.fixture
-def clock() -> DrillClock:
-    return DrillClock()
-
-
-@pytest.fixture
 def tenant(sim: SimulatedTenant) -> SimulatedTenant:
     for user in (BG1, BG2, GA1, GA2, SECADMIN):
         sim.add_user(SimUser(**vars(user)))

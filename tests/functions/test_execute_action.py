@@ -97,20 +97,6 @@ async def test_a_redelivered_message_of_a_finished_action_changes_nothing(
     assert await events(services) == before
 
 
-@pytest.fixture
-def clock() -> DrillClock:
-    return DrillClock()
-
-
-@pytest.fixture
-async def timed(
-    sim: SimulatedTenant, azurite: Azurite, clock: DrillClock
-) -> AsyncIterator[Container]:
-    """A container on a clock the test moves, so retries scheduled for later come due."""
-    async with installed(settings_for(sim, azurite), clock) as built:
-        yield built
-
-
 async def test_a_throttling_storm_is_retried_until_it_passes_and_runs_once(
     timed: Container, sim: SimulatedTenant, clock: DrillClock
 ) -> None:

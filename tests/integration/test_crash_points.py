@@ -140,11 +140,6 @@ class Faults:
 
 
 @pytest.fixture
-def clock() -> DrillClock:
-    return DrillClock()
-
-
-@pytest.fixture
 async def services(
     sim: SimulatedTenant, azurite: Azurite, clock: DrillClock
 ) -> AsyncIterator[Container]:

@@ -9,7 +9,6 @@ from datetime import timedelta
 
 import pytest
 
-from drill.azurite import Azurite
 from drill.context import DrillClock
 from shared.actions.ip_blocks import Applied, IpBlocklist, Settle, shard_name
 from shared.adapters.credentials import StaticTokenCredential
@@ -18,7 +17,6 @@ from shared.container import Container
 from shared.errors import TransientError
 from shared.models import ActionKind, ActionRequest
 from shared.simulator import Fault, SimulatedTenant
-from tests.conftest import installed, settings_for
 
 pytestmark = pytest.mark.integration
 
@@ -28,19 +26,6 @@ SETTLE = timedelta(seconds=10)
 async def record(applied: list[Applied], settle: Settle | None) -> None:
     if settle is not None:
         await settle()
-
-
-@pytest.fixture
-def clock() -> DrillClock:
-    return DrillClock()
-
-
-@pytest.fixture
-async def services(
-    sim: SimulatedTenant, azurite: Azurite, clock: DrillClock
-) -> AsyncIterator[Container]:
-    async with installed(settings_for(sim, azurite), clock) as built:
-        yield built
 
 
 async def pending(services: Container, address: str) -> None:
@@ -65,21 +50,21 @@ async def admin(sim: SimulatedTenant) -> AsyncIterator[ExchangeAdmin]:
 
 
 async def test_a_rule_write_that_got_no_answer_is_waited_for_before_the_next(
-    sim: SimulatedTenant, admin: ExchangeAdmin, services: Container, clock: DrillClock
+    sim: SimulatedTenant, admin: ExchangeAdmin, timed: Container, clock: DrillClock
 ) -> None:
     """The Set adding a second address times out on the client and lands a second later. A
     pass for a third address right after must not write from its read: the late Set would
     land after it and take the third address out of the rule again (or, with nothing new,
     write the same ranges twice). It waits out the settle time, then writes once."""
-    blocklist = IpBlocklist(admin, services.blocks, "Enforce", clock, settle=SETTLE)
-    await pending(services, "185.220.101.1/32")
+    blocklist = IpBlocklist(admin, timed.blocks, "Enforce", clock, settle=SETTLE)
+    await pending(timed, "185.220.101.1/32")
     await blocklist.flush(record)  # creates the shard
-    await pending(services, "185.220.101.2/32")
+    await pending(timed, "185.220.101.2/32")
     sim.add_fault(Fault(status=0, delay_s=2.0, cmdlet="Set-TransportRule"))
     with pytest.raises(TransientError):
         await blocklist.flush(record)  # the Set times out; Exchange carries it out later
 
-    await pending(services, "185.220.101.3/32")
+    await pending(timed, "185.220.101.3/32")
     with pytest.raises(TransientError) as settling:
         await blocklist.flush(record)  # the next message's pass, before the late Set lands
     assert settling.value.retry_after is not None and settling.value.retry_after > 0

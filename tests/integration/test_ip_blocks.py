@@ -102,11 +102,6 @@ async def wired(
 
 
 @pytest.fixture
-def clock() -> DrillClock:
-    return DrillClock()
-
-
-@pytest.fixture
 async def responder(
     sim: SimulatedTenant, azurite: Azurite, clock: DrillClock
 ) -> AsyncIterator[Container]:

@@ -24,11 +24,6 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def clock() -> DrillClock:
-    return DrillClock()
-
-
-@pytest.fixture
 async def services(
     sim: SimulatedTenant, azurite: Azurite, clock: DrillClock
 ) -> AsyncIterator[Container]:
