@@ -457,6 +457,16 @@ class BlockRegistry(Protocol):
         """Move `entry` to `state` if nobody changed it since it was read (etag)."""
         ...
 
+    async def note_unanswered_write(self, at: datetime) -> None:
+        """Note that a transport rule write made at `at` got no answer (it may still land),
+        for every worker to see."""
+        ...
+
+    async def unanswered_write(self) -> datetime | None:
+        """When the latest rule write that got no answer was made, by any worker; None if
+        none was noted."""
+        ...
+
 
 @dataclass(frozen=True)
 class IpLocation:

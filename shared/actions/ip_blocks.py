@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -214,7 +214,8 @@ class IpBlocklist:
         self._lock = asyncio.Lock()
         # A rule write that got no answer (a timeout) may still land: until `settle` has
         # passed, a pass only reads (and records what the rules already show), it does not
-        # plan a write from a read that the late write has not reached yet.
+        # plan a write from a read that the late write has not reached yet. Noted here and in
+        # the registry, so that passes of other workers wait too.
         self._settle = settle
         self._unanswered_at: datetime | None = None
 
@@ -369,7 +370,7 @@ class IpBlocklist:
             taken = frozenset(r.name.lower() for r in every)
             changes = plan_shards(managed, adds, removes, taken)
             if changes:
-                self._wait_for_settle()
+                await self._wait_for_settle()
             try:
                 for change in changes:
                     await self._write(change)
@@ -449,28 +450,36 @@ class IpBlocklist:
             logger.warning("named location %r created: include it in the CA block policy", name)
         return calls
 
-    def _wait_for_settle(self) -> None:
+    async def _wait_for_settle(self) -> None:
         """Raise a TransientError (the pass runs again after the rest of the settle time)
-        while a rule write of this worker that got no answer may still land."""
-        if self._unanswered_at is None:
+        while a rule write that got no answer, by this worker or another, may still land."""
+        noted = await self._registry.unanswered_write()
+        known = [at for at in (self._unanswered_at, noted) if at is not None]
+        if not known:
             return
-        left = (self._unanswered_at + self._settle - self._clock()).total_seconds()
+        latest = max(known)
+        left = (latest + self._settle - self._clock()).total_seconds()
         if left > 0:
             raise TransientError(
-                f"a transport rule write at {self._unanswered_at.isoformat()} got no answer "
+                f"a transport rule write at {latest.isoformat()} got no answer "
                 f"and may still land; the rules are written again in {left:.1f} s",
                 retry_after=left,
             )
 
-    @contextmanager
-    def _answered(self) -> Iterator[None]:
+    @asynccontextmanager
+    async def _answered(self) -> AsyncIterator[None]:
         """Note the time of a rule write that got no answer at all (a timeout, a dropped
-        connection: no status), which Exchange may still carry out."""
+        connection: no status), which Exchange may still carry out: in this worker, and in
+        the registry for the others (if that fails, this worker still waits)."""
         try:
             yield
         except TransientError as exc:
-            if exc.status is None:  # no answer at all: the write may still be carried out
+            if exc.status is None:
                 self._unanswered_at = self._clock()
+                try:
+                    await self._registry.note_unanswered_write(self._unanswered_at)
+                except Exception:
+                    logger.exception("an unanswered rule write could not be noted for others")
             raise
 
     async def _write(self, change: ShardChange) -> None:
@@ -478,7 +487,7 @@ class IpBlocklist:
             if await self._rules.get_rule(change.name) is not None:
                 raise _ShardChanged(f"{change.name} was created by another writer")
             try:
-                with self._answered():
+                async with self._answered():
                     await self._rules.create_rule(
                         change.name,
                         change.ranges,
@@ -500,7 +509,7 @@ class IpBlocklist:
         ):
             raise _ShardChanged(f"{change.name} changed since it was read")
         try:
-            with self._answered():
+            async with self._answered():
                 if change.ranges:
                     await self._rules.set_ranges(
                         change.name, change.ranges, self._rule_mode, reject=change.mode == "reject"

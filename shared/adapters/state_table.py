@@ -453,7 +453,24 @@ class TableBlockRegistry:
             return False
         return True
 
+    async def note_unanswered_write(self, at: datetime) -> None:
+        await self._table.upsert_entity(
+            {"PartitionKey": RULE_WRITES, "RowKey": UNANSWERED, "At": at},
+            mode=UpdateMode.REPLACE,
+        )
 
+    async def unanswered_write(self) -> datetime | None:
+        try:
+            entity = await self._table.get_entity(RULE_WRITES, UNANSWERED)
+        except ResourceNotFoundError:
+            return None
+        at = entity["At"]
+        return at if isinstance(at, datetime) else datetime.fromisoformat(at)
+
+
+# One row: when the latest transport rule write that got no answer was made.
+RULE_WRITES = "rulewrite"
+UNANSWERED = "unanswered"
 APPROVALS = "approval"
 BUDGET = "budget"
 # The most entities Table Storage returns in one page of a query.

@@ -53,9 +53,10 @@ async def test_a_rule_write_that_got_no_answer_is_waited_for_before_the_next(
     sim: SimulatedTenant, admin: ExchangeAdmin, timed: Container, clock: DrillClock
 ) -> None:
     """The Set adding a second address times out on the client and lands a second later. A
-    pass for a third address right after must not write from its read: the late Set would
-    land after it and take the third address out of the rule again (or, with nothing new,
-    write the same ranges twice). It waits out the settle time, then writes once."""
+    pass for a third address right after, in another worker, must not write from its read:
+    the late Set would land after it and take the third address out of the rule again (or,
+    with nothing new, write the same ranges twice). It waits out the settle time, then writes
+    once."""
     blocklist = IpBlocklist(admin, timed.blocks, "Enforce", clock, settle=SETTLE)
     await pending(timed, "185.220.101.1/32")
     await blocklist.flush(record)  # creates the shard
@@ -65,12 +66,13 @@ async def test_a_rule_write_that_got_no_answer_is_waited_for_before_the_next(
         await blocklist.flush(record)  # the Set times out; Exchange carries it out later
 
     await pending(timed, "185.220.101.3/32")
+    other_worker = IpBlocklist(admin, timed.blocks, "Enforce", clock, settle=SETTLE)
     with pytest.raises(TransientError) as settling:
-        await blocklist.flush(record)  # the next message's pass, before the late Set lands
+        await other_worker.flush(record)  # the next message's pass, before the late Set lands
     assert settling.value.retry_after is not None and settling.value.retry_after > 0
     await asyncio.sleep(1.5)  # the late Set lands
     clock.advance(SETTLE)
-    applied = await blocklist.flush(record)
+    applied = await other_worker.flush(record)
 
     assert {a.action.target for a in applied} == {"185.220.101.2/32", "185.220.101.3/32"}
     [rule] = sim.transport_rules
