@@ -57,6 +57,22 @@ ACTIONS = "action"
 SENT = "sent~"
 
 
+async def _read_time(table: TableClient, partition: str, row: str) -> datetime | None:
+    """The time a one-value row holds (`Value`), None when the row is missing."""
+    try:
+        entity = await table.get_entity(partition, row)
+    except ResourceNotFoundError:
+        return None
+    value = entity["Value"]
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+
+async def _write_time(table: TableClient, partition: str, row: str, value: datetime) -> None:
+    await table.upsert_entity(
+        {"PartitionKey": partition, "RowKey": row, "Value": value}, mode=UpdateMode.REPLACE
+    )
+
+
 def _key(text: str) -> str:
     # Alert ids and versions may hold characters Table keys forbid (/ \ # ?).
     return hashlib.sha256(text.encode()).hexdigest()
@@ -69,17 +85,10 @@ class StateTable:
         self._table = table
 
     async def watermark(self, feed: str) -> datetime | None:
-        try:
-            entity = await self._table.get_entity(WATERMARKS, feed)
-        except ResourceNotFoundError:
-            return None
-        value = entity["Value"]
-        return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+        return await _read_time(self._table, WATERMARKS, feed)
 
     async def advance_watermark(self, feed: str, value: datetime) -> None:
-        await self._table.upsert_entity(
-            {"PartitionKey": WATERMARKS, "RowKey": feed, "Value": value}, mode=UpdateMode.REPLACE
-        )
+        await _write_time(self._table, WATERMARKS, feed, value)
 
     async def is_handled(self, alert_key: str, version: str) -> bool:
         # A storm makes one of these per alert: read as plain JSON, only the key.
@@ -454,18 +463,10 @@ class TableBlockRegistry:
         return True
 
     async def note_unanswered_write(self, at: datetime) -> None:
-        await self._table.upsert_entity(
-            {"PartitionKey": RULE_WRITES, "RowKey": UNANSWERED, "At": at},
-            mode=UpdateMode.REPLACE,
-        )
+        await _write_time(self._table, RULE_WRITES, UNANSWERED, at)
 
     async def unanswered_write(self) -> datetime | None:
-        try:
-            entity = await self._table.get_entity(RULE_WRITES, UNANSWERED)
-        except ResourceNotFoundError:
-            return None
-        at = entity["At"]
-        return at if isinstance(at, datetime) else datetime.fromisoformat(at)
+        return await _read_time(self._table, RULE_WRITES, UNANSWERED)
 
 
 # One row: when the latest transport rule write that got no answer was made.
