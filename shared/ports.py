@@ -315,10 +315,9 @@ class AlertCheckpoint(Protocol):
 
     async def advance_watermark(self, feed: str, value: datetime) -> None: ...
 
-    async def is_handled(self, alert_key: str, version: str) -> bool: ...
-
-    async def mark_handled(self, *versions: tuple[str, str]) -> None:
-        """Mark each (alert key, version) handled, in as few round trips as the store can."""
+    async def is_handled(self, alert_key: str, version: str) -> bool:
+        """Whether the alert version was handled: marked with its claims' sent marks
+        (`ActionLedger.mark_sent`)."""
         ...
 
 

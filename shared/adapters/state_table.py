@@ -95,9 +95,6 @@ class StateTable:
         key = _key(f"{alert_key}|{version}")
         return await get_json(self._table, HANDLED, key, select=("RowKey",)) is not None
 
-    async def mark_handled(self, *versions: tuple[str, str]) -> None:
-        await self._write_marks([_handled_row(key, version) for key, version in versions])
-
     async def claim(
         self, action: ActionRequest, at: datetime, claim_seq: int, lease_until: datetime
     ) -> str | None:

@@ -47,8 +47,7 @@ async def test_expired_state_rows_go_current_ones_and_the_audit_trail_stay(
         assert await services.state.claim(action, clock(), 0, clock())
     await services.state.finish(closed, OutcomeStatus.EXECUTED, 1)
     await services.state.finish(held, OutcomeStatus.HELD, 2)
-    await services.state.mark_handled(("generic:a-1", "v1"))
-    await services.state.mark_sent(open_.id)
+    await services.state.mark_sent(open_.id, handled=[("generic:a-1", "v1")])
     marked = await services.state.get(open_.id)
     assert marked is not None and marked.sent
     settled, pending = request("b-1", BREAK_GLASS.id), request("b-2", BREAK_GLASS.id)
