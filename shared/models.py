@@ -19,10 +19,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SerializerFunctionWrapHandler,
     ValidationInfo,
     field_validator,
-    model_serializer,
 )
 
 UPN_PATTERN = re.compile(r"^[A-Za-z0-9._%+'#$&*!~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
@@ -174,6 +172,10 @@ class OutcomeStatus(StrEnum):
     EXPIRED = "expired"
 
 
+def _unknown(value: str | None) -> bool:
+    return value is None
+
+
 class Actor(BaseModel):
     """Who caused a record: the responder itself (`app`) or a named engineer.
 
@@ -186,16 +188,8 @@ class Actor(BaseModel):
 
     kind: Literal["app", "engineer"] = "app"
     name: str = "m365-responder"
-    object_id: str | None = None
-    tenant_id: str | None = None
-
-    @model_serializer(mode="wrap")
-    def _without_unknown_ids(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        for name in ("object_id", "tenant_id"):
-            if data.get(name) is None:
-                data.pop(name, None)
-        return data
+    object_id: str | None = Field(None, exclude_if=_unknown)
+    tenant_id: str | None = Field(None, exclude_if=_unknown)
 
     def same_identity(self, other: Actor) -> bool:
         """Whether two actors are the same principal: the same object id in the same tenant

@@ -107,10 +107,9 @@ def from_entity(entity: dict[str, Any]) -> AuditRecord:
         )
         if changed:
             defect = f"copied column {', '.join(changed)} differs from the hashed text"
-    else:
+    elif not LANE_COLUMNS.issuperset(entity):
         extra = sorted(set(entity) - LANE_COLUMNS)
-        if extra:
-            defect = f"column {', '.join(extra)} beside the hashed text was added"
+        defect = f"column {', '.join(extra)} beside the hashed text was added"
     position = as_int(entity["Seq"])
     return AuditRecord(
         seq=position,

@@ -51,7 +51,12 @@ async def query_json(
             ahead = None
             if read_ahead and following is not None:
                 ahead = asyncio.ensure_future(_page(table, query, page_size, following))
-            for item in items:
+            for number, item in enumerate(items):
+                # A caller that awaits nothing but these entities never hands the loop back:
+                # the page read ahead would not even be requested before this one is done.
+                # Every 100 entities it gets a turn (to send, then to take the answer in).
+                if ahead is not None and number % 100 == 0:
+                    await asyncio.sleep(0)
                 yield item
     finally:
         if ahead is not None and not ahead.done():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import uuid
+from typing import Any
 
 import pytest
 from azure.core import MatchConditions
@@ -13,6 +14,7 @@ from azure.data.tables import EdmType, EntityProperty
 from pydantic import SecretStr
 
 from drill.azurite import Azurite
+from shared.adapters import table_query
 from shared.adapters.table_query import get_json, query_json
 from shared.adapters.table_service import as_int, ensure_tables, table_service
 from shared.simulator import SimulatedTenant
@@ -74,6 +76,39 @@ async def test_a_query_reads_what_the_sdk_reads_page_after_page(
         assert {k: v for k, v in ours.items() if k != "Seq"} == {
             k: v for k, v in theirs.items() if k != "Seq"
         }
+
+
+async def test_the_page_read_ahead_is_requested_while_the_caller_still_reads_this_one(
+    sim: SimulatedTenant, azurite: Azurite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller that never waits on anything but the entities (the verifier walking a chain)
+    still lets the next page's request go out at the start of this page, so the service
+    answers while the caller works instead of after it."""
+    started: list[dict[str, str]] = []
+    page = table_query._page
+
+    async def watched(*args: Any) -> Any:
+        started.append(dict(args[3]))
+        return await page(*args)
+
+    monkeypatch.setattr(table_query, "_page", watched)
+    name = f"Ahead{uuid.uuid4().hex[:8]}"
+    async with table_service(settings_for(sim, azurite), None) as service:
+        await ensure_tables(service, name)
+        table = service.get_table_client(name)
+        for n in range(5):
+            await table.create_entity({"PartitionKey": "p", "RowKey": f"r{n}"})
+        seen: list[int] = []
+        async for entity in query_json(table, "PartitionKey eq 'p'", 2, read_ahead=True):
+            seen.append(len(started))
+            assert entity["RowKey"]
+        plain = len(started)
+        [e async for e in query_json(table, "PartitionKey eq 'p'", 2)]
+    # Pages of 2, 2 and 1: the second page has started when the caller holds the first
+    # entity, the third when it holds the third.
+    assert seen == [2, 2, 3, 3, 3]
+    assert started[0] == {} and "NextPartitionKey" in started[1], "the next page, not again"
+    assert len(started) - plain == 3, "without reading ahead, one request per page, in turn"
 
 
 async def test_a_point_read_reads_what_the_sdk_reads_with_an_etag_it_accepts(
