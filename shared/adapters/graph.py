@@ -26,7 +26,11 @@ from kiota_abstractions.request_information import RequestInformation
 from kiota_authentication_azure.azure_identity_authentication_provider import (
     AzureIdentityAuthenticationProvider,
 )
-from kiota_http.middleware.options import HeadersInspectionHandlerOption, RetryHandlerOption
+from kiota_http.middleware.options import (
+    HeadersInspectionHandlerOption,
+    RetryHandlerOption,
+    UrlReplaceHandlerOption,
+)
 from msgraph import GraphRequestAdapter, GraphServiceClient
 from msgraph.generated.groups.item.members.members_request_builder import MembersRequestBuilder
 from msgraph.generated.models.conditional_access_policy import ConditionalAccessPolicy
@@ -35,7 +39,6 @@ from msgraph.generated.models.i_pv6_cidr_range import IPv6CidrRange
 from msgraph.generated.models.ip_named_location import IpNamedLocation
 from msgraph.generated.models.ip_range import IpRange
 from msgraph.generated.models.o_data_errors.o_data_error import ODataError
-from msgraph.generated.models.user import User
 from msgraph.generated.role_management.directory.role_assignments.role_assignments_request_builder import (  # noqa: E501
     RoleAssignmentsRequestBuilder,
 )
@@ -45,6 +48,7 @@ from msgraph.generated.security.alerts_v2.alerts_v2_request_builder import (
 from msgraph.generated.users.item.user_item_request_builder import UserItemRequestBuilder
 from msgraph_core import GraphClientFactory
 
+from shared.adapters.graph_urls import settle
 from shared.adapters.http_transport import http_client
 from shared.config import Settings
 from shared.errors import PermanentError, TransientError
@@ -80,9 +84,12 @@ def build_graph_client(
     retry = RetryHandlerOption(
         delay=settings.graph_retry_delay_s, max_retries=settings.graph_max_retries
     )
+    # The URL replacement handler turns `/users/TokenToReplace` into `/me`, a path for signed-in
+    # users this app-only client never sends; switched off, it no longer parses every URL.
+    replace_none = UrlReplaceHandlerOption(enabled=False)
     client = GraphClientFactory.create_with_default_middleware(
         client=http or http_client(settings.graph_timeout_s),
-        options={RetryHandlerOption.get_key(): retry},
+        options={RetryHandlerOption.get_key(): retry, replace_none.get_key(): replace_none},
     )
     adapter = GraphRequestAdapter(auth, client=client)
     adapter.base_url = base_url
@@ -191,26 +198,20 @@ class GraphDirectory:
     async def set_account_enabled(self, user_id: str, enabled: bool) -> str | None:
         """Enable or disable sign-in. Permission: User.EnableDisableAccount.All; a target that
         holds an admin role needs the app to hold a higher admin role (see README)."""
-        inspect = HeadersInspectionHandlerOption(inspect_request_headers=False)
-        config: RequestConfiguration[Any] = RequestConfiguration(options=[inspect])
-        try:
-            await self._client.users.by_user_id(user_id).patch(
-                User(account_enabled=enabled), request_configuration=config
-            )
-        except Exception as exc:
-            _raise_typed(exc, f"set accountEnabled={enabled} on {user_id}")
-        return _request_id(inspect)
+        builder = self._client.users.by_user_id(user_id)
+        request = RequestInformation(Method.PATCH, builder.url_template, builder.path_parameters)
+        request.set_stream_content(
+            json.dumps({"accountEnabled": enabled}).encode(), "application/json"
+        )
+        return await send_empty(self._client, request, f"set accountEnabled={enabled} on {user_id}")
 
     async def revoke_sign_in_sessions(self, user_id: str) -> str | None:
         """Invalidate refresh tokens and session cookies. Permission: User.RevokeSessions.All."""
+        builder = self._client.users.by_user_id(user_id).revoke_sign_in_sessions
         inspect = HeadersInspectionHandlerOption(inspect_request_headers=False)
-        config: RequestConfiguration[Any] = RequestConfiguration(options=[inspect])
-        try:
-            await self._client.users.by_user_id(user_id).revoke_sign_in_sessions.post(
-                request_configuration=config
-            )
-        except Exception as exc:
-            _raise_typed(exc, f"revoke sessions of {user_id}")
+        request = builder.to_post_request_information()
+        request.add_request_options([inspect])
+        await send_raw(self._client, request, f"revoke sessions of {user_id}")
         return _request_id(inspect)
 
     async def alerts_updated_since(self, since: datetime) -> AsyncIterator[list[dict[str, Any]]]:
@@ -348,17 +349,12 @@ class GraphDirectory:
             raise PermanentError(f"policy {policy_id} has no user conditions to exclude from")
         users = {**users, "excludeUsers": list(excluded)}
         request = RequestInformation(Method.PATCH, item.url_template, item.path_parameters)
-        request.headers.try_add("Accept", "application/json")
         request.set_stream_content(
             json.dumps({"conditions": {"users": users}}).encode(), "application/json"
         )
-        inspect = HeadersInspectionHandlerOption(inspect_request_headers=False)
-        request.add_request_options([inspect])
-        try:
-            await self._client.request_adapter.send_no_response_content_async(request, _ERROR_MAP)
-        except Exception as exc:
-            _raise_typed(exc, f"update the excluded users of policy {policy_id}")
-        return _request_id(inspect)
+        return await send_empty(
+            self._client, request, f"update the excluded users of policy {policy_id}"
+        )
 
     async def list_ip_locations(self) -> list[IpLocation]:
         """The tenant's IP named locations. Permission: Policy.Read.All."""
@@ -404,15 +400,8 @@ async def send_raw(
     """Send `request` through the SDK's adapter (authentication, retries, error mapping as
     everywhere) and return the JSON object Graph answered, untouched by models."""
     # The adapter and its middleware read `request.url` several times, and each read expands
-    # the URL template again; expanded once here, it is kept as a plain URL. Setting the URL
-    # clears the parameter dictionaries, which a request shares with its request builder:
-    # the request gets copies first, so the builder stays usable.
-    request.path_parameters = {
-        **request.path_parameters,
-        "baseurl": client.request_adapter.base_url,
-    }
-    request.query_parameters = dict(request.query_parameters)
-    request.url = request.url
+    # the URL template again; expanded once here, it is kept as a plain URL.
+    settle(request, client.request_adapter.base_url)
     try:
         raw = await client.request_adapter.send_primitive_async(request, "bytes", _ERROR_MAP)
     except Exception as exc:
@@ -424,6 +413,22 @@ async def send_raw(
     if not isinstance(page, dict):
         raise TransientError(f"{what}: Graph returned a non-object body")
     return page
+
+
+async def send_empty(
+    client: GraphServiceClient, request: RequestInformation, what: str
+) -> str | None:
+    """Send `request`, a write Graph answers without content, through the SDK's adapter; the
+    request id of Graph's answer."""
+    inspect = HeadersInspectionHandlerOption(inspect_request_headers=False)
+    request.add_request_options([inspect])
+    request.headers.try_add("Accept", "application/json")
+    settle(request, client.request_adapter.base_url)
+    try:
+        await client.request_adapter.send_no_response_content_async(request, _ERROR_MAP)
+    except Exception as exc:
+        _raise_typed(exc, what)
+    return _request_id(inspect)
 
 
 async def raw_pages(

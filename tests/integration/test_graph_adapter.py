@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from stduritemplate import StdUriTemplate
 
+from shared.adapters import graph_urls
 from shared.adapters.credentials import StaticTokenCredential, build_credential
 from shared.adapters.graph import GraphDirectory, build_graph_client
 from shared.config import Settings
@@ -45,22 +46,33 @@ async def _graph(sim: SimulatedTenant, **overrides: Any) -> GraphDirectory:
     return GraphDirectory(build_graph_client(settings, build_credential(settings)))
 
 
-async def test_a_raw_read_expands_its_url_template_once(
+async def test_a_request_expands_its_url_template_once_without_std_uritemplate(
     graph: GraphDirectory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """kiota expands a request's URL template on every read of its URL (about three per
-    request); `send_raw` pins it after one (docs/performance.md)."""
-    expanded: list[str] = []
-    expand = StdUriTemplate.expand
+    request), with std-uritemplate, one character at a time; each request the containment
+    sends has its URL expanded once, by shared/adapters/graph_urls.py (docs/performance.md)."""
+    by_library: list[str] = []
+    ours: list[str] = []
+    library, expand = StdUriTemplate.expand, graph_urls.expand
 
     def counted(template: str, data: Any) -> str:
-        expanded.append(template)
-        return expand(template, data)
+        by_library.append(template)
+        return library(template, data)
+
+    def counted_here(template: str, values: Any) -> str:
+        ours.append(template)
+        return expand(template, values)
 
     monkeypatch.setattr(StdUriTemplate, "expand", staticmethod(counted))
+    monkeypatch.setattr(graph_urls, "expand", counted_here)
     user = await graph.get_user(ADELE.user_principal_name)
     assert user.id == ADELE.id
-    assert len(expanded) == 1, expanded
+    await graph.revoke_sign_in_sessions(ADELE.id)
+    await graph.set_account_enabled(ADELE.id, False)
+    await graph.roles_of(ADELE.id)
+    assert by_library == []
+    assert len(ours) == 5, ours  # a read, two writes, the role assignments and the groups
 
 
 class _ImportAttempts:
