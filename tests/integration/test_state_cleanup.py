@@ -13,6 +13,7 @@ import pytest
 from drill.azurite import Azurite
 from drill.context import DrillClock
 from drill.host import LocalHost
+from shared.adapters import table_query
 from shared.adapters.state_table import ACTIONS, APPROVALS, BLOCKS, BUDGET
 from shared.container import Container
 from shared.models import ActionKind, ActionRequest, Actor, AuditEntry, AuditEvent, OutcomeStatus
@@ -104,7 +105,7 @@ async def test_the_budget_keeps_the_entries_of_its_window(
 
 
 async def test_the_budget_is_counted_only_as_far_as_the_check_needs(
-    services: Container, clock: DrillClock
+    services: Container, clock: DrillClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A budget check reads at most the budget's worth of rows, in one page, however many
     accounts the window holds (a storm of disables must not make every check slower)."""
@@ -112,15 +113,14 @@ async def test_the_budget_is_counted_only_as_far_as_the_check_needs(
     for n in range(25):
         await store.spend(f"user-{n}", clock())
     await store.spend("user-old", clock() - timedelta(hours=2))
-    table = store._table
     pages: list[int] = []
-    query_entities = table.query_entities
+    page = table_query._page
 
-    def recorded(*args: Any, **kwargs: Any) -> Any:
-        pages.append(kwargs["results_per_page"])
-        return query_entities(*args, **kwargs)
+    async def recorded(*args: Any) -> Any:
+        pages.append(args[2])
+        return await page(*args)
 
-    table.query_entities = recorded
+    monkeypatch.setattr(table_query, "_page", recorded)
     since = clock() - timedelta(hours=1)
     assert len(await store.spent(since, 10)) == 10
     everyone = {f"user-{n}" for n in range(25)}
@@ -188,7 +188,7 @@ def partition_of(query: str, parameters: dict[str, Any]) -> str:
 
 
 async def test_every_state_query_reads_a_partition_the_clean_up_bounds(
-    services: Container, clock: DrillClock
+    services: Container, clock: DrillClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Reads by id are point reads (get_entity). The other queries, recorded while alerts are
     handled, actions run, the reconciler, the sweep and the approvals' sweep do their work,
@@ -201,7 +201,15 @@ async def test_every_state_query_reads_a_partition_the_clean_up_bounds(
         queries.append((query, partition_of(query, kwargs.get("parameters") or {})))
         return query_entities(query, *args, **kwargs)
 
+    page = table_query._page
+
+    async def recorded_json(client: Any, query: str, *args: Any) -> Any:
+        if client.table_name == table.table_name:
+            queries.append((query, partition_of(query, {})))
+        return await page(client, query, *args)
+
     table.query_entities = recorded
+    monkeypatch.setattr(table_query, "_page", recorded_json)
     await services.intake.handle_payload(
         {
             "id": "soc-1",
@@ -218,7 +226,9 @@ async def test_every_state_query_reads_a_partition_the_clean_up_bounds(
     await services.reconciler.run()
     await services.sweeper.sweep(clock())
     await services.approvals.expire_due()
-    table.query_entities = query_entities  # the clean-up's own scans are what bounds the rest
+    # The clean-up's own scans are what bounds the rest.
+    table.query_entities = query_entities
+    monkeypatch.setattr(table_query, "_page", page)
 
     read = {partition for _, partition in queries}
     assert {ACTIONS, BLOCKS, BUDGET, APPROVALS} <= read, queries
