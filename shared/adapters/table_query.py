@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -44,19 +45,23 @@ async def query_json(
     *,
     read_ahead: bool = False,
     select: tuple[str, ...] = (),
+    etags: bool = False,
 ) -> AsyncGenerator[dict[str, Any], None]:
     """The entities `query` (an OData filter) selects, page by page, in the service's order;
     with `select`, only those columns. With `read_ahead` (for a caller that reads to the end)
     the next page is requested while this one is handed out, so the service's time overlaps
-    the caller's."""
+    the caller's. With `etags`, the entities are read with `odata=minimalmetadata`: each
+    keeps its ETag (`odata.etag`) and the service's `Timestamp` (ISO 8601), beside the
+    `@odata.type` annotations of its typed columns."""
+    shape = _Shape(page_size, select, etags)
     following: dict[str, str] | None = {}
     ahead: asyncio.Task[tuple[list[dict[str, Any]], dict[str, str] | None]] | None = None
     try:
         while following is not None:
-            items, following = await (ahead or _page(table, query, page_size, following, select))
+            items, following = await (ahead or _page(table, query, shape, following))
             ahead = None
             if read_ahead and following is not None:
-                ahead = asyncio.ensure_future(_page(table, query, page_size, following, select))
+                ahead = asyncio.ensure_future(_page(table, query, shape, following))
             for number, item in enumerate(items):
                 # A caller that awaits nothing but these entities never hands the loop back:
                 # the page read ahead would not even be requested before this one is done.
@@ -94,7 +99,7 @@ def _quoted(key: str) -> str:
     return quote(key.replace("'", "''"), safe="")
 
 
-async def _send(table: TableClient, url: str) -> AsyncHttpResponse:
+async def _send(table: TableClient, url: str, metadata: str = "nometadata") -> AsyncHttpResponse:
     request = HttpRequest(
         "GET",
         url,
@@ -102,7 +107,7 @@ async def _send(table: TableClient, url: str) -> AsyncHttpResponse:
             "x-ms-version": table.api_version,
             "DataServiceVersion": "3.0",
             "MaxDataServiceVersion": "3.0;NetFx",
-            "Accept": "application/json;odata=nometadata",
+            "Accept": f"application/json;odata={metadata}",
         },
     )
     response = await table._client.send_request(request, stream=True)
@@ -110,27 +115,35 @@ async def _send(table: TableClient, url: str) -> AsyncHttpResponse:
     return response
 
 
+@dataclass(frozen=True)
+class _Shape:
+    """How a query's pages are asked for: entities per page, columns, metadata."""
+
+    page_size: int
+    select: tuple[str, ...]
+    etags: bool
+
+
 async def _page(
-    table: TableClient,
-    query: str,
-    page_size: int,
-    following: dict[str, str],
-    select: tuple[str, ...] = (),
+    table: TableClient, query: str, shape: _Shape, following: dict[str, str]
 ) -> tuple[list[dict[str, Any]], dict[str, str] | None]:
     """One page's entities, and the continuation to the next page (None after the last)."""
     endpoint, _, sas = table.url.partition("?")
-    columns = {"$select": ",".join(select)} if select else {}
+    columns = {"$select": ",".join(shape.select)} if shape.select else {}
     parameters = urlencode(
-        {"$filter": query, "$top": str(page_size), **columns, **following}, quote_via=quote
+        {"$filter": query, "$top": str(shape.page_size), **columns, **following}, quote_via=quote
     )
     response = await _send(
-        table, f"{endpoint}/{table.table_name}()?{sas + '&' if sas else ''}{parameters}"
+        table,
+        f"{endpoint}/{table.table_name}()?{sas + '&' if sas else ''}{parameters}",
+        "minimalmetadata" if shape.etags else "nometadata",
     )
     if response.status_code != 200:
         raise refused("query", response.status_code, response.content, response.headers)
     items = json.loads(response.content)["value"]
-    for item in items:
-        item.pop("Timestamp", None)
+    if not shape.etags:
+        for item in items:
+            item.pop("Timestamp", None)
     partition = response.headers.get("x-ms-continuation-NextPartitionKey")
     if not partition:
         return items, None

@@ -117,7 +117,7 @@ async def test_the_budget_is_counted_only_as_far_as_the_check_needs(
     page = table_query._page
 
     async def recorded(*args: Any) -> Any:
-        pages.append(args[2])
+        pages.append(args[2].page_size)
         return await page(*args)
 
     monkeypatch.setattr(table_query, "_page", recorded)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import uuid
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -47,6 +48,7 @@ async def test_a_query_reads_what_the_sdk_reads_page_after_page(
         expected = [e async for e in table.query_entities(query)]
         read = [e async for e in query_json(table, query, page_size=2)]
         ahead = [e async for e in query_json(table, query, page_size=2, read_ahead=True)]
+        tagged = [e async for e in query_json(table, query, page_size=2, etags=True)]
         first = None
         async for entity in query_json(table, query, page_size=2, read_ahead=True):
             first = entity
@@ -69,6 +71,13 @@ async def test_a_query_reads_what_the_sdk_reads_page_after_page(
 
     assert [e["RowKey"] for e in read] == [f"r{n:03d}" for n in range(1, 7)], "in order, 3 pages"
     assert ahead == read, "reading a page ahead changes nothing"
+    # With ETags: the SDK's, and the service's timestamp, beside the same columns.
+    assert [e["odata.etag"] for e in tagged] == [e.metadata["etag"] for e in expected]
+    assert [datetime.fromisoformat(e["Timestamp"]) for e in tagged] == [
+        e.metadata["timestamp"] for e in expected
+    ]
+    for ours, plain in zip(tagged, read, strict=True):
+        assert {k: v for k, v in ours.items() if k in plain} == plain
     assert first == read[0]
     for ours, theirs in zip(read, expected, strict=True):
         assert set(ours) == set(theirs), "the same columns, no annotations, no Timestamp"
