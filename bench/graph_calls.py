@@ -2,9 +2,12 @@
 
 Reads one user N times through `GraphDirectory.get_user` (msgraph-sdk's request adapter and
 middleware, the raw JSON read) and then as a plain httpx GET of the same URL, against the
-simulated tenant in this process, warm, one call at a time. Reports wall time per call (p50)
-and CPU per call (`time.process_time`; the simulator's server thread is included in both, so
-the difference is the adapter's own).
+simulated tenant in this process, warm, one call at a time; then the other calls of a
+containment through the adapter, N times each: the account write (enabling the enabled user,
+which Graph takes as any write), the sign-out, and a user's roles (two calls). Reports wall
+time per call (p50), CPU per call (`time.process_time`; the simulator's server thread is
+included, so the difference between adapter and raw HTTP is the adapter's own) and the event
+loop's CPU per call (`time.thread_time`: this side alone).
 
 Prints one JSON object. Usage: python bench/graph_calls.py [--calls 300]
 """
@@ -31,15 +34,16 @@ async def timed(call: Callable[[], Awaitable[Any]], calls: int) -> dict[str, flo
     for _ in range(WARMUP):
         await call()
     walls: list[float] = []
-    cpu_started = time.process_time()
+    cpu_started, loop_started = time.process_time(), time.thread_time()
     for _ in range(calls):
         started = time.perf_counter()
         await call()
         walls.append(time.perf_counter() - started)
-    cpu = time.process_time() - cpu_started
+    cpu, loop = time.process_time() - cpu_started, time.thread_time() - loop_started
     return {
         "p50_ms": round(statistics.median(walls) * 1000, 2),
         "cpu_ms_per_call": round(cpu / calls * 1000, 2),
+        "event_loop_cpu_ms_per_call": round(loop / calls * 1000, 2),
     }
 
 
@@ -69,6 +73,15 @@ async def run(calls: int) -> dict[str, Any]:
         )
         graph = GraphDirectory(build_graph_client(settings, build_credential(settings)))
         adapter = await timed(lambda: graph.get_user(user.id), calls)
+        writes = {
+            "adapter_set_account_enabled": await timed(
+                lambda: graph.set_account_enabled(user.id, True), calls
+            ),
+            "adapter_revoke_sign_in_sessions": await timed(
+                lambda: graph.revoke_sign_in_sessions(user.id), calls
+            ),
+            "adapter_roles_of_two_calls": await timed(lambda: graph.roles_of(user.id), calls),
+        }
         headers = {"Authorization": f"Bearer {sim.token}"}
         url = f"/users/{user.id}?$select={','.join(USER_FIELDS)}"
         async with httpx.AsyncClient(base_url=sim.base_url, headers=headers) as client:
@@ -85,6 +98,7 @@ async def run(calls: int) -> dict[str, Any]:
         "calls": calls,
         "adapter_get_user": adapter,
         "baseline_raw_httpx_get": baseline,
+        **writes,
     }
 
 

@@ -216,9 +216,8 @@ class AlertIntake:
         }
         async with self._outbox.time_limit():
             batch = _Batch(await self._outbox.claim_seq())
-            # Every network's registry row is read side by side up front, not one by one.
-            rows = await gather_bounded(self._blocks.get(network) for network in networks)
-            batch.registry = dict(zip(networks, rows, strict=True))
+            # Every network's registry row is read up front, not one by one.
+            batch.registry = await self._blocks.get_many(networks)
             tally = tally or _Tally()
             parts = [await self._decide_group(actions, batch, tally) for actions in groups]
             # Every claim of the submission in one write (one transaction per 100).

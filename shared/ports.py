@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -444,6 +444,10 @@ class BlockRegistry(Protocol):
     async def entries(self, *states: str) -> list[BlockEntry]: ...
 
     async def get(self, network: str) -> BlockEntry | None: ...
+
+    async def get_many(self, networks: Collection[str]) -> dict[str, BlockEntry | None]:
+        """`get` for each of `networks`, by network."""
+        ...
 
     async def update(
         self,

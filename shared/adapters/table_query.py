@@ -76,6 +76,16 @@ async def query_json(
             ahead.exception()  # read: a page nobody waits for any more is no lost error
 
 
+async def first_page(
+    table: TableClient, query: str, page_size: int = MAX_PAGE
+) -> tuple[list[dict[str, Any]], bool]:
+    """The first page of the entities `query` selects, read with their ETags (as `query_json`
+    with `etags`), and whether the service has more. A page may hold fewer than `page_size`
+    entities and still not be the last."""
+    items, following = await _page(table, query, _Shape(page_size, (), True), {})
+    return items, following is not None
+
+
 async def get_json(
     table: TableClient, partition: str, row: str, select: tuple[str, ...] = ()
 ) -> tuple[dict[str, Any], str] | None:
