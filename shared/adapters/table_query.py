@@ -29,7 +29,7 @@ from urllib.parse import quote, urlencode
 from azure.core.rest import AsyncHttpResponse, HttpRequest
 from azure.data.tables.aio import TableClient
 
-from shared.adapters.table_batch import refused
+from shared.adapters.table_batch import refused, send_read
 
 # The most entities the service returns in one page.
 MAX_PAGE = 1000
@@ -120,9 +120,7 @@ async def _send(table: TableClient, url: str, metadata: str = "nometadata") -> A
             "Accept": f"application/json;odata={metadata}",
         },
     )
-    response = await table._client.send_request(request, stream=True)
-    await response.read()
-    return response
+    return await send_read(table, request)
 
 
 @dataclass(frozen=True)
