@@ -4,30 +4,17 @@ partition while it fits a page, and by keys once it does not."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from drill.azurite import Azurite
-from drill.context import DrillClock
 from shared.adapters import state_table, table_query
 from shared.adapters.state_table import MANY_NETWORKS, TableBlockRegistry
 from shared.container import Container
 from shared.models import ActionKind, ActionRequest
 from shared.ports import BlockState
-from shared.simulator import SimulatedTenant
-from tests.conftest import installed, settings_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def services(
-    sim: SimulatedTenant, azurite: Azurite, clock: DrillClock
-) -> AsyncIterator[Container]:
-    async with installed(settings_for(sim, azurite), clock) as built:
-        yield built
 
 
 def block(network: str) -> ActionRequest:
