@@ -93,7 +93,11 @@ class SimulatedTenantProcess:
             stdout=subprocess.PIPE,
             text=True,
         )
-        started = json.loads(self._read())
+        try:
+            started = json.loads(self._read())
+        except BaseException:
+            self.__exit__()
+            raise
         self.base_url, self.token = started["base_url"], started["token"]
         return self
 

@@ -125,9 +125,9 @@ def settle(request: RequestInformation, base_url: str) -> None:
     and its middleware read a plain URL. The parameter dictionaries, which a request shares
     with its request builder, are replaced rather than cleared (setting the URL clears them):
     the builder stays usable. A request given a URL already keeps it."""
+    if not (request.path_parameters or request.query_parameters):
+        return  # a plain URL already (setting one cleared the parameters)
     if not request.url_template or RequestInformation.RAW_URL_KEY in request.path_parameters:
-        if not (request.path_parameters or request.query_parameters):
-            return  # a plain URL already (setting one cleared the parameters)
         url = request.url
     else:
         sanitized: Callable[[Any], Any] = request._get_sanitized_value

@@ -128,6 +128,8 @@ def test_a_request_is_given_its_url_once_and_its_builder_stays_usable() -> None:
         == (f"{BASE}/users/adele.vance%40contoso.de?%24select=id,accountEnabled")
     )
     assert request.path_parameters == {} and request.query_parameters == {}
+    settle(request, BASE)
+    assert request.url == expected, "settled twice (a request sent again), the same URL"
     assert builder.path_parameters["user%2Did"] == "adele.vance@contoso.de"
     again = builder.to_get_request_information(config)
     settle(again, BASE)
