@@ -439,21 +439,22 @@ class TableBlockRegistry:
         first page of the registry's partition, one query instead of a point read each; a
         network not on that page is read by its keys when the partition has more. Once the
         partition has outgrown a page, this worker reads by keys for a while."""
-        wanted = {_network_key(n): n for n in networks}
+        asked = set(networks)
         found: dict[str, BlockEntry | None] = {}
-        if len(wanted) >= MANY_NETWORKS and time.monotonic() >= self._paged_until:
+        if len(asked) >= MANY_NETWORKS and time.monotonic() >= self._paged_until:
             rows, more = await first_page(
                 self._table, f"PartitionKey eq '{BLOCKS}'", self.REGISTRY_PAGE
             )
-            for row in rows:
-                network = wanted.get(row.get("RowKey", ""))
-                if network is not None:
+            by_key = {row.get("RowKey"): row for row in rows}
+            for network in asked:
+                row = by_key.get(_network_key(network))
+                if row is not None:
                     found[network] = _block_entry(row, row["odata.etag"], row.get("Timestamp"))
+                elif not more:
+                    found[network] = None
             if more:
                 self._paged_until = time.monotonic() + REGISTRY_PAGED_FOR_S
-            else:
-                found.update({n: None for n in wanted.values() if n not in found})
-        left = [n for n in wanted.values() if n not in found]
+        left = [n for n in asked if n not in found]
         rows_left = await gather_bounded(self.get(network) for network in left)
         found.update(zip(left, rows_left, strict=True))
         return found
