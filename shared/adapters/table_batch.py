@@ -9,12 +9,14 @@ describes it) and reads the status line of each part of the response. The reques
 through the table client's own pipeline (authentication, retries, response hooks), as the
 SDK's does.
 
-Two kinds of operation, each as the SDK writes it: inserts (`POST` to the table), and merges
+Three kinds of operation, each as the SDK writes it: inserts (`POST` to the table), merges
 (`PATCH` to the entity's address; with `If-Match: *` an update that fails when the entity is
-missing, without it an insert-or-merge, which is the SDK's `upsert`). Only the property types
-the SDK writes without being told: `str`, `bool`, `int` (Int32), `datetime` (Edm.DateTime,
-UTC) and `EntityProperty` of `EdmType.INT64`; anything else is refused rather than written
-differently from the SDK.
+missing, without it an insert-or-merge, which is the SDK's `upsert`), and replacements (`PUT`
+to the entity's address with the ETag it was read with, the SDK's `update_entity` in replace
+mode with `IfNotModified`). One transaction may mix them, an operation for each entity. Only
+the property types the SDK writes without being told: `str`, `bool`, `int` (Int32),
+`datetime` (Edm.DateTime, UTC) and `EntityProperty` of `EdmType.INT64`; anything else is
+refused rather than written differently from the SDK.
 
 A failed change set raises `TableTransactionError` as the SDK does: `status_code` and
 `error_code` of the failing part, `index` the failing operation (the number before the first
@@ -100,8 +102,9 @@ def entity_json(entity: Mapping[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Operation:
-    """How each entity of a transaction is written: `POST` to the table inserts; `PATCH` to
-    the entity's address merges (`if_match` "*": only into an existing entity)."""
+    """How an entity of a transaction is written: `POST` to the table inserts; `PATCH` to
+    the entity's address merges (`if_match` "*": only into an existing entity); `PUT` to it
+    replaces the entity as it was when read (`if_match`: the ETag it was read with)."""
 
     method: str
     if_match: str | None = None
@@ -110,6 +113,11 @@ class Operation:
 INSERT = Operation("POST")
 MERGE = Operation("PATCH", if_match="*")
 UPSERT = Operation("PATCH")
+
+
+def replace_if_unchanged(etag: str) -> Operation:
+    """Replace an entity only if its ETag is still `etag`."""
+    return Operation("PUT", if_match=etag)
 
 
 def entity_url(table_url: str, entity: Mapping[str, Any]) -> str:
@@ -126,29 +134,33 @@ def batch_body(
     entities: Sequence[Mapping[str, Any]],
     batch: str,
     changeset: str,
-    operation: Operation = INSERT,
+    operations: Operation | Sequence[Operation] = INSERT,
 ) -> bytes:
-    """The multipart body of one batch holding one change set writing `entities`."""
-    part_head = (
-        f"--{changeset}\r\n"
-        "Content-Type: application/http\r\n"
-        "Content-Transfer-Encoding: binary\r\n"
-        "Content-ID: {index}\r\n"
-        "\r\n"
-        f"{operation.method} {{url}} HTTP/1.1\r\n"
-        "Content-Type: application/json\r\n"
-        "Accept: application/json;odata=minimalmetadata\r\n"
-        + ("Prefer: return-no-content\r\n" if operation.method == "POST" else "")
-        + (f"If-Match: {operation.if_match}\r\n" if operation.if_match else "")
-        + "DataServiceVersion: 3.0\r\n"
-        "Content-Length: {length}\r\n"
-        "\r\n"
-    )
+    """The multipart body of one batch holding one change set writing `entities`, each with
+    its operation (`operations`: one for all, or one per entity)."""
+    each = [operations] * len(entities) if isinstance(operations, Operation) else operations
+    if len(each) != len(entities):
+        raise ValueError("a transaction names one operation for each entity")
     parts = [f"--{batch}\r\nContent-Type: multipart/mixed; boundary={changeset}\r\n\r\n".encode()]
-    for index, entity in enumerate(entities):
+    for index, (entity, operation) in enumerate(zip(entities, each, strict=True)):
         url = table_url if operation.method == "POST" else entity_url(table_url, entity)
         payload = json.dumps(entity_json(entity), separators=(",", ":")).encode()
-        parts.append(part_head.format(index=index, url=url, length=len(payload)).encode())
+        head = (
+            f"--{changeset}\r\n"
+            "Content-Type: application/http\r\n"
+            "Content-Transfer-Encoding: binary\r\n"
+            f"Content-ID: {index}\r\n"
+            "\r\n"
+            f"{operation.method} {url} HTTP/1.1\r\n"
+            "Content-Type: application/json\r\n"
+            "Accept: application/json;odata=minimalmetadata\r\n"
+            + ("Prefer: return-no-content\r\n" if operation.method == "POST" else "")
+            + (f"If-Match: {operation.if_match}\r\n" if operation.if_match else "")
+            + "DataServiceVersion: 3.0\r\n"
+            f"Content-Length: {len(payload)}\r\n"
+            "\r\n"
+        )
+        parts.append(head.encode())
         parts.append(payload + b"\r\n")
     parts.append(f"--{changeset}--\r\n\r\n--{batch}--\r\n".encode())
     return b"".join(parts)
@@ -202,10 +214,13 @@ async def insert_entities(
 
 
 async def write_entities(
-    table: TableClient, entities: Sequence[Mapping[str, Any]], operation: Operation
+    table: TableClient,
+    entities: Sequence[Mapping[str, Any]],
+    operation: Operation | Sequence[Operation],
 ) -> list[str | None]:
-    """Write `entities` (all of one partition) with `operation`, atomically, in one round
-    trip; the ETag each has now (None where the response gave none)."""
+    """Write `entities` (all of one partition) with `operation` (one for all, or one per
+    entity), atomically, in one round trip; the ETag each has now (None where the response
+    gave none)."""
     if not 0 < len(entities) <= MAX_OPERATIONS:
         raise ValueError(f"a transaction holds 1 to {MAX_OPERATIONS} operations")
     if len({entity["PartitionKey"] for entity in entities}) != 1:
