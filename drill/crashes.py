@@ -114,12 +114,12 @@ def crash_points(victims: list[SimUser], network: str) -> list[CrashPoint]:
         )
 
     def registry_moves(args: tuple[Any, ...], result: Any) -> bool:
-        entry = args[0] if args else None
-        return (
+        moves = args[0] if args and isinstance(args[0], list) else []
+        return any(
             isinstance(entry, BlockEntry)
-            and len(args) >= 2
-            and str(args[1]) == "blocked"
+            and str(state) == "blocked"
             and network_key(entry.network) == network
+            for entry, state, _ in moves
         )
 
     def committing(args: tuple[Any, ...], result: Any) -> bool:
@@ -158,7 +158,7 @@ def crash_points(victims: list[SimUser], network: str) -> list[CrashPoint]:
         CrashPoint(
             "audit_then_crash_before_registry",
             "killed after a block's audit, before the block registry moves",
-            "update",
+            "update_all",
             "before",
             registry_moves,
             network,

@@ -4,12 +4,14 @@ queue what may run. Used by the webhook, the poller and the CLI alike."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from shared.concurrency import ahead, gather_bounded
+from shared.concurrency import ahead
 from shared.ingest import normalize
 from shared.models import ActionKind, ActionRequest, Alert, Decision
 from shared.outbox import QUEUED_DECISIONS, Outbox
@@ -133,6 +135,7 @@ class AlertIntake:
         self._blocks = blocks
         self._blast_radius = blast_radius
         self._checkpoint = checkpoint
+        self._handed = _HandedOn()
 
     async def handle_payload(self, payload: object) -> list[IntakeResult]:
         """Normalize any supported alert shape (raises InvalidInput) and handle its alerts."""
@@ -145,13 +148,13 @@ class AlertIntake:
 
     async def handle_many(self, alerts: list[Alert]) -> list[IntakeResult]:
         """Plan, audit and queue the actions of a batch of alerts (a list page, a webhook body
-        with many alerts), each alert version once, as one submission: the handled checks run
-        side by side, each network's registry row is read once, and the decisions of the
-        whole batch are audited in one append and sent in one send. The alerts are marked
-        handled only once their actions are on the queue, beside the claims' sent mark; any
-        failure propagates, so the sender retries (a batch not marked handled is handled
-        again; claims queued but not noted sent are noted by their delivery, or sent again by
-        the reconciler)."""
+        with many alerts), each alert version once, as one submission: the handled checks go
+        together (`AlertCheckpoint.handled_among`), each network's registry row is read once,
+        and the decisions of the whole batch are audited in one append and sent in one send.
+        The alerts are marked handled only once their actions are on the queue, beside the
+        claims' sent mark; any failure propagates, so the sender retries (a batch not marked
+        handled is handled again; claims queued but not noted sent are noted by their
+        delivery, or sent again by the reconciler)."""
         plans = [self._policy.plan(alert) for alert in alerts]
         if any(self._blast_radius.applies(a) for plan in plans for a in plan.actions):
             # The budget is counted beside the handled checks, not after them.
@@ -162,9 +165,7 @@ class AlertIntake:
     async def _handle_plans(
         self, alerts: list[Alert], plans: list[Plan], tally: _Tally
     ) -> list[IntakeResult]:
-        handled = await gather_bounded(
-            self._checkpoint.is_handled(alert.key, alert.version) for alert in alerts
-        )
+        handled = await self._checkpoint.handled_among([(a.key, a.version) for a in alerts])
         results = [IntakeResult(plan, duplicate_alert=True) for plan in plans]
         todo: dict[tuple[str, str], int] = {}
         for index, (alert, done) in enumerate(zip(alerts, handled, strict=True)):
@@ -208,16 +209,26 @@ class AlertIntake:
         sent marks (`Outbox.commit`). An
         earlier claim still leased by its claimer (its commit may be under way) coalesces:
         that claimer, or the reconciler once the lease ends, sends it."""
-        networks = {
-            a.target
-            for actions in groups
-            for a in actions
-            if a.kind is ActionKind.BLOCK_IP and a.decision is Decision.EXECUTE
-        }
+        # The first executable block naming each network (the one that may reserve it).
+        blocks: dict[str, ActionRequest] = {}
+        for actions in groups:
+            for a in actions:
+                if a.kind is ActionKind.BLOCK_IP and a.decision is Decision.EXECUTE:
+                    blocks.setdefault(a.target, a)
         async with self._outbox.time_limit():
             batch = _Batch(await self._outbox.claim_seq())
-            # Every network's registry row is read up front, not one by one.
-            batch.registry = await self._blocks.get_many(networks)
+            # Every network's registry row is read up front, not one by one, and every
+            # network neither pending nor blocked is reserved together (a storm's first
+            # batches name dozens of new networks each).
+            batch.registry = await self._blocks.get_many(blocks)
+            batch.reserved = await self._blocks.reserve_many(
+                [
+                    block
+                    for network, block in blocks.items()
+                    if not _active(batch.registry[network])
+                ],
+                batch.registry,
+            )
             tally = tally or _Tally()
             parts = [await self._decide_group(actions, batch, tally) for actions in groups]
             # Every claim of the submission in one write (one transaction per 100).
@@ -228,6 +239,7 @@ class AlertIntake:
             handed = await self._outbox.commit(
                 batch.fresh, batch.unsent, handled or (), batch.etags
             )
+            self._handed.note(handed)
         requests = {a.id: a for a in batch.fresh}
         requests.update({e.action_id: e.request for e in batch.unsent if e.request is not None})
         for part in parts:
@@ -278,7 +290,7 @@ class AlertIntake:
     async def _resume(self, block: ActionRequest, batch: _Batch, group: _Group) -> None:
         """A pending block whose claim is missing (a crash between reserving and claiming)
         is claimed now; one whose claim never reached the queue is sent."""
-        if block.id in batch.ids or block.id in batch.wanted:
+        if block.id in batch.ids or block.id in batch.wanted or block.id in self._handed:
             return
         entry = await self._ledger.get(block.id)
         if entry is None:
@@ -292,6 +304,8 @@ class AlertIntake:
 
     async def _unsent(self, action_id: str, batch: _Batch) -> bool:
         """Collect the earlier claim of `action_id` if it never reached the queue."""
+        if action_id in self._handed:
+            return False
         entry = await self._ledger.get(action_id)
         if entry is None or not entry.open or entry.sent or entry.request is None:
             return False
@@ -302,21 +316,51 @@ class AlertIntake:
         self, action: ActionRequest, batch: _Batch
     ) -> tuple[ActionRequest | None, BlockEntry | None]:
         """IP blocks go through the block registry: a network already pending or blocked
-        coalesces (None, with its registry entry), a new one gets its generation's id. A
-        network met earlier in the batch coalesces without another read, an active one on
-        the one read that finds it so (in a storm most networks named are)."""
+        coalesces (None, with its registry entry), a new one gets its generation's id (from
+        the batch's reservation up front). A network met earlier in the batch coalesces, an
+        active one on the batch's read that finds it so (in a storm most networks named
+        are)."""
         if action.kind is not ActionKind.BLOCK_IP or action.decision is not Decision.EXECUTE:
             return action, None
         if action.target in batch.networks:
             return None, None  # its block was claimed or looked at in this batch already
         batch.networks.add(action.target)
         earlier = batch.registry[action.target]  # read up front with the batch's others
-        if earlier is not None and earlier.state in ACTIVE_BLOCK_STATES:
+        if _active(earlier):
             return None, earlier
-        reserved = await self._blocks.reserve(action)
+        reserved = batch.reserved[action.target]  # reserved up front with the batch's others
         if reserved is None:  # another intake reserved it meanwhile
             return None, await self._blocks.get(action.target)
         return reserved, None
+
+
+class _HandedOn:
+    """The action ids this worker's intake handed on lately. A claim handed on has reached
+    the queue for good, so a later submission naming it (a storm names a pending block in
+    batch after batch until it runs) need not read its ledger row to learn that. Bounded in
+    number and age: past those the row is read, as for a claim another worker handed on."""
+
+    LIMIT = 16_384
+    AGE_S = 600.0
+
+    def __init__(self) -> None:
+        self._at: OrderedDict[str, float] = OrderedDict()
+
+    def note(self, action_ids: Iterable[str]) -> None:
+        now = time.monotonic()
+        for action_id in action_ids:
+            self._at[action_id] = now
+            self._at.move_to_end(action_id)
+        while len(self._at) > self.LIMIT:
+            self._at.popitem(last=False)
+
+    def __contains__(self, action_id: object) -> bool:
+        at = self._at.get(action_id) if isinstance(action_id, str) else None
+        return at is not None and time.monotonic() - at < self.AGE_S
+
+
+def _active(entry: BlockEntry | None) -> bool:
+    return entry is not None and entry.state in ACTIVE_BLOCK_STATES
 
 
 @dataclass
@@ -344,8 +388,9 @@ class _Group:
 @dataclass
 class _Batch:
     """What one submission claimed so far: fresh claims (with their ETags), earlier claims
-    never sent, the ids of both, the networks it has looked at, and their registry rows as
-    read up front."""
+    never sent, the ids of both, the networks it has looked at, their registry rows as read
+    up front, and what reserving those neither pending nor blocked gave (the request with its
+    generation's id, or None where another intake reserved it first)."""
 
     claim_seq: int
     fresh: list[ActionRequest] = field(default_factory=list)
@@ -355,6 +400,7 @@ class _Batch:
     wanted: set[str] = field(default_factory=set)  # ids whose claim is still to be made
     networks: set[str] = field(default_factory=set)
     registry: dict[str, BlockEntry | None] = field(default_factory=dict)
+    reserved: dict[str, ActionRequest | None] = field(default_factory=dict)
 
     def add_fresh(self, action: ActionRequest, etag: str) -> None:
         self.fresh.append(action)

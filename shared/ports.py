@@ -293,9 +293,19 @@ class ActionLedger(Protocol):
         `claim_etag`, only into the claim as it was then (else `ClaimChanged`)."""
         ...
 
+    async def recording_all(self, actions: Sequence[ActionRequest], from_seq: int) -> None:
+        """`recording` without a claim's ETag, for each of `actions`."""
+        ...
+
     async def finish(
         self, action: ActionRequest, status: OutcomeStatus, audit_seq: int
     ) -> None: ...
+
+    async def finish_all(
+        self, finished: Sequence[tuple[ActionRequest, OutcomeStatus, int]]
+    ) -> None:
+        """`finish` for each (action, status, audit seq) of `finished`."""
+        ...
 
     async def unsent(self, claimed_before: datetime) -> list[LedgerEntry]:
         """Open rows claimed before `claimed_before` that never reached the queue."""
@@ -318,6 +328,11 @@ class AlertCheckpoint(Protocol):
     async def is_handled(self, alert_key: str, version: str) -> bool:
         """Whether the alert version was handled: marked with its claims' sent marks
         (`ActionLedger.mark_sent`)."""
+        ...
+
+    async def handled_among(self, versions: Sequence[tuple[str, str]]) -> list[bool]:
+        """`is_handled` for each of a batch's alert versions (key, version), in order; it may
+        leave a pending mark for those not handled, which `is_handled` does not count."""
         ...
 
 
@@ -441,6 +456,17 @@ class BlockRegistry(Protocol):
         request coalesces into that one)."""
         ...
 
+    async def reserve_many(
+        self, actions: Sequence[ActionRequest], current: Mapping[str, BlockEntry | None]
+    ) -> dict[str, ActionRequest | None]:
+        """`reserve` for each network of `actions` (the first action naming it), given its
+        row as read (`current`, not pending or blocked); by network."""
+        ...
+
+    async def any_in(self, *states: str) -> bool:
+        """Whether any network is in one of `states` (cheaper than listing `entries`)."""
+        ...
+
     async def entries(self, *states: str) -> list[BlockEntry]: ...
 
     async def get(self, network: str) -> BlockEntry | None: ...
@@ -458,6 +484,13 @@ class BlockRegistry(Protocol):
         expires_at: datetime | None = None,
     ) -> bool:
         """Move `entry` to `state` if nobody changed it since it was read (etag)."""
+        ...
+
+    async def update_all(
+        self, moves: Sequence[tuple[BlockEntry, str, datetime | None]]
+    ) -> list[bool]:
+        """`update` for each (entry, state, expiry) of `moves`, of distinct networks; whether
+        each was moved, in order."""
         ...
 
     async def note_unanswered_write(self, at: datetime) -> None:

@@ -22,7 +22,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from shared.concurrency import gather_bounded
 from shared.errors import NotFoundError, PermanentError, TransientError
 from shared.models import ActionKind, ActionOutcome, ActionRequest, Actor, OutcomeStatus
 from shared.ports import (
@@ -339,6 +338,10 @@ class IpBlocklist:
         that arrive meanwhile share this pass's writes."""
         await asyncio.sleep(self._batch_window_s)
         async with self._lock:
+            # Most deliveries of a storm find their block applied by an earlier pass: one row
+            # asked for tells them so, without listing the registry.
+            if not await self._registry.any_in(BlockState.PENDING, BlockState.UNBLOCKING):
+                return []
             entries = await self._registry.entries(
                 BlockState.PENDING, BlockState.UNBLOCKING, BlockState.BLOCKED
             )
@@ -548,13 +551,13 @@ class IpBlocklist:
 
     async def _advance(self, applied: list[Applied], entries: list[BlockEntry]) -> None:
         by_network = {e.network: e for e in entries}
-        await gather_bounded(
-            self._registry.update(
-                by_network[item.action.target], BlockState.BLOCKED, expires_at=item.expires_at
-            )
-            if item.action.kind is ActionKind.BLOCK_IP
-            else self._registry.update(by_network[item.action.target], BlockState.UNBLOCKED)
-            for item in applied
+        await self._registry.update_all(
+            [
+                (by_network[item.action.target], BlockState.BLOCKED, item.expires_at)
+                if item.action.kind is ActionKind.BLOCK_IP
+                else (by_network[item.action.target], BlockState.UNBLOCKED, None)
+                for item in applied
+            ]
         )
 
 

@@ -417,7 +417,7 @@ class ActionRunner:
                 head = await self._chain.head_seq()
             skip = begun.keys() | (marked or set())
             unmarked = [a for a in fresh if a.action.id not in skip]
-            await gather_bounded(self._ledger.recording(a.action, head) for a in unmarked)
+            await self._ledger.recording_all([a.action for a in unmarked], head)
             records = await self._chain.append_all(
                 [outcome_entry(a.action, a.outcome) for a in fresh]
             )
@@ -451,9 +451,8 @@ class ActionRunner:
             for item in applied:
                 if item.action.kind.targets_ip and not item.action.dry_run:
                     await self._blocklist.settle(item.action, item.outcome)
-        await gather_bounded(
-            self._ledger.finish(item.action, item.outcome.status, seqs[item.action.id])
-            for item in applied
+        await self._ledger.finish_all(
+            [(item.action, item.outcome.status, seqs[item.action.id]) for item in applied]
         )
 
     async def reject_message(self, message_id: str, problems: int) -> None:

@@ -16,7 +16,7 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,7 +30,14 @@ from azure.core.exceptions import (
 from azure.data.tables import TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient
 
-from shared.adapters.table_batch import UPSERT, insert_entities, write_entities
+from shared.adapters.table_batch import (
+    INSERT,
+    UPSERT,
+    Operation,
+    insert_entities,
+    replace_if_unchanged,
+    write_entities,
+)
 from shared.adapters.table_query import MAX_PAGE, first_page, get_json, query_json
 from shared.adapters.table_service import as_int, int64
 from shared.concurrency import gather_bounded
@@ -57,6 +64,9 @@ ACTIONS = "action"
 # The row keys of sent marks in the `handled` partition: "sent~<action id>" (handled marks'
 # keys are hex digests, so the two never meet).
 SENT = "sent~"
+# A handled partition row with `Pending` true is the mark of a batch still under way
+# (`handled_among`), not of a handled alert version.
+PENDING = "Pending"
 
 
 async def _read_time(table: TableClient, partition: str, row: str) -> datetime | None:
@@ -72,6 +82,18 @@ async def _read_time(table: TableClient, partition: str, row: str) -> datetime |
 async def _write_time(table: TableClient, partition: str, row: str, value: datetime) -> None:
     await table.upsert_entity(
         {"PartitionKey": partition, "RowKey": row, "Value": value}, mode=UpdateMode.REPLACE
+    )
+
+
+def _raced(exc: TableTransactionError) -> bool:
+    """Whether a transaction failed on a row that changed since it was read: created meanwhile
+    (409 `EntityAlreadyExists`), replaced meanwhile (412, the ETag no longer matches), or
+    deleted meanwhile (404). Then it landed nothing, and its rows are written one by one."""
+    code = getattr(exc, "error_code", None)
+    return exc.status_code in (404, 409, 412) or code in (
+        "EntityAlreadyExists",
+        "UpdateConditionNotSatisfied",
+        "ResourceNotFound",
     )
 
 
@@ -93,9 +115,37 @@ class StateTable:
         await _write_time(self._table, WATERMARKS, feed, value)
 
     async def is_handled(self, alert_key: str, version: str) -> bool:
-        # A storm makes one of these per alert: read as plain JSON, only the key.
-        key = _key(f"{alert_key}|{version}")
-        return await get_json(self._table, HANDLED, key, select=("RowKey",)) is not None
+        # Read as plain JSON, only what tells a handled mark from a pending one.
+        found = await get_json(
+            self._table, HANDLED, _key(f"{alert_key}|{version}"), select=("RowKey", PENDING)
+        )
+        return found is not None and not found[0].get(PENDING)
+
+    async def handled_among(self, versions: Sequence[tuple[str, str]]) -> list[bool]:
+        """`is_handled` for a batch of alert versions. Two or more are checked by inserting
+        their rows as pending marks, up to 100 in one transaction: when none existed (a
+        storm's batch of new alerts), no version was handled, in one round trip instead of
+        one read each. When one existed, the transaction lands nothing and each is read on
+        its own. A pending mark counts as not handled, so a batch that fails before its
+        commit is handled again; the commit turns the marks into handled ones."""
+        unique = list(dict.fromkeys(versions))
+        if len(unique) < 2:
+            found = await gather_bounded(self.is_handled(*version) for version in unique)
+            answers = dict(zip(unique, found, strict=True))
+            return [answers[version] for version in versions]
+        answers = {}
+        for start in range(0, len(unique), MAX_TRANSACTION):
+            chunk = unique[start : start + MAX_TRANSACTION]
+            try:
+                await insert_entities(self._table, [_pending_row(*v) for v in chunk])
+                answers.update((version, False) for version in chunk)
+                continue
+            except TableTransactionError as exc:
+                if not _raced(exc):
+                    raise
+            found = await gather_bounded(self.is_handled(*version) for version in chunk)
+            answers.update(zip(chunk, found, strict=True))
+        return [answers[version] for version in versions]
 
     async def claim(
         self, action: ActionRequest, at: datetime, claim_seq: int, lease_until: datetime
@@ -125,8 +175,7 @@ class StateTable:
                     claimed.update((a.id, etag or "") for a, etag in zip(chunk, etags, strict=True))
                     continue
                 except TableTransactionError as exc:
-                    code = getattr(exc, "error_code", None)
-                    if exc.status_code != 409 and code != "EntityAlreadyExists":
+                    if not _raced(exc):
                         raise
             for action in chunk:
                 etag = await self.claim(action, at, claim_seq, lease_until)
@@ -138,15 +187,19 @@ class StateTable:
         """Sent marks and handled marks share the `handled` partition: up to 100 of them are
         upserted in one transaction (a submission's claims and its alerts: one round trip).
         The claims are not touched, so a claim cleaned up meanwhile is no obstacle."""
-        await self._write_marks(
+        await self._upsert_rows(
             [
                 *(_sent_row(action_id) for action_id in action_ids),
                 *(_handled_row(key, version) for key, version in handled),
             ]
         )
 
-    async def _write_marks(self, rows: list[dict[str, Any]]) -> None:
+    async def _upsert_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Insert-or-merge rows of one partition, up to 100 in one transaction; a row named
+        twice is written as it was named last."""
         unique = list({row["RowKey"]: row for row in rows}.values())
+        if not unique:
+            return
         if len(unique) == 1:
             await self._table.upsert_entity(unique[0])
             return
@@ -210,10 +263,24 @@ class StateTable:
         except (ResourceModifiedError, ResourceNotFoundError) as exc:
             raise ClaimChanged(f"the claim of {action.id} changed since it was sent") from exc
 
+    async def recording_all(self, actions: Sequence[ActionRequest], from_seq: int) -> None:
+        """`recording` without a claim's ETag for each of `actions`: their rows share a
+        partition, so up to 100 are merged in one transaction (an IP block pass's outcomes)."""
+        values = {"RecordFrom": int64(from_seq), "Sent": True}
+        await self._upsert_rows([_ledger_row(action, values) for action in actions])
+
     async def finish(self, action: ActionRequest, status: OutcomeStatus, audit_seq: int) -> None:
-        # Scheduled reverts reach the executor without a claim, so this may create the row.
-        await self._upsert(
-            action, {"State": str(status), "AuditSeq": int64(audit_seq), "RecordFrom": 0}
+        await self.finish_all([(action, status, audit_seq)])
+
+    async def finish_all(
+        self, finished: Sequence[tuple[ActionRequest, OutcomeStatus, int]]
+    ) -> None:
+        # Scheduled reverts reach the executor without a claim, so this may create the rows.
+        await self._upsert_rows(
+            [
+                _ledger_row(action, {"State": str(status), "AuditSeq": int64(seq), "RecordFrom": 0})
+                for action, status, seq in finished
+            ]
         )
 
     async def unsent(self, claimed_before: datetime) -> list[LedgerEntry]:
@@ -263,12 +330,18 @@ def _ledger_row(action: ActionRequest, values: dict[str, Any]) -> dict[str, Any]
 
 
 def _handled_row(alert_key: str, version: str) -> dict[str, Any]:
+    # Written over a pending mark by a merge, so `Pending` is set, not left out.
     return {
         "PartitionKey": HANDLED,
         "RowKey": _key(f"{alert_key}|{version}"),
         "AlertKey": alert_key,
         "Version": version,
+        PENDING: False,
     }
+
+
+def _pending_row(alert_key: str, version: str) -> dict[str, Any]:
+    return {**_handled_row(alert_key, version), PENDING: True}
 
 
 def _sent_row(action_id: str) -> dict[str, Any]:
@@ -362,6 +435,14 @@ def _block_entity(
     }
 
 
+def _registry_query(states: Sequence[str]) -> str:
+    query = f"PartitionKey eq '{BLOCKS}'"
+    if states:
+        wanted = " or ".join(f"State eq '{state}'" for state in states)
+        query += f" and ({wanted})"
+    return query
+
+
 def _block_entry(entity: Any, etag: str, written: datetime | str | None) -> BlockEntry:
     """A registry row, typed by the SDK or as plain JSON (times as ISO 8601 strings);
     `written`, the service's timestamp, stands in for rows older than `ChangedAt`."""
@@ -419,6 +500,54 @@ class TableBlockRegistry:
             return request
         raise TransientError(f"block registry entry {action.target} kept changing")
 
+    async def reserve_many(
+        self, actions: Sequence[ActionRequest], current: Mapping[str, BlockEntry | None]
+    ) -> dict[str, ActionRequest | None]:
+        """`reserve` for blocks of distinct networks none of which is pending or blocked in
+        `current` (their rows as read, by network): up to 100 rows written in one
+        transaction, a network without a row inserted and one with a finished row replaced
+        as it was read. When any of them changed since (another intake reserved it, the row
+        was cleaned up), the transaction lands nothing and each is reserved on its own."""
+        reserved: dict[str, ActionRequest | None] = {}
+        firsts: dict[str, ActionRequest] = {}
+        for action in actions:
+            firsts.setdefault(action.target, action)
+        pending = list(firsts.values())
+        for start in range(0, len(pending), MAX_TRANSACTION):
+            chunk = pending[start : start + MAX_TRANSACTION]
+            try:
+                reserved.update(await self._reserve_together(chunk, current))
+                continue
+            except TableTransactionError as exc:
+                if not _raced(exc):
+                    raise
+            found = await gather_bounded(self.reserve(action) for action in chunk)
+            reserved.update((a.target, r) for a, r in zip(chunk, found, strict=True))
+        return reserved
+
+    async def _reserve_together(
+        self, actions: Sequence[ActionRequest], current: Mapping[str, BlockEntry | None]
+    ) -> dict[str, ActionRequest]:
+        now = self._clock()
+        requests: dict[str, ActionRequest] = {}
+        rows: list[dict[str, Any]] = []
+        operations: list[Operation] = []
+        for action in actions:
+            earlier = current[action.target]
+            if earlier is not None and earlier.state in ACTIVE_BLOCK_STATES:
+                raise ValueError(f"{action.target} is pending or blocked already")
+            generation = earlier.generation + 1 if earlier else self._first_generation()
+            request = action.for_generation(generation)
+            rows.append(
+                _block_entity(
+                    action.target, generation, BlockState.PENDING, request, None, None, now
+                )
+            )
+            operations.append(replace_if_unchanged(earlier.etag) if earlier else INSERT)
+            requests[action.target] = request
+        await write_entities(self._table, rows, operations)
+        return requests
+
     def _first_generation(self) -> int:
         """The generation of a network's new row: the clock's Unix time in seconds. The state
         clean-up deletes a finished row only `STATE_TTL_DAYS` after its last change, so a row
@@ -459,11 +588,18 @@ class TableBlockRegistry:
         found.update(zip(left, rows_left, strict=True))
         return found
 
+    async def any_in(self, *states: str) -> bool:
+        """Whether any network's row is in one of `states`: one row asked for, only its key.
+        The service may answer a page with no row and a continuation (Query Timeout and
+        Pagination): the query goes on until a row comes or the pages end."""
+        rows = query_json(self._table, _registry_query(states), page_size=1, select=("RowKey",))
+        async with aclosing(rows):
+            async for _ in rows:
+                return True
+        return False
+
     async def entries(self, *states: str) -> list[BlockEntry]:
-        query = f"PartitionKey eq '{BLOCKS}'"
-        if states:
-            wanted = " or ".join(f"State eq '{state}'" for state in states)
-            query += f" and ({wanted})"
+        query = _registry_query(states)
         # Read as plain JSON with each row's ETag, without the SDK's deserializer: a storm's
         # IP block passes list the registry again and again (docs/performance.md).
         return [
@@ -498,6 +634,43 @@ class TableBlockRegistry:
         except (ResourceModifiedError, ResourceNotFoundError):
             return False
         return True
+
+    async def update_all(
+        self, moves: Sequence[tuple[BlockEntry, str, datetime | None]]
+    ) -> list[bool]:
+        """`update` for each (entry, state, expiry) of `moves`, of distinct networks: their
+        rows share a partition, so up to 100 are replaced in one transaction, each only as it
+        was read. When any changed since, the transaction lands nothing and each is updated
+        on its own; whether each was moved, in order."""
+        moved: list[bool] = []
+        now = self._clock()
+        for start in range(0, len(moves), MAX_TRANSACTION):
+            chunk = moves[start : start + MAX_TRANSACTION]
+            rows = [
+                _block_entity(
+                    e.network,
+                    e.generation,
+                    state,
+                    e.block,
+                    e.unblock,
+                    expires or e.expires_at,
+                    now,
+                )
+                for e, state, expires in chunk
+            ]
+            try:
+                await write_entities(
+                    self._table, rows, [replace_if_unchanged(e.etag) for e, _, _ in chunk]
+                )
+                moved += [True] * len(chunk)
+                continue
+            except TableTransactionError as exc:
+                if not _raced(exc):
+                    raise
+            moved += await gather_bounded(
+                self.update(e, state, expires_at=expires) for e, state, expires in chunk
+            )
+        return moved
 
     async def note_unanswered_write(self, at: datetime) -> None:
         await _write_time(self._table, RULE_WRITES, UNANSWERED, at)

@@ -376,6 +376,15 @@ def appends(event: str, kind: str) -> Callable[..., bool]:
     return matches
 
 
+def finishing(kind: str) -> Callable[..., bool]:
+    """The ledger rows closed after an outcome's audit include one of `kind`."""
+
+    def matches(finished: Any, *args: Any, **kwargs: Any) -> bool:
+        return any(action.kind == kind for action, _, _ in finished)
+
+    return matches
+
+
 async def test_killed_between_the_tenant_write_and_its_audit(
     services: Container, faults: Faults, sim: SimulatedTenant, clock: DrillClock
 ) -> None:
@@ -402,7 +411,7 @@ async def test_killed_between_the_audit_and_the_ledger_update(
     # The recording mark that makes the redelivery look for the outcome first went into
     # the ledger with the intent, in the same write.
     await services.intake.handle_payload(compromised())
-    faults.kill_before("StateTable.finish", lambda action, status, seq: action.kind == kind)
+    faults.kill_before("StateTable.finish_all", finishing(kind))
     await deliver_all(services, faults, clock)
     assert faults.kills == [], "the kill happened"
     await assert_contained(services, sim)
@@ -434,9 +443,7 @@ async def test_an_approved_run_killed_before_the_ledger_update_is_not_recorded_t
             disable.id, Actor(kind="engineer", name="grace@contoso.com"), ""
         )
         chain._free = [lane_chain(3)]  # ...the approved run's outcome a lower one
-        faults.kill_before(
-            "StateTable.finish", lambda action, status, seq: action.kind == "disable_account"
-        )
+        faults.kill_before("StateTable.finish_all", finishing("disable_account"))
         await deliver_all(services, faults, clock)
         assert faults.kills == [], "the kill happened"
         records = await oldest_first(services.audit_store)
@@ -460,9 +467,7 @@ async def test_killed_between_an_outcome_without_a_write_and_the_ledger_update(
     # the recording mark itself before the outcome is audited.
     sim.change_user(ADELE.id, account_enabled=False)
     await services.intake.handle_payload(compromised())
-    faults.kill_before(
-        "StateTable.finish", lambda action, status, seq: action.kind == "disable_account"
-    )
+    faults.kill_before("StateTable.finish_all", finishing("disable_account"))
     await deliver_all(services, faults, clock)
     assert faults.kills == [], "the kill happened"
     assert (await outcomes(services))["disable_account"] == ["action.already_done"]
@@ -475,7 +480,8 @@ async def test_killed_after_the_audit_before_the_block_registry_moves(
     [result] = await services.intake.handle_payload(attack())
     [block_id] = result.queued
     faults.kill_before(
-        "TableBlockRegistry.update", lambda entry, state, **kw: state == BlockState.BLOCKED
+        "TableBlockRegistry.update_all",
+        lambda moves: any(state == BlockState.BLOCKED for _, state, _ in moves),
     )
     await deliver_all(services, faults, clock, until=timedelta(hours=1))
     assert faults.kills == [], "the kill happened"
