@@ -6,7 +6,11 @@ delivers the queue as the host would, against the simulated tenant and Azurite. 
 per second, the Exchange calls made, the transport rule shards used, the time from the first
 alert to the last address blocked, and peak memory.
 
+By default 4 webhook POSTs are under way at once, as many as one instance takes as deployed
+(infra: `httpPerInstanceConcurrency`); `--in-flight 1` sends one at a time.
+
 Prints one JSON object. Usage: python bench/storm.py [--alerts 10000] [--addresses 500]
+[--per-post 25] [--in-flight 4]
 """
 
 from __future__ import annotations
@@ -33,8 +37,19 @@ def main() -> None:
     parser.add_argument(
         "--per-post", type=int, default=25, help="alerts per webhook POST (1: one at a time)"
     )
+    parser.add_argument(
+        "--in-flight",
+        type=int,
+        default=4,
+        help="webhook POSTs under way at once (4: what one instance takes as deployed)",
+    )
     args = parser.parse_args()
-    scenario = ExchangeDos(alerts=args.alerts, addresses=args.addresses, per_post=args.per_post)
+    scenario = ExchangeDos(
+        alerts=args.alerts,
+        addresses=args.addresses,
+        per_post=args.per_post,
+        in_flight=args.in_flight,
+    )
     report = asyncio.run(run_scenario(scenario))
     summary = report.summary()
     contained_ms = summary["time_to_contain_ms"] or 0.0
@@ -51,6 +66,7 @@ def main() -> None:
         "alerts": summary["alerts_sent"],
         "attacker_addresses": args.addresses,
         "alerts_per_webhook_post": args.per_post,
+        "webhook_posts_in_flight": args.in_flight,
         "alerts_per_second": round(summary["alerts_sent"] / (storm_ms / 1000), 1),
         "time_first_alert_to_last_address_blocked_ms": contained_ms,
         "exchange_calls": summary["exchange_calls"],

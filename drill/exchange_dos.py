@@ -5,6 +5,7 @@ product's transport rules, no refused one is, and a day later the blocks lift th
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import Counter
 from datetime import datetime, timedelta
@@ -40,6 +41,17 @@ FOREIGN_RULE = {
     "Mode": "Enforce",
     "StopRuleProcessing": False,
 }
+
+
+async def _post_all(ctx: DrillContext, posts: list[Any], in_flight: int) -> None:
+    """POST `posts` in order to the webhook, `in_flight` at a time."""
+    pending = iter(posts)
+
+    async def sender() -> None:
+        for post in pending:
+            await ctx.post_alert(post)
+
+    await asyncio.gather(*(sender() for _ in range(in_flight)))
 
 
 def attacker_addresses(count: int) -> list[str]:
@@ -98,10 +110,20 @@ class ExchangeDos(Scenario):
     )
 
     def __init__(
-        self, alerts: int = 5000, addresses: int = 300, seed: int = 7, per_post: int = 1
+        self,
+        alerts: int = 5000,
+        addresses: int = 300,
+        seed: int = 7,
+        per_post: int = 1,
+        in_flight: int = 1,
     ) -> None:
         """`per_post` above 1 sends the webhook storm as list pages of that many Graph alerts
-        (what a Logic App forwarding a query result sends), rather than one alert per POST."""
+        (what a Logic App forwarding a query result sends), rather than one alert per POST;
+        `in_flight` POSTs are under way at once (the Functions host runs an async function's
+        invocations side by side on one event loop), each sent when an earlier one ends."""
+        if in_flight < 1:
+            raise ValueError("in_flight is at least 1")
+        self.in_flight = in_flight
         self.alerts = alerts
         self.per_post = per_post
         self.attackers = attacker_addresses(addresses)
@@ -132,18 +154,20 @@ class ExchangeDos(Scenario):
             await ctx.poll()
             ctx.mark("alert", f"webhook storm: {self.alerts - self._polled} alerts")
             webhook = self._burst[self._polled :] + self._repeats
+            posts: list[Any]
             if self.per_post > 1:
                 now = ctx.clock()
+                posts = []
                 for start in range(0, len(webhook), self.per_post):
                     page = webhook[start : start + self.per_post]
                     alerts = [graph_alert(n, ns, now) for n, ns in page]
                     for alert in alerts:
                         # Defender holds every alert it forwards: comments on it land.
                         ctx.sim.add_alert(alert)
-                    await ctx.post_alert({"value": alerts})
+                    posts.append({"value": alerts})
             else:
-                for n, names in webhook:
-                    await ctx.post_alert(webhook_alert(n, names))
+                posts = [webhook_alert(n, names) for n, names in webhook]
+            await _post_all(ctx, posts, self.in_flight)
             ctx.mark("alert", "storm over")
 
         ctx.metrics["alerts_sent"] = self.alerts + len(self._repeats)

@@ -65,6 +65,10 @@ param maximumInstanceCount int = 40
 @maxValue(10)
 param alwaysReadyInstances int = 1
 
+@minValue(1)
+@maxValue(16)
+param httpPerInstanceConcurrency int = 4
+
 // Flex Consumption scales HTTP functions as one group (`http`) and every other trigger per
 // function (`function:<name>`): https://learn.microsoft.com/azure/azure-functions/flex-consumption-how-to#set-always-ready-instance-counts
 // Kept warm: the alert webhook and the API (http), and the Service Bus triggers that execute
@@ -271,6 +275,11 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
             instanceCount: alwaysReadyInstances
           }
         ]
+        triggers: {
+          http: {
+            perInstanceConcurrency: httpPerInstanceConcurrency
+          }
+        }
       }
       runtime: {
         name: 'python'

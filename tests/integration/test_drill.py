@@ -96,6 +96,22 @@ async def test_the_exchange_dos_drill_blocks_each_attacker_once_and_lifts_it(
     assert summary["exchange_calls"] < 60
 
 
+async def test_a_storm_posted_several_at_a_time_blocks_each_address_once(
+    azurite: Azurite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages of alerts POSTed 4 at a time, as one instance takes them: concurrent batches
+    race for the same new networks (their reservations and claims fall back to one at a
+    time), and still every address is blocked once and every action ends once."""
+    monkeypatch.setenv(ENV_ENDPOINT, azurite.endpoint)
+    monkeypatch.setenv(ENV_BLOB_ENDPOINT, azurite.blob_endpoint)
+    report = await run_scenario(ExchangeDos(alerts=1200, addresses=80, per_post=25, in_flight=4))
+    summary = report.summary()
+    assert report.checks and all(report.checks.values()), report.checks
+    assert report.ok and summary["audit_verified"] and summary["dead_letters"] == 0
+    assert summary["addresses_blocked"] == 80
+    assert summary["addresses_unblocked_after_ttl"] == 80
+
+
 async def test_alerts_forwarded_in_pages_get_their_comments(
     azurite: Azurite, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -706,6 +706,7 @@ def test_choices_and_bounds_are_validated_in_bicep() -> None:
         "maxBodyBytes",
         "maximumInstanceCount",
         "alwaysReadyInstances",
+        "httpPerInstanceConcurrency",
     ):
         assert "@minValue(" in params[name].decorators and "@maxValue(" in params[name].decorators
     for name in ("environmentName", "location", "actionsMessageTimeToLive"):
@@ -826,11 +827,22 @@ def test_http_and_every_service_bus_trigger_are_kept_warm() -> None:
     assert bicep_params("main.bicep")["alwaysReadyInstances"].default == "1"
     assert module_params("api")["alwaysReadyInstances"] == "alwaysReadyInstances"
     assert module_params("api")["instanceMemoryMB"] == "instanceMemoryMB"
+    # One instance takes several webhook POSTs at once (bench/storm.py measures 1 and 4).
+    assert re.search(
+        r"triggers: \{\s*http: \{\s*perInstanceConcurrency: httpPerInstanceConcurrency", scale
+    )
+    assert bicep_params("main.bicep")["httpPerInstanceConcurrency"].default == "4"
+    assert module_params("api")["httpPerInstanceConcurrency"] == "httpPerInstanceConcurrency"
 
 
 def test_scale_out_is_bounded_the_same_in_main_and_the_app() -> None:
     main, app = bicep_params("main.bicep"), bicep_params("app/api.bicep")
-    for name in ("maximumInstanceCount", "instanceMemoryMB", "alwaysReadyInstances"):
+    for name in (
+        "maximumInstanceCount",
+        "instanceMemoryMB",
+        "alwaysReadyInstances",
+        "httpPerInstanceConcurrency",
+    ):
         assert main[name].decorators.split() == app[name].decorators.split() or (
             re.sub(r"@description\(.*\)", "", main[name].decorators).split()
             == re.sub(r"@description\(.*\)", "", app[name].decorators).split()
