@@ -51,7 +51,9 @@ async def _post_all(ctx: DrillContext, posts: list[Any], in_flight: int) -> None
         for post in pending:
             await ctx.post_alert(post)
 
-    await asyncio.gather(*(sender() for _ in range(in_flight)))
+    async with asyncio.TaskGroup() as senders:  # one failing stops the others
+        for _ in range(in_flight):
+            senders.create_task(sender())
 
 
 def attacker_addresses(count: int) -> list[str]:

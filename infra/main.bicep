@@ -174,8 +174,9 @@ param instanceMemoryMB int = 2048
 // HTTP invocations one instance takes at once, declared rather than left to the platform's
 // default. The alert webhook and the API are async functions: one instance's event loop runs
 // its invocations side by side, and a storm's batch spends most of its time waiting on storage.
-// bench/storm.py, one process on two cores: 1 POST in flight 410-605 alerts/s, 4 in flight about
-// 760, 16 in flight about 850 (docs/performance.md). Past that, one more instance adds more.
+// bench/storm.py, one process on two cores, over one afternoon: 1 POST in flight 410-693 alerts/s,
+// 4 in flight 736-1,094, 16 in flight 804-854 with the last address blocked later, as the intake
+// starves the executor sharing its process (docs/performance.md). Past 4, another instance helps.
 @minValue(1)
 @maxValue(16)
 @description('Concurrent HTTP invocations per instance (webhook, API); more scale out.')

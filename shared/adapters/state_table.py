@@ -3,6 +3,12 @@ already handled, the action ledger, and the IP block registry. Unlike the audit 
 table is mutable; it also holds pending approvals, the disable budget and the emergency access
 activation. Least privilege: Storage Table Data Contributor on this table only.
 
+An alert version's handled mark is a row of the `handled` partition; a batch of versions is
+checked by inserting their rows first as pending marks (`Pending` true, not handled), which its
+commit turns into handled marks. Code from before pending marks existed reads any such row as
+handled: rolling back past them needs the `Pending eq true` rows deleted first
+(docs/runbook.md).
+
 A claim's sent mark is a row of its own in the `handled` partition (`sent~<action id>`), not a
 property of the claim: the intake writes it together with its alerts' handled marks (one
 transaction), and the claim's ETag stays the one the executor was sent, so the executor's
@@ -128,24 +134,23 @@ class StateTable:
         one read each. When one existed, the transaction lands nothing and each is read on
         its own. A pending mark counts as not handled, so a batch that fails before its
         commit is handled again; the commit turns the marks into handled ones."""
-        unique = list(dict.fromkeys(versions))
-        if len(unique) < 2:
-            found = await gather_bounded(self.is_handled(*version) for version in unique)
-            answers = dict(zip(unique, found, strict=True))
-            return [answers[version] for version in versions]
-        answers = {}
+        # One row per row key (a change set may not name a row twice).
+        rows = {_key(f"{key}|{version}"): (key, version) for key, version in versions}
+        unique = list(rows.items())
+        answers: dict[str, bool] = {}
         for start in range(0, len(unique), MAX_TRANSACTION):
             chunk = unique[start : start + MAX_TRANSACTION]
-            try:
-                await insert_entities(self._table, [_pending_row(*v) for v in chunk])
-                answers.update((version, False) for version in chunk)
-                continue
-            except TableTransactionError as exc:
-                if not _raced(exc):
-                    raise
-            found = await gather_bounded(self.is_handled(*version) for version in chunk)
-            answers.update(zip(chunk, found, strict=True))
-        return [answers[version] for version in versions]
+            if len(unique) > 1:
+                try:
+                    await insert_entities(self._table, [_pending_row(*v) for _, v in chunk])
+                    answers.update((row, False) for row, _ in chunk)
+                    continue
+                except TableTransactionError as exc:
+                    if not _raced(exc):
+                        raise
+            found = await gather_bounded(self.is_handled(*version) for _, version in chunk)
+            answers.update((row, done) for (row, _), done in zip(chunk, found, strict=True))
+        return [answers[_key(f"{key}|{version}")] for key, version in versions]
 
     async def claim(
         self, action: ActionRequest, at: datetime, claim_seq: int, lease_until: datetime
@@ -533,7 +538,7 @@ class TableBlockRegistry:
         rows: list[dict[str, Any]] = []
         operations: list[Operation] = []
         for action in actions:
-            earlier = current[action.target]
+            earlier = current.get(action.target)  # a network not read: as if it had no row
             if earlier is not None and earlier.state in ACTIVE_BLOCK_STATES:
                 raise ValueError(f"{action.target} is pending or blocked already")
             generation = earlier.generation + 1 if earlier else self._first_generation()

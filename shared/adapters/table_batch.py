@@ -116,7 +116,10 @@ UPSERT = Operation("PATCH")
 
 
 def replace_if_unchanged(etag: str) -> Operation:
-    """Replace an entity only if its ETag is still `etag`."""
+    """Replace an entity only if its ETag is still `etag` (without one, a `PUT` would replace
+    it whatever it holds now, so none is refused)."""
+    if not etag:
+        raise ValueError("a conditional replacement needs the ETag the entity was read with")
     return Operation("PUT", if_match=etag)
 
 

@@ -61,13 +61,16 @@ async def test_a_batch_holding_a_handled_version_is_read_version_by_version(
     requests.clear()
     versions = [("alert-1", "v1"), ("alert-2", "v1"), ("alert-2", "v2")]
     assert await services.state.handled_among(versions) == [False, True, False]
-    # The transaction landed nothing (no pending mark was left), then each was read.
+    # The transaction landed nothing, then each was read.
     assert requests[0] == "POST $batch" and len(requests) == 4
     assert all(r.startswith("GET ") for r in requests[1:])
+    # No pending mark was left: a batch of alert-1 and a new version meets no row.
+    requests.clear()
     assert await services.state.handled_among([("alert-1", "v1"), ("alert-3", "v1")]) == [
         False,
         False,
     ]
+    assert requests == ["POST $batch"]
 
 
 async def test_a_single_version_is_read_without_a_write(

@@ -22,6 +22,7 @@ from shared.adapters.table_batch import (
     UPSERT,
     check_response,
     insert_entities,
+    replace_if_unchanged,
     write_entities,
 )
 
@@ -248,3 +249,10 @@ def test_the_azure_response_form_is_read() -> None:
 def test_a_response_that_leaves_an_operation_unanswered_is_a_failure() -> None:
     with pytest.raises(Exception, match="2 of 3"):
         check_response(202, AZURE_OK.replace(b"HTTP/1.1 204", b"HTTP/1.1 20x", 1), {}, 3)
+
+
+def test_a_conditional_replacement_needs_an_etag() -> None:
+    # Without If-Match a PUT replaces whatever the row holds now.
+    with pytest.raises(ValueError, match="ETag"):
+        replace_if_unchanged("")
+    assert replace_if_unchanged('W/"1"').if_match == 'W/"1"'
