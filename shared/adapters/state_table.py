@@ -41,6 +41,7 @@ from shared.adapters.table_batch import (
     UPSERT,
     Operation,
     insert_entities,
+    merge_entity,
     replace_if_unchanged,
     write_entities,
 )
@@ -206,7 +207,7 @@ class StateTable:
         if not unique:
             return
         if len(unique) == 1:
-            await self._table.upsert_entity(unique[0])
+            await merge_entity(self._table, unique[0])
             return
         for start in range(0, len(unique), MAX_TRANSACTION):
             await write_entities(self._table, unique[start : start + MAX_TRANSACTION], UPSERT)
@@ -259,12 +260,7 @@ class StateTable:
             await self._upsert(action, values)
             return
         try:
-            await self._table.update_entity(
-                _ledger_row(action, values),
-                mode=UpdateMode.MERGE,
-                etag=claim_etag,
-                match_condition=MatchConditions.IfNotModified,
-            )
+            await merge_entity(self._table, _ledger_row(action, values), if_match=claim_etag)
         except (ResourceModifiedError, ResourceNotFoundError) as exc:
             raise ClaimChanged(f"the claim of {action.id} changed since it was sent") from exc
 
@@ -321,7 +317,7 @@ class StateTable:
             return
 
     async def _upsert(self, action: ActionRequest, values: dict[str, Any]) -> None:
-        await self._table.upsert_entity(_ledger_row(action, values), mode=UpdateMode.MERGE)
+        await merge_entity(self._table, _ledger_row(action, values))
 
 
 def _ledger_row(action: ActionRequest, values: dict[str, Any]) -> dict[str, Any]:
@@ -761,8 +757,9 @@ class TableApprovals:
         return targets
 
     async def spend(self, target: str, at: datetime) -> None:
-        await self._table.upsert_entity(
-            {"PartitionKey": BUDGET, "RowKey": _key(target), "Target": target, "At": at}
+        await merge_entity(
+            self._table,
+            {"PartitionKey": BUDGET, "RowKey": _key(target), "Target": target, "At": at},
         )
 
 

@@ -9,7 +9,8 @@ describes it) and reads the status line of each part of the response. The reques
 through the table client's own pipeline (authentication, retries, response hooks), as the
 SDK's does.
 
-Three kinds of operation, each as the SDK writes it: inserts (`POST` to the table), merges
+A single merge (`merge_entity`) is written the same way, outside a transaction. Three kinds
+of operation, each as the SDK writes it: inserts (`POST` to the table), merges
 (`PATCH` to the entity's address; with `If-Match: *` an update that fails when the entity is
 missing, without it an insert-or-merge, which is the SDK's `upsert`), and replacements (`PUT`
 to the entity's address with the ETag it was read with, the SDK's `update_entity` in replace
@@ -38,6 +39,7 @@ from urllib.parse import quote
 from azure.core.exceptions import (
     ClientAuthenticationError,
     HttpResponseError,
+    ResourceModifiedError,
     ResourceNotFoundError,
 )
 from azure.core.rest import AsyncHttpResponse, HttpRequest
@@ -248,6 +250,41 @@ async def write_entities(
     )
     response = await send_read(table, request)
     return check_response(response.status_code, response.content, response.headers, len(entities))
+
+
+async def merge_entity(
+    table: TableClient, entity: Mapping[str, Any], if_match: str | None = None
+) -> str:
+    """Merge `entity`'s properties into its row (`PATCH` to the entity's address), as the SDK
+    does: without `if_match` an insert-or-merge (`upsert_entity` in merge mode), with it only
+    into the row as it was (`update_entity` in merge mode; "*": any existing row). A changed
+    row raises `ResourceModifiedError`, a missing one (or table) `ResourceNotFoundError`, as
+    the SDK's do. The row's new ETag."""
+    endpoint, _, query = table.url.partition("?")
+    url = entity_url(f"{endpoint}/{table.table_name}", entity) + (f"?{query}" if query else "")
+    headers = {
+        "x-ms-version": table.api_version,
+        "DataServiceVersion": "3.0",
+        "MaxDataServiceVersion": "3.0;NetFx",
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+    }
+    if if_match is not None:
+        if not if_match:
+            raise ValueError("a conditional merge needs the ETag the entity was read with")
+        headers["If-Match"] = if_match
+    body = json.dumps(entity_json(entity), separators=(",", ":")).encode()
+    response = await send_read(table, HttpRequest("PATCH", url, headers=headers, content=body))
+    if 200 <= response.status_code < 300:
+        return response.headers.get("ETag", "")
+    if response.status_code == 412:
+        exc = ResourceModifiedError(
+            message=f"merge refused: HTTP 412: {response.content[:500]!r}\n"
+            f"ErrorCode:{response.headers.get('x-ms-error-code')}"
+        )
+        exc.status_code = 412
+        raise exc
+    raise refused("merge", response.status_code, response.content, response.headers)
 
 
 async def send_read(table: TableClient, request: HttpRequest) -> AsyncHttpResponse:

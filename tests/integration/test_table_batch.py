@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceModifiedError
+from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import EdmType, EntityProperty, TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 
@@ -22,6 +22,7 @@ from shared.adapters.table_batch import (
     UPSERT,
     check_response,
     insert_entities,
+    merge_entity,
     replace_if_unchanged,
     write_entities,
 )
@@ -256,3 +257,59 @@ def test_a_conditional_replacement_needs_an_etag() -> None:
     with pytest.raises(ValueError, match="ETag"):
         replace_if_unchanged("")
     assert replace_if_unchanged('W/"1"').if_match == 'W/"1"'
+
+
+async def test_a_single_merge_writes_what_the_sdks_merges_write(table: TableClient) -> None:
+    keys = [*AWKWARD_KEYS, "plain"]
+    change = {"Sent": True, "Text": "changed", "Position": EntityProperty(7, EdmType.INT64)}
+    for key in keys:
+        # Insert-or-merge: a missing row is created, as by `upsert_entity` in merge mode.
+        await table.upsert_entity(row(f"sdk-{key}"), mode=UpdateMode.MERGE)
+        await merge_entity(table, row(f"direct-{key}"))
+        await table.upsert_entity({**row(f"sdk-{key}"), **change}, mode=UpdateMode.MERGE)
+        etag = await merge_entity(
+            table, {"PartitionKey": "c07", "RowKey": f"direct-{key}", **change}
+        )
+        assert etag == (await table.get_entity("c07", f"direct-{key}")).metadata["etag"]
+    for key in keys:
+        sdk = properties(await table.get_entity("c07", f"sdk-{key}"))
+        direct = properties(await table.get_entity("c07", f"direct-{key}"))
+        assert direct == {**sdk, "RowKey": ("str", f"direct-{key}", None)}
+        assert direct["Flag"] == ("bool", True, None), "the other properties stay"
+
+
+async def test_a_conditional_merge_raises_as_the_sdks_does(table: TableClient) -> None:
+    first = await merge_entity(table, row("tagged"))
+    second = await merge_entity(
+        table, {"PartitionKey": "c07", "RowKey": "tagged", "Text": "v2"}, if_match=first
+    )
+    assert second != first
+    stale = {"PartitionKey": "c07", "RowKey": "tagged", "Text": "stale"}
+    with pytest.raises(ResourceModifiedError) as by_sdk:
+        await table.update_entity(
+            stale, mode=UpdateMode.MERGE, etag=first, match_condition=MatchConditions.IfNotModified
+        )
+    with pytest.raises(ResourceModifiedError) as direct:
+        await merge_entity(table, stale, if_match=first)
+    assert direct.value.status_code == by_sdk.value.status_code == 412
+    gone = {"PartitionKey": "c07", "RowKey": "gone", "Text": "x"}
+    with pytest.raises(ResourceNotFoundError):
+        await table.update_entity(
+            gone, mode=UpdateMode.MERGE, etag=first, match_condition=MatchConditions.IfNotModified
+        )
+    with pytest.raises(ResourceNotFoundError):
+        await merge_entity(table, gone, if_match=first)
+    with pytest.raises(ResourceNotFoundError):
+        await merge_entity(table, gone, if_match="*")
+    assert (await table.get_entity("c07", "tagged"))["Text"] == "v2"
+    with pytest.raises(ValueError, match="ETag"):
+        await merge_entity(table, stale, if_match="")
+
+
+async def test_a_merge_into_a_missing_table_raises_as_the_sdks_does(azurite: Azurite) -> None:
+    async with TableServiceClient.from_connection_string(azurite.connection_string) as service:
+        missing = service.get_table_client(f"Missing{uuid.uuid4().hex[:10]}")
+        with pytest.raises(ResourceNotFoundError):
+            await missing.upsert_entity(row("a"), mode=UpdateMode.MERGE)
+        with pytest.raises(ResourceNotFoundError):
+            await merge_entity(missing, row("a"))
