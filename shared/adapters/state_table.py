@@ -135,9 +135,9 @@ class StateTable:
         one read each. When one existed, the transaction lands nothing and each is read on
         its own. A pending mark counts as not handled, so a batch that fails before its
         commit is handled again; the commit turns the marks into handled ones."""
+        keys = [_key(f"{key}|{version}") for key, version in versions]
         # One row per row key (a change set may not name a row twice).
-        rows = {_key(f"{key}|{version}"): (key, version) for key, version in versions}
-        unique = list(rows.items())
+        unique = list(dict(zip(keys, versions, strict=True)).items())
         answers: dict[str, bool] = {}
         for start in range(0, len(unique), MAX_TRANSACTION):
             chunk = unique[start : start + MAX_TRANSACTION]
@@ -151,7 +151,7 @@ class StateTable:
                         raise
             found = await gather_bounded(self.is_handled(*version) for _, version in chunk)
             answers.update((row, done) for (row, _), done in zip(chunk, found, strict=True))
-        return [answers[_key(f"{key}|{version}")] for key, version in versions]
+        return [answers[row] for row in keys]
 
     async def claim(
         self, action: ActionRequest, at: datetime, claim_seq: int, lease_until: datetime
