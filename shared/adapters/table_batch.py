@@ -64,10 +64,13 @@ _REFUSALS: dict[str, type[HttpResponseError]] = {
 def refused(what: str, status: int, body: bytes, headers: Mapping[str, str]) -> HttpResponseError:
     """The error the SDK raises for a request the service refused, chosen by the service's
     error code: a missing table or entity is a `ResourceNotFoundError`, a refused signature a
-    `ClientAuthenticationError`, anything else an `HttpResponseError`; with the status and
-    the error code set as the SDK sets them."""
+    `ClientAuthenticationError`, a failed `If-Match` (412, whatever the code) a
+    `ResourceModifiedError`, anything else an `HttpResponseError`; with the status and the
+    error code set as the SDK sets them."""
     error = headers.get("x-ms-error-code")
-    kind = _REFUSALS.get(error or "", HttpResponseError)
+    kind = _REFUSALS.get(error or "") or (
+        ResourceModifiedError if status == 412 else HttpResponseError
+    )
     exc = kind(message=f"{what} refused: HTTP {status}: {body[:500]!r}\nErrorCode:{error}")
     exc.status_code = status
     exc.error_code = error  # type: ignore[attr-defined]  # as the SDK sets it
@@ -277,13 +280,6 @@ async def merge_entity(
     response = await send_read(table, HttpRequest("PATCH", url, headers=headers, content=body))
     if 200 <= response.status_code < 300:
         return response.headers.get("ETag", "")
-    if response.status_code == 412:
-        exc = ResourceModifiedError(
-            message=f"merge refused: HTTP 412: {response.content[:500]!r}\n"
-            f"ErrorCode:{response.headers.get('x-ms-error-code')}"
-        )
-        exc.status_code = 412
-        raise exc
     raise refused("merge", response.status_code, response.content, response.headers)
 
 
